@@ -1,0 +1,132 @@
+//! Command-line front end: clap definitions, printing and the mapping from errors to exit codes.
+//! Each command family lives in its own file; this file only wires them together.
+
+#![allow(dead_code)] // TEMP: helpers used by commands still being written
+
+mod bundle;
+mod meta;
+mod pki;
+
+use std::io::IsTerminal;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand, ValueEnum};
+use hapki::error::{Categorized, Category};
+
+/// Build a highly available kubeadm cluster without `kubeadm init --upload-certs`.
+///
+/// hapki bundles kubeadm's eight shared PKI files into a signed (and encrypted) archive,
+/// verifies it anywhere offline, pushes it atomically over SSH to every other control-plane
+/// node, joins the nodes without a certificate key, and audits the certificates on every node.
+///
+/// Exit codes: 0 success, 1 unexpected error, 2 usage error, 3 verification failed,
+/// 4 SSH host key unknown or changed, 5 some nodes failed, 6 audit or preflight found problems.
+#[derive(Debug, Parser)]
+#[command(name = "hapki", version, propagate_version = true, max_term_width = 100)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Create, check and inspect a kubeadm shared PKI on local disk.
+    #[command(subcommand)]
+    Pki(pki::PkiCommand),
+    /// Make an Ed25519 OpenSSH key pair for signing bundles (FILE and FILE.pub).
+    Keygen(bundle::KeygenArgs),
+    /// Pack the eight shared PKI files into a signed, encrypted bundle.
+    Bundle(bundle::BundleArgs),
+    /// Check a bundle offline: signature, hashes, layout, PKI coherence and expiry.
+    Verify(bundle::VerifyArgs),
+    /// Print shell completions for SHELL to stdout.
+    Completions(meta::CompletionsArgs),
+    /// Print hapki's man page (roff) to stdout.
+    Man(meta::ManArgs),
+}
+
+/// How a report is printed: a table for people or one JSON object for scripts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Default)]
+pub enum Output {
+    #[default]
+    Table,
+    Json,
+}
+
+/// An error that carries the exit-code category of the library error it came from.
+#[derive(Debug, thiserror::Error)]
+#[error("{source:#}")]
+pub struct CategorizedError {
+    pub category: Category,
+    source: anyhow::Error,
+}
+
+impl CategorizedError {
+    pub fn new(category: Category, source: impl Into<anyhow::Error>) -> Self {
+        CategorizedError { category, source: source.into() }
+    }
+}
+
+/// Attach a library error's exit-code category while converting it to `anyhow::Error`.
+pub trait CategorizeExt<T> {
+    fn categorized(self) -> anyhow::Result<T>;
+}
+
+impl<T, E> CategorizeExt<T> for Result<T, E>
+where
+    E: Categorized + std::error::Error + Send + Sync + 'static,
+{
+    fn categorized(self) -> anyhow::Result<T> {
+        self.map_err(|e| {
+            let category = e.category();
+            anyhow::Error::new(CategorizedError::new(category, e))
+        })
+    }
+}
+
+/// A usage error (exit 2) with a message that says what to do.
+pub fn usage_error(msg: impl std::fmt::Display) -> anyhow::Error {
+    anyhow::Error::new(CategorizedError::new(Category::Usage, anyhow::anyhow!("{msg}")))
+}
+
+/// Serialize `value` as one JSON object on stdout.
+pub fn print_json<T: serde::Serialize>(value: &T) -> anyhow::Result<()> {
+    let s = serde_json::to_string_pretty(value)?;
+    println!("{s}");
+    Ok(())
+}
+
+/// Whether stderr is a terminal (progress bars and colours only then).
+pub fn stderr_is_tty() -> bool {
+    std::io::stderr().is_terminal()
+}
+
+fn category_of(err: &anyhow::Error) -> Category {
+    err.chain()
+        .find_map(|e| e.downcast_ref::<CategorizedError>().map(|c| c.category))
+        .unwrap_or(Category::Unexpected)
+}
+
+/// Runs the command; `Ok(code)` lets a command that printed a report exit non-zero (e.g. 3 or 6).
+fn run(cli: Cli) -> anyhow::Result<u8> {
+    match cli.command {
+        Command::Pki(cmd) => pki::run(cmd),
+        Command::Keygen(args) => bundle::keygen(args),
+        Command::Bundle(args) => bundle::bundle(args),
+        Command::Verify(args) => bundle::verify(args),
+        Command::Completions(args) => meta::completions(args),
+        Command::Man(args) => meta::man(args),
+    }
+}
+
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(code) => ExitCode::from(code),
+        Err(err) => {
+            // One line: the error and its causes, joined by ": ".
+            eprintln!("hapki: error: {err:#}");
+            ExitCode::from(category_of(&err).exit_code())
+        }
+    }
+}
