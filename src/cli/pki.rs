@@ -82,6 +82,8 @@ pub struct CheckArgs {
     /// Warn about certificates that expire within this long (90m, 36h, 30d, 1y).
     #[arg(long, value_name = "DURATION", default_value = "90d")]
     pub warn_within: Duration,
+    /// `table` for people; `json` prints one object (ok, discovery_token_ca_cert_hash, files[],
+    /// problems[], warnings[]) for scripts.
     #[arg(long, value_enum, default_value_t)]
     pub output: Output,
 }
@@ -91,6 +93,7 @@ pub struct InspectArgs {
     /// PEM files: certificates, private keys (PKCS#1, SEC1, PKCS#8) or public keys.
     #[arg(value_name = "FILE", required = true)]
     pub files: Vec<PathBuf>,
+    /// `table` for people; `json` prints one object (ok, files[], problems[]) for scripts.
     #[arg(long, value_enum, default_value_t)]
     pub output: Output,
 }
