@@ -13,6 +13,9 @@
 //! Inventory ──▶ nodes ──Transport──▶ preflight facts / audit facts ──compare──▶ problems
 //! ```
 
+pub mod audit;
 pub mod duration;
 pub mod error;
+pub mod node;
 pub mod pki;
+pub mod push;

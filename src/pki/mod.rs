@@ -5,6 +5,7 @@
 //! kubeadm itself never checks that a CA key matches its certificate nor that `sa.key` matches
 //! `sa.pub`; [`check`] does, so a wrong pair is caught before anything moves.
 
+pub mod chain;
 pub mod fingerprint;
 
 use serde::Serialize;
