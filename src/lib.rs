@@ -16,6 +16,8 @@
 pub mod audit;
 pub mod duration;
 pub mod error;
+pub mod join;
 pub mod node;
 pub mod pki;
+pub mod preflight;
 pub mod push;
