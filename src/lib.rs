@@ -15,4 +15,5 @@
 
 pub mod duration;
 pub mod error;
+pub mod inventory;
 pub mod pki;
