@@ -17,3 +17,4 @@ pub mod duration;
 pub mod error;
 pub mod inventory;
 pub mod pki;
+pub mod transport;
