@@ -203,7 +203,10 @@ impl Inventory {
             }
             if let Some(rest) = line.strip_prefix('[') {
                 let Some(name) = rest.strip_suffix(']') else {
-                    return Err(perr(lineno, format!("section header {line:?} has no closing ']'")));
+                    return Err(perr(
+                        lineno,
+                        format!("section header {line:?} has no closing ']'"),
+                    ));
                 };
                 let name = name.trim().to_owned();
                 if is_role_group(&name).is_none() {
@@ -315,18 +318,22 @@ impl Inventory {
     }
 
     fn validate(&self, path: &Path) -> Result<(), InventoryError> {
-        let invalid =
-            |message: String| InventoryError::Invalid { path: path.to_owned(), message };
+        let invalid = |message: String| InventoryError::Invalid { path: path.to_owned(), message };
         let mut seen = HashSet::new();
         for n in &self.nodes {
-            if n.name.is_empty() || !n.name.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) {
+            if n.name.is_empty()
+                || !n.name.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+            {
                 return Err(invalid(format!(
                     "node name {:?} must be a hostname (letters, digits, '-', '_', '.')",
                     n.name
                 )));
             }
             if !seen.insert(n.name.as_str()) {
-                return Err(invalid(format!("node {} is listed twice; node names must be unique", n.name)));
+                return Err(invalid(format!(
+                    "node {} is listed twice; node names must be unique",
+                    n.name
+                )));
             }
             check_host(&n.address)
                 .map_err(|m| invalid(format!("node {}: address {:?}: {m}", n.name, n.address)))?;
@@ -388,9 +395,10 @@ fn looks_like_toml(path: &Path, text: &str) -> bool {
     match path.extension().and_then(|e| e.to_str()) {
         Some("toml") => true,
         Some("ini" | "cfg") => false,
-        _ => text.lines().map(str::trim).any(|l| {
-            l == "[[nodes]]" || l == "[cluster]" || l == "[ssh]" || l.contains(" = ")
-        }),
+        _ => text
+            .lines()
+            .map(str::trim)
+            .any(|l| l == "[[nodes]]" || l == "[cluster]" || l == "[ssh]" || l.contains(" = ")),
     }
 }
 
@@ -672,7 +680,8 @@ role = "control-plane"
         let evil = "[[nodes]]\nname = \"a\"\naddress = \"h; rm -rf /\"\nrole = \"control-plane\"\n";
         assert!(toml_err(evil).contains("node a: address"), "{}", toml_err(evil));
 
-        let opt = "[[nodes]]\nname = \"a\"\naddress = \"-oProxyCommand=x\"\nrole = \"control-plane\"\n";
+        let opt =
+            "[[nodes]]\nname = \"a\"\naddress = \"-oProxyCommand=x\"\nrole = \"control-plane\"\n";
         assert!(toml_err(opt).contains("starts with '-'"));
 
         let port = "[ssh]\nport = 70000\n[[nodes]]\nname = \"a\"\naddress = \"h\"\nrole = \"control-plane\"\n";
@@ -744,15 +753,18 @@ calico_rr
             .unwrap_err()
             .to_string();
         assert!(e.starts_with("h.ini:1:"), "{e}");
-        let e = Inventory::from_ini("[kube_node]\nw1\n", Path::new("h.ini")).unwrap_err().to_string();
+        let e =
+            Inventory::from_ini("[kube_node]\nw1\n", Path::new("h.ini")).unwrap_err().to_string();
         assert!(e.contains("[kube_control_plane]"), "{e}");
-        let e = Inventory::from_ini("[kube_control_plane]\nn1 ansible_port=x\n", Path::new("h.ini"))
-            .unwrap_err()
-            .to_string();
+        let e =
+            Inventory::from_ini("[kube_control_plane]\nn1 ansible_port=x\n", Path::new("h.ini"))
+                .unwrap_err()
+                .to_string();
         assert!(e.contains("ansible_port \"x\""), "{e}");
-        let e = Inventory::from_ini("[kube_control_plane]\nn1 ansible_host='a\n", Path::new("h.ini"))
-            .unwrap_err()
-            .to_string();
+        let e =
+            Inventory::from_ini("[kube_control_plane]\nn1 ansible_host='a\n", Path::new("h.ini"))
+                .unwrap_err()
+                .to_string();
         assert!(e.starts_with("h.ini:2: unterminated quote"), "{e}");
     }
 
