@@ -16,8 +16,10 @@
 pub mod audit;
 pub mod duration;
 pub mod error;
+pub mod inventory;
 pub mod join;
 pub mod node;
 pub mod pki;
 pub mod preflight;
 pub mod push;
+pub mod transport;
