@@ -13,6 +13,7 @@
 //! Inventory ──▶ nodes ──Transport──▶ preflight facts / audit facts ──compare──▶ problems
 //! ```
 
+pub mod bundle;
 pub mod duration;
 pub mod error;
 pub mod pki;
