@@ -39,6 +39,10 @@ pub const DECOMPRESSED_MAX: u64 = 1024 * 1024;
 /// [`DECOMPRESSED_MAX`]); it also bounds what the gzip header parser may buffer.
 pub const INPUT_MAX: u64 = 2 * DECOMPRESSED_MAX;
 
+/// The one gzip header hapki writes (flate2, best compression, mtime 0, no name): magic,
+/// deflate, no flags, mtime 0, XFL 2 (maximum compression), OS 255 (unknown).
+pub const GZIP_HEADER: [u8; 10] = [0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 2, 0xff];
+
 /// The archive's entries, in the only order a bundle may have them.
 pub fn entry_names() -> Vec<String> {
     let mut names = vec![MANIFEST.to_string(), SUMS.to_string(), SIGNATURE.to_string()];

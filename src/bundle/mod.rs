@@ -41,8 +41,8 @@ pub use pki_shim::PkiFile;
 /// Why a bundle could not be made or was rejected.
 #[derive(Debug, thiserror::Error)]
 pub enum BundleError {
-    #[error("{path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    #[error("{path}: {error}")]
+    Io { path: PathBuf, error: std::io::Error },
     /// Bad input from the operator: a flag, a key file, a recipient.
     #[error("{0}")]
     Usage(String),
@@ -86,7 +86,7 @@ fn layout_message(entry: &Option<String>, reason: &str) -> String {
 
 impl BundleError {
     pub(crate) fn io(path: &Path, source: std::io::Error) -> Self {
-        BundleError::Io { path: path.to_path_buf(), source }
+        BundleError::Io { path: path.to_path_buf(), error: source }
     }
 
     pub(crate) fn incoherent(report: &check::CheckReport) -> Self {

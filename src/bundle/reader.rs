@@ -16,7 +16,7 @@
 //! `bundle.json` is looked at here.
 
 use std::collections::HashSet;
-use std::io::{self, BufRead, BufReader, Read};
+use std::io::{self, BufReader, Read};
 
 use super::crypt::{self, Identities};
 use super::format::{self, entry_cap, entry_mode, entry_names, MANIFEST, SIGNATURE, SUMS};
@@ -61,8 +61,7 @@ pub fn read_bundle<R: Read>(
     let input = BufReader::new(io::Cursor::new(head.clone()).chain(input));
     if head.starts_with(crypt::AGE_MAGIC) {
         let plain = crypt::decrypt(input, ids)?;
-        let plain = Capped::new(plain, format::INPUT_MAX, "the decrypted bundle");
-        let mut raw = read_gzip(BufReader::new(plain), check_signature)?;
+        let mut raw = read_gzip(plain, check_signature)?;
         raw.encrypted = true;
         Ok(raw)
     } else if head.starts_with(&[0x1f, 0x8b]) {
@@ -77,12 +76,37 @@ pub fn read_bundle<R: Read>(
 }
 
 /// The structural reader without decryption: gzip → tar. Public for the fuzz target.
-pub fn read_gzip<R: BufRead>(
+///
+/// The compressed stream (≤ [`format::INPUT_MAX`]) is held in memory, and the tar it decodes to
+/// (≤ [`format::DECOMPRESSED_MAX`]) is recorded as it streams through the entry checks: once
+/// everything else passed, the compressed bytes must be exactly what hapki's writer makes of
+/// that tar. The signature covers the entries, gzip's CRC the tar, but nothing covers the
+/// gzip header nor the padding bits that end the deflate stream; this last check is what makes
+/// one flipped bit anywhere in a plaintext bundle fatal. (The price: a bundle recompressed by
+/// another tool, or by a hapki with a different deflate implementation, is refused; bundles
+/// live days, and `hapki bundle` remakes one.)
+pub fn read_gzip<R: Read>(
     input: R,
     check_signature: &mut dyn FnMut(&[u8], &[u8]) -> Result<Signer, BundleError>,
 ) -> Result<RawBundle, BundleError> {
-    let gz = flate2::bufread::GzDecoder::new(input);
-    let mut tar = Capped::new(gz, format::DECOMPRESSED_MAX, "the decompressed archive");
+    let mut compressed = Vec::new();
+    Capped::new(input, format::INPUT_MAX, "the compressed archive")
+        .read_to_end(&mut compressed)
+        .map_err(|e| corrupt("reading the bundle", e))?;
+    if compressed.len() < format::GZIP_HEADER.len() {
+        return Err(layout(None, "truncated gzip header"));
+    }
+    if compressed[..format::GZIP_HEADER.len()] != format::GZIP_HEADER {
+        return Err(layout(
+            None,
+            "gzip header is not the one hapki writes (no name, no flags, mtime 0, best compression, OS unknown)",
+        ));
+    }
+    let gz = flate2::bufread::GzDecoder::new(&compressed[..]);
+    let mut tar = Recorded {
+        inner: Capped::new(gz, format::DECOMPRESSED_MAX, "the decompressed archive"),
+        record: Vec::new(),
+    };
     let raw = read_tar(&mut tar, check_signature)?;
     // After the end-of-archive blocks only zero padding may follow (GNU tar pads to 10 KiB).
     // Reading to the end also makes flate2 check the gzip trailer (CRC-32 and length).
@@ -97,13 +121,34 @@ pub fn read_gzip<R: BufRead>(
         }
     }
     // flate2 decodes one gzip member; anything after it (a second member, garbage) is left here.
-    let mut rest = tar.inner.into_inner();
-    let left = rest.fill_buf().map_err(|e| corrupt("after the gzip stream", e))?;
+    let left = tar.inner.inner.into_inner();
     if !left.is_empty() {
         let what = if left.starts_with(&[0x1f, 0x8b]) { "a second gzip member" } else { "trailing data" };
         return Err(layout(None, &format!("{what} after the gzip stream")));
     }
+    let canonical = super::writer::gzip(&tar.record)
+        .map_err(|e| BundleError::Internal(format!("recompressing: {e}")))?;
+    if canonical != compressed {
+        return Err(layout(
+            None,
+            "the gzip stream is not hapki's encoding of its contents (altered, or recompressed by another tool)",
+        ));
+    }
     Ok(raw)
+}
+
+/// Keeps a copy of what is read through it.
+struct Recorded<R> {
+    inner: R,
+    record: Vec<u8>,
+}
+
+impl<R: Read> Read for Recorded<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.record.extend_from_slice(&buf[..n]);
+        Ok(n)
+    }
 }
 
 fn read_tar<R: Read>(

@@ -117,8 +117,7 @@ pub fn build(
 
 /// The deterministic tar.gz of `entries` (name, bytes), in the given order.
 pub fn tar_gz(entries: &[(String, &[u8])], mtime: u64) -> std::io::Result<Vec<u8>> {
-    let gz = flate2::GzBuilder::new().mtime(0).write(Vec::new(), flate2::Compression::best());
-    let mut tar = tar::Builder::new(gz);
+    let mut tar = tar::Builder::new(Vec::new());
     for (name, bytes) in entries {
         let mut h = tar::Header::new_ustar();
         h.set_path(name)?;
@@ -133,7 +132,15 @@ pub fn tar_gz(entries: &[(String, &[u8])], mtime: u64) -> std::io::Result<Vec<u8
         h.set_cksum();
         tar.append(&h, *bytes)?;
     }
-    tar.into_inner()?.finish()
+    gzip(&tar.into_inner()?)
+}
+
+/// hapki's one gzip encoding (header [`format::GZIP_HEADER`]); the reader recompresses with it
+/// to check that a bundle's compressed bytes are canonical.
+pub fn gzip(tar: &[u8]) -> std::io::Result<Vec<u8>> {
+    let mut gz = flate2::GzBuilder::new().mtime(0).write(Vec::new(), flate2::Compression::best());
+    gz.write_all(tar)?;
+    gz.finish()
 }
 
 /// Builds a bundle and writes it to `out` atomically (temp file with mode 0600 in the same
