@@ -26,6 +26,9 @@ mod tests {
     #[test]
     fn empty_input_is_the_known_vector() {
         assert_eq!(sha256_hex(b""), EMPTY_SHA256);
-        assert_eq!(sha256_hex(b"abc"), "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
+        assert_eq!(
+            sha256_hex(b"abc"),
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
     }
 }

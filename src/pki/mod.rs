@@ -5,7 +5,21 @@
 //! kubeadm itself never checks that a CA key matches its certificate nor that `sa.key` matches
 //! `sa.pub`; [`check`] does, so a wrong pair is caught before anything moves.
 
+mod der;
+mod error;
+
+pub mod check;
 pub mod fingerprint;
+pub mod generate;
+pub mod inspect;
+pub mod parse;
+
+pub use check::{
+    check_dir, check_files, read_dir, CheckOptions, CheckReport, FileReport, PkiFile, Problem,
+};
+pub use error::PkiError;
+pub use generate::{init, issue_leaf, Algorithm, IssuedLeaf};
+pub use inspect::{inspect_pem, InspectReport};
 
 use serde::Serialize;
 
@@ -39,14 +53,62 @@ pub struct SharedFile {
 /// from loosening what kubeadm wrote, and a uniform rule ("everything but CA certificates is
 /// 0600") is easier to audit.
 pub const SHARED_FILES: [SharedFile; 8] = [
-    SharedFile { name: "ca.crt", kind: FileKind::Certificate, mode: 0o644, pair: "ca.key", ca_common_name: Some("kubernetes") },
-    SharedFile { name: "ca.key", kind: FileKind::PrivateKey, mode: 0o600, pair: "ca.crt", ca_common_name: None },
-    SharedFile { name: "sa.key", kind: FileKind::PrivateKey, mode: 0o600, pair: "sa.pub", ca_common_name: None },
-    SharedFile { name: "sa.pub", kind: FileKind::PublicKey, mode: 0o600, pair: "sa.key", ca_common_name: None },
-    SharedFile { name: "front-proxy-ca.crt", kind: FileKind::Certificate, mode: 0o644, pair: "front-proxy-ca.key", ca_common_name: Some("front-proxy-ca") },
-    SharedFile { name: "front-proxy-ca.key", kind: FileKind::PrivateKey, mode: 0o600, pair: "front-proxy-ca.crt", ca_common_name: None },
-    SharedFile { name: "etcd/ca.crt", kind: FileKind::Certificate, mode: 0o644, pair: "etcd/ca.key", ca_common_name: Some("etcd-ca") },
-    SharedFile { name: "etcd/ca.key", kind: FileKind::PrivateKey, mode: 0o600, pair: "etcd/ca.crt", ca_common_name: None },
+    SharedFile {
+        name: "ca.crt",
+        kind: FileKind::Certificate,
+        mode: 0o644,
+        pair: "ca.key",
+        ca_common_name: Some("kubernetes"),
+    },
+    SharedFile {
+        name: "ca.key",
+        kind: FileKind::PrivateKey,
+        mode: 0o600,
+        pair: "ca.crt",
+        ca_common_name: None,
+    },
+    SharedFile {
+        name: "sa.key",
+        kind: FileKind::PrivateKey,
+        mode: 0o600,
+        pair: "sa.pub",
+        ca_common_name: None,
+    },
+    SharedFile {
+        name: "sa.pub",
+        kind: FileKind::PublicKey,
+        mode: 0o600,
+        pair: "sa.key",
+        ca_common_name: None,
+    },
+    SharedFile {
+        name: "front-proxy-ca.crt",
+        kind: FileKind::Certificate,
+        mode: 0o644,
+        pair: "front-proxy-ca.key",
+        ca_common_name: Some("front-proxy-ca"),
+    },
+    SharedFile {
+        name: "front-proxy-ca.key",
+        kind: FileKind::PrivateKey,
+        mode: 0o600,
+        pair: "front-proxy-ca.crt",
+        ca_common_name: None,
+    },
+    SharedFile {
+        name: "etcd/ca.crt",
+        kind: FileKind::Certificate,
+        mode: 0o644,
+        pair: "etcd/ca.key",
+        ca_common_name: Some("etcd-ca"),
+    },
+    SharedFile {
+        name: "etcd/ca.key",
+        kind: FileKind::PrivateKey,
+        mode: 0o600,
+        pair: "etcd/ca.crt",
+        ca_common_name: None,
+    },
 ];
 
 /// Mode of the pki directory and its `etcd/` subdirectory.
