@@ -15,7 +15,6 @@
 pub mod crypt;
 pub mod format;
 mod keygen;
-pub mod pki_shim;
 pub mod reader;
 pub mod sign;
 pub mod trust;
@@ -34,9 +33,8 @@ pub use sign::{load_signing_key, Signer};
 pub use trust::AllowedSigners;
 pub use writer::{create, CreateOptions, Protection};
 
-/// The coherence check this module relies on (see `pki_shim` until the pki module provides it).
-pub(crate) use pki_shim as check;
-pub use pki_shim::PkiFile;
+use crate::pki::check;
+pub use crate::pki::PkiFile;
 
 /// Why a bundle could not be made or was rejected.
 #[derive(Debug, thiserror::Error)]
@@ -72,6 +70,9 @@ pub enum BundleError {
     Expired { expires_at: String, now: String },
     #[error("bundle rejected: created at {created_at}, in the future (now {now}); check this machine's clock and the signer's")]
     FromTheFuture { created_at: String, now: String },
+    /// Reading the PKI to bundle failed (unreadable file, not a directory…).
+    #[error(transparent)]
+    Pki(#[from] crate::pki::PkiError),
     /// A bug or an impossible state.
     #[error("internal error: {0}")]
     Internal(String),
@@ -90,14 +91,8 @@ impl BundleError {
     }
 
     pub(crate) fn incoherent(report: &check::CheckReport) -> Self {
-        let list: Vec<String> = report
-            .problems
-            .iter()
-            .map(|p| match &p.file {
-                Some(f) => format!("{f}: {}", p.message),
-                None => p.message.clone(),
-            })
-            .collect();
+        // Each problem's message already starts with its file's name.
+        let list: Vec<String> = report.problems.iter().map(|p| p.message.clone()).collect();
         BundleError::Incoherent(list.join("; "))
     }
 }
@@ -107,6 +102,7 @@ impl Categorized for BundleError {
         match self {
             BundleError::Io { .. } | BundleError::Internal(_) => Category::Unexpected,
             BundleError::Usage(_) => Category::Usage,
+            BundleError::Pki(e) => e.category(),
             _ => Category::Verification,
         }
     }
@@ -115,7 +111,7 @@ impl Categorized for BundleError {
 /// Reads the eight shared files from a pki directory (a missing one is reported by the
 /// coherence check in [`create`]).
 pub fn read_pki_dir(dir: &Path) -> Result<Vec<PkiFile>, BundleError> {
-    check::read_dir(dir).map_err(|e| BundleError::io(dir, e))
+    Ok(check::read_dir(dir)?)
 }
 
 /// Knobs of [`open_and_verify`].
@@ -223,7 +219,10 @@ fn check_contents(raw: reader::RawBundle, opts: &VerifyOptions) -> Result<Verifi
         .iter()
         .map(|f| PkiFile { name: f.name.clone(), bytes: f.bytes.clone(), mode: Some(f.mode) })
         .collect();
-    let report = check::check_files(&pki_files, &check::CheckOptions { warn_within: time::Duration::ZERO, now: opts.now });
+    let report = check::check_files(
+        &pki_files,
+        &check::CheckOptions { warn_within: crate::duration::Duration::from_secs(0), now: opts.now },
+    );
     if !report.ok {
         return Err(BundleError::incoherent(&report));
     }
@@ -236,10 +235,10 @@ fn check_contents(raw: reader::RawBundle, opts: &VerifyOptions) -> Result<Verifi
         let fields = [
             ("mode", format!("{:04o}", m.mode), format!("{:04o}", f.mode)),
             ("sha256", m.sha256.clone(), rep.sha256.clone()),
-            ("kind", format!("{:?}", m.kind), format!("{:?}", rep.kind)),
+            ("kind", format!("{:?}", Some(m.kind)), format!("{:?}", rep.kind)),
             ("cert_sha256", format!("{:?}", m.cert_sha256), format!("{:?}", rep.cert_sha256)),
             ("spki_sha256", format!("{:?}", m.spki_sha256), format!("{:?}", rep.spki_sha256)),
-            ("not_after", format!("{:?}", m.not_after), format!("{:?}", rep.not_after)),
+            ("not_after", format!("{:?}", m.not_after), format!("{:?}", parse_rfc3339(rep.not_after.as_deref())?)),
         ];
         for (field, said, is) in fields {
             if said != is {
@@ -274,6 +273,15 @@ fn check_contents(raw: reader::RawBundle, opts: &VerifyOptions) -> Result<Verifi
         files,
         encrypted: raw.encrypted,
     })
+}
+
+/// A report's RFC 3339 time as a typed time; unparseable would be a bug in the pki module.
+pub(crate) fn parse_rfc3339(s: Option<&str>) -> Result<Option<OffsetDateTime>, BundleError> {
+    s.map(|s| {
+        OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339)
+            .map_err(|_| BundleError::Internal(format!("unparseable time {s:?} from the PKI check")))
+    })
+    .transpose()
 }
 
 /// The `verify --output json` object.

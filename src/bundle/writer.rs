@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use ssh_key::PrivateKey;
 use time::OffsetDateTime;
 
-use super::check::{check_files, CheckOptions, PkiFile};
+use crate::pki::check::{check_files, CheckOptions, PkiFile};
 use super::crypt::{self, Recipients};
 use super::format::{self, Manifest, ManifestFile, FORMAT_VERSION, PKI_PREFIX};
 use super::{sign, BundleError};
@@ -54,7 +54,15 @@ pub fn build(
     opts: &CreateOptions,
 ) -> Result<(Manifest, Vec<u8>), BundleError> {
     let created_at = opts.created_at.replace_nanosecond(0).unwrap_or(opts.created_at);
-    let report = check_files(files, &CheckOptions { warn_within: time::Duration::ZERO, now: created_at });
+    // Coherence is judged at the real present, not at `created_at` (which tests and
+    // reproducible builds may set anywhere).
+    let report = check_files(
+        files,
+        &CheckOptions {
+            warn_within: crate::duration::Duration::from_secs(0),
+            now: OffsetDateTime::now_utc(),
+        },
+    );
     if !report.ok {
         return Err(BundleError::incoherent(&report));
     }
@@ -77,7 +85,7 @@ pub fn build(
             kind: shared.kind,
             cert_sha256: rep.cert_sha256.clone(),
             spki_sha256: rep.spki_sha256.clone(),
-            not_after: rep.not_after,
+            not_after: super::parse_rfc3339(rep.not_after.as_deref())?,
             subject: rep.subject.clone(),
         });
         entries.push((format!("{PKI_PREFIX}{}", shared.name), file.bytes.as_slice()));
