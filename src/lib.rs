@@ -14,6 +14,7 @@
 //! ```
 
 pub mod audit;
+pub mod bundle;
 pub mod duration;
 pub mod error;
 pub mod inventory;
