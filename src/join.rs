@@ -249,11 +249,11 @@ impl Ctx<'_> {
             String::from_utf8_lossy(&out.stderr)
         );
         self.keep_log(name, &text);
-        if out.status != 0 {
+        if out.code.unwrap_or(-1) != 0 {
             let tail = redact_text(&node::stderr_tail(&out.stderr), &self.token);
             return result(
                 NodeStatus::Failed,
-                format!("kubeadm join failed (exit {}): {tail}; full output in {}", out.status, self.opts.run_dir.join(format!("{name}.log")).display()),
+                format!("kubeadm join failed (exit {}): {tail}; full output in {}", out.code.unwrap_or(-1), self.opts.run_dir.join(format!("{name}.log")).display()),
             );
         }
         if wait_etcd {
@@ -275,10 +275,10 @@ impl Ctx<'_> {
             let out = session
                 .run(ETCD_HEALTH, &[addr, &pki], &mut std::io::empty())
                 .map_err(|e| e.to_string())?;
-            if out.status == 0 {
+            if out.code.unwrap_or(-1) == 0 {
                 return Ok(());
             }
-            if out.status == 2 || Instant::now() >= deadline {
+            if out.code.unwrap_or(-1) == 2 || Instant::now() >= deadline {
                 return Err(node::stderr_tail(&out.stderr));
             }
             std::thread::sleep(Duration::from_millis(500));
@@ -304,7 +304,7 @@ fn mint_token(transport: &dyn Transport, first: &Target, ca_hash: &str) -> Resul
     let out = s
         .run(RUN_KUBEADM, &["token", "create", "--ttl", "1h", "--print-join-command"], &mut std::io::empty())
         .map_err(|e| mint(e.to_string()))?;
-    if out.status != 0 {
+    if out.code.unwrap_or(-1) != 0 {
         return Err(mint(format!("kubeadm token create failed: {}", node::stderr_tail(&out.stderr))));
     }
     let text = String::from_utf8_lossy(&out.stdout);
@@ -342,7 +342,7 @@ fn copy_cni(transport: &dyn Transport, first: &Target, workers: &[&JoinNode]) ->
         for (name, bytes) in &files {
             let mut data: &[u8] = bytes;
             let o = s.run(WRITE_CNI, &[name], &mut data).map_err(|e| e.to_string())?;
-            if o.status != 0 {
+            if o.code.unwrap_or(-1) != 0 {
                 return Err(format!("{}: {}", w.target.name, node::stderr_tail(&o.stderr)));
             }
         }

@@ -333,3 +333,99 @@ mod tests {
         assert!(ip.iter().all(|p| p.warning));
     }
 }
+
+/// One node to check.
+#[derive(Debug, Clone)]
+pub struct PreflightTarget {
+    pub target: crate::transport::Target,
+    pub role: Role,
+    /// The node's own IP (inventory address or advertise address), for the port checks.
+    pub address: Option<IpAddr>,
+}
+
+/// Per-node summary for the report.
+#[derive(Debug, Clone, Serialize)]
+pub struct NodeSummary {
+    pub node: String,
+    pub role: String,
+    pub reachable: bool,
+    pub problems: usize,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct PreflightReport {
+    pub ok: bool,
+    pub reference: String,
+    pub nodes: Vec<NodeSummary>,
+    pub problems: Vec<Problem>,
+    pub warnings: Vec<Problem>,
+    /// The first master's facts (the join needs its ca.crt when there is no bundle).
+    #[serde(skip)]
+    pub first_master_ca: Option<Vec<u8>>,
+}
+
+/// Reads every node's facts in parallel (read-only) and runs every check.
+pub fn run(
+    targets: &[PreflightTarget],
+    endpoint: Option<&str>,
+    transport: &dyn crate::transport::Transport,
+    reference: Option<Reference>,
+    parallel: usize,
+    paths: &crate::node::NodePaths,
+) -> PreflightReport {
+    let resolve = endpoint.map(|e| split_endpoint(e).0.to_string());
+    let operator_time = time::OffsetDateTime::now_utc().unix_timestamp();
+    let gathered = crate::transport::for_each_parallel(targets, parallel.max(1), |t| {
+        transport
+            .connect(&t.target)
+            .map_err(|e| e.to_string())
+            .and_then(|mut s| crate::node::read_facts(s.as_mut(), paths, resolve.as_deref()))
+    });
+    let first = targets.iter().position(|t| t.role == Role::ControlPlane);
+    let first_facts = first.and_then(|i| gathered[i].as_ref().ok());
+    let reference = reference
+        .or_else(|| first.zip(first_facts).map(|(i, f)| Reference::from_facts(&targets[i].target.name, f)))
+        .unwrap_or_else(|| Reference { source: "none".into(), ..Default::default() });
+    let mut all = Vec::new();
+    let mut nodes = Vec::new();
+    let mut reachable = Vec::new();
+    for (i, (t, facts)) in targets.iter().zip(&gathered).enumerate() {
+        let name = t.target.name.as_str();
+        let problems = match facts {
+            Ok(f) => {
+                reachable.push((name, f));
+                let ctx = NodeContext {
+                    node: name,
+                    joining: Joining::from_role(t.role, Some(i) == first),
+                    address: t.address,
+                    operator_time,
+                };
+                check_node(&ctx, f, &reference)
+            }
+            Err(e) => vec![Problem {
+                node: name.into(),
+                file: None,
+                kind: "unreachable".into(),
+                message: e.clone(),
+                warning: false,
+            }],
+        };
+        nodes.push(NodeSummary {
+            node: name.into(),
+            role: t.role.to_string(),
+            reachable: facts.is_ok(),
+            problems: problems.iter().filter(|p| !p.warning).count(),
+        });
+        all.extend(problems);
+    }
+    all.extend(check_cluster(endpoint, &reachable));
+    let (warnings, problems): (Vec<_>, Vec<_>) = all.into_iter().partition(|p| p.warning);
+    PreflightReport {
+        ok: problems.is_empty(),
+        reference: reference.source,
+        nodes,
+        problems,
+        warnings,
+        first_master_ca: first_facts.and_then(|f| f.certificates.get("ca.crt").cloned()),
+    }
+}

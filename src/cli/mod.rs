@@ -3,9 +3,14 @@
 
 #![allow(dead_code)] // TEMP: helpers used by commands still being written
 
+mod audit;
 mod bundle;
 mod meta;
+mod nodes;
 mod pki;
+mod preflight;
+mod push;
+mod ssh;
 
 use std::io::IsTerminal;
 use std::process::ExitCode;
@@ -39,6 +44,14 @@ pub enum Command {
     Bundle(bundle::BundleArgs),
     /// Check a bundle offline: signature, hashes, layout, PKI coherence and expiry.
     Verify(bundle::VerifyArgs),
+    /// Install a verified bundle on every other control-plane node over SSH, atomically.
+    Push(push::PushArgs),
+    /// Check every node for what would make a join fail, before any join (read-only).
+    Preflight(preflight::PreflightArgs),
+    /// kubeadm join without --certificate-key: control planes one at a time, then workers.
+    Join(preflight::JoinArgs),
+    /// Compare the certificates on every node side by side: drift, modes, issuers, expiry.
+    Audit(audit::AuditArgs),
     /// Print shell completions for SHELL to stdout.
     Completions(meta::CompletionsArgs),
     /// Print hapki's man page (roff) to stdout.
@@ -114,6 +127,10 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
         Command::Keygen(args) => bundle::keygen(args),
         Command::Bundle(args) => bundle::bundle(args),
         Command::Verify(args) => bundle::verify(args),
+        Command::Push(args) => push::run(args),
+        Command::Preflight(args) => preflight::preflight(args),
+        Command::Join(args) => preflight::join(args),
+        Command::Audit(args) => audit::run(args),
         Command::Completions(args) => meta::completions(args),
         Command::Man(args) => meta::man(args),
     }

@@ -67,10 +67,10 @@ pub fn read_facts(
     let out = session
         .run(&facts_script(), &args, &mut std::io::empty())
         .map_err(|e| e.to_string())?;
-    if out.status != 0 {
+    if out.code.unwrap_or(-1) != 0 {
         return Err(format!(
             "reading the node's state failed (exit {}): {}",
-            out.status,
+            out.code.unwrap_or(-1),
             stderr_tail(&out.stderr)
         ));
     }

@@ -7,12 +7,10 @@
 
 pub mod plan;
 
-use std::io::Read;
-
 use serde::Serialize;
 
 use crate::error::Category;
-use crate::node::{self, facts::NodeFacts};
+use crate::node;
 use crate::transport::{self, Target, Transport};
 
 pub use plan::{plan, Plan};
@@ -75,6 +73,7 @@ impl Payload {
 pub enum NodeStatus {
     Installed,
     Unchanged,
+    Joined,
     Planned,
     Skipped,
     Failed,
@@ -218,7 +217,7 @@ fn push_one(
     ];
     args.extend(parts.iter().map(String::as_str));
     let mut stdin: &[u8] = &data;
-    let out = match session.run(&node::install_script(), &args, &mut stdin as &mut dyn Read) {
+    let out = match session.run(&node::install_script(), &args, &mut stdin) {
         Ok(o) => o,
         Err(e) => {
             return failed(
@@ -229,13 +228,13 @@ fn push_one(
         }
     };
     progress(name, Step::Done);
-    if out.status != 0 {
-        let category = match out.status {
+    if out.code.unwrap_or(-1) != 0 {
+        let category = match out.code.unwrap_or(-1) {
             node::install_exit::VERIFY => Category::Verification,
             _ => Category::NodesFailed,
         };
         let msg = node::stderr_tail(&out.stderr);
-        let msg = if msg.is_empty() { format!("the install script failed (exit {})", out.status) } else { msg };
+        let msg = if msg.is_empty() { format!("the install script failed (exit {})", out.code.unwrap_or(-1)) } else { msg };
         return failed(name, category, msg);
     }
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -266,4 +265,52 @@ pub fn push(
     });
     let ok = nodes.iter().all(|n| n.status != NodeStatus::Failed);
     PushReport { ok, nodes }
+}
+
+/// Why a verified bundle could not be turned into a payload (only a malformed signature blob,
+/// which verification would already have rejected).
+#[derive(Debug, thiserror::Error)]
+#[error("the bundle's signature cannot be re-read for node-side verification: {0}")]
+pub struct PayloadError(String);
+
+impl crate::error::Categorized for PayloadError {
+    fn category(&self) -> Category {
+        Category::Verification
+    }
+}
+
+impl Payload {
+    /// The payload for a bundle that passed [`crate::bundle::open_and_verify`]. The node gets an
+    /// allowed_signers line for exactly the key that signed it, so the node's own
+    /// `ssh-keygen -Y verify` re-checks the same signature over the same SHA256SUMS.
+    pub fn from_verified(b: &crate::bundle::VerifiedBundle) -> Result<Payload, PayloadError> {
+        let sig = ssh_key::SshSig::from_pem(&b.signature).map_err(|e| PayloadError(e.to_string()))?;
+        let key = ssh_key::PublicKey::from(sig.public_key().clone());
+        let key_line = key.to_openssh().map_err(|e| PayloadError(e.to_string()))?;
+        // Principals may not contain spaces or quotes in allowed_signers; the node-side name is
+        // ours to choose, so use a fixed one when the operator's principal is unusual.
+        let principal = if b.signer.principal.chars().all(|c| c.is_ascii_alphanumeric() || "@._-".contains(c)) {
+            b.signer.principal.clone()
+        } else {
+            "hapki-signer".to_string()
+        };
+        Ok(Payload {
+            allowed_signers: format!("{principal} namespaces=\"hapki-bundle\" {key_line}\n"),
+            principal,
+            manifest_json: b.manifest_bytes.clone(),
+            sha256sums: b.sha256sums.clone(),
+            signature: b.signature.clone(),
+            serial: b.manifest.serial,
+            files: b
+                .files
+                .iter()
+                .map(|f| PayloadFile {
+                    name: f.name.clone(),
+                    mode: f.mode,
+                    sha256: crate::pki::fingerprint::sha256_hex(&f.bytes),
+                    bytes: f.bytes.clone(),
+                })
+                .collect(),
+        })
+    }
 }
