@@ -33,18 +33,31 @@ trap 'exit 143' TERM
     die 77 "$k, $pki, $pki/etcd or $st is a symlink: refusing to write through it"
 mkdir -p "$k" "$st"
 chmod 0700 "$st"
-# The lock: mkdir is atomic. A lock whose owner process is gone was left by a push that was
-# cut off (lost connection, killed sshd); take it over.
+# The lock: mkdir is atomic. Its owner is recorded as pid and start time, so a lock left by a
+# push that was cut off (lost connection, killed session) is recognised as dead and taken
+# over — even when the dead shell lingers as an unreaped zombie or its pid was reused.
+proc_id() { # pid -> "pid starttime", empty if the process is gone or a zombie
+    [ -r "/proc/$1/stat" ] || return 0
+    s=$(cat "/proc/$1/stat" 2>/dev/null) || return 0
+    s=${s##*) }
+    set -- $s
+    [ "$1" = Z ] && return 0
+    shift 19
+    printf '%s' "$1"
+}
+me="$$ $(proc_id $$)"
 if ! mkdir "$st/lock" 2>/dev/null; then
-    owner=$(head -c 100 "$st/lock/owner" 2>/dev/null | tr -cd '0-9') || owner=
-    if [ -n "$owner" ] && kill -0 "$owner" 2>/dev/null; then
-        die 75 "another hapki push holds the lock on this node (pid $owner); wait for it or remove $st/lock if it is stale"
+    owner=$(head -c 100 "$st/lock/owner" 2>/dev/null) || owner=
+    opid=${owner%% *}
+    case $opid in '' | *[!0-9]*) opid= ;; esac
+    if [ -n "$opid" ] && [ "$owner" = "$opid $(proc_id "$opid")" ]; then
+        die 75 "another hapki push holds the lock on this node (pid $opid); wait for it, or remove $st/lock if no push is running"
     fi
     rm -rf "$st/lock"
     mkdir "$st/lock" || die 75 "could not take the lock $st/lock"
 fi
 locked=1
-printf '%s\n' "$$" > "$st/lock/owner"
+printf '%s\n' "$me" > "$st/lock/owner"
 
 # Staging left by an interrupted push goes first; we hold the lock, so nobody else is staging.
 for g in "$k"/.hapki-stage.*; do
