@@ -82,6 +82,8 @@ pub struct CheckArgs {
     /// Warn about certificates that expire within this long (90m, 36h, 30d, 1y).
     #[arg(long, value_name = "DURATION", default_value = "90d")]
     pub warn_within: Duration,
+    /// `table` for people; `json` prints one object (ok, discovery_token_ca_cert_hash, files[],
+    /// problems[], warnings[]) for scripts.
     #[arg(long, value_enum, default_value_t)]
     pub output: Output,
 }
@@ -91,6 +93,7 @@ pub struct InspectArgs {
     /// PEM files: certificates, private keys (PKCS#1, SEC1, PKCS#8) or public keys.
     #[arg(value_name = "FILE", required = true)]
     pub files: Vec<PathBuf>,
+    /// `table` for people; `json` prints one object (ok, files[], problems[]) for scripts.
     #[arg(long, value_enum, default_value_t)]
     pub output: Output,
 }
@@ -147,10 +150,15 @@ fn print_check_table(dir: &std::path::Path, report: &CheckReport) {
             short(&f.spki_sha256).unwrap_or_else(|| "-".to_string()),
         );
     }
+    for shared in
+        pki::SHARED_FILES.iter().filter(|s| !report.files.iter().any(|f| f.name == s.name))
+    {
+        println!("{:<20} (missing or unreadable: see the problems below)", shared.name);
+    }
     println!();
     match &report.discovery_token_ca_cert_hash {
         Some(h) => println!("discovery-token-ca-cert-hash: {h}"),
-        None => println!("discovery-token-ca-cert-hash: (ca.crt unreadable)"),
+        None => println!("discovery-token-ca-cert-hash: (no readable ca.crt)"),
     }
     print_findings("warning", &report.warnings);
     print_findings("problem", &report.problems);
@@ -182,19 +190,14 @@ fn inspect(args: InspectArgs) -> anyhow::Result<u8> {
     let mut out = InspectOutput { ok: true, files: Vec::new(), problems: Vec::new() };
     for path in &args.files {
         let name = path.display().to_string();
-        let bytes = match std::fs::read(path) {
-            Ok(b) => b,
-            Err(e) if e.kind() == std::io::ErrorKind::IsADirectory => {
-                out.problems.push(Problem {
-                    file: Some(name.clone()),
-                    message: format!("{name}: is a directory, not a PEM file"),
-                });
-                continue;
-            }
-            Err(e) => {
-                return Err(e).with_context(|| format!("{name}: cannot read"));
-            }
-        };
+        if path.is_dir() {
+            out.problems.push(Problem {
+                file: Some(name.clone()),
+                message: format!("{name}: is a directory, not a PEM file"),
+            });
+            continue;
+        }
+        let bytes = std::fs::read(path).with_context(|| format!("{name}: cannot read"))?;
         match pki::inspect_pem(&name, &bytes) {
             Ok(r) => out.files.push(r),
             Err(e) => out.problems.push(Problem { file: Some(name), message: e.to_string() }),

@@ -314,7 +314,7 @@ fn check_ca_cert(
             format!("{name}: CA certificate whose KeyUsage lacks keyCertSign, so it cannot sign the node certificates kubeadm issues: use a CA with keyCertSign"),
         ));
     }
-    if cert.self_issued && !cert.self_signed {
+    if cert.self_issued && cert.self_signed == Some(false) {
         problems.push(Problem::new(
             name,
             format!("{name}: self-issued but its signature does not verify with its own key: the certificate is corrupt or forged; copy it again"),
@@ -398,5 +398,111 @@ fn check_pairs(parsed: &BTreeMap<&'static str, Content>, problems: &mut Vec<Prob
         };
         let file = if key_name == "sa.key" { "sa.pub" } else { key_name };
         problems.push(Problem::new(file, message));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pki::{init, Algorithm};
+    use rustls_pki_types::pem::PemObject;
+
+    fn fresh() -> (tempfile::TempDir, Vec<PkiFile>) {
+        let t = tempfile::tempdir().unwrap();
+        init(t.path(), Algorithm::EcdsaP256, OffsetDateTime::now_utc()).unwrap();
+        let files = read_dir(t.path()).unwrap();
+        (t, files)
+    }
+
+    fn at(now: OffsetDateTime) -> CheckOptions {
+        CheckOptions { warn_within: CheckOptions::DEFAULT_WARN_WITHIN, now }
+    }
+
+    fn messages(ps: &[Problem]) -> Vec<&str> {
+        ps.iter().map(|p| p.message.as_str()).collect()
+    }
+
+    #[test]
+    fn clean_pki_from_memory_without_modes() {
+        let (_t, mut files) = fresh();
+        for f in &mut files {
+            f.mode = None;
+        }
+        files.push(PkiFile {
+            name: "apiserver.crt".into(),
+            bytes: b"ignored".to_vec(),
+            mode: None,
+        });
+        let r = check_files(&files, &CheckOptions::default());
+        assert!(r.ok, "{:?}", r.problems);
+        assert_eq!(r.files.len(), 8);
+        assert!(r.files.iter().all(|f| f.mode.is_none()));
+        assert!(r.discovery_token_ca_cert_hash.unwrap().starts_with("sha256:"));
+    }
+
+    #[test]
+    fn validity_is_judged_at_now() {
+        let (_t, files) = fresh();
+        let now = OffsetDateTime::now_utc();
+        // Before the 5-minute back-dating: not yet valid, for each of the three CAs.
+        let r = check_files(&files, &at(now - time::Duration::hours(1)));
+        let early: Vec<_> =
+            r.problems.iter().filter(|p| p.message.contains("not valid before")).collect();
+        assert_eq!(early.len(), 3, "{:?}", messages(&r.problems));
+        // Just inside the back-dating window: fine.
+        assert!(check_files(&files, &at(now - time::Duration::minutes(4))).ok);
+        // Nine and a half years on: within a year of expiry, a warning only.
+        let r = check_files(&files, &at(now + time::Duration::days(3650 - 200)));
+        assert!(r.ok);
+        assert_eq!(r.warnings.len(), 3, "{:?}", messages(&r.warnings));
+        assert!(r.warnings[0].message.contains("before a one-year certificate"));
+        // Eleven years on: expired.
+        let r = check_files(&files, &at(now + time::Duration::days(4015)));
+        assert!(!r.ok);
+        assert!(
+            r.problems.iter().all(|p| p.message.contains("expired on")),
+            "{:?}",
+            messages(&r.problems)
+        );
+    }
+
+    #[test]
+    fn a_forged_self_signature_is_a_problem() {
+        let (_t, mut files) = fresh();
+        let ca = files.iter_mut().find(|f| f.name == "ca.crt").unwrap();
+        let der = rustls_pki_types::CertificateDer::from_pem_slice(&ca.bytes).unwrap();
+        let mut der = der.as_ref().to_vec();
+        // The last byte is inside the signature.
+        let last = der.len() - 1;
+        der[last] ^= 0x01;
+        ca.bytes = crate::pki::generate::pem_encode("CERTIFICATE", &der).into_bytes();
+        let r = check_files(&files, &CheckOptions::default());
+        assert!(!r.ok);
+        assert!(
+            messages(&r.problems)
+                .iter()
+                .any(|m| m.starts_with("ca.crt: self-issued but its signature does not verify")),
+            "{:?}",
+            messages(&r.problems)
+        );
+    }
+
+    #[test]
+    fn all_missing_names_every_file() {
+        let r = check_files(&[], &CheckOptions::default());
+        assert!(!r.ok);
+        let named: Vec<_> = r.problems.iter().filter_map(|p| p.file.as_deref()).collect();
+        assert_eq!(named, SHARED_FILES.map(|f| f.name));
+        assert!(r.discovery_token_ca_cert_hash.is_none());
+    }
+
+    #[test]
+    fn read_dir_is_strict_about_directories() {
+        let (t, _) = fresh();
+        std::fs::remove_file(t.path().join("sa.pub")).unwrap();
+        std::fs::create_dir(t.path().join("sa.pub")).unwrap();
+        let e = read_dir(t.path()).unwrap_err();
+        assert!(e.to_string().starts_with("sa.pub: is a directory"), "{e}");
+        assert_eq!(crate::error::Categorized::category(&e), crate::error::Category::Verification);
     }
 }

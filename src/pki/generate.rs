@@ -213,9 +213,6 @@ pub fn init(dir: &Path, alg: Algorithm, now: OffsetDateTime) -> Result<(), PkiEr
         match std::fs::symlink_metadata(&path) {
             Ok(_) => return Err(PkiError::WouldOverwrite { path }),
             Err(e) if e.kind() == ErrorKind::NotFound => {}
-            Err(e) if e.kind() == ErrorKind::NotADirectory => {
-                return Err(PkiError::WouldOverwrite { path })
-            }
             Err(e) => return Err(PkiError::io(path, e)),
         }
     }

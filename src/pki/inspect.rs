@@ -64,7 +64,7 @@ pub fn inspect_pem(name: &str, bytes: &[u8]) -> Result<InspectReport, PkiError> 
             report.issuer = Some(c.issuer.clone());
             report.serial = Some(c.serial.clone());
             report.is_ca = Some(c.is_ca);
-            report.self_signed = Some(c.self_signed);
+            report.self_signed = c.self_signed;
             report.not_before = fmt_time(c.not_before);
             report.not_after = fmt_time(c.not_after);
             report.discovery_token_ca_cert_hash = Some(c.discovery_hash());

@@ -186,8 +186,10 @@ pub struct ParsedCert {
     pub not_after: OffsetDateTime,
     /// Subject and issuer names are identical.
     pub self_issued: bool,
-    /// The certificate's signature verifies with its own public key.
-    pub self_signed: bool,
+    /// Whether the signature verifies with the certificate's own public key: `Some(false)` when
+    /// it is not self-issued or the signature is wrong, `None` when the signature algorithm is
+    /// one the verifier does not implement (e.g. ECDSA with SHA-512), so nothing is claimed.
+    pub self_signed: Option<bool>,
     pub public: PublicKeyInfo,
 }
 
@@ -372,7 +374,15 @@ fn cert_from_der(file: &str, der: &[u8]) -> Result<ParsedCert, PkiError> {
         not_before: time(&cert.validity().not_before)?,
         not_after: time(&cert.validity().not_after)?,
         self_issued,
-        self_signed: self_issued && cert.verify_signature(None).is_ok(),
+        self_signed: if !self_issued {
+            Some(false)
+        } else {
+            match cert.verify_signature(None) {
+                Ok(()) => Some(true),
+                Err(x509_parser::error::X509Error::SignatureVerificationError) => Some(false),
+                Err(_) => None,
+            }
+        },
         public,
     })
 }
