@@ -137,6 +137,12 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
 }
 
 pub fn main() -> ExitCode {
+    // Printing into a closed pipe (`hapki audit --output json | head`) should end the process
+    // quietly, as it does for other command-line tools, not panic inside println!.
+    // SAFETY: restoring the default disposition of SIGPIPE before any thread starts.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
     let cli = Cli::parse();
     match run(cli) {
         Ok(code) => ExitCode::from(code),
