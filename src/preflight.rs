@@ -429,3 +429,22 @@ pub fn run(
         first_master_ca: first_facts.and_then(|f| f.certificates.get("ca.crt").cloned()),
     }
 }
+
+impl PreflightReport {
+    /// With `join --copy-cni-config`, a worker without CNI config is about to get the first
+    /// master's: its finding becomes a warning.
+    pub fn accept_missing_cni(&mut self) {
+        let (cni, rest): (Vec<_>, Vec<_>) =
+            std::mem::take(&mut self.problems).into_iter().partition(|p| p.kind == "cni-config");
+        self.problems = rest;
+        for mut p in cni {
+            p.warning = true;
+            p.message = format!("{} (will be copied by --copy-cni-config)", p.message);
+            if let Some(n) = self.nodes.iter_mut().find(|n| n.node == p.node) {
+                n.problems = n.problems.saturating_sub(1);
+            }
+            self.warnings.push(p);
+        }
+        self.ok = self.problems.is_empty();
+    }
+}

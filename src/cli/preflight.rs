@@ -159,7 +159,7 @@ pub fn join(args: JoinArgs) -> anyhow::Result<u8> {
     }
     let (reference, bundle_hash) = reference(&args.reference)?;
     let transport = args.ssh.transport()?;
-    let report = preflight::run(
+    let mut report = preflight::run(
         &preflight_targets(&selected),
         Some(&endpoint),
         transport.as_ref(),
@@ -167,6 +167,9 @@ pub fn join(args: JoinArgs) -> anyhow::Result<u8> {
         args.parallel,
         &NodePaths::default(),
     );
+    if args.copy_cni_config {
+        report.accept_missing_cni();
+    }
     if !report.ok {
         print_preflight(&report, args.output)?;
         eprintln!("hapki: preflight found problems; nothing was joined. Fix them and run join again.");
