@@ -6,6 +6,7 @@
 mod bundle;
 mod meta;
 mod pki;
+mod ssh;
 
 use std::io::IsTerminal;
 use std::process::ExitCode;
