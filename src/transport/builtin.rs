@@ -277,22 +277,23 @@ fn handshake(
     port: u16,
     prefs: &str,
     timeout: Duration,
-) -> Result<(ssh2::Session, TcpStream), (TransportError, bool)> {
+) -> Result<(ssh2::Session, TcpStream), (Box<TransportError>, bool)> {
     let display = display_addr(host, port);
-    let tcp = tcp_connect(host, port, timeout).map_err(|e| (e, false))?;
+    let tcp = tcp_connect(host, port, timeout).map_err(|e| (Box::new(e), false))?;
     let proto = |what: &str, e: ssh2::Error| TransportError::Protocol {
         host: display.clone(),
         what: what.to_owned(),
         message: e.message().to_owned(),
     };
-    let mut sess = ssh2::Session::new().map_err(|e| (proto("starting", e), false))?;
+    let mut sess = ssh2::Session::new().map_err(|e| (Box::new(proto("starting", e)), false))?;
     let sock = tcp.try_clone().map_err(|e| {
-        (TransportError::Io { host: display.clone(), what: "socket".to_owned(), source: e }, false)
+        let e = TransportError::Io { host: display.clone(), what: "socket".to_owned(), source: e };
+        (Box::new(e), false)
     })?;
     sess.set_tcp_stream(sock);
     sess.set_timeout(timeout.as_millis().min(u128::from(u32::MAX)) as u32);
     sess.method_pref(MethodType::HostKey, prefs)
-        .map_err(|e| (proto("setting host-key algorithms", e), false))?;
+        .map_err(|e| (Box::new(proto("setting host-key algorithms", e)), false))?;
     if let Err(e) = sess.handshake() {
         let kex = matches!(session_code(&e), Some(ERR_KEX_FAILURE | ERR_KEY_EXCHANGE_FAILURE));
         let err = match session_code(&e) {
@@ -306,7 +307,7 @@ fn handshake(
                 reason: format!("SSH handshake failed: {}", e.message()),
             },
         };
-        return Err((err, kex));
+        return Err((Box::new(err), kex));
     }
     Ok((sess, tcp))
 }
@@ -315,7 +316,7 @@ fn handshake(
 /// Used to show the fingerprint of an unknown host.
 pub fn probe_host_key(host: &str, port: u16, timeout: Duration) -> Result<Vec<u8>, TransportError> {
     let (sess, _tcp) =
-        handshake(host, port, DEFAULT_HOST_KEY_PREFS, timeout).map_err(|(e, _)| e)?;
+        handshake(host, port, DEFAULT_HOST_KEY_PREFS, timeout).map_err(|(e, _)| *e)?;
     sess.host_key().map(|(k, _)| k.to_vec()).ok_or_else(|| TransportError::Protocol {
         host: display_addr(host, port),
         what: "reading the host key".to_owned(),
@@ -340,7 +341,7 @@ pub(crate) fn unknown_host_error(
     };
     TransportError::HostKeyUnknown {
         host: known_hosts::lookup_name(host, port),
-        key_type,
+        key_type: key_type.into(),
         fingerprint: blob.map(known_hosts::fingerprint),
         known_hosts: known_hosts_path.to_owned(),
         hint: format!(
@@ -371,15 +372,14 @@ impl Transport for BuiltinTransport {
             // The node offers none of the key types we know it by: as suspicious as a changed key.
             Err((_, true)) if !methods.is_empty() => {
                 return Err(TransportError::HostKeyChanged {
-                    host: display,
-                    lookup: known_hosts::lookup_name(&r.host, r.port),
-                    key_type: format!("no key of the known type ({})", types.join(", ")),
+                    host: known_hosts::lookup_name(&r.host, r.port),
+                    key_type: format!("no key of the known type ({})", types.join(", ")).into(),
                     fingerprint: None,
                     known_hosts: target.known_hosts.clone(),
                     lines: Vec::new(),
                 })
             }
-            Err((e, _)) => return Err(e),
+            Err((e, _)) => return Err(*e),
         };
         let blob =
             sess.host_key().map(|(k, _)| k.to_vec()).ok_or_else(|| TransportError::Protocol {
@@ -394,9 +394,8 @@ impl Transport for BuiltinTransport {
             }
             Verdict::Changed { lines } => {
                 return Err(TransportError::HostKeyChanged {
-                    host: display,
-                    lookup: known_hosts::lookup_name(&r.host, r.port),
-                    key_type: known_hosts::blob_key_type(&blob).unwrap_or_default(),
+                    host: known_hosts::lookup_name(&r.host, r.port),
+                    key_type: known_hosts::blob_key_type(&blob).unwrap_or_default().into(),
                     fingerprint: Some(known_hosts::fingerprint(&blob)),
                     known_hosts: target.known_hosts.clone(),
                     lines,

@@ -111,6 +111,12 @@ pub trait Session: Send {
     }
 }
 
+impl fmt::Debug for dyn Session {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Session({})", self.target().name)
+    }
+}
+
 /// What a remote command ended with.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct RemoteOutput {
@@ -157,19 +163,19 @@ pub enum TransportError {
     HostKeyUnknown {
         /// `host` or `[host]:port`, as known_hosts spells it.
         host: String,
-        key_type: String,
+        /// `ssh-ed25519`, `ecdsa-sha2-nistp256`, `ssh-rsa`, …
+        key_type: Box<str>,
         /// `SHA256:…` as `ssh-keygen -l` prints it.
         fingerprint: Option<String>,
         known_hosts: PathBuf,
         /// The exact command that adds the key (after checking it).
         hint: String,
     },
-    #[error("{host}: HOST KEY CHANGED: the node presented {key_type} {} but {} {} holds a different key; nothing was sent (possible man-in-the-middle); if the node was reinstalled, verify its new key out of band, then run: ssh-keygen -R {lookup} -f {}", fingerprint.as_deref().unwrap_or("(fingerprint unavailable)"), known_hosts.display(), lines_desc(lines), known_hosts.display())]
+    #[error("{host}: HOST KEY CHANGED: the node presented {key_type} {} but {} {} holds a different key; nothing was sent (possible man-in-the-middle); if the node was reinstalled, verify its new key out of band, then run: ssh-keygen -R {host} -f {}", fingerprint.as_deref().unwrap_or("(fingerprint unavailable)"), known_hosts.display(), lines_desc(lines), known_hosts.display())]
     HostKeyChanged {
+        /// `host` or `[host]:port`, as known_hosts spells it.
         host: String,
-        /// The name known_hosts is searched under (`host` or `[host]:port`).
-        lookup: String,
-        key_type: String,
+        key_type: Box<str>,
         fingerprint: Option<String>,
         known_hosts: PathBuf,
         /// known_hosts line numbers of the keys the node should have had.
@@ -444,7 +450,6 @@ mod tests {
     fn categories() {
         let e = TransportError::HostKeyChanged {
             host: "h".into(),
-            lookup: "h".into(),
             key_type: "ssh-ed25519".into(),
             fingerprint: Some("SHA256:x".into()),
             known_hosts: "/k".into(),

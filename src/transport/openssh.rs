@@ -271,9 +271,8 @@ fn map_failure(t: &Target, stderr: &str) -> TransportError {
             })
             .unwrap_or_default();
         return TransportError::HostKeyChanged {
-            host: display,
-            lookup: known_hosts::lookup_name(&t.host, port),
-            key_type,
+            host: known_hosts::lookup_name(&t.host, port),
+            key_type: key_type.into(),
             fingerprint,
             known_hosts: t.known_hosts.clone(),
             lines,
@@ -345,7 +344,7 @@ mod tests {
             TransportError::HostKeyChanged { fingerprint, lines, key_type, .. } => {
                 assert_eq!(fingerprint.as_deref(), Some("SHA256:abcDEF123"));
                 assert_eq!(lines, [7]);
-                assert_eq!(key_type, "ssh-ed25519");
+                assert_eq!(&*key_type, "ssh-ed25519");
             }
             e => panic!("{e}"),
         }
