@@ -96,6 +96,20 @@ fn push_then_join_builds_a_healthy_three_member_etcd_without_a_certificate_key()
     assert!(!dry_text.contains("0123456789abcdef"), "the token secret leaked: {dry_text}");
     assert!(read_log(&tb).iter().all(|l| l.sub != "join"), "dry run joined something");
 
+    // A stale etcd data dir on node 3: preflight stops the join before anything starts.
+    let stale = tb.node("kubemaster-3").dir.join("var-lib-etcd/member");
+    std::fs::create_dir_all(&stale).unwrap();
+    let blocked = hapki()
+        .args(["join", "--inventory"]).arg(tb.inventory())
+        .args(bundle_args)
+        .args(["--copy-cni-config"])
+        .output()
+        .unwrap();
+    assert_eq!(blocked.status.code(), Some(6), "{}", text(&blocked));
+    assert!(text(&blocked).contains("DirAvailable--var-lib-etcd"), "{}", text(&blocked));
+    assert!(read_log(&tb).iter().all(|l| l.sub != "join"), "a join ran despite preflight");
+    std::fs::remove_dir(&stale).unwrap();
+
     let run_dir = fx.path("run");
     let out = hapki()
         .args(["join", "--inventory"]).arg(tb.inventory())
