@@ -1,9 +1,10 @@
 //! The strict, streaming bundle reader.
 //!
-//! It never extracts anything to disk and holds at most one capped entry at a time plus what it
-//! keeps (≤ ~600 KiB in all), whatever the input: the file, the age plaintext and the gzip output
-//! are each read through a hard cap, so a decompression bomb costs a fixed amount of work and
-//! memory before it is rejected.
+//! It never extracts anything to disk, and its memory is bounded whatever the input (a few MiB:
+//! the compressed stream ≤ [`format::INPUT_MAX`], the tar it decodes to ≤
+//! [`format::DECOMPRESSED_MAX`]): the file, the age plaintext and the gzip output are each read
+//! through a hard cap, so a decompression bomb costs a fixed amount of work and memory before
+//! it is rejected. Each tar header is checked before its entry's bytes are read.
 //!
 //! The tar layer is parsed here rather than with the `tar` crate: the format admits exactly one
 //! shape (eleven regular files with known names, in order), and a reader that only ever sees
