@@ -54,7 +54,10 @@ fn rsa_and_ecdsa_pkis_round_trip_and_pass_the_stock_tools() {
             fx.dir.path(),
         )
         .stdout;
-        assert_eq!(j["discovery_token_ca_cert_hash"], format!("sha256:{}", String::from_utf8(h).unwrap().trim()));
+        assert_eq!(
+            j["discovery_token_ca_cert_hash"],
+            format!("sha256:{}", String::from_utf8(h).unwrap().trim())
+        );
         // Per-file sha256 are sha256sum's.
         for f in j["files"].as_array().unwrap() {
             let n = f["name"].as_str().unwrap();
@@ -97,7 +100,8 @@ fn stock_age_encryption_and_ssh_recipients_interoperate() {
     stock_recipe(&fx, &fx.path("ssh.age"), &d.join("node"));
 
     // @FILE recipients: an age key and an SSH key; each identity alone decrypts.
-    std::fs::write(d.join("recipients"), format!("# ops\n{}\n\n{}", fx.age_recipient, pubkey)).unwrap();
+    std::fs::write(d.join("recipients"), format!("# ops\n{}\n\n{}", fx.age_recipient, pubkey))
+        .unwrap();
     let at = format!("@{}", d.join("recipients").display());
     fx.bundle("multi.age", &["--recipient", &at]).success();
     fx.verify(&fx.path("multi.age")).success();
@@ -141,23 +145,32 @@ fn same_input_and_time_give_identical_bytes() {
     let t = ["--insecure-plaintext", "--created-at", "2030-01-02T03:04:05Z"];
     fx.bundle("a.tgz", &t).success();
     fx.bundle("b.tgz", &t).success();
-    let (a, b) = (std::fs::read(fx.path("a.tgz")).unwrap(), std::fs::read(fx.path("b.tgz")).unwrap());
+    let (a, b) =
+        (std::fs::read(fx.path("a.tgz")).unwrap(), std::fs::read(fx.path("b.tgz")).unwrap());
     assert_eq!(a, b);
     // Owner 0:0 (root), mtime = created_at, kubeadm's modes, no directory entries.
-    let listing = String::from_utf8(
-        sh("tar --numeric-owner --full-time -tvzf a.tgz", fx.dir.path()).stdout,
-    )
-    .unwrap();
+    let listing =
+        String::from_utf8(sh("tar --numeric-owner --full-time -tvzf a.tgz", fx.dir.path()).stdout)
+            .unwrap();
     let lines: Vec<&str> = listing.lines().collect();
     assert_eq!(lines.len(), 11, "{listing}");
     for l in &lines {
         assert!(l.contains(" 0/0 "), "{l}");
         assert!(l.contains("2030-01-02 03:04:05"), "{l}");
     }
-    assert!(lines[4].starts_with("-rw------- ") && lines[4].ends_with("pki/ca.key"), "{}", lines[4]);
-    assert!(lines[3].starts_with("-rw-r--r-- ") && lines[3].ends_with("pki/ca.crt"), "{}", lines[3]);
+    assert!(
+        lines[4].starts_with("-rw------- ") && lines[4].ends_with("pki/ca.key"),
+        "{}",
+        lines[4]
+    );
+    assert!(
+        lines[3].starts_with("-rw-r--r-- ") && lines[3].ends_with("pki/ca.crt"),
+        "{}",
+        lines[3]
+    );
     // serial defaults to created_at in Unix seconds.
-    let manifest: serde_json::Value = serde_json::from_slice(&fx.entries(&fx.path("a.tgz"))[0].1).unwrap();
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&fx.entries(&fx.path("a.tgz"))[0].1).unwrap();
     assert_eq!(manifest["serial"], 1_893_553_445u64);
     assert_eq!(manifest["expires_at"], "2030-01-09T03:04:05Z");
 }
@@ -167,7 +180,9 @@ fn unknown_signer_is_named_with_its_fingerprint() {
     let fx = Fixture::new("ec");
     fx.encrypted("b.age");
     sh("ssh-keygen -q -t ed25519 -N '' -f other && echo \"x@y $(cut -d' ' -f1,2 other.pub)\" > other_signers", fx.dir.path());
-    let fp = String::from_utf8(sh("ssh-keygen -lf signer.pub | cut -d' ' -f2", fx.dir.path()).stdout).unwrap();
+    let fp =
+        String::from_utf8(sh("ssh-keygen -lf signer.pub | cut -d' ' -f2", fx.dir.path()).stdout)
+            .unwrap();
     hapki()
         .args(["verify", "b.age", "--trust", "other_signers", "--decrypt-key", "age.key"])
         .current_dir(fx.dir.path())
@@ -215,7 +230,8 @@ fn one_flipped_bit_anywhere_is_rejected() {
         let b = if name.ends_with("tgz") { fx.plaintext(name) } else { fx.encrypted(name) };
         let orig = std::fs::read(&b).unwrap();
         let n = orig.len();
-        let positions = [0, 1, 3, 9, 12, 40, 100, n / 4, n / 2, 3 * n / 4, n - 20, n - 9, n - 5, n - 1];
+        let positions =
+            [0, 1, 3, 9, 12, 40, 100, n / 4, n / 2, 3 * n / 4, n - 20, n - 9, n - 5, n - 1];
         for &pos in &positions {
             for bit in [0u8, 7] {
                 let mut m = orig.clone();
@@ -223,26 +239,39 @@ fn one_flipped_bit_anywhere_is_rejected() {
                 let p = fx.path("flipped");
                 std::fs::write(&p, &m).unwrap();
                 let out = fx.verify(&p).get_output().clone();
-                assert_eq!(out.status.code(), Some(3), "{name}: bit {bit} at {pos}/{n} accepted: {:?}", out);
+                assert_eq!(
+                    out.status.code(),
+                    Some(3),
+                    "{name}: bit {bit} at {pos}/{n} accepted: {:?}",
+                    out
+                );
             }
         }
     }
 }
 
 fn rfc3339_from_now(d: time::Duration) -> String {
-    (time::OffsetDateTime::now_utc() + d).format(&time::format_description::well_known::Rfc3339).unwrap()
+    (time::OffsetDateTime::now_utc() + d)
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap()
 }
 
 #[test]
 fn expired_and_future_bundles_are_rejected() {
     let fx = Fixture::new("ec");
     let two_hours_ago = rfc3339_from_now(time::Duration::hours(-2));
-    fx.bundle("old.tgz", &["--insecure-plaintext", "--created-at", &two_hours_ago, "--valid-for", "1h"])
-        .success();
+    fx.bundle(
+        "old.tgz",
+        &["--insecure-plaintext", "--created-at", &two_hours_ago, "--valid-for", "1h"],
+    )
+    .success();
     fx.verify(&fx.path("old.tgz")).code(3).stderr(contains("expired"));
     // Control: the same age with a longer validity passes.
-    fx.bundle("ok.tgz", &["--insecure-plaintext", "--created-at", &two_hours_ago, "--valid-for", "3h"])
-        .success();
+    fx.bundle(
+        "ok.tgz",
+        &["--insecure-plaintext", "--created-at", &two_hours_ago, "--valid-for", "3h"],
+    )
+    .success();
     fx.verify(&fx.path("ok.tgz")).success();
     // An hour ahead is past the 5-minute skew; a minute ahead is within it.
     let hour_ahead = rfc3339_from_now(time::Duration::hours(1));
@@ -258,7 +287,9 @@ fn an_incoherent_pki_is_refused_and_nothing_is_written() {
     let fx = Fixture::new("ec");
     // ca.key replaced by an unrelated key: kubeadm would only notice mid-join.
     sh("openssl ecparam -name prime256v1 -genkey -noout -out pki/ca.key", fx.dir.path());
-    fx.bundle("b.age", &["--recipient", &fx.age_recipient.clone()]).code(3).stderr(contains("ca.key"));
+    fx.bundle("b.age", &["--recipient", &fx.age_recipient.clone()])
+        .code(3)
+        .stderr(contains("ca.key"));
     let left: Vec<_> = std::fs::read_dir(fx.dir.path())
         .unwrap()
         .map(|e| e.unwrap().file_name().into_string().unwrap())
@@ -273,17 +304,27 @@ fn an_incoherent_pki_is_refused_and_nothing_is_written() {
 #[test]
 fn keygen_makes_a_key_ssh_keygen_accepts_and_never_overwrites() {
     let d = tempfile::tempdir().unwrap();
-    let out = hapki().args(["keygen", "--out", "k", "--principal", "me@x"]).current_dir(d.path()).assert().success();
+    let out = hapki()
+        .args(["keygen", "--out", "k", "--principal", "me@x"])
+        .current_dir(d.path())
+        .assert()
+        .success();
     let stdout = String::from_utf8(out.get_output().stdout.clone()).unwrap();
     assert_eq!(mode(&d.path().join("k")), 0o600);
-    let fp = String::from_utf8(sh("ssh-keygen -lf k.pub | cut -d' ' -f2", d.path()).stdout).unwrap();
+    let fp =
+        String::from_utf8(sh("ssh-keygen -lf k.pub | cut -d' ' -f2", d.path()).stdout).unwrap();
     assert!(stdout.contains(fp.trim()), "{stdout}");
     // The printed allowed_signers line works with ssh-keygen for a signature the key made.
     let line = stdout.lines().find(|l| l.starts_with("me@x ")).unwrap();
     std::fs::write(d.path().join("allowed"), format!("{line}\n")).unwrap();
     sh("echo hi > msg && ssh-keygen -q -Y sign -f k -n hapki-bundle msg && ssh-keygen -Y verify -f allowed -I me@x -n hapki-bundle -s msg.sig < msg", d.path());
     let before = std::fs::read(d.path().join("k")).unwrap();
-    hapki().args(["keygen", "--out", "k"]).current_dir(d.path()).assert().code(2).stderr(contains("exists"));
+    hapki()
+        .args(["keygen", "--out", "k"])
+        .current_dir(d.path())
+        .assert()
+        .code(2)
+        .stderr(contains("exists"));
     assert_eq!(std::fs::read(d.path().join("k")).unwrap(), before);
 }
 
@@ -293,10 +334,18 @@ fn signing_with_a_passphrase_protected_key() {
     sh("ssh-keygen -q -t ed25519 -N sekret -f locked", fx.dir.path());
     let run = |env: Option<&str>| {
         let mut c = hapki();
-        c.args(["bundle", "--insecure-plaintext", "--sign-key", "locked", "--out", "l.tgz", "--pki-dir"])
-            .arg(&fx.pki)
-            .current_dir(fx.dir.path())
-            .env_remove("HAPKI_SIGN_KEY_PASSPHRASE");
+        c.args([
+            "bundle",
+            "--insecure-plaintext",
+            "--sign-key",
+            "locked",
+            "--out",
+            "l.tgz",
+            "--pki-dir",
+        ])
+        .arg(&fx.pki)
+        .current_dir(fx.dir.path())
+        .env_remove("HAPKI_SIGN_KEY_PASSPHRASE");
         if let Some(p) = env {
             c.env("HAPKI_SIGN_KEY_PASSPHRASE", p);
         }

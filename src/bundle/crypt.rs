@@ -23,8 +23,8 @@ impl Recipients {
         let mut out = Vec::new();
         for v in values {
             if let Some(path) = v.strip_prefix('@') {
-                let text =
-                    std::fs::read_to_string(path).map_err(|e| BundleError::io(Path::new(path), e))?;
+                let text = std::fs::read_to_string(path)
+                    .map_err(|e| BundleError::io(Path::new(path), e))?;
                 for (i, line) in text.lines().enumerate() {
                     let line = line.trim();
                     if line.is_empty() || line.starts_with('#') {
@@ -35,12 +35,16 @@ impl Recipients {
                     })?);
                 }
             } else {
-                out.push(parse_one(v.trim()).map_err(|e| BundleError::Usage(format!("--recipient: {e}")))?);
+                out.push(
+                    parse_one(v.trim())
+                        .map_err(|e| BundleError::Usage(format!("--recipient: {e}")))?,
+                );
             }
         }
         if out.is_empty() {
             return Err(BundleError::Usage(
-                "no recipients: give --recipient age1…|ssh-…|@FILE (or --insecure-plaintext)".into(),
+                "no recipients: give --recipient age1…|ssh-…|@FILE (or --insecure-plaintext)"
+                    .into(),
             ));
         }
         Ok(Recipients(out))
@@ -87,11 +91,12 @@ impl Identities {
             self.0.extend(ids.into_iter().map(|i| i as Box<dyn age::Identity + Send + Sync>));
             return Ok(());
         }
-        let id = age::ssh::Identity::from_buffer(&text[..], Some(shown.to_string())).map_err(|_| {
-            BundleError::Usage(format!(
-                "--decrypt-key {shown}: neither an age identity file nor an SSH private key"
-            ))
-        })?;
+        let id =
+            age::ssh::Identity::from_buffer(&text[..], Some(shown.to_string())).map_err(|_| {
+                BundleError::Usage(format!(
+                    "--decrypt-key {shown}: neither an age identity file nor an SSH private key"
+                ))
+            })?;
         match id {
             age::ssh::Identity::Unencrypted(_) => {
                 self.0.push(Box::new(id));
@@ -118,8 +123,10 @@ pub const AGE_ARMOR_MAGIC: &[u8] = b"-----BEGIN AGE ENCRYPTED FILE-----";
 
 /// Encrypts `plain` to `recipients` into `out` (age binary format).
 pub fn encrypt<W: Write>(plain: &[u8], recipients: &Recipients, out: W) -> Result<W, BundleError> {
-    let enc = age::Encryptor::with_recipients(recipients.0.iter().map(|r| r.as_ref() as &dyn age::Recipient))
-        .map_err(|e| BundleError::Usage(format!("cannot encrypt to these recipients: {e}")))?;
+    let enc = age::Encryptor::with_recipients(
+        recipients.0.iter().map(|r| r.as_ref() as &dyn age::Recipient),
+    )
+    .map_err(|e| BundleError::Usage(format!("cannot encrypt to these recipients: {e}")))?;
     let mut w = enc.wrap_output(out).map_err(|e| BundleError::Internal(format!("age: {e}")))?;
     w.write_all(plain).map_err(|e| BundleError::Internal(format!("age: {e}")))?;
     w.finish().map_err(|e| BundleError::Internal(format!("age: {e}")))
@@ -133,18 +140,19 @@ pub fn decrypt<'a, R: BufRead + 'a>(
 ) -> Result<Box<dyn Read + 'a>, BundleError> {
     if ids.is_empty() {
         return Err(BundleError::Usage(
-            "the bundle is encrypted: give --decrypt-key with an age identity or SSH private key".into(),
+            "the bundle is encrypted: give --decrypt-key with an age identity or SSH private key"
+                .into(),
         ));
     }
     let dec = age::Decryptor::new_buffered(input)
         .map_err(|e| BundleError::Decrypt(format!("age header: {e}")))?;
-    let r = dec
-        .decrypt(ids.0.iter().map(|i| i.as_ref() as &dyn age::Identity))
-        .map_err(|e| match e {
+    let r = dec.decrypt(ids.0.iter().map(|i| i.as_ref() as &dyn age::Identity)).map_err(
+        |e| match e {
             age::DecryptError::NoMatchingKeys => BundleError::Decrypt(
                 "none of the --decrypt-key keys is a recipient of this bundle".into(),
             ),
             e => BundleError::Decrypt(e.to_string()),
-        })?;
+        },
+    )?;
     Ok(Box::new(r))
 }

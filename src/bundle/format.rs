@@ -63,10 +63,7 @@ pub fn entry_cap(name: &str) -> u64 {
 /// The mode an entry has in the archive: kubeadm's for PKI files, 0644 for the metadata
 /// (which holds no secret).
 pub fn entry_mode(name: &str) -> u32 {
-    name.strip_prefix(PKI_PREFIX)
-        .and_then(crate::pki::shared_file)
-        .map(|f| f.mode)
-        .unwrap_or(0o644)
+    name.strip_prefix(PKI_PREFIX).and_then(crate::pki::shared_file).map(|f| f.mode).unwrap_or(0o644)
 }
 
 /// `bundle.json`: what an auditor asks of a bundle: which CAs, who signed, when, until when.
@@ -164,18 +161,24 @@ pub mod rfc3339 {
     }
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<OffsetDateTime, D::Error> {
         let s = String::deserialize(d)?;
-        OffsetDateTime::parse(&s, &Rfc3339).map_err(|_| D::Error::custom(format!("invalid RFC 3339 time {s:?}")))
+        OffsetDateTime::parse(&s, &Rfc3339)
+            .map_err(|_| D::Error::custom(format!("invalid RFC 3339 time {s:?}")))
     }
 
     pub mod option {
         use super::*;
-        pub fn serialize<S: Serializer>(t: &Option<OffsetDateTime>, s: S) -> Result<S::Ok, S::Error> {
+        pub fn serialize<S: Serializer>(
+            t: &Option<OffsetDateTime>,
+            s: S,
+        ) -> Result<S::Ok, S::Error> {
             match t {
                 Some(t) => super::serialize(t, s),
                 None => s.serialize_none(),
             }
         }
-        pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<OffsetDateTime>, D::Error> {
+        pub fn deserialize<'de, D: Deserializer<'de>>(
+            d: D,
+        ) -> Result<Option<OffsetDateTime>, D::Error> {
             match Option::<String>::deserialize(d)? {
                 Some(s) => OffsetDateTime::parse(&s, &Rfc3339)
                     .map(Some)
@@ -194,10 +197,9 @@ mod octal_mode {
     }
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
         let s = String::deserialize(d)?;
-        u32::from_str_radix(&s, 8)
-            .ok()
-            .filter(|m| *m <= 0o7777)
-            .ok_or_else(|| D::Error::custom(format!("invalid mode {s:?}: expected octal like \"0600\"")))
+        u32::from_str_radix(&s, 8).ok().filter(|m| *m <= 0o7777).ok_or_else(|| {
+            D::Error::custom(format!("invalid mode {s:?}: expected octal like \"0600\""))
+        })
     }
 }
 
@@ -231,7 +233,10 @@ pub fn parse_sums(bytes: &[u8]) -> Result<Vec<(String, String)>, String> {
             return Err(bad_line(name));
         }
         if rest.strip_prefix("  ") != Some(name.as_str()) {
-            return Err(format!("SHA256SUMS line {:?} is not for {name}: entries out of order or unknown", body));
+            return Err(format!(
+                "SHA256SUMS line {:?} is not for {name}: entries out of order or unknown",
+                body
+            ));
         }
         out.push((name.clone(), hex.to_string()));
     }
@@ -253,8 +258,10 @@ mod tests {
     fn sums_round_trip_and_reject_reordering() {
         let names: Vec<String> =
             entry_names().into_iter().filter(|n| n != SUMS && n != SIGNATURE).collect();
-        let entries: Vec<(String, String)> =
-            names.iter().map(|n| (n.clone(), crate::pki::fingerprint::sha256_hex(n.as_bytes()))).collect();
+        let entries: Vec<(String, String)> = names
+            .iter()
+            .map(|n| (n.clone(), crate::pki::fingerprint::sha256_hex(n.as_bytes())))
+            .collect();
         let text = render_sums(&entries);
         assert_eq!(parse_sums(&text).unwrap(), entries);
         let mut swapped = entries.clone();

@@ -25,7 +25,9 @@ pub struct KeygenOutput {
 /// Refuses to overwrite either; never leaves one without the other.
 pub fn keygen(out: &Path, principal: &str, comment: &str) -> Result<KeygenOutput, BundleError> {
     if principal.is_empty() || principal.contains(char::is_whitespace) {
-        return Err(BundleError::Usage(format!("--principal {principal:?}: must be one word, e.g. ops@example.com")));
+        return Err(BundleError::Usage(format!(
+            "--principal {principal:?}: must be one word, e.g. ops@example.com"
+        )));
     }
     let mut public_path = out.as_os_str().to_owned();
     public_path.push(".pub");

@@ -66,7 +66,9 @@ pub enum BundleError {
     /// The PKI in the bundle (or the directory being bundled) fails the coherence check.
     #[error("PKI is not coherent: {0}")]
     Incoherent(String),
-    #[error("bundle rejected: expired at {expires_at} (now {now}); make a new one with `hapki bundle`")]
+    #[error(
+        "bundle rejected: expired at {expires_at} (now {now}); make a new one with `hapki bundle`"
+    )]
     Expired { expires_at: String, now: String },
     #[error("bundle rejected: created at {created_at}, in the future (now {now}); check this machine's clock and the signer's")]
     FromTheFuture { created_at: String, now: String },
@@ -184,10 +186,13 @@ pub fn verify_reader<R: std::io::Read>(
 
 /// Everything after the archive is known to be authentic: bundle.json against SHA256SUMS and the
 /// PEM contents, coherence, validity period.
-fn check_contents(raw: reader::RawBundle, opts: &VerifyOptions) -> Result<VerifiedBundle, BundleError> {
+fn check_contents(
+    raw: reader::RawBundle,
+    opts: &VerifyOptions,
+) -> Result<VerifiedBundle, BundleError> {
     let bad = |m: String| BundleError::Manifest(m);
-    let manifest: Manifest =
-        serde_json::from_slice(&raw.manifest_bytes).map_err(|e| bad(format!("invalid JSON: {e}")))?;
+    let manifest: Manifest = serde_json::from_slice(&raw.manifest_bytes)
+        .map_err(|e| bad(format!("invalid JSON: {e}")))?;
     if manifest.format_version != format::FORMAT_VERSION {
         return Err(bad(format!(
             "format_version {} is not {}: this hapki is too old or the bundle too new",
@@ -221,7 +226,10 @@ fn check_contents(raw: reader::RawBundle, opts: &VerifyOptions) -> Result<Verifi
         .collect();
     let report = check::check_files(
         &pki_files,
-        &check::CheckOptions { warn_within: crate::duration::Duration::from_secs(0), now: opts.now },
+        &check::CheckOptions {
+            warn_within: crate::duration::Duration::from_secs(0),
+            now: opts.now,
+        },
     );
     if !report.ok {
         return Err(BundleError::incoherent(&report));
@@ -238,15 +246,24 @@ fn check_contents(raw: reader::RawBundle, opts: &VerifyOptions) -> Result<Verifi
             ("kind", format!("{:?}", Some(m.kind)), format!("{:?}", rep.kind)),
             ("cert_sha256", format!("{:?}", m.cert_sha256), format!("{:?}", rep.cert_sha256)),
             ("spki_sha256", format!("{:?}", m.spki_sha256), format!("{:?}", rep.spki_sha256)),
-            ("not_after", format!("{:?}", m.not_after), format!("{:?}", parse_rfc3339(rep.not_after.as_deref())?)),
+            (
+                "not_after",
+                format!("{:?}", m.not_after),
+                format!("{:?}", parse_rfc3339(rep.not_after.as_deref())?),
+            ),
         ];
         for (field, said, is) in fields {
             if said != is {
-                return Err(bad(format!("{field} of {} says {said} but the file has {is}", m.name)));
+                return Err(bad(format!(
+                    "{field} of {} says {said} but the file has {is}",
+                    m.name
+                )));
             }
         }
     }
-    if report.discovery_token_ca_cert_hash.as_deref() != Some(manifest.discovery_token_ca_cert_hash.as_str()) {
+    if report.discovery_token_ca_cert_hash.as_deref()
+        != Some(manifest.discovery_token_ca_cert_hash.as_str())
+    {
         return Err(bad(format!(
             "discovery_token_ca_cert_hash {} does not match ca.crt ({:?})",
             manifest.discovery_token_ca_cert_hash, report.discovery_token_ca_cert_hash
@@ -259,10 +276,16 @@ fn check_contents(raw: reader::RawBundle, opts: &VerifyOptions) -> Result<Verifi
         t.format(&time::format_description::well_known::Rfc3339).unwrap_or_else(|_| t.to_string())
     };
     if opts.now >= manifest.expires_at {
-        return Err(BundleError::Expired { expires_at: fmt(manifest.expires_at), now: fmt(opts.now) });
+        return Err(BundleError::Expired {
+            expires_at: fmt(manifest.expires_at),
+            now: fmt(opts.now),
+        });
     }
     if manifest.created_at > opts.now + opts.skew {
-        return Err(BundleError::FromTheFuture { created_at: fmt(manifest.created_at), now: fmt(opts.now) });
+        return Err(BundleError::FromTheFuture {
+            created_at: fmt(manifest.created_at),
+            now: fmt(opts.now),
+        });
     }
     Ok(VerifiedBundle {
         manifest,
@@ -278,8 +301,9 @@ fn check_contents(raw: reader::RawBundle, opts: &VerifyOptions) -> Result<Verifi
 /// A report's RFC 3339 time as a typed time; unparseable would be a bug in the pki module.
 pub(crate) fn parse_rfc3339(s: Option<&str>) -> Result<Option<OffsetDateTime>, BundleError> {
     s.map(|s| {
-        OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339)
-            .map_err(|_| BundleError::Internal(format!("unparseable time {s:?} from the PKI check")))
+        OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339).map_err(|_| {
+            BundleError::Internal(format!("unparseable time {s:?} from the PKI check"))
+        })
     })
     .transpose()
 }

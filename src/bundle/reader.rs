@@ -1,9 +1,10 @@
 //! The strict, streaming bundle reader.
 //!
-//! It never extracts anything to disk and holds at most one capped entry at a time plus what it
-//! keeps (≤ ~600 KiB in all), whatever the input: the file, the age plaintext and the gzip output
-//! are each read through a hard cap, so a decompression bomb costs a fixed amount of work and
-//! memory before it is rejected.
+//! It never extracts anything to disk, and its memory is bounded whatever the input (a few MiB:
+//! the compressed stream ≤ [`format::INPUT_MAX`], the tar it decodes to ≤
+//! [`format::DECOMPRESSED_MAX`]): the file, the age plaintext and the gzip output are each read
+//! through a hard cap, so a decompression bomb costs a fixed amount of work and memory before
+//! it is rejected. Each tar header is checked before its entry's bytes are read.
 //!
 //! The tar layer is parsed here rather than with the `tar` crate: the format admits exactly one
 //! shape (eleven regular files with known names, in order), and a reader that only ever sees
@@ -38,6 +39,9 @@ pub struct RawBundle {
     pub encrypted: bool,
 }
 
+/// Decides whether `SHA256SUMS` (first argument) is authentic given `SHA256SUMS.sig` (second).
+pub type SignatureCheck<'a> = dyn FnMut(&[u8], &[u8]) -> Result<Signer, BundleError> + 'a;
+
 const BLOCK: usize = 512;
 
 /// Reads a bundle from `input`: age (if it starts with the age header) → gzip → tar.
@@ -48,7 +52,7 @@ const BLOCK: usize = 512;
 pub fn read_bundle<R: Read>(
     input: R,
     ids: &Identities,
-    check_signature: &mut dyn FnMut(&[u8], &[u8]) -> Result<Signer, BundleError>,
+    check_signature: &mut SignatureCheck<'_>,
 ) -> Result<RawBundle, BundleError> {
     let mut input = Capped::new(input, format::INPUT_MAX, "the bundle file");
     // Sniff the format from a prefix read in full (a pipe may deliver it in pieces), then put
@@ -87,7 +91,7 @@ pub fn read_bundle<R: Read>(
 /// live days, and `hapki bundle` remakes one.)
 pub fn read_gzip<R: Read>(
     input: R,
-    check_signature: &mut dyn FnMut(&[u8], &[u8]) -> Result<Signer, BundleError>,
+    check_signature: &mut SignatureCheck<'_>,
 ) -> Result<RawBundle, BundleError> {
     let mut compressed = Vec::new();
     Capped::new(input, format::INPUT_MAX, "the compressed archive")
@@ -123,7 +127,8 @@ pub fn read_gzip<R: Read>(
     // flate2 decodes one gzip member; anything after it (a second member, garbage) is left here.
     let left = tar.inner.inner.into_inner();
     if !left.is_empty() {
-        let what = if left.starts_with(&[0x1f, 0x8b]) { "a second gzip member" } else { "trailing data" };
+        let what =
+            if left.starts_with(&[0x1f, 0x8b]) { "a second gzip member" } else { "trailing data" };
         return Err(layout(None, &format!("{what} after the gzip stream")));
     }
     let canonical = super::writer::gzip(&tar.record)
@@ -151,9 +156,10 @@ impl<R: Read> Read for Recorded<R> {
     }
 }
 
-fn read_tar<R: Read>(
+/// The tar layer alone, over an already decompressed stream. Public for the fuzz target.
+pub fn read_tar<R: Read>(
     r: &mut R,
-    check_signature: &mut dyn FnMut(&[u8], &[u8]) -> Result<Signer, BundleError>,
+    check_signature: &mut SignatureCheck<'_>,
 ) -> Result<RawBundle, BundleError> {
     let expected = entry_names();
     let mut seen: HashSet<String> = HashSet::new();
@@ -168,7 +174,10 @@ fn read_tar<R: Read>(
         if block.iter().all(|&b| b == 0) {
             read_block(r, &mut block, "the end-of-archive marker")?;
             if block.iter().any(|&b| b != 0) {
-                return Err(layout(None, "a zero tar block followed by data (broken end-of-archive marker)"));
+                return Err(layout(
+                    None,
+                    "a zero tar block followed by data (broken end-of-archive marker)",
+                ));
             }
             break;
         }
@@ -178,7 +187,10 @@ fn read_tar<R: Read>(
             return Err(layout(Some(&name), why));
         }
         if let Some(kind) = h.non_regular() {
-            return Err(layout(Some(&name), &format!("is a {kind}; a bundle holds only regular files")));
+            return Err(layout(
+                Some(&name),
+                &format!("is a {kind}; a bundle holds only regular files"),
+            ));
         }
         if !expected.contains(&name) {
             return Err(layout(Some(&name), "is not part of the bundle format (unknown entry)"));
@@ -195,11 +207,17 @@ fn read_tar<R: Read>(
         next += 1;
         let cap = entry_cap(&name);
         if h.size > cap {
-            return Err(layout(Some(&name), &format!("is {} bytes, over the {cap}-byte cap", h.size)));
+            return Err(layout(
+                Some(&name),
+                &format!("is {} bytes, over the {cap}-byte cap", h.size),
+            ));
         }
         let want = entry_mode(&name);
         if h.mode != want {
-            return Err(layout(Some(&name), &format!("has mode {:04o}, expected {want:04o}", h.mode)));
+            return Err(layout(
+                Some(&name),
+                &format!("has mode {:04o}, expected {want:04o}", h.mode),
+            ));
         }
         // size ≤ cap ≤ 64 KiB, so this cast and allocation are bounded.
         let mut data = vec![0u8; h.size as usize];
@@ -263,8 +281,13 @@ struct Header {
 
 impl Header {
     fn parse(b: &[u8; BLOCK]) -> Result<Header, BundleError> {
-        let stored = octal(&b[148..156]).ok_or_else(|| layout(None, "tar header with an unreadable checksum"))?;
-        let sum: u64 = b.iter().enumerate().map(|(i, &x)| if (148..156).contains(&i) { 32 } else { x as u64 }).sum();
+        let stored = octal(&b[148..156])
+            .ok_or_else(|| layout(None, "tar header with an unreadable checksum"))?;
+        let sum: u64 = b
+            .iter()
+            .enumerate()
+            .map(|(i, &x)| if (148..156).contains(&i) { 32 } else { x as u64 })
+            .sum();
         if stored != sum {
             return Err(layout(None, "tar header checksum mismatch (corrupt archive)"));
         }
@@ -277,8 +300,10 @@ impl Header {
                 name = format!("{prefix}/{name}");
             }
         }
-        let mode = octal(&b[100..108]).ok_or_else(|| layout(Some(&name), "has an unreadable mode"))?;
-        let size = octal(&b[124..136]).ok_or_else(|| layout(Some(&name), "has an unreadable size"))?;
+        let mode =
+            octal(&b[100..108]).ok_or_else(|| layout(Some(&name), "has an unreadable mode"))?;
+        let size =
+            octal(&b[124..136]).ok_or_else(|| layout(Some(&name), "has an unreadable size"))?;
         Ok(Header { name, mode: (mode & 0o7777) as u32, size, typeflag: b[156] })
     }
 
@@ -378,7 +403,10 @@ impl<R: Read> Read for Capped<R> {
         let max = buf.len().min(usize::try_from(self.left.saturating_add(1)).unwrap_or(usize::MAX));
         let n = self.inner.read(&mut buf[..max])?;
         if n as u64 > self.left {
-            return Err(io::Error::other(format!("{} is larger than the {}-byte cap", self.what, self.cap)));
+            return Err(io::Error::other(format!(
+                "{} is larger than the {}-byte cap",
+                self.what, self.cap
+            )));
         }
         self.left -= n as u64;
         Ok(n)
@@ -422,7 +450,9 @@ mod tests {
     fn garbage_is_rejected_without_panicking() {
         let ids = Identities::default();
         let mut sig = |_: &[u8], _: &[u8]| -> Result<Signer, BundleError> { unreachable!() };
-        for input in [&b""[..], b"\x1f", b"\x1f\x8b", b"age-encryption.org/v1\n", b"hello", b"age-enc"] {
+        for input in
+            [&b""[..], b"\x1f", b"\x1f\x8b", b"age-encryption.org/v1\n", b"hello", b"age-enc"]
+        {
             assert!(read_bundle(input, &ids, &mut sig).is_err());
         }
     }

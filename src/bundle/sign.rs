@@ -46,9 +46,9 @@ pub fn load_signing_key(path: &Path, passphrase: Option<&str>) -> Result<Private
 
 /// Signs `sums` and returns the armored signature (`-----BEGIN SSH SIGNATURE-----`, LF endings).
 pub fn sign(key: &PrivateKey, sums: &[u8]) -> Result<Vec<u8>, BundleError> {
-    let sig = key
-        .sign(NAMESPACE, HashAlg::Sha512, sums)
-        .map_err(|e| BundleError::Usage(format!("cannot sign with the {} key: {e}", key.algorithm())))?;
+    let sig = key.sign(NAMESPACE, HashAlg::Sha512, sums).map_err(|e| {
+        BundleError::Usage(format!("cannot sign with the {} key: {e}", key.algorithm()))
+    })?;
     let pem = sig
         .to_pem(LineEnding::LF)
         .map_err(|e| BundleError::Internal(format!("encoding the signature: {e}")))?;
@@ -91,11 +91,13 @@ pub fn verify(
     }
     let Some(line) = matched else {
         if !refusals.is_empty() {
-            return Err(rejected(format!("signer {fingerprint} is not allowed: {}", refusals.join("; "))));
+            return Err(rejected(format!(
+                "signer {fingerprint} is not allowed: {}",
+                refusals.join("; ")
+            )));
         }
-        let key_line = ssh_key::PublicKey::new(sig.public_key().clone(), "")
-            .to_openssh()
-            .unwrap_or_default();
+        let key_line =
+            ssh_key::PublicKey::new(sig.public_key().clone(), "").to_openssh().unwrap_or_default();
         return Err(BundleError::UnknownSigner { fingerprint, key_line });
     };
     line.key

@@ -52,10 +52,16 @@ impl AllowedSigner {
             }
         }
         if self.valid_after.is_some_and(|t| now < t) {
-            return Err(format!("allowed_signers line {}: key not yet valid (valid-after)", self.line));
+            return Err(format!(
+                "allowed_signers line {}: key not yet valid (valid-after)",
+                self.line
+            ));
         }
         if self.valid_before.is_some_and(|t| now >= t) {
-            return Err(format!("allowed_signers line {}: key no longer valid (valid-before)", self.line));
+            return Err(format!(
+                "allowed_signers line {}: key no longer valid (valid-before)",
+                self.line
+            ));
         }
         Ok(())
     }
@@ -81,7 +87,8 @@ impl AllowedSigners {
                 options = Some(next);
                 next = it.next().ok_or_else(|| format!("line {n}: no key after options"))?;
             }
-            let blob = it.next().ok_or_else(|| format!("line {n}: key type {next} without key data"))?;
+            let blob =
+                it.next().ok_or_else(|| format!("line {n}: key type {next} without key data"))?;
             let key = PublicKey::from_openssh(&format!("{next} {blob}"))
                 .map_err(|e| format!("line {n}: invalid public key: {e}"))?;
             let mut signer = AllowedSigner {
@@ -94,7 +101,9 @@ impl AllowedSigners {
             };
             let mut cert_authority = false;
             if let Some(opts) = options {
-                for opt in split_options(&opts).ok_or_else(|| format!("line {n}: unbalanced quote in options"))? {
+                for opt in split_options(&opts)
+                    .ok_or_else(|| format!("line {n}: unbalanced quote in options"))?
+                {
                     let (name, value) = match opt.split_once('=') {
                         Some((k, v)) => (k.to_ascii_lowercase(), Some(unquote(v))),
                         None => (opt.to_ascii_lowercase(), None),
@@ -102,11 +111,14 @@ impl AllowedSigners {
                     match (name.as_str(), value) {
                         ("cert-authority", None) => cert_authority = true,
                         ("namespaces", Some(v)) => {
-                            signer.namespaces = Some(v.split(',').map(|s| s.trim().to_string()).collect())
+                            signer.namespaces =
+                                Some(v.split(',').map(|s| s.trim().to_string()).collect())
                         }
                         ("valid-after", Some(v)) => signer.valid_after = Some(parse_time(&v, n)?),
                         ("valid-before", Some(v)) => signer.valid_before = Some(parse_time(&v, n)?),
-                        (other, _) => return Err(format!("line {n}: unknown or malformed option {other:?}")),
+                        (other, _) => {
+                            return Err(format!("line {n}: unknown or malformed option {other:?}"))
+                        }
                     }
                 }
             }
@@ -129,7 +141,10 @@ impl AllowedSigners {
     }
 
     /// The lines whose key is `key`.
-    pub fn lines_for<'a>(&'a self, key: &'a ssh_key::public::KeyData) -> impl Iterator<Item = &'a AllowedSigner> {
+    pub fn lines_for<'a>(
+        &'a self,
+        key: &'a ssh_key::public::KeyData,
+    ) -> impl Iterator<Item = &'a AllowedSigner> {
         self.signers.iter().filter(move |s| s.key.key_data() == key)
     }
 }
@@ -200,16 +215,20 @@ fn parse_time(v: &str, line: usize) -> Result<OffsetDateTime, String> {
         14 => digits.to_string(),
         _ => String::new(),
     };
-    PrimitiveDateTime::parse(&padded, format_description!("[year][month][day][hour][minute][second]"))
-        .map(|t| t.assume_utc())
-        .map_err(|_| format!("line {line}: invalid time {v:?}: expected YYYYMMDD[HHMM[SS]][Z]"))
+    PrimitiveDateTime::parse(
+        &padded,
+        format_description!("[year][month][day][hour][minute][second]"),
+    )
+    .map(|t| t.assume_utc())
+    .map_err(|_| format!("line {line}: invalid time {v:?}: expected YYYYMMDD[HHMM[SS]][Z]"))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    const ED: &str = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIGAcZEhF4GDD/+G0/XUCEb+RCqhgMHPhMsTRB4g1k654";
+    const ED: &str =
+        "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIGAcZEhF4GDD/+G0/XUCEb+RCqhgMHPhMsTRB4g1k654";
 
     #[test]
     fn parses_plain_and_optioned_lines() {
@@ -229,7 +248,10 @@ mod tests {
         assert!(t.signers[1].allows("git", time::macros::datetime!(2031-01-01 0:00 UTC)).is_err());
         assert!(t.signers[1].allows("git", time::macros::datetime!(2019-01-01 0:00 UTC)).is_err());
         // What `ssh-keygen -l` prints for the key above.
-        assert_eq!(t.signers[0].fingerprint(), "SHA256:Q2/C805U+nq6Xn2AHWNcdSXUtnQfk8CbsIc/8tT5FXI");
+        assert_eq!(
+            t.signers[0].fingerprint(),
+            "SHA256:Q2/C805U+nq6Xn2AHWNcdSXUtnQfk8CbsIc/8tT5FXI"
+        );
     }
 
     #[test]

@@ -13,10 +13,10 @@ use std::path::{Path, PathBuf};
 use ssh_key::PrivateKey;
 use time::OffsetDateTime;
 
-use crate::pki::check::{check_files, CheckOptions, PkiFile};
 use super::crypt::{self, Recipients};
 use super::format::{self, Manifest, ManifestFile, FORMAT_VERSION, PKI_PREFIX};
 use super::{sign, BundleError};
+use crate::pki::check::{check_files, CheckOptions, PkiFile};
 use crate::pki::SHARED_FILES;
 
 /// What goes into `bundle.json` besides the files.
@@ -107,7 +107,8 @@ pub fn build(
     };
     let manifest_bytes =
         manifest.to_bytes().map_err(|e| BundleError::Internal(format!("bundle.json: {e}")))?;
-    let mut sums = vec![(format::MANIFEST.to_string(), crate::pki::fingerprint::sha256_hex(&manifest_bytes))];
+    let mut sums =
+        vec![(format::MANIFEST.to_string(), crate::pki::fingerprint::sha256_hex(&manifest_bytes))];
     sums.extend(entries.iter().map(|(n, b)| (n.clone(), crate::pki::fingerprint::sha256_hex(b))));
     let sums = format::render_sums(&sums);
     let sig = sign::sign(key, &sums)?;
@@ -177,7 +178,9 @@ pub fn create(
                 .flush()
                 .map_err(|e| BundleError::io(out, e))?;
         }
-        Protection::InsecurePlaintext => tmp.write_all(&tgz).map_err(|e| BundleError::io(out, e))?,
+        Protection::InsecurePlaintext => {
+            tmp.write_all(&tgz).map_err(|e| BundleError::io(out, e))?
+        }
     }
     tmp.as_file().sync_all().map_err(|e| BundleError::io(out, e))?;
     tmp.persist(out).map_err(|e| BundleError::io(out, e.error))?;

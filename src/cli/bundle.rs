@@ -78,8 +78,9 @@ pub struct VerifyArgs {
 }
 
 fn parse_time(flag: &str, s: &str) -> anyhow::Result<OffsetDateTime> {
-    OffsetDateTime::parse(s, &Rfc3339)
-        .map_err(|_| usage_error(format!("{flag} {s:?}: expected RFC 3339, e.g. 2025-01-31T12:00:00Z")))
+    OffsetDateTime::parse(s, &Rfc3339).map_err(|_| {
+        usage_error(format!("{flag} {s:?}: expected RFC 3339, e.g. 2025-01-31T12:00:00Z"))
+    })
 }
 
 fn fmt_time(t: OffsetDateTime) -> String {
@@ -135,9 +136,16 @@ pub fn bundle(args: BundleArgs) -> anyhow::Result<u8> {
         }))?,
         Output::Table => {
             if !encrypted {
-                eprintln!("hapki: warning: {} is NOT encrypted: it holds CA private keys in clear", args.out.display());
+                eprintln!(
+                    "hapki: warning: {} is NOT encrypted: it holds CA private keys in clear",
+                    args.out.display()
+                );
             }
-            println!("wrote {} ({})", args.out.display(), if encrypted { "age-encrypted" } else { "PLAINTEXT" });
+            println!(
+                "wrote {} ({})",
+                args.out.display(),
+                if encrypted { "age-encrypted" } else { "PLAINTEXT" }
+            );
             println!("cluster:   {}", manifest.cluster);
             println!("serial:    {}", manifest.serial);
             println!("signer:    {}", manifest.signer);
@@ -156,7 +164,8 @@ fn read_pki_dir(dir: &std::path::Path) -> anyhow::Result<Vec<bundle::PkiFile>> {
 }
 
 pub fn verify(args: VerifyArgs) -> anyhow::Result<u8> {
-    let trust = AllowedSigners::from_file(&args.trust).map_err(|e| usage_error(format!("--trust: {e}")))?;
+    let trust =
+        AllowedSigners::from_file(&args.trust).map_err(|e| usage_error(format!("--trust: {e}")))?;
     for note in &trust.ignored {
         eprintln!("hapki: note: --trust {}: {note}", args.trust.display());
     }
@@ -193,7 +202,10 @@ pub fn verify(args: VerifyArgs) -> anyhow::Result<u8> {
             println!("encrypted: {}", if verified.encrypted { "yes (age)" } else { "NO" });
             println!("discovery: {}", m.discovery_token_ca_cert_hash);
             println!();
-            println!("{:<20} {:<5} {:<12} {:<20} SPKI SHA-256", "FILE", "MODE", "KIND", "NOT AFTER");
+            println!(
+                "{:<20} {:<5} {:<12} {:<20} SPKI SHA-256",
+                "FILE", "MODE", "KIND", "NOT AFTER"
+            );
             for f in &m.files {
                 let kind = match f.kind {
                     hapki::pki::FileKind::Certificate => "certificate",

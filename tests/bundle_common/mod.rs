@@ -43,7 +43,9 @@ pub fn make_pki(dir: &Path, alg: &str) -> PathBuf {
         "rsa" => format!("openssl genrsa -traditional -out {out} 2048 2>/dev/null"),
         _ => format!("openssl ecparam -name prime256v1 -genkey -noout -out {out}"),
     };
-    for (base, cn) in [("ca", "kubernetes"), ("front-proxy-ca", "front-proxy-ca"), ("etcd/ca", "etcd-ca")] {
+    for (base, cn) in
+        [("ca", "kubernetes"), ("front-proxy-ca", "front-proxy-ca"), ("etcd/ca", "etcd-ca")]
+    {
         sh(&genkey(&format!("{base}.key")), &pki);
         sh(
             &format!(
@@ -124,8 +126,7 @@ impl Fixture {
 
     pub fn verify_cmd(&self, bundle: &Path) -> Command {
         let mut c = hapki();
-        c
-            .arg("verify")
+        c.arg("verify")
             .arg(bundle)
             .arg("--trust")
             .arg(&self.trust)
@@ -138,7 +139,8 @@ impl Fixture {
     pub fn entries(&self, bundle: &Path) -> Vec<(String, Vec<u8>)> {
         let x = tempfile::tempdir().unwrap();
         sh(&format!("tar -xzf {}", bundle.display()), x.path());
-        let mut names = vec!["bundle.json".to_string(), "SHA256SUMS".into(), "SHA256SUMS.sig".into()];
+        let mut names =
+            vec!["bundle.json".to_string(), "SHA256SUMS".into(), "SHA256SUMS.sig".into()];
         names.extend(NAMES.iter().map(|n| format!("pki/{n}")));
         names.iter().map(|n| (n.clone(), std::fs::read(x.path().join(n)).unwrap())).collect()
     }
@@ -148,7 +150,10 @@ impl Fixture {
         let d = tempfile::tempdir_in(self.dir.path()).unwrap();
         std::fs::write(d.path().join("SHA256SUMS"), sums).unwrap();
         sh(
-            &format!("ssh-keygen -q -Y sign -f {} -n {namespace} SHA256SUMS", self.signer.display()),
+            &format!(
+                "ssh-keygen -q -Y sign -f {} -n {namespace} SHA256SUMS",
+                self.signer.display()
+            ),
             d.path(),
         );
         std::fs::read(d.path().join("SHA256SUMS.sig")).unwrap()
@@ -168,7 +173,13 @@ pub struct Raw {
 impl Raw {
     pub fn file(name: &str, data: &[u8]) -> Raw {
         let mode = if name.ends_with(".crt") || !name.starts_with("pki/") { 0o644 } else { 0o600 };
-        Raw { name: name.as_bytes().to_vec(), typeflag: b'0', mode, link: vec![], data: data.to_vec() }
+        Raw {
+            name: name.as_bytes().to_vec(),
+            typeflag: b'0',
+            mode,
+            link: vec![],
+            data: data.to_vec(),
+        }
     }
 }
 
