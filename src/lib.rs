@@ -15,4 +15,5 @@
 
 pub mod duration;
 pub mod error;
+pub mod kubeadm_config;
 pub mod pki;

@@ -23,7 +23,10 @@ fn missing_prerequisite(script: &Path) -> Option<String> {
         return Some("not root".into());
     }
     if !script.is_file() {
-        return Some(format!("no testbed script at {} (set HAPKI_TESTBED_SCRIPT)", script.display()));
+        return Some(format!(
+            "no testbed script at {} (set HAPKI_TESTBED_SCRIPT)",
+            script.display()
+        ));
     }
     for tool in ["etcd", "etcdctl", "openssl", "sshd", "unshare"] {
         let found = Command::new("sh")
@@ -33,7 +36,9 @@ fn missing_prerequisite(script: &Path) -> Option<String> {
             .map(|s| s.success())
             .unwrap_or(false);
         if !found {
-            return Some(format!("{tool} not installed (apt-get install -y etcd-server etcd-client openssh-server)"));
+            return Some(format!(
+                "{tool} not installed (apt-get install -y etcd-server etcd-client openssh-server)"
+            ));
         }
     }
     None
@@ -57,13 +62,27 @@ impl Testbed {
             .unwrap_or(150 + std::process::id() % 100);
         let tb = Testbed { script, dir, net, _tmp: tmp };
         let out = Command::new(&tb.script)
-            .args(["up", "--control-planes", &CONTROL_PLANES.to_string(), "--workers", "1", "--dir"])
+            .args([
+                "up",
+                "--control-planes",
+                &CONTROL_PLANES.to_string(),
+                "--workers",
+                "1",
+                "--dir",
+            ])
             .arg(&tb.dir)
             .args(["--net", &net.to_string()])
             .output()
             .unwrap();
-        assert!(out.status.success(), "testbed up failed: {}", String::from_utf8_lossy(&out.stderr));
-        let out = Command::new(Path::new(ROOT).join("tests/standin/install")).arg(&tb.dir).output().unwrap();
+        assert!(
+            out.status.success(),
+            "testbed up failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let out = Command::new(Path::new(ROOT).join("tests/standin/install"))
+            .arg(&tb.dir)
+            .output()
+            .unwrap();
         assert!(out.status.success(), "install failed: {}", String::from_utf8_lossy(&out.stderr));
         tb
     }
@@ -102,7 +121,11 @@ impl Testbed {
     /// Run `cmd` on `node`, insist it fails, and return stderr + stdout.
     fn fails(&self, node: &str, cmd: &str) -> String {
         let out = self.ssh(node, cmd);
-        let text = format!("{}{}", String::from_utf8_lossy(&out.stderr), String::from_utf8_lossy(&out.stdout));
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stderr),
+            String::from_utf8_lossy(&out.stdout)
+        );
         assert!(!out.status.success(), "{node}: `{cmd}` succeeded but must fail:\n{text}");
         text
     }
@@ -115,7 +138,11 @@ impl Testbed {
     fn put_pki(&self, node: &str, pki: &Path) {
         let tar = Command::new("tar").arg("-C").arg(pki).args(["-cf", "-", "."]).output().unwrap();
         assert!(tar.status.success());
-        let out = self.ssh_stdin(node, "mkdir -p /etc/kubernetes/pki && tar -C /etc/kubernetes/pki -xf -", &tar.stdout);
+        let out = self.ssh_stdin(
+            node,
+            "mkdir -p /etc/kubernetes/pki && tar -C /etc/kubernetes/pki -xf -",
+            &tar.stdout,
+        );
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     }
 
@@ -139,7 +166,8 @@ impl Drop for Testbed {
 }
 
 fn make_pki(dir: &Path) {
-    let out = Command::new(Path::new(ROOT).join("tests/standin/make-pki")).arg(dir).output().unwrap();
+    let out =
+        Command::new(Path::new(ROOT).join("tests/standin/make-pki")).arg(dir).output().unwrap();
     assert!(out.status.success(), "make-pki: {}", String::from_utf8_lossy(&out.stderr));
 }
 
@@ -153,9 +181,13 @@ fn ca_hash(crt: &Path) -> String {
         ))
         .output()
         .unwrap();
-    let hex = String::from_utf8_lossy(&out.stdout).split_whitespace().next().unwrap_or("").to_owned();
+    let hex =
+        String::from_utf8_lossy(&out.stdout).split_whitespace().next().unwrap_or("").to_owned();
     assert_eq!(hex.len(), 64);
-    assert_ne!(hex, "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855", "hash of empty input");
+    assert_ne!(
+        hex, "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855",
+        "hash of empty input"
+    );
     format!("sha256:{hex}")
 }
 
@@ -223,7 +255,10 @@ fn standin_builds_real_stacked_etcd_and_fails_like_kubeadm() {
         "openssl verify -CAfile /etc/kubernetes/pki/etcd/ca.crt /etc/kubernetes/pki/etcd/peer.crt && \
          grep -q \"certificate-authority-data: $(base64 -w0 < /etc/kubernetes/pki/ca.crt)\" /etc/kubernetes/admin.conf",
     );
-    let san = tb.ok("kubemaster-1", "openssl x509 -in /etc/kubernetes/pki/etcd/server.crt -noout -ext subjectAltName");
+    let san = tb.ok(
+        "kubemaster-1",
+        "openssl x509 -in /etc/kubernetes/pki/etcd/server.crt -noout -ext subjectAltName",
+    );
     assert!(san.contains(&format!("IP Address:{}", tb.addr(1))), "{san}");
 
     let join = tb.ok("kubemaster-1", "kubeadm token create --ttl 1h --print-join-command");
@@ -232,7 +267,10 @@ fn standin_builds_real_stacked_etcd_and_fails_like_kubeadm() {
     assert!(join.contains(&hash), "{join}");
 
     // Refusals and discovery failures, before any node joins.
-    let text = tb.fails("kubemaster-2", &format!("{join} --control-plane --certificate-key {}", "ab".repeat(32)));
+    let text = tb.fails(
+        "kubemaster-2",
+        &format!("{join} --control-plane --certificate-key {}", "ab".repeat(32)),
+    );
     assert!(text.contains("--certificate-key is refused"), "{text}");
     let text = tb.fails("kubemaster-2", &format!("kubeadm join kubeapi.test:6443 --token {token} --discovery-token-unsafe-skip-ca-verification --control-plane"));
     assert!(text.contains("refused"), "{text}");
@@ -254,7 +292,10 @@ fn standin_builds_real_stacked_etcd_and_fails_like_kubeadm() {
 
     // The real joins, one at a time.
     for n in 2..=3 {
-        tb.ok(&format!("kubemaster-{n}"), &format!("{join} --control-plane --apiserver-advertise-address {}", tb.addr(n)));
+        tb.ok(
+            &format!("kubemaster-{n}"),
+            &format!("{join} --control-plane --apiserver-advertise-address {}", tb.addr(n)),
+        );
     }
     let endpoints: Vec<String> = (1..=3).map(|n| format!("https://{}:2379", tb.addr(n))).collect();
     for n in 1..=3 {
@@ -268,7 +309,9 @@ fn standin_builds_real_stacked_etcd_and_fails_like_kubeadm() {
     make_pki(&other);
     let bad_fp = work.path().join("bad-fp");
     make_pki(&bad_fp);
-    for f in ["ca.crt", "ca.key", "sa.key", "sa.pub", "front-proxy-ca.crt", "etcd/ca.crt", "etcd/ca.key"] {
+    for f in
+        ["ca.crt", "ca.key", "sa.key", "sa.pub", "front-proxy-ca.crt", "etcd/ca.crt", "etcd/ca.key"]
+    {
         std::fs::copy(pki.join(f), bad_fp.join(f)).unwrap();
     }
     std::fs::copy(other.join("front-proxy-ca.key"), bad_fp.join("front-proxy-ca.key")).unwrap();
@@ -281,21 +324,44 @@ fn standin_builds_real_stacked_etcd_and_fails_like_kubeadm() {
     tb.ok("kubemaster-5", "rm /etc/kubernetes/pki/etcd/ca.key");
     let text = tb.fails("kubemaster-5", &format!("{join} --control-plane"));
     assert!(text.contains("assuming external key for etcd CA"), "{text}");
-    assert!(text.contains("couldn't load the private key file /etc/kubernetes/pki/etcd/ca.key"), "{text}");
+    assert!(
+        text.contains("couldn't load the private key file /etc/kubernetes/pki/etcd/ca.key"),
+        "{text}"
+    );
 
     // A leaf left over from an attempt against another cluster.
-    tb.ok("kubemaster-5", "rm -rf /etc/kubernetes/pki/* /etc/kubernetes/*.conf /etc/kubernetes/manifests");
+    tb.ok(
+        "kubemaster-5",
+        "rm -rf /etc/kubernetes/pki/* /etc/kubernetes/*.conf /etc/kubernetes/manifests",
+    );
     tb.put_pki("kubemaster-5", &pki);
     let stale_leaf = other.join("apiserver.crt");
     let made = Command::new("openssl")
-        .args(["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=kube-apiserver", "-days", "1", "-keyout"])
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-subj",
+            "/CN=kube-apiserver",
+            "-days",
+            "1",
+            "-keyout",
+        ])
         .arg(other.join("apiserver.key"))
         .arg("-out")
         .arg(&stale_leaf)
         .output()
         .unwrap();
     assert!(made.status.success());
-    tb.ok("kubemaster-5", &format!("cat > /etc/kubernetes/pki/apiserver.crt <<'EOF'\n{}EOF", std::fs::read_to_string(&stale_leaf).unwrap()));
+    tb.ok(
+        "kubemaster-5",
+        &format!(
+            "cat > /etc/kubernetes/pki/apiserver.crt <<'EOF'\n{}EOF",
+            std::fs::read_to_string(&stale_leaf).unwrap()
+        ),
+    );
     let text = tb.fails("kubemaster-5", &format!("{join} --control-plane"));
     assert!(text.contains("certificate apiserver is not signed by corresponding CA"), "{text}");
 
@@ -304,7 +370,10 @@ fn standin_builds_real_stacked_etcd_and_fails_like_kubeadm() {
     let lines: Vec<&str> = members.lines().filter(|l| !l.trim().is_empty()).collect();
     assert_eq!(lines.len(), 3, "{members}");
     for n in 1..=3 {
-        let line = lines.iter().find(|l| l.contains(&format!(", kubemaster-{n}, "))).unwrap_or_else(|| panic!("{members}"));
+        let line = lines
+            .iter()
+            .find(|l| l.contains(&format!(", kubemaster-{n}, ")))
+            .unwrap_or_else(|| panic!("{members}"));
         assert!(line.contains(", started, "), "{line}");
         assert!(line.contains(&format!("https://{}:2380", tb.addr(n))), "{line}");
     }
@@ -321,8 +390,14 @@ fn standin_builds_real_stacked_etcd_and_fails_like_kubeadm() {
     assert!(!raw.contains(token.split('.').nth(1).unwrap()), "token secret in the log");
     assert!(!raw.contains(&"ab".repeat(32)), "certificate key in the log");
     let log = read_log(&tb.dir);
-    let mut cp: Vec<&LogLine> = log.iter().filter(|l| l.sub == "join" && l.ok && l.argv.contains("--control-plane")).collect();
-    assert_eq!(cp.iter().map(|l| l.node.as_str()).collect::<Vec<_>>(), ["kubemaster-2", "kubemaster-3"]);
+    let mut cp: Vec<&LogLine> = log
+        .iter()
+        .filter(|l| l.sub == "join" && l.ok && l.argv.contains("--control-plane"))
+        .collect();
+    assert_eq!(
+        cp.iter().map(|l| l.node.as_str()).collect::<Vec<_>>(),
+        ["kubemaster-2", "kubemaster-3"]
+    );
     cp.sort_by_key(|l| l.start);
     for w in cp.windows(2) {
         assert!(w[0].end <= w[1].start, "control-plane joins overlap");
@@ -333,11 +408,19 @@ fn standin_builds_real_stacked_etcd_and_fails_like_kubeadm() {
         assert!(l.start < l.end);
     }
     let refused = log.iter().find(|l| l.argv.contains("--certificate-key")).unwrap();
-    assert!(!refused.ok && refused.argv.contains("--certificate-key <redacted>"), "{}", refused.argv);
+    assert!(
+        !refused.ok && refused.argv.contains("--certificate-key <redacted>"),
+        "{}",
+        refused.argv
+    );
     assert!(refused.message.contains("refused"), "{}", refused.message);
-    let worker: Vec<&LogLine> = log.iter().filter(|l| l.node == "kubenode-1" && l.sub == "join").collect();
+    let worker: Vec<&LogLine> =
+        log.iter().filter(|l| l.node == "kubenode-1" && l.sub == "join").collect();
     assert!(worker.iter().all(|l| !l.argv.contains("--control-plane")));
-    assert!(!log.iter().any(|l| l.node == "kubemaster-1" && l.sub == "join"), "the first master is never joined");
+    assert!(
+        !log.iter().any(|l| l.node == "kubemaster-1" && l.sub == "join"),
+        "the first master is never joined"
+    );
 
     // reset leaves the cluster with its quorum intact.
     tb.ok("kubemaster-3", "kubeadm reset -f");

@@ -4,6 +4,7 @@
 #![allow(dead_code)] // TEMP: helpers used by commands still being written
 
 mod bundle;
+mod config;
 mod meta;
 mod pki;
 
@@ -39,6 +40,9 @@ pub enum Command {
     Bundle(bundle::BundleArgs),
     /// Check a bundle offline: signature, hashes, layout, PKI coherence and expiry.
     Verify(bundle::VerifyArgs),
+    /// Check kubeadm configuration files for an air-gapped HA cluster.
+    #[command(subcommand)]
+    Config(config::ConfigCommand),
     /// Print shell completions for SHELL to stdout.
     Completions(meta::CompletionsArgs),
     /// Print hapki's man page (roff) to stdout.
@@ -114,6 +118,7 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
         Command::Keygen(args) => bundle::keygen(args),
         Command::Bundle(args) => bundle::bundle(args),
         Command::Verify(args) => bundle::verify(args),
+        Command::Config(cmd) => config::run(cmd),
         Command::Completions(args) => meta::completions(args),
         Command::Man(args) => meta::man(args),
     }
