@@ -20,6 +20,7 @@ pub mod error;
 pub mod inventory;
 pub mod join;
 pub mod node;
+pub mod kubeadm_config;
 pub mod pki;
 pub mod preflight;
 pub mod push;

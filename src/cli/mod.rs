@@ -5,6 +5,7 @@
 
 mod audit;
 mod bundle;
+mod config;
 mod meta;
 mod nodes;
 mod pki;
@@ -52,6 +53,9 @@ pub enum Command {
     Join(preflight::JoinArgs),
     /// Compare the certificates on every node side by side: drift, modes, issuers, expiry.
     Audit(audit::AuditArgs),
+    /// Check kubeadm configuration files for an air-gapped HA cluster.
+    #[command(subcommand)]
+    Config(config::ConfigCommand),
     /// Print shell completions for SHELL to stdout.
     Completions(meta::CompletionsArgs),
     /// Print hapki's man page (roff) to stdout.
@@ -131,6 +135,7 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
         Command::Preflight(args) => preflight::preflight(args),
         Command::Join(args) => preflight::join(args),
         Command::Audit(args) => audit::run(args),
+        Command::Config(cmd) => config::run(cmd),
         Command::Completions(args) => meta::completions(args),
         Command::Man(args) => meta::man(args),
     }
