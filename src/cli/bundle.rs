@@ -29,8 +29,21 @@ pub struct KeygenArgs {
 #[derive(Debug, Args)]
 pub struct BundleArgs {
     /// Directory holding the shared PKI files (as /etc/kubernetes/pki).
-    #[arg(long, value_name = "DIR")]
-    pub pki_dir: PathBuf,
+    #[arg(
+        long,
+        value_name = "DIR",
+        required_unless_present_any = ["from", "inventory"],
+        conflicts_with_all = ["from", "inventory"]
+    )]
+    pub pki_dir: Option<PathBuf>,
+    /// Read the eight files over SSH from this node's /etc/kubernetes/pki (`[user@]host[:port]`).
+    #[arg(long, value_name = "NODE", conflicts_with = "inventory")]
+    pub from: Option<String>,
+    /// Read the eight files over SSH from the inventory's first master.
+    #[arg(long, value_name = "FILE")]
+    pub inventory: Option<PathBuf>,
+    #[command(flatten)]
+    pub ssh: super::ssh::SshArgs,
     /// OpenSSH private key that signs SHA256SUMS (`hapki keygen` makes one). If it is
     /// passphrase-protected, set HAPKI_SIGN_KEY_PASSPHRASE.
     #[arg(long, value_name = "FILE")]
@@ -110,14 +123,19 @@ pub fn bundle(args: BundleArgs) -> anyhow::Result<u8> {
     };
     let passphrase = std::env::var(SIGN_PASSPHRASE_ENV).ok();
     let key = bundle::load_signing_key(&args.sign_key, passphrase.as_deref()).categorized()?;
-    let files = read_pki_dir(&args.pki_dir)?;
-    let source = std::path::absolute(&args.pki_dir).unwrap_or_else(|_| args.pki_dir.clone());
+    let (files, source) = match &args.pki_dir {
+        Some(dir) => {
+            let abs = std::path::absolute(dir).unwrap_or_else(|_| dir.clone());
+            (read_pki_dir(dir)?, format!("local:{}", abs.display()))
+        }
+        None => read_from_node(&args)?,
+    };
     let opts = bundle::CreateOptions {
         cluster: args.cluster,
         created_at,
         valid_for: args.valid_for.to_time(),
         serial: args.serial,
-        source: format!("local:{}", source.display()),
+        source,
     };
     let manifest = bundle::create(&files, &key, &opts, &protection, &args.out).categorized()?;
     let encrypted = matches!(protection, Protection::Encrypt(_));
@@ -154,6 +172,23 @@ pub fn bundle(args: BundleArgs) -> anyhow::Result<u8> {
         }
     }
     Ok(0)
+}
+
+/// `--from NODE` or `--inventory`: the eight files of the first master, over SSH.
+fn read_from_node(args: &BundleArgs) -> anyhow::Result<(Vec<bundle::PkiFile>, String)> {
+    let nodes = super::nodes::NodeArgs { nodes: args.from.clone(), inventory: args.inventory.clone() };
+    let (_, selected) = nodes.all(&args.ssh)?;
+    let first = selected
+        .into_iter()
+        .find(|s| s.role == hapki::inventory::Role::ControlPlane)
+        .ok_or_else(|| usage_error("the inventory has no control-plane node to read the PKI from"))?;
+    let transport = args.ssh.transport()?;
+    let mut session = transport.connect(&first.target).categorized()?;
+    let paths = hapki::node::NodePaths::default();
+    let files = hapki::node::read_shared_files(session.as_mut(), &paths)
+        .map_err(|e| anyhow::anyhow!("{}: {e}", first.target.name))?;
+    let user = first.target.user.as_deref().map(|u| format!("{u}@")).unwrap_or_default();
+    Ok((files, format!("ssh:{user}{}:{}", first.target.host, paths.pki_dir())))
 }
 
 fn read_pki_dir(dir: &std::path::Path) -> anyhow::Result<Vec<bundle::PkiFile>> {
