@@ -176,12 +176,13 @@ pub fn bundle(args: BundleArgs) -> anyhow::Result<u8> {
 
 /// `--from NODE` or `--inventory`: the eight files of the first master, over SSH.
 fn read_from_node(args: &BundleArgs) -> anyhow::Result<(Vec<bundle::PkiFile>, String)> {
-    let nodes = super::nodes::NodeArgs { nodes: args.from.clone(), inventory: args.inventory.clone() };
+    let nodes =
+        super::nodes::NodeArgs { nodes: args.from.clone(), inventory: args.inventory.clone() };
     let (_, selected) = nodes.all(&args.ssh)?;
-    let first = selected
-        .into_iter()
-        .find(|s| s.role == hapki::inventory::Role::ControlPlane)
-        .ok_or_else(|| usage_error("the inventory has no control-plane node to read the PKI from"))?;
+    let first =
+        selected.into_iter().find(|s| s.role == hapki::inventory::Role::ControlPlane).ok_or_else(
+            || usage_error("the inventory has no control-plane node to read the PKI from"),
+        )?;
     let transport = args.ssh.transport()?;
     let mut session = transport.connect(&first.target).categorized()?;
     let paths = hapki::node::NodePaths::default();

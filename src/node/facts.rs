@@ -159,14 +159,13 @@ impl NodeFacts {
             let line = i + 1;
             let (tag, rest) = raw.split_once(' ').unwrap_or((raw, ""));
             match tag {
-                "V" => {
-                    if rest != "1" {
-                        return Err(FactsError::Malformed {
-                            line,
-                            reason: format!("unsupported facts version {rest}"),
-                        });
-                    }
+                "V" if rest != "1" => {
+                    return Err(FactsError::Malformed {
+                        line,
+                        reason: format!("unsupported facts version {rest}"),
+                    });
                 }
+                "V" => {}
                 "T" => f.time = rest.trim().parse().ok(),
                 "H" => f.hostname = rest.trim().to_string(),
                 "U" => f.uid = rest.trim().parse().ok(),
@@ -249,7 +248,8 @@ mod tests {
 
     #[test]
     fn parses_a_real_looking_run() {
-        let cert = base64::engine::general_purpose::STANDARD.encode(b"-----BEGIN CERTIFICATE-----\n");
+        let cert =
+            base64::engine::general_purpose::STANDARD.encode(b"-----BEGIN CERTIFICATE-----\n");
         let out = format!(
             "V 1\nT 1700000000\nH kubemaster-2\nU 0\n\
              D dir 755 0 0 4096 - /etc/kubernetes/pki\n\

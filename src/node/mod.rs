@@ -64,9 +64,8 @@ pub fn read_facts(
     resolve: Option<&str>,
 ) -> Result<facts::NodeFacts, String> {
     let args = [paths.kube_dir.as_str(), paths.state_dir.as_str(), resolve.unwrap_or("")];
-    let out = session
-        .run(&facts_script(), &args, &mut std::io::empty())
-        .map_err(|e| e.to_string())?;
+    let out =
+        session.run(&facts_script(), &args, &mut std::io::empty()).map_err(|e| e.to_string())?;
     if out.code.unwrap_or(-1) != 0 {
         return Err(format!(
             "reading the node's state failed (exit {}): {}",
@@ -112,7 +111,8 @@ pub fn read_shared_files(
 ) -> Result<Vec<crate::pki::PkiFile>, String> {
     let script = format!("{COMMON}{}", include_str!("read_shared.sh"));
     let pki = paths.pki_dir();
-    let out = session.run(&script, &[pki.as_str()], &mut std::io::empty()).map_err(|e| e.to_string())?;
+    let out =
+        session.run(&script, &[pki.as_str()], &mut std::io::empty()).map_err(|e| e.to_string())?;
     if !out.success() {
         return Err(format!("reading {pki} failed: {}", stderr_tail(&out.stderr)));
     }
@@ -177,7 +177,10 @@ mod tests {
         std::fs::create_dir_all(dir.path().join("k/pki/etcd")).unwrap();
         std::fs::write(dir.path().join("k/pki/ca.crt"), b"x").unwrap();
         let f = read_facts_local(&paths).unwrap();
-        assert_eq!(f.shared["ca.crt"].sha256.as_deref(), Some("2d711642b726b04401627ca9fbac32f5c8530fb1903cc4db02258717921a4881"));
+        assert_eq!(
+            f.shared["ca.crt"].sha256.as_deref(),
+            Some("2d711642b726b04401627ca9fbac32f5c8530fb1903cc4db02258717921a4881")
+        );
         assert_eq!(f.shared["ca.key"].kind, facts::PathKind::Missing);
     }
 }
