@@ -215,17 +215,18 @@ fn push_one(
     ];
     args.extend(parts.iter().map(String::as_str));
     let mut stdin: &[u8] = &data;
-    let out =
-        match session.run(&node::install_script(), &args, &mut stdin) {
-            Ok(o) => o,
-            Err(e) => return failed(
+    let out = match session.run(&node::install_script(), &args, &mut stdin) {
+        Ok(o) => o,
+        Err(e) => {
+            return failed(
                 name,
                 Category::NodesFailed,
                 format!(
                     "{e}; the node's installed files were not changed, push again to complete it"
                 ),
-            ),
-        };
+            )
+        }
+    };
     progress(name, Step::Done);
     if out.code.unwrap_or(-1) != 0 {
         let category = match out.code.unwrap_or(-1) {
