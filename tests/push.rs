@@ -130,7 +130,7 @@ fn a_different_ca_is_refused_untouched_unless_replace_which_backs_up() {
             &b_other,
             &[
                 "--nodes",
-                &n3.address,
+                &tb.addr(&n3.name),
                 "--known-hosts",
                 tb.known_hosts().to_str().unwrap(),
                 "--identity",
@@ -192,8 +192,10 @@ fn a_changed_host_key_fails_that_node_only_and_sends_nothing() {
     let forged: String = kh
         .lines()
         .map(|l| {
-            if l.starts_with(&format!("{} ", n3.address)) && l.contains("ssh-ed25519") {
-                format!("{} {}", n3.address, other_key.join(" "))
+            let host = l.split_whitespace().next().unwrap_or("");
+            let is_n3 = host == n3.address || host == format!("[{}]:{}", n3.address, tb.port);
+            if is_n3 && l.contains("ssh-ed25519") {
+                format!("{host} {}", other_key.join(" "))
             } else {
                 l.to_string()
             }
@@ -431,7 +433,7 @@ fn bundle_from_the_first_master_over_ssh_matches_its_files() {
     for f in SHARED {
         std::fs::copy(fx.pki().join(f), pki_of(m1).join(f)).unwrap();
     }
-    for (how, from) in [("--inventory", tb.inventory()), ("--from", m1.address.clone().into())] {
+    for (how, from) in [("--inventory", tb.inventory()), ("--from", tb.addr(&m1.name).into())] {
         let out_file = fx.path(&format!("from{how}.age"));
         let recipient = std::fs::read_to_string(fx.signer().with_extension("pub")).unwrap();
         let mut c = fixture::hapki();
@@ -459,7 +461,7 @@ fn bundle_from_the_first_master_over_ssh_matches_its_files() {
     }
     // A node without the files: the bundle is refused, naming what is missing.
     let out = fixture::hapki()
-        .args(["bundle", "--from", &tb.node("kubemaster-2").address])
+        .args(["bundle", "--from", &tb.addr("kubemaster-2")])
         .arg("--sign-key")
         .arg(fx.signer())
         .arg("--insecure-plaintext")
