@@ -13,6 +13,8 @@ umask 077
 k=$1 st=$2 action=$3 principal=$4 expect=$5 serial=$6 stamp=$7
 shift 7
 pki=$k/pki
+case $action in install | replace) ;; *) printf 'hapki: bad action\n' >&2; exit 1 ;; esac
+case $principal$expect$serial$stamp in *[!A-Za-z0-9@._-]*) printf 'hapki: bad arguments\n' >&2; exit 1 ;; esac
 stage=
 locked=
 die() { # exit code, message
@@ -75,6 +77,8 @@ parts=
 while [ $# -ge 3 ]; do
     name=$1 len=$2 mode=$3
     shift 3
+    case $name$len$mode in *..* | *[!A-Za-z0-9/._-]*) die 1 "bad payload part $name" ;; esac
+    case $len$mode in *[!0-9]*) die 1 "bad payload part $name" ;; esac
     case $name in
     allowed_signers) dest=$stage/allowed_signers ;;
     bundle.json | SHA256SUMS | SHA256SUMS.sig) dest=$stage/b/$name ;;

@@ -5,13 +5,18 @@
 //! the bundle on the node's own disk with the node's own `ssh-keygen` and `sha256sum`, and
 //! installs by rename. Nodes run in parallel, bounded; a failure on one never stops the others.
 
+pub mod exchange;
 pub mod plan;
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use serde::Serialize;
 
 use crate::error::Category;
-use crate::node;
+use crate::node::{self, facts::NodeFacts};
 use crate::transport::{self, Target, Transport};
+use exchange::{DecisionSource, Exchange, FactsSink};
 
 pub use plan::{plan, Plan};
 
@@ -153,8 +158,11 @@ fn failed(node: &str, category: Category, message: impl Into<String>) -> NodeRes
     }
 }
 
+/// What the decision made of the node's facts, for the report.
+type Decided = Result<Plan, String>;
+
 fn push_one(
-    payload: &Payload,
+    payload: &Arc<Payload>,
     target: &Target,
     transport: &dyn Transport,
     opts: &PushOptions,
@@ -170,88 +178,134 @@ fn push_one(
         }
     };
     progress(name, Step::Inspecting);
-    let facts = match node::read_facts(session.as_mut(), &opts.paths, None) {
-        Ok(f) => f,
-        Err(e) => return failed(name, Category::NodesFailed, e),
-    };
-    let decision = plan(payload, &facts, opts.replace);
-    let (replacing, reason) = match decision {
-        Plan::Unchanged => {
-            progress(name, Step::Done);
-            return NodeResult {
-                node: name.into(),
-                status: NodeStatus::Unchanged,
-                message: "the eight shared files are already in place".into(),
-                category: None,
-                backup: None,
+    let decided: Arc<Mutex<Option<Decided>>> = Arc::default();
+    let exchange = {
+        let (payload, decided, opts) = (payload.clone(), decided.clone(), opts.clone());
+        let pki_dir = opts.paths.pki_dir();
+        Exchange::new(target.connect_timeout + Duration::from_secs(60), move |out| {
+            let facts = match NodeFacts::parse(out, &pki_dir) {
+                Ok(f) => f,
+                Err(e) => {
+                    *decided.lock().unwrap_or_else(|p| p.into_inner()) = Some(Err(e.to_string()));
+                    return b"skip\n".to_vec();
+                }
             };
-        }
-        Plan::Refuse { category, reason } => return failed(name, category, reason),
-        Plan::Install { replacing, reason } => (replacing, reason),
+            let plan = plan(&payload, &facts, opts.replace);
+            let send = match &plan {
+                Plan::Install { replacing, .. } if !opts.dry_run => {
+                    let action = if replacing.is_empty() { "install" } else { "replace" };
+                    let (parts, data) = payload.parts();
+                    let mut line = format!(
+                        "{action} {} {} {} {}",
+                        payload.principal,
+                        facts.shared_state_token(),
+                        payload.serial,
+                        opts.stamp
+                    );
+                    for p in parts {
+                        line.push(' ');
+                        line.push_str(&p);
+                    }
+                    line.push('\n');
+                    let mut bytes = line.into_bytes();
+                    bytes.extend_from_slice(&data);
+                    bytes
+                }
+                _ => b"skip\n".to_vec(),
+            };
+            *decided.lock().unwrap_or_else(|p| p.into_inner()) = Some(Ok(plan));
+            send
+        })
     };
-    if opts.dry_run {
-        progress(name, Step::Done);
-        return NodeResult {
-            node: name.into(),
-            status: NodeStatus::Planned,
-            message: format!("would {reason}"),
-            category: None,
-            backup: None,
-        };
-    }
-    progress(name, Step::Installing);
-    let action = if replacing.is_empty() { "install" } else { "replace" };
-    let serial = payload.serial.to_string();
-    let token = facts.shared_state_token();
-    let (parts, data) = payload.parts();
-    let mut args: Vec<&str> = vec![
-        &opts.paths.kube_dir,
-        &opts.paths.state_dir,
-        action,
-        &payload.principal,
-        &token,
-        &serial,
-        &opts.stamp,
-    ];
-    args.extend(parts.iter().map(String::as_str));
-    let mut stdin: &[u8] = &data;
-    let out = match session.run(&node::install_script(), &args, &mut stdin) {
-        Ok(o) => o,
-        Err(e) => {
-            return failed(
+    let pki_dir = opts.paths.pki_dir();
+    let args = [opts.paths.kube_dir.as_str(), opts.paths.state_dir.as_str()];
+    let mut stdin = DecisionSource(exchange.clone());
+    let mut stdout = FactsSink(exchange.clone());
+    let out = session.run_streaming(&node::push_script(), &args, &mut stdin, &mut stdout);
+    progress(name, Step::Done);
+    let decision = decided.lock().unwrap_or_else(|p| p.into_inner()).take();
+    let out =
+        match (out, decision) {
+            (Err(e), Some(Ok(Plan::Install { .. }))) => return failed(
                 name,
                 Category::NodesFailed,
                 format!(
                     "{e}; the node's installed files were not changed, push again to complete it"
                 ),
-            )
-        }
-    };
-    progress(name, Step::Done);
-    if out.code.unwrap_or(-1) != 0 {
-        let category = match out.code.unwrap_or(-1) {
-            node::install_exit::VERIFY => Category::Verification,
-            _ => Category::NodesFailed,
+            ),
+            (Err(e), _) => return failed(name, Category::NodesFailed, e.to_string()),
+            (Ok(o), _) if !exchange.decided() => {
+                let why = node::stderr_tail(&o.stderr);
+                return failed(
+                    name,
+                    Category::NodesFailed,
+                    format!("reading the node's state under {pki_dir} failed: {why}"),
+                );
+            }
+            (Ok(_), Some(Err(e))) => return failed(name, Category::NodesFailed, e),
+            (Ok(_), None) => {
+                return failed(name, Category::NodesFailed, "the node sent no facts to decide on")
+            }
+            (Ok(o), Some(Ok(plan))) => (o, plan),
         };
-        let msg = node::stderr_tail(&out.stderr);
-        let msg = if msg.is_empty() {
-            format!("the install script failed (exit {})", out.code.unwrap_or(-1))
-        } else {
-            msg
-        };
-        return failed(name, category, msg);
-    }
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let backup = stdout.lines().find_map(|l| l.strip_prefix("backup ")).map(str::to_string);
-    NodeResult {
-        node: name.into(),
-        status: NodeStatus::Installed,
-        message: match &backup {
-            Some(b) => format!("{reason}; previous files backed up to {b}"),
-            None => reason,
+    let (out, plan) = out;
+    match plan {
+        Plan::Unchanged => NodeResult {
+            node: name.into(),
+            status: NodeStatus::Unchanged,
+            message: "the eight shared files are already in place".into(),
+            category: None,
+            backup: None,
         },
-        category: None,
-        backup,
+        Plan::Refuse { category, reason } => failed(name, category, reason),
+        Plan::Install { reason, .. } if opts.dry_run => NodeResult {
+            node: name.into(),
+            status: NodeStatus::Planned,
+            message: format!("would {reason}"),
+            category: None,
+            backup: None,
+        },
+        Plan::Install { reason, .. } => {
+            if !out.success() {
+                let category = match out.code {
+                    Some(node::install_exit::VERIFY) => Category::Verification,
+                    _ => Category::NodesFailed,
+                };
+                let msg = node::stderr_tail(&out.stderr);
+                let msg = if msg.is_empty() {
+                    format!(
+                        "the install script failed ({})",
+                        out.code.map_or_else(
+                            || format!("signal {}", out.signal.clone().unwrap_or_default()),
+                            |c| format!("exit {c}")
+                        )
+                    )
+                } else {
+                    msg
+                };
+                return failed(name, category, msg);
+            }
+            let after = exchange.after_facts();
+            let stdout = String::from_utf8_lossy(&after);
+            if !stdout.lines().any(|l| l == "installed") {
+                return failed(
+                    name,
+                    Category::NodesFailed,
+                    "the install script ended without confirming the install",
+                );
+            }
+            let backup = stdout.lines().find_map(|l| l.strip_prefix("backup ")).map(str::to_string);
+            NodeResult {
+                node: name.into(),
+                status: NodeStatus::Installed,
+                message: match &backup {
+                    Some(b) => format!("{reason}; previous files backed up to {b}"),
+                    None => reason,
+                },
+                category: None,
+                backup,
+            }
+        }
     }
 }
 
@@ -264,8 +318,9 @@ pub fn push(
     opts: &PushOptions,
     progress: &(dyn Fn(&str, Step) + Sync),
 ) -> PushReport {
+    let payload = Arc::new(payload.clone());
     let nodes = transport::for_each_parallel(targets, opts.parallel, |t| {
-        push_one(payload, t, transport, opts, progress)
+        push_one(&payload, t, transport, opts, progress)
     });
     let ok = nodes.iter().all(|n| n.status != NodeStatus::Failed);
     PushReport { ok, nodes }
