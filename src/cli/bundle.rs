@@ -1,20 +1,264 @@
 //! `hapki keygen`, `hapki bundle`, `hapki verify`.
 
+use std::path::PathBuf;
+
 use clap::Args;
+use hapki::bundle::{self, AllowedSigners, BundleError, Identities, Protection, Recipients};
+use hapki::duration::Duration;
+use time::format_description::well_known::Rfc3339;
+use time::OffsetDateTime;
+
+use super::{print_json, usage_error, CategorizeExt, Output};
+
+/// Environment variable holding the passphrase of a protected `--sign-key`.
+const SIGN_PASSPHRASE_ENV: &str = "HAPKI_SIGN_KEY_PASSPHRASE";
 
 #[derive(Debug, Args)]
-pub struct KeygenArgs {}
-#[derive(Debug, Args)]
-pub struct BundleArgs {}
-#[derive(Debug, Args)]
-pub struct VerifyArgs {}
+pub struct KeygenArgs {
+    /// Private key file to create (mode 0600); the public key goes to FILE.pub.
+    #[arg(long, value_name = "FILE")]
+    pub out: PathBuf,
+    /// Principal for the printed allowed_signers line (who this key speaks for).
+    #[arg(long, default_value = "hapki")]
+    pub principal: String,
+    /// Comment stored in the key.
+    #[arg(long, default_value = "hapki bundle signing key")]
+    pub comment: String,
+}
 
-pub fn keygen(_args: KeygenArgs) -> anyhow::Result<u8> {
-    Err(anyhow::anyhow!("not implemented yet"))
+#[derive(Debug, Args)]
+pub struct BundleArgs {
+    /// Directory holding the shared PKI files (as /etc/kubernetes/pki).
+    #[arg(
+        long,
+        value_name = "DIR",
+        required_unless_present_any = ["from", "inventory"],
+        conflicts_with_all = ["from", "inventory"]
+    )]
+    pub pki_dir: Option<PathBuf>,
+    /// Read the eight files over SSH from this node's /etc/kubernetes/pki (`[user@]host[:port]`).
+    #[arg(long, value_name = "NODE", conflicts_with = "inventory")]
+    pub from: Option<String>,
+    /// Read the eight files over SSH from the inventory's first master.
+    #[arg(long, value_name = "FILE")]
+    pub inventory: Option<PathBuf>,
+    #[command(flatten)]
+    pub ssh: super::ssh::SshArgs,
+    /// OpenSSH private key that signs SHA256SUMS (`hapki keygen` makes one). If it is
+    /// passphrase-protected, set HAPKI_SIGN_KEY_PASSPHRASE.
+    #[arg(long, value_name = "FILE")]
+    pub sign_key: PathBuf,
+    /// age recipient (age1…), SSH public key line, or @FILE of them; repeatable.
+    #[arg(long = "recipient", value_name = "R", required_unless_present = "insecure_plaintext")]
+    pub recipients: Vec<String>,
+    /// Write the bundle unencrypted: CA private keys readable by whoever gets the file.
+    #[arg(long, conflicts_with = "recipients")]
+    pub insecure_plaintext: bool,
+    /// Cluster name recorded in bundle.json.
+    #[arg(long, default_value = "kubernetes")]
+    pub cluster: String,
+    /// How long the bundle stays valid.
+    #[arg(long, default_value = "7d")]
+    pub valid_for: Duration,
+    /// Serial recorded in bundle.json (default: creation time in Unix seconds).
+    #[arg(long)]
+    pub serial: Option<u64>,
+    /// Creation time (RFC 3339), for reproducible builds and tests.
+    #[arg(long, hide = true)]
+    pub created_at: Option<String>,
+    /// Bundle file to write (replaced atomically).
+    #[arg(long, value_name = "FILE")]
+    pub out: PathBuf,
+    #[arg(long, value_enum, default_value_t)]
+    pub output: Output,
 }
-pub fn bundle(_args: BundleArgs) -> anyhow::Result<u8> {
-    Err(anyhow::anyhow!("not implemented yet"))
+
+#[derive(Debug, Args)]
+pub struct VerifyArgs {
+    /// The bundle file.
+    pub bundle: PathBuf,
+    /// OpenSSH allowed_signers file naming the keys trusted to sign bundles.
+    #[arg(long, value_name = "ALLOWED_SIGNERS")]
+    pub trust: PathBuf,
+    /// age identity file or SSH private key that decrypts the bundle; repeatable.
+    #[arg(long, value_name = "FILE")]
+    pub decrypt_key: Vec<PathBuf>,
+    #[arg(long, value_enum, default_value_t)]
+    pub output: Output,
+    /// Verify as of this time (RFC 3339) instead of now.
+    #[arg(long, hide = true)]
+    pub now: Option<String>,
 }
-pub fn verify(_args: VerifyArgs) -> anyhow::Result<u8> {
-    Err(anyhow::anyhow!("not implemented yet"))
+
+fn parse_time(flag: &str, s: &str) -> anyhow::Result<OffsetDateTime> {
+    OffsetDateTime::parse(s, &Rfc3339).map_err(|_| {
+        usage_error(format!("{flag} {s:?}: expected RFC 3339, e.g. 2025-01-31T12:00:00Z"))
+    })
+}
+
+fn fmt_time(t: OffsetDateTime) -> String {
+    t.format(&Rfc3339).unwrap_or_else(|_| t.to_string())
+}
+
+pub fn keygen(args: KeygenArgs) -> anyhow::Result<u8> {
+    let out = bundle::keygen(&args.out, &args.principal, &args.comment).categorized()?;
+    println!("private key: {} (mode 0600)", out.private_path.display());
+    println!("public key:  {}", out.public_path.display());
+    println!("fingerprint: {}", out.fingerprint);
+    println!();
+    println!("allowed_signers line (for --trust files on every machine that verifies):");
+    println!("{}", out.allowed_signers_line);
+    Ok(0)
+}
+
+pub fn bundle(args: BundleArgs) -> anyhow::Result<u8> {
+    let protection = if args.insecure_plaintext {
+        Protection::InsecurePlaintext
+    } else {
+        Protection::Encrypt(Recipients::parse(&args.recipients).categorized()?)
+    };
+    let created_at = match &args.created_at {
+        Some(s) => parse_time("--created-at", s)?,
+        None => OffsetDateTime::now_utc(),
+    };
+    let passphrase = std::env::var(SIGN_PASSPHRASE_ENV).ok();
+    let key = bundle::load_signing_key(&args.sign_key, passphrase.as_deref()).categorized()?;
+    let (files, source) = match &args.pki_dir {
+        Some(dir) => {
+            let abs = std::path::absolute(dir).unwrap_or_else(|_| dir.clone());
+            (read_pki_dir(dir)?, format!("local:{}", abs.display()))
+        }
+        None => read_from_node(&args)?,
+    };
+    let opts = bundle::CreateOptions {
+        cluster: args.cluster,
+        created_at,
+        valid_for: args.valid_for.to_time(),
+        serial: args.serial,
+        source,
+    };
+    let manifest = bundle::create(&files, &key, &opts, &protection, &args.out).categorized()?;
+    let encrypted = matches!(protection, Protection::Encrypt(_));
+    match args.output {
+        Output::Json => print_json(&serde_json::json!({
+            "ok": true,
+            "out": args.out,
+            "encrypted": encrypted,
+            "signer": manifest.signer,
+            "cluster": manifest.cluster,
+            "serial": manifest.serial,
+            "created_at": fmt_time(manifest.created_at),
+            "expires_at": fmt_time(manifest.expires_at),
+            "discovery_token_ca_cert_hash": manifest.discovery_token_ca_cert_hash,
+            "files": manifest.files,
+        }))?,
+        Output::Table => {
+            if !encrypted {
+                eprintln!(
+                    "hapki: warning: {} is NOT encrypted: it holds CA private keys in clear",
+                    args.out.display()
+                );
+            }
+            println!(
+                "wrote {} ({})",
+                args.out.display(),
+                if encrypted { "age-encrypted" } else { "PLAINTEXT" }
+            );
+            println!("cluster:   {}", manifest.cluster);
+            println!("serial:    {}", manifest.serial);
+            println!("signer:    {}", manifest.signer);
+            println!("expires:   {}", fmt_time(manifest.expires_at));
+            println!("discovery: {}", manifest.discovery_token_ca_cert_hash);
+        }
+    }
+    Ok(0)
+}
+
+/// `--from NODE` or `--inventory`: the eight files of the first master, over SSH.
+fn read_from_node(args: &BundleArgs) -> anyhow::Result<(Vec<bundle::PkiFile>, String)> {
+    let nodes =
+        super::nodes::NodeArgs { nodes: args.from.clone(), inventory: args.inventory.clone() };
+    let (_, selected) = nodes.all(&args.ssh)?;
+    let first =
+        selected.into_iter().find(|s| s.role == hapki::inventory::Role::ControlPlane).ok_or_else(
+            || usage_error("the inventory has no control-plane node to read the PKI from"),
+        )?;
+    let transport = args.ssh.transport()?;
+    let mut session = transport.connect(&first.target).categorized()?;
+    let paths = hapki::node::NodePaths::default();
+    let files = hapki::node::read_shared_files(session.as_mut(), &paths)
+        .map_err(|e| anyhow::anyhow!("{}: {e}", first.target.name))?;
+    let user = first.target.user.as_deref().map(|u| format!("{u}@")).unwrap_or_default();
+    Ok((files, format!("ssh:{user}{}:{}", first.target.host, paths.pki_dir())))
+}
+
+fn read_pki_dir(dir: &std::path::Path) -> anyhow::Result<Vec<bundle::PkiFile>> {
+    if !dir.is_dir() {
+        return Err(usage_error(format!("--pki-dir {}: not a directory", dir.display())));
+    }
+    bundle::read_pki_dir(dir).categorized()
+}
+
+pub fn verify(args: VerifyArgs) -> anyhow::Result<u8> {
+    let trust =
+        AllowedSigners::from_file(&args.trust).map_err(|e| usage_error(format!("--trust: {e}")))?;
+    for note in &trust.ignored {
+        eprintln!("hapki: note: --trust {}: {note}", args.trust.display());
+    }
+    let mut ids = Identities::default();
+    for k in &args.decrypt_key {
+        ids.load(k).categorized()?;
+    }
+    let now = match &args.now {
+        Some(s) => parse_time("--now", s)?,
+        None => OffsetDateTime::now_utc(),
+    };
+    let opts = bundle::VerifyOptions { now, ..Default::default() };
+    let result = bundle::open_and_verify(&args.bundle, &trust, &ids, &opts);
+    let verified = match (result, args.output) {
+        (Ok(v), _) => v,
+        (Err(e), Output::Json) if !matches!(e, BundleError::Usage(_)) => {
+            // Scripts get the verdict on stdout as well as the exit code.
+            print_json(&serde_json::json!({ "ok": false, "error": e.to_string() }))?;
+            return Err(e).categorized();
+        }
+        (Err(e), _) => return Err(e).categorized(),
+    };
+    match args.output {
+        Output::Json => print_json(&verified.report())?,
+        Output::Table => {
+            let m = &verified.manifest;
+            println!("OK: {} verified", args.bundle.display());
+            println!("signer:    {} ({})", verified.signer.fingerprint, verified.signer.principal);
+            println!("cluster:   {}", m.cluster);
+            println!("serial:    {}", m.serial);
+            println!("created:   {}", fmt_time(m.created_at));
+            println!("expires:   {}", fmt_time(m.expires_at));
+            println!("source:    {}", m.source);
+            println!("encrypted: {}", if verified.encrypted { "yes (age)" } else { "NO" });
+            println!("discovery: {}", m.discovery_token_ca_cert_hash);
+            println!();
+            println!(
+                "{:<20} {:<5} {:<12} {:<20} SPKI SHA-256",
+                "FILE", "MODE", "KIND", "NOT AFTER"
+            );
+            for f in &m.files {
+                let kind = match f.kind {
+                    hapki::pki::FileKind::Certificate => "certificate",
+                    hapki::pki::FileKind::PrivateKey => "private_key",
+                    hapki::pki::FileKind::PublicKey => "public_key",
+                };
+                let not_after = f.not_after.map(fmt_time).unwrap_or_else(|| "-".into());
+                println!(
+                    "{:<20} {:04o}  {:<12} {:<20} {}",
+                    f.name,
+                    f.mode,
+                    kind,
+                    not_after,
+                    f.spki_sha256.as_deref().unwrap_or("-")
+                );
+            }
+        }
+    }
+    Ok(0)
 }

@@ -3,9 +3,15 @@
 
 #![allow(dead_code)] // TEMP: helpers used by commands still being written
 
+mod audit;
 mod bundle;
+mod config;
 mod meta;
+mod nodes;
 mod pki;
+mod preflight;
+mod push;
+mod ssh;
 
 use std::io::IsTerminal;
 use std::process::ExitCode;
@@ -39,6 +45,17 @@ pub enum Command {
     Bundle(bundle::BundleArgs),
     /// Check a bundle offline: signature, hashes, layout, PKI coherence and expiry.
     Verify(bundle::VerifyArgs),
+    /// Install a verified bundle on every other control-plane node over SSH, atomically.
+    Push(push::PushArgs),
+    /// Check every node for what would make a join fail, before any join (read-only).
+    Preflight(preflight::PreflightArgs),
+    /// kubeadm join without --certificate-key: control planes one at a time, then workers.
+    Join(preflight::JoinArgs),
+    /// Compare the certificates on every node side by side: drift, modes, issuers, expiry.
+    Audit(audit::AuditArgs),
+    /// Check kubeadm configuration files for an air-gapped HA cluster.
+    #[command(subcommand)]
+    Config(config::ConfigCommand),
     /// Print shell completions for SHELL to stdout.
     Completions(meta::CompletionsArgs),
     /// Print hapki's man page (roff) to stdout.
@@ -55,15 +72,17 @@ pub enum Output {
 
 /// An error that carries the exit-code category of the library error it came from.
 #[derive(Debug, thiserror::Error)]
-#[error("{source:#}")]
+// The wrapped error is displayed, not exposed as `source()`: anyhow's `{:#}` would otherwise
+// print the same message twice.
+#[error("{inner:#}")]
 pub struct CategorizedError {
     pub category: Category,
-    source: anyhow::Error,
+    inner: anyhow::Error,
 }
 
 impl CategorizedError {
     pub fn new(category: Category, source: impl Into<anyhow::Error>) -> Self {
-        CategorizedError { category, source: source.into() }
+        CategorizedError { category, inner: source.into() }
     }
 }
 
@@ -114,12 +133,23 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
         Command::Keygen(args) => bundle::keygen(args),
         Command::Bundle(args) => bundle::bundle(args),
         Command::Verify(args) => bundle::verify(args),
+        Command::Push(args) => push::run(args),
+        Command::Preflight(args) => preflight::preflight(args),
+        Command::Join(args) => preflight::join(args),
+        Command::Audit(args) => audit::run(args),
+        Command::Config(cmd) => config::run(cmd),
         Command::Completions(args) => meta::completions(args),
         Command::Man(args) => meta::man(args),
     }
 }
 
 pub fn main() -> ExitCode {
+    // Printing into a closed pipe (`hapki audit --output json | head`) should end the process
+    // quietly, as it does for other command-line tools, not panic inside println!.
+    // SAFETY: restoring the default disposition of SIGPIPE before any thread starts.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
     let cli = Cli::parse();
     match run(cli) {
         Ok(code) => ExitCode::from(code),

@@ -8,6 +8,7 @@
 mod der;
 mod error;
 
+pub mod chain;
 pub mod check;
 pub mod fingerprint;
 pub mod generate;

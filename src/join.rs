@@ -1,0 +1,518 @@
+//! `hapki join`: `kubeadm join` without a certificate key, control planes strictly one at a
+//! time (each adds a stacked etcd member, and etcd loses quorum if two join at once), each
+//! waited on until its etcd member is healthy, then workers in parallel.
+//!
+//! hapki never passes `--certificate-key` (the shared files are already on the nodes) nor
+//! `--discovery-token-unsafe-skip-ca-verification` (the CA hash is always pinned). The token's
+//! secret half never reaches output or logs: every line kept is redacted first.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+
+use crate::error::{Categorized, Category};
+use crate::inventory::Role;
+use crate::node::{self, NodePaths};
+use crate::push::NodeStatus;
+use crate::transport::{Session, Target, Transport};
+
+/// A node to join.
+#[derive(Debug, Clone)]
+pub struct JoinNode {
+    pub target: Target,
+    pub role: Role,
+    /// Passed as `--apiserver-advertise-address` to control planes, and where their etcd
+    /// member listens.
+    pub advertise_address: Option<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum JoinError {
+    #[error("invalid bootstrap token: it must look like abcdef.0123456789abcdef ([a-z0-9]{{6}}.[a-z0-9]{{16}}); create one with kubeadm token create")]
+    BadToken,
+    #[error("could not mint a join token on the first master {node}: {reason}")]
+    Mint { node: String, reason: String },
+    #[error("kubeadm on {node} prints CA hash {kubeadm}, but the bundle's ca.crt gives {ours}: the first master holds another CA; push the right bundle first")]
+    HashMismatch { node: String, kubeadm: String, ours: String },
+    #[error("could not write the run directory {path}: {source}")]
+    RunDir { path: PathBuf, source: std::io::Error },
+}
+
+impl Categorized for JoinError {
+    fn category(&self) -> Category {
+        match self {
+            JoinError::BadToken => Category::Usage,
+            JoinError::HashMismatch { .. } => Category::Verification,
+            JoinError::Mint { .. } => Category::NodesFailed,
+            JoinError::RunDir { .. } => Category::Unexpected,
+        }
+    }
+}
+
+/// Checks the bootstrap-token format (`[a-z0-9]{6}\.[a-z0-9]{16}`).
+pub fn validate_token(token: &str) -> Result<(), JoinError> {
+    let ok = |s: &str, n: usize| {
+        s.len() == n && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+    };
+    match token.split_once('.') {
+        Some((id, secret)) if ok(id, 6) && ok(secret, 16) => Ok(()),
+        _ => Err(JoinError::BadToken),
+    }
+}
+
+/// The token with its secret half hidden: safe for output and logs.
+pub fn redact_token(token: &str) -> String {
+    match token.split_once('.') {
+        Some((id, _)) => format!("{id}.<redacted>"),
+        None => "<redacted>".into(),
+    }
+}
+
+/// Replaces every occurrence of the token's secret in `text`.
+pub fn redact_text(text: &str, token: &str) -> String {
+    match token.split_once('.') {
+        Some((_, secret)) if !secret.is_empty() => text.replace(secret, "<redacted>"),
+        _ => text.to_string(),
+    }
+}
+
+/// The `kubeadm join` arguments for one node (without the leading `kubeadm`).
+pub fn join_args(endpoint: &str, token: &str, ca_hash: &str, node: &JoinNode) -> Vec<String> {
+    let mut a = vec![
+        "join".to_string(),
+        endpoint.to_string(),
+        "--token".into(),
+        token.to_string(),
+        "--discovery-token-ca-cert-hash".into(),
+        ca_hash.to_string(),
+    ];
+    if node.role == Role::ControlPlane {
+        a.push("--control-plane".into());
+        if let Some(addr) = &node.advertise_address {
+            a.push("--apiserver-advertise-address".into());
+            a.push(addr.clone());
+        }
+    }
+    a
+}
+
+/// Parses `kubeadm token create --print-join-command` (spacing varies between versions, so it
+/// splits on whitespace) into (token, hash).
+pub fn parse_join_command(line: &str) -> (Option<String>, Option<String>) {
+    let words: Vec<&str> = line.split_whitespace().collect();
+    let after = |flag: &str| {
+        words.iter().position(|w| *w == flag).and_then(|i| words.get(i + 1)).map(|s| s.to_string())
+    };
+    (after("--token"), after("--discovery-token-ca-cert-hash"))
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct JoinResult {
+    pub node: String,
+    pub status: NodeStatus,
+    pub message: String,
+    /// The command, with the token secret redacted.
+    pub command: String,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct JoinReport {
+    pub ok: bool,
+    pub discovery_token_ca_cert_hash: String,
+    pub token: String,
+    pub run_dir: Option<String>,
+    pub nodes: Vec<JoinResult>,
+}
+
+#[derive(Debug, Clone)]
+pub struct JoinOptions {
+    pub endpoint: String,
+    pub token: Option<String>,
+    /// `sha256:<hex>` computed by hapki from the bundle or the first master's ca.crt.
+    pub ca_hash: String,
+    pub dry_run: bool,
+    pub parallel: usize,
+    pub paths: NodePaths,
+    /// How long to wait for a new control plane's etcd member to become healthy.
+    pub etcd_timeout: Duration,
+    /// Copy the first master's /etc/cni/net.d to workers before they join.
+    pub copy_cni_config: bool,
+    /// Where kubeadm's output is kept per node (created 0700).
+    pub run_dir: PathBuf,
+}
+
+/// Progress for the binary.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Step {
+    MintingToken,
+    Joining,
+    WaitingForEtcd,
+    Done,
+}
+
+const RUN_KUBEADM: &str = "exec kubeadm \"$@\"";
+
+/// Checks the new member's etcd endpoint with the node's own healthcheck client certificate:
+/// etcdctl when the node has it, else curl.
+const ETCD_HEALTH: &str = r#"set -u
+addr=$1 pki=$2
+case $addr in *:*) url="https://[$addr]:2379" ;; *) url="https://$addr:2379" ;; esac
+if command -v etcdctl > /dev/null 2>&1; then
+    ETCDCTL_API=3 etcdctl --endpoints="$url" --cacert="$pki/etcd/ca.crt" \
+        --cert="$pki/etcd/healthcheck-client.crt" --key="$pki/etcd/healthcheck-client.key" \
+        --command-timeout=3s endpoint health
+elif command -v curl > /dev/null 2>&1; then
+    curl -fsS --max-time 3 --cacert "$pki/etcd/ca.crt" --cert "$pki/etcd/healthcheck-client.crt" \
+        --key "$pki/etcd/healthcheck-client.key" "$url/health" | grep -q '"health": *"true"'
+else
+    echo "neither etcdctl nor curl on the node: cannot check etcd health" >&2
+    exit 2
+fi
+"#;
+
+/// Reads the first master's CNI config (file names and contents; public configuration).
+const READ_CNI: &str = r#"set -u
+for f in /etc/cni/net.d/*; do
+    [ -f "$f" ] && [ ! -L "$f" ] || continue
+    printf 'F %s %s\n' "${f##*/}" "$(head -c 65536 "$f" | base64 -w0)"
+done
+"#;
+
+/// Writes one CNI config file atomically (content on stdin) and restarts kubelet if systemd runs.
+const WRITE_CNI: &str = r#"set -eu
+name=$1
+mkdir -p /etc/cni/net.d
+tmp=$(mktemp /etc/cni/net.d/.hapki.XXXXXX)
+cat > "$tmp"
+chmod 0644 "$tmp"
+mv -f "$tmp" "/etc/cni/net.d/$name"
+"#;
+
+const RESTART_KUBELET: &str = r#"if command -v systemctl > /dev/null 2>&1 && [ -d /run/systemd/system ]; then systemctl restart kubelet || true; fi"#;
+
+fn shell_join(args: &[String]) -> String {
+    std::iter::once("kubeadm".to_string()).chain(args.iter().cloned()).collect::<Vec<_>>().join(" ")
+}
+
+struct Ctx<'a> {
+    transport: &'a dyn Transport,
+    opts: &'a JoinOptions,
+    token: String,
+    progress: &'a (dyn Fn(&str, Step) + Sync),
+}
+
+impl Ctx<'_> {
+    fn keep_log(&self, node: &str, text: &str) {
+        if self.opts.dry_run {
+            return;
+        }
+        let path = self.opts.run_dir.join(format!("{node}.log"));
+        let redacted = redact_text(text, &self.token);
+        // Logs are 0600: kubeadm's output names the cluster's internals.
+        let _ = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .mode_0600()
+            .open(path)
+            .and_then(|mut f| f.write_all(redacted.as_bytes()));
+    }
+
+    fn join_one(&self, n: &JoinNode, wait_etcd: bool) -> JoinResult {
+        let args = join_args(&self.opts.endpoint, &self.token, &self.opts.ca_hash, n);
+        let shown = redact_text(&shell_join(&args), &self.token);
+        let name = n.target.name.as_str();
+        let result = |status, message: String| JoinResult {
+            node: name.to_string(),
+            status,
+            message,
+            command: shown.clone(),
+        };
+        if self.opts.dry_run {
+            return result(NodeStatus::Planned, "would run the command shown".into());
+        }
+        (self.progress)(name, Step::Joining);
+        let mut session = match self.transport.connect(&n.target) {
+            Ok(s) => s,
+            Err(e) => return result(NodeStatus::Failed, e.to_string()),
+        };
+        let argv: Vec<&str> = args.iter().map(String::as_str).collect();
+        let out = match session.run(RUN_KUBEADM, &argv, &mut std::io::empty()) {
+            Ok(o) => o,
+            Err(e) => return result(NodeStatus::Failed, e.to_string()),
+        };
+        let text = format!(
+            "$ {shown}\n{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        self.keep_log(name, &text);
+        if out.code.unwrap_or(-1) != 0 {
+            let tail = redact_text(&node::stderr_tail(&out.stderr), &self.token);
+            return result(
+                NodeStatus::Failed,
+                format!(
+                    "kubeadm join failed (exit {}): {tail}; full output in {}",
+                    out.code.unwrap_or(-1),
+                    self.opts.run_dir.join(format!("{name}.log")).display()
+                ),
+            );
+        }
+        if wait_etcd {
+            (self.progress)(name, Step::WaitingForEtcd);
+            let addr = n.advertise_address.clone().unwrap_or_else(|| n.target.host.clone());
+            if let Err(e) = self.wait_etcd(session.as_mut(), &addr) {
+                self.keep_log(name, &format!("etcd health: {e}\n"));
+                return result(
+                    NodeStatus::Failed,
+                    format!("joined, but its etcd member did not become healthy: {e}"),
+                );
+            }
+        }
+        (self.progress)(name, Step::Done);
+        result(
+            NodeStatus::Joined,
+            if wait_etcd { "joined; etcd member healthy".into() } else { "joined".into() },
+        )
+    }
+
+    fn wait_etcd(&self, session: &mut dyn Session, addr: &str) -> Result<(), String> {
+        let pki = self.opts.paths.pki_dir();
+        let deadline = Instant::now() + self.opts.etcd_timeout;
+        loop {
+            let out = session
+                .run(ETCD_HEALTH, &[addr, &pki], &mut std::io::empty())
+                .map_err(|e| e.to_string())?;
+            if out.code.unwrap_or(-1) == 0 {
+                return Ok(());
+            }
+            if out.code.unwrap_or(-1) == 2 || Instant::now() >= deadline {
+                return Err(node::stderr_tail(&out.stderr));
+            }
+            std::thread::sleep(Duration::from_millis(500));
+        }
+    }
+}
+
+trait Mode0600 {
+    fn mode_0600(&mut self) -> &mut Self;
+}
+
+impl Mode0600 for std::fs::OpenOptions {
+    fn mode_0600(&mut self) -> &mut Self {
+        use std::os::unix::fs::OpenOptionsExt;
+        self.mode(0o600)
+    }
+}
+
+/// Mints a token on the first master and cross-checks kubeadm's hash against ours.
+fn mint_token(
+    transport: &dyn Transport,
+    first: &Target,
+    ca_hash: &str,
+) -> Result<String, JoinError> {
+    let mint = |reason: String| JoinError::Mint { node: first.name.clone(), reason };
+    let mut s = transport.connect(first).map_err(|e| mint(e.to_string()))?;
+    let out = s
+        .run(
+            RUN_KUBEADM,
+            &["token", "create", "--ttl", "1h", "--print-join-command"],
+            &mut std::io::empty(),
+        )
+        .map_err(|e| mint(e.to_string()))?;
+    if out.code.unwrap_or(-1) != 0 {
+        return Err(mint(format!(
+            "kubeadm token create failed: {}",
+            node::stderr_tail(&out.stderr)
+        )));
+    }
+    let text = String::from_utf8_lossy(&out.stdout);
+    let line = text.lines().find(|l| l.contains("--token")).unwrap_or("");
+    let (token, hash) = parse_join_command(line);
+    let token = token.ok_or_else(|| mint("kubeadm printed no join command".into()))?;
+    validate_token(&token).map_err(|_| mint("kubeadm printed a malformed token".into()))?;
+    if let Some(h) = hash {
+        if h != ca_hash {
+            return Err(JoinError::HashMismatch {
+                node: first.name.clone(),
+                kubeadm: h,
+                ours: ca_hash.into(),
+            });
+        }
+    }
+    Ok(token)
+}
+
+fn copy_cni(
+    transport: &dyn Transport,
+    first: &Target,
+    workers: &[&JoinNode],
+) -> Result<(), String> {
+    use base64::Engine;
+    let mut s = transport.connect(first).map_err(|e| e.to_string())?;
+    let out = s.run(READ_CNI, &[], &mut std::io::empty()).map_err(|e| e.to_string())?;
+    let mut files = Vec::new();
+    for l in String::from_utf8_lossy(&out.stdout).lines() {
+        let mut it = l.splitn(3, ' ');
+        if let (Some("F"), Some(name), Some(data)) = (it.next(), it.next(), it.next()) {
+            let bytes = base64::engine::general_purpose::STANDARD
+                .decode(data.trim())
+                .map_err(|e| e.to_string())?;
+            if !name.contains('/') && !name.starts_with('.') {
+                files.push((name.to_string(), bytes));
+            }
+        }
+    }
+    if files.is_empty() {
+        return Err(format!("{} has no CNI config in /etc/cni/net.d to copy", first.name));
+    }
+    for w in workers {
+        let mut s = transport.connect(&w.target).map_err(|e| e.to_string())?;
+        for (name, bytes) in &files {
+            let mut data: &[u8] = bytes;
+            let o = s.run(WRITE_CNI, &[name], &mut data).map_err(|e| e.to_string())?;
+            if o.code.unwrap_or(-1) != 0 {
+                return Err(format!("{}: {}", w.target.name, node::stderr_tail(&o.stderr)));
+            }
+        }
+        let _ = s.run(RESTART_KUBELET, &[], &mut std::io::empty());
+    }
+    Ok(())
+}
+
+/// Joins `nodes` (the first control plane in the list is the first master and is not joined).
+/// The caller runs preflight first and passes only when it is clean.
+pub fn run(
+    nodes: &[JoinNode],
+    transport: &dyn Transport,
+    opts: &JoinOptions,
+    progress: &(dyn Fn(&str, Step) + Sync),
+) -> Result<JoinReport, JoinError> {
+    let first = nodes.iter().find(|n| n.role == Role::ControlPlane);
+    let token = match (&opts.token, first) {
+        (Some(t), _) => {
+            validate_token(t)?;
+            t.clone()
+        }
+        (None, _) if opts.dry_run => "<minted>.<redacted>".into(),
+        (None, Some(f)) => {
+            progress(&f.target.name, Step::MintingToken);
+            mint_token(transport, &f.target, &opts.ca_hash)?
+        }
+        (None, None) => {
+            return Err(JoinError::Mint {
+                node: "-".into(),
+                reason: "the inventory has no control-plane node".into(),
+            })
+        }
+    };
+    if !opts.dry_run {
+        create_run_dir(&opts.run_dir)?;
+    }
+    let ctx = Ctx { transport, opts, token: token.clone(), progress };
+    let mut results = Vec::new();
+    let first_name = first.map(|f| f.target.name.clone());
+    let mut failed_cp = false;
+    for n in nodes.iter().filter(|n| n.role == Role::ControlPlane) {
+        if Some(&n.target.name) == first_name.as_ref() {
+            continue;
+        }
+        if failed_cp {
+            results.push(JoinResult {
+                node: n.target.name.clone(),
+                status: NodeStatus::Skipped,
+                message: "not attempted: an earlier control-plane join failed".into(),
+                command: String::new(),
+            });
+            continue;
+        }
+        let r = ctx.join_one(n, true);
+        failed_cp = r.status == NodeStatus::Failed;
+        results.push(r);
+    }
+    let workers: Vec<&JoinNode> = nodes.iter().filter(|n| n.role == Role::Worker).collect();
+    if failed_cp {
+        results.extend(workers.iter().map(|w| JoinResult {
+            node: w.target.name.clone(),
+            status: NodeStatus::Skipped,
+            message: "not attempted: a control-plane join failed".into(),
+            command: String::new(),
+        }));
+    } else {
+        let mut cni_error = None;
+        if opts.copy_cni_config && !opts.dry_run && !workers.is_empty() {
+            if let Some(f) = first {
+                cni_error = copy_cni(transport, &f.target, &workers).err();
+            }
+        }
+        match cni_error {
+            Some(e) => results.extend(workers.iter().map(|w| JoinResult {
+                node: w.target.name.clone(),
+                status: NodeStatus::Failed,
+                message: format!("copying the CNI config failed: {e}"),
+                command: String::new(),
+            })),
+            None => results.extend(crate::transport::for_each_parallel(
+                &workers,
+                opts.parallel.max(1),
+                |w| ctx.join_one(w, false),
+            )),
+        }
+    }
+    let ok = results.iter().all(|r| matches!(r.status, NodeStatus::Joined | NodeStatus::Planned));
+    Ok(JoinReport {
+        ok,
+        discovery_token_ca_cert_hash: opts.ca_hash.clone(),
+        token: redact_token(&token),
+        run_dir: (!opts.dry_run).then(|| opts.run_dir.display().to_string()),
+        nodes: results,
+    })
+}
+
+fn create_run_dir(path: &std::path::Path) -> Result<(), JoinError> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(path)
+        .map_err(|source| JoinError::RunDir { path: path.to_path_buf(), source })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn token_format() {
+        assert!(validate_token("abcdef.0123456789abcdef").is_ok());
+        for bad in [
+            "",
+            "abcdef",
+            "ABCDEF.0123456789abcdef",
+            "abcde.0123456789abcdef",
+            "abcdef.0123456789abcde",
+            "abcdef.0123456789abcdef.x",
+            "abcdef-0123456789abcdef",
+        ] {
+            assert!(validate_token(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn redaction_hides_only_the_secret() {
+        let t = "abcdef.0123456789abcdef";
+        assert_eq!(redact_token(t), "abcdef.<redacted>");
+        let line = format!("kubeadm join x --token {t} --discovery-token-ca-cert-hash sha256:00");
+        let r = redact_text(&line, t);
+        assert!(!r.contains("0123456789abcdef"));
+        assert!(r.contains("abcdef.<redacted>"));
+    }
+
+    #[test]
+    fn join_command_parsing_splits_on_whitespace() {
+        let (t, h) = parse_join_command("kubeadm join kubeapi:6443 --token  abcdef.0123456789abcdef \t --discovery-token-ca-cert-hash sha256:ff ");
+        assert_eq!(t.as_deref(), Some("abcdef.0123456789abcdef"));
+        assert_eq!(h.as_deref(), Some("sha256:ff"));
+    }
+}

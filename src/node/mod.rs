@@ -1,0 +1,194 @@
+//! What happens on a node, and what hapki learns from it.
+//!
+//! Nodes need nothing beyond a POSIX shell, coreutils and OpenSSH (`ssh-keygen` verifies the
+//! bundle signature on the node), so the node side is two fixed shell scripts shipped inside
+//! the binary: [`FACTS_SCRIPT`] (read-only) and [`INSTALL_SCRIPT`]. Every value reaches them as
+//! a positional argument quoted by the transport, never spliced into the script text, and key
+//! material only ever travels on stdin, never in an argument (arguments are visible in `ps`).
+
+pub mod facts;
+
+/// Default location of kubeadm's files on a node.
+pub const KUBE_DIR: &str = "/etc/kubernetes";
+/// Where hapki keeps its per-node lock, install record and backups.
+pub const STATE_DIR: &str = "/var/lib/hapki";
+
+/// Where kubeadm's and hapki's files are on the nodes (configurable for tests and odd layouts).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodePaths {
+    pub kube_dir: String,
+    pub state_dir: String,
+}
+
+impl Default for NodePaths {
+    fn default() -> Self {
+        NodePaths { kube_dir: KUBE_DIR.into(), state_dir: STATE_DIR.into() }
+    }
+}
+
+impl NodePaths {
+    pub fn pki_dir(&self) -> String {
+        format!("{}/pki", self.kube_dir.trim_end_matches('/'))
+    }
+}
+
+const COMMON: &str = include_str!("common.sh");
+
+/// The read-only facts script: `$1` kubernetes dir, `$2` state dir. Its output is parsed by
+/// [`facts::NodeFacts::parse`].
+pub fn facts_script() -> String {
+    format!("{COMMON}{}", include_str!("facts.sh"))
+}
+
+/// The push script: the facts, then one decision line read from stdin (`skip`, or the install
+/// script's arguments), then — for an install — the payload on the rest of stdin. One exec per
+/// node instead of two: on nodes whose login shell is slow to start (a heavy `.bashrc` runs for
+/// every SSH command) that halves the per-node cost.
+pub fn push_script() -> String {
+    format!(
+        "{COMMON}facts_main() {{\n{facts}\n}}\nfacts_main \"$1\" \"$2\" \"\"\n{decide}{install}",
+        facts = include_str!("facts.sh"),
+        decide = include_str!("decide.sh"),
+        install = include_str!("install.sh"),
+    )
+}
+
+/// Exit codes the install script uses for outcomes the operator side must tell apart.
+pub mod install_exit {
+    /// The staged bundle failed its signature or hash check on the node.
+    pub const VERIFY: i32 = 3;
+    /// Another push holds the node's lock.
+    pub const LOCKED: i32 = 75;
+    /// The shared files changed between planning and installing.
+    pub const CHANGED: i32 = 76;
+    /// A path hapki would write through is a symlink.
+    pub const UNSAFE_PATH: i32 = 77;
+}
+
+/// Reads a node's facts over an open session.
+pub fn read_facts(
+    session: &mut dyn crate::transport::Session,
+    paths: &NodePaths,
+    resolve: Option<&str>,
+) -> Result<facts::NodeFacts, String> {
+    let args = [paths.kube_dir.as_str(), paths.state_dir.as_str(), resolve.unwrap_or("")];
+    let out =
+        session.run(&facts_script(), &args, &mut std::io::empty()).map_err(|e| e.to_string())?;
+    if out.code.unwrap_or(-1) != 0 {
+        return Err(format!(
+            "reading the node's state failed (exit {}): {}",
+            out.code.unwrap_or(-1),
+            stderr_tail(&out.stderr)
+        ));
+    }
+    let pki = paths.pki_dir();
+    facts::NodeFacts::parse(&out.stdout, &pki).map_err(|e| e.to_string())
+}
+
+/// The last line of a remote stderr, for one-line messages.
+pub fn stderr_tail(stderr: &[u8]) -> String {
+    let s = String::from_utf8_lossy(stderr);
+    let line = s.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("").trim();
+    let line = line.strip_prefix("hapki: ").unwrap_or(line);
+    line.chars().take(300).collect()
+}
+
+/// Runs the facts script on this machine (for `audit --local`), with the same parser.
+pub fn read_facts_local(paths: &NodePaths) -> Result<facts::NodeFacts, String> {
+    let out = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(facts_script())
+        .arg("hapki")
+        .arg(&paths.kube_dir)
+        .arg(&paths.state_dir)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .map_err(|e| format!("could not run sh: {e}"))?;
+    if !out.status.success() {
+        return Err(format!("reading this machine's state failed: {}", stderr_tail(&out.stderr)));
+    }
+    let pki = paths.pki_dir();
+    facts::NodeFacts::parse(&out.stdout, &pki).map_err(|e| e.to_string())
+}
+
+/// Reads the eight shared files from a node, for `hapki bundle --from NODE`. Missing files are
+/// left out (the bundle's coherence check names them).
+pub fn read_shared_files(
+    session: &mut dyn crate::transport::Session,
+    paths: &NodePaths,
+) -> Result<Vec<crate::pki::PkiFile>, String> {
+    let script = format!("{COMMON}{}", include_str!("read_shared.sh"));
+    let pki = paths.pki_dir();
+    let out =
+        session.run(&script, &[pki.as_str()], &mut std::io::empty()).map_err(|e| e.to_string())?;
+    if !out.success() {
+        return Err(format!("reading {pki} failed: {}", stderr_tail(&out.stderr)));
+    }
+    parse_shared_files(&out.stdout)
+}
+
+fn parse_shared_files(mut data: &[u8]) -> Result<Vec<crate::pki::PkiFile>, String> {
+    // The largest sane PEM file; anything bigger is not a kubeadm key or certificate.
+    const MAX: usize = 1024 * 1024;
+    let bad = |why: &str| format!("malformed reply from the node ({why})");
+    let mut files = Vec::new();
+    while !data.is_empty() {
+        let nl = data.iter().position(|&b| b == b'\n').ok_or_else(|| bad("no header"))?;
+        let header = std::str::from_utf8(&data[..nl]).map_err(|_| bad("header"))?;
+        data = &data[nl + 1..];
+        let f: Vec<&str> = header.split(' ').collect();
+        match f.as_slice() {
+            ["M", _] => {}
+            ["F", name, mode, size] => {
+                let spec = crate::pki::shared_file(name).ok_or_else(|| bad("unknown file"))?;
+                let size: usize = size.parse().map_err(|_| bad("size"))?;
+                if size > MAX || size > data.len() {
+                    return Err(bad("size"));
+                }
+                files.push(crate::pki::PkiFile {
+                    name: spec.name.to_string(),
+                    bytes: data[..size].to_vec(),
+                    mode: u32::from_str_radix(mode, 8).ok(),
+                });
+                data = &data[size..];
+            }
+            _ => return Err(bad("header")),
+        }
+    }
+    Ok(files)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shared_files_reply_is_parsed_exactly_and_bounded() {
+        let reply = b"F ca.crt 644 3\nabcM sa.key\nF etcd/ca.key 600 2\nxy";
+        let files = parse_shared_files(reply).unwrap();
+        assert_eq!(files.len(), 2);
+        assert_eq!(files[0].bytes, b"abc");
+        assert_eq!(files[1].name, "etcd/ca.key");
+        assert_eq!(files[1].mode, Some(0o600));
+        assert!(parse_shared_files(b"F ca.crt 644 9\nabc").is_err(), "short body");
+        assert!(parse_shared_files(b"F ../x 644 1\na").is_err(), "unknown name");
+        assert!(parse_shared_files(b"garbage").is_err());
+    }
+
+    #[test]
+    fn facts_script_runs_on_a_plain_shell() {
+        let dir = tempfile::tempdir().unwrap();
+        let paths = NodePaths {
+            kube_dir: dir.path().join("k").display().to_string(),
+            state_dir: dir.path().join("s").display().to_string(),
+        };
+        std::fs::create_dir_all(dir.path().join("k/pki/etcd")).unwrap();
+        std::fs::write(dir.path().join("k/pki/ca.crt"), b"x").unwrap();
+        let f = read_facts_local(&paths).unwrap();
+        assert_eq!(
+            f.shared["ca.crt"].sha256.as_deref(),
+            Some("2d711642b726b04401627ca9fbac32f5c8530fb1903cc4db02258717921a4881")
+        );
+        assert_eq!(f.shared["ca.key"].kind, facts::PathKind::Missing);
+    }
+}

@@ -1,0 +1,187 @@
+//! One SSH exec per node: the node prints its facts, hapki decides while the command runs, and
+//! the decision (and payload) goes back on the same command's stdin.
+//!
+//! The transports pump stdin and stdout of a command together; this module supplies the two
+//! ends. [`FactsSink`] collects stdout until the facts end (`Z`), then runs the decision and
+//! hands its bytes to [`DecisionSource`], which the transport reads as stdin. Until then the
+//! source reports `Interrupted` after a short wait, so the transport keeps pumping stdout (the
+//! built-in transport interleaves both on one thread) without spinning.
+
+use std::io::{ErrorKind, Read, Write};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+/// The end-of-facts record the facts script prints last.
+const END: &[u8] = b"Z\n";
+/// How long stdin waits for the decision in one call before yielding to the transport.
+const POLL: Duration = Duration::from_millis(5);
+
+#[derive(Default)]
+struct State {
+    stdout: Vec<u8>,
+    /// Where the facts end in `stdout` (just past `Z\n`), once seen.
+    facts_end: Option<usize>,
+    outgoing: Vec<u8>,
+    sent: usize,
+    decided: bool,
+}
+
+type Decide = Box<dyn FnMut(&[u8]) -> Vec<u8> + Send>;
+
+/// Shared between the sink, the source and the caller.
+pub struct Exchange {
+    state: Mutex<State>,
+    ready: Condvar,
+    decide: Mutex<Option<Decide>>,
+    /// Give up waiting for facts after this (a node whose facts script died early).
+    deadline: Instant,
+}
+
+impl Exchange {
+    /// `decide` gets the facts output and returns what to send: one decision line, then any
+    /// payload. It runs once, on the transport's thread.
+    pub fn new(
+        timeout: Duration,
+        decide: impl FnMut(&[u8]) -> Vec<u8> + Send + 'static,
+    ) -> Arc<Self> {
+        Arc::new(Exchange {
+            state: Mutex::new(State::default()),
+            ready: Condvar::new(),
+            decide: Mutex::new(Some(Box::new(decide))),
+            deadline: Instant::now() + timeout,
+        })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Everything the command printed after its facts (the install's own report).
+    pub fn after_facts(&self) -> Vec<u8> {
+        let st = self.lock();
+        st.facts_end.map(|e| st.stdout[e..].to_vec()).unwrap_or_default()
+    }
+
+    /// Whether the facts arrived and a decision was sent.
+    pub fn decided(&self) -> bool {
+        self.lock().decided
+    }
+}
+
+/// The command's stdout.
+pub struct FactsSink(pub Arc<Exchange>);
+
+impl Write for FactsSink {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let facts = {
+            let mut st = self.0.lock();
+            let from = st.stdout.len().saturating_sub(END.len());
+            st.stdout.extend_from_slice(buf);
+            if st.facts_end.is_some() || st.stdout.len() > crate::node::facts::MAX_FACTS_OUTPUT {
+                return Ok(buf.len());
+            }
+            let end = find_end(&st.stdout, from);
+            match end {
+                Some(e) => {
+                    st.facts_end = Some(e);
+                    st.stdout[..e].to_vec()
+                }
+                None => return Ok(buf.len()),
+            }
+        };
+        // Decide without holding the state lock: it may take a moment (chain checks).
+        let decide = self.0.decide.lock().unwrap_or_else(|p| p.into_inner()).take();
+        let outgoing = decide.map(|mut d| d(&facts)).unwrap_or_default();
+        let mut st = self.0.lock();
+        st.outgoing = outgoing;
+        st.decided = true;
+        self.0.ready.notify_all();
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// `Z\n` at the start of a line, searching from `from`.
+fn find_end(out: &[u8], from: usize) -> Option<usize> {
+    let mut i = from;
+    while i + END.len() <= out.len() {
+        if &out[i..i + END.len()] == END && (i == 0 || out[i - 1] == b'\n') {
+            return Some(i + END.len());
+        }
+        i += 1;
+    }
+    None
+}
+
+/// The command's stdin: nothing until the decision, then the decision, then end of input.
+pub struct DecisionSource(pub Arc<Exchange>);
+
+impl Read for DecisionSource {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let ex = &self.0;
+        let mut st = ex.lock();
+        if !st.decided {
+            if Instant::now() >= ex.deadline {
+                return Ok(0);
+            }
+            st = ex
+                .ready
+                .wait_timeout(st, POLL)
+                .map(|(g, _)| g)
+                .unwrap_or_else(|p| p.into_inner().0);
+            if !st.decided {
+                return Err(ErrorKind::Interrupted.into());
+            }
+        }
+        let n = buf.len().min(st.outgoing.len() - st.sent);
+        let start = st.sent;
+        buf[..n].copy_from_slice(&st.outgoing[start..start + n]);
+        st.sent += n;
+        Ok(n)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn decides_once_when_the_facts_end_even_split_across_writes() {
+        let ex = Exchange::new(Duration::from_secs(5), |facts| {
+            assert!(facts.ends_with(b"Z\n"));
+            b"skip\n".to_vec()
+        });
+        let mut sink = FactsSink(ex.clone());
+        let mut src = DecisionSource(ex.clone());
+        let mut buf = [0u8; 16];
+        assert_eq!(src.read(&mut buf).unwrap_err().kind(), ErrorKind::Interrupted);
+        sink.write_all(b"V 1\nXZ 1\n").unwrap();
+        assert!(!ex.decided(), "XZ is not the end record");
+        sink.write_all(b"Z").unwrap();
+        sink.write_all(b"\ninstalled\n").unwrap();
+        assert!(ex.decided());
+        assert_eq!(src.read(&mut buf).unwrap(), 5);
+        assert_eq!(&buf[..5], b"skip\n");
+        assert_eq!(src.read(&mut buf).unwrap(), 0, "then end of input");
+        assert_eq!(ex.after_facts(), b"installed\n");
+    }
+
+    #[test]
+    fn a_node_that_never_ends_its_facts_gets_end_of_input_at_the_deadline() {
+        let ex = Exchange::new(Duration::from_millis(20), |_| b"skip\n".to_vec());
+        let mut src = DecisionSource(ex);
+        let t0 = Instant::now();
+        let mut buf = [0u8; 4];
+        loop {
+            match src.read(&mut buf) {
+                Ok(0) => break,
+                Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+                other => panic!("{other:?}"),
+            }
+        }
+        assert!(t0.elapsed() < Duration::from_secs(2));
+    }
+}

@@ -1,0 +1,240 @@
+//! Deciding, from a node's facts alone, what a push does there. Pure and side-effect free, so
+//! every branch is unit-tested without a node.
+
+use crate::error::Category;
+use crate::node::facts::{NodeFacts, PathKind};
+use crate::pki::chain::{self, ChainCheck};
+
+use super::Payload;
+
+/// What push will do on one node.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Plan {
+    /// All eight files are there with the bundle's bytes, modes and owner: nothing is written.
+    Unchanged,
+    /// Install the bundle. `replacing` names shared files whose content differs (only with
+    /// `--replace`; they are backed up first); `reason` says why in a few words.
+    Install { replacing: Vec<String>, reason: String },
+    /// Leave the node exactly as it is.
+    Refuse { category: Category, reason: String },
+}
+
+fn refuse(category: Category, reason: impl Into<String>) -> Plan {
+    Plan::Refuse { category, reason: reason.into() }
+}
+
+/// Decides what to do on a node. `replace` is the operator's `--replace`.
+pub fn plan(payload: &Payload, facts: &NodeFacts, replace: bool) -> Plan {
+    if let Some(d) = facts.dirs.iter().find(|d| d.kind == PathKind::Symlink) {
+        return refuse(
+            Category::NodesFailed,
+            format!(
+                "{} is a symlink: hapki never writes through one; replace it with a real directory",
+                d.path
+            ),
+        );
+    }
+    if let Some(d) = facts.dirs.iter().find(|d| matches!(d.kind, PathKind::File | PathKind::Other))
+    {
+        return refuse(
+            Category::NodesFailed,
+            format!("{} is not a directory; move it away and push again", d.path),
+        );
+    }
+    if let Some(last) = facts.last_serial {
+        if last > payload.serial {
+            return refuse(
+                Category::Verification,
+                format!(
+                    "bundle serial {} is older than serial {last} already installed here (rollback refused); build a new bundle",
+                    payload.serial
+                ),
+            );
+        }
+    }
+
+    let mut missing = Vec::new();
+    let mut fix_meta = Vec::new();
+    let mut differ = Vec::new();
+    for f in &payload.files {
+        match facts.shared.get(&f.name) {
+            None => missing.push(f.name.clone()),
+            Some(st) => match st.kind {
+                PathKind::Missing => missing.push(f.name.clone()),
+                PathKind::File if st.sha256.as_deref() == Some(f.sha256.as_str()) => {
+                    if st.mode != Some(f.mode) || st.uid != Some(0) || st.gid != Some(0) {
+                        fix_meta.push(f.name.clone());
+                    }
+                }
+                PathKind::File => differ.push(f.name.clone()),
+                PathKind::Symlink => differ.push(format!("{} (a symlink)", f.name)),
+                PathKind::Dir | PathKind::Other => {
+                    differ.push(format!("{} (not a regular file)", f.name))
+                }
+            },
+        }
+    }
+
+    // Per-node leaves must chain to the CAs being installed, or the join fails later.
+    let mut foreign = Vec::new();
+    for (name, pem) in &facts.certificates {
+        if payload.file(name).is_some() {
+            continue;
+        }
+        let ca = chain::expected_ca(name);
+        let Some(ca_file) = payload.file(ca) else { continue };
+        match chain::check_issued_by(pem, &ca_file.bytes) {
+            ChainCheck::SignedBy => {}
+            ChainCheck::ForeignIssuer(issuer) => {
+                foreign.push(format!("{name} (issued by {issuer})"))
+            }
+            ChainCheck::Unreadable(e) => foreign.push(format!("{name} (unreadable: {e})")),
+        }
+    }
+    if !foreign.is_empty() {
+        return refuse(
+            Category::NodesFailed,
+            format!(
+                "leaf certificates not signed by the bundle's CAs: {}; remove them (e.g. rm /etc/kubernetes/pki/apiserver.* /etc/kubernetes/pki/etcd/peer.*), keep the shared files, and push again",
+                foreign.join(", ")
+            ),
+        );
+    }
+
+    if !differ.is_empty() && !replace {
+        return refuse(
+            Category::NodesFailed,
+            format!(
+                "holds different shared files: {}; the node may belong to another cluster — check it, then push with --replace to back them up and replace them",
+                differ.join(", ")
+            ),
+        );
+    }
+    if differ.is_empty() && missing.is_empty() && fix_meta.is_empty() {
+        if facts.stale_staging.is_empty() {
+            return Plan::Unchanged;
+        }
+        return Plan::Install {
+            replacing: Vec::new(),
+            reason: "clean up an interrupted push".into(),
+        };
+    }
+    let reason = if !differ.is_empty() {
+        format!("replace {}", differ.join(", "))
+    } else if missing.len() == payload.files.len() {
+        "install".to_string()
+    } else if !missing.is_empty() {
+        format!("add {}", missing.join(", "))
+    } else {
+        format!("fix mode or owner of {}", fix_meta.join(", "))
+    };
+    Plan::Install { replacing: differ, reason }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::node::facts::PathState;
+    use crate::pki::fingerprint::sha256_hex;
+    use crate::push::PayloadFile;
+
+    fn payload() -> Payload {
+        let files = crate::pki::SHARED_FILES
+            .iter()
+            .map(|f| {
+                let bytes = format!("content of {}", f.name).into_bytes();
+                PayloadFile { name: f.name.into(), mode: f.mode, sha256: sha256_hex(&bytes), bytes }
+            })
+            .collect();
+        Payload {
+            principal: "ops".into(),
+            allowed_signers: String::new(),
+            manifest_json: Vec::new(),
+            sha256sums: Vec::new(),
+            signature: Vec::new(),
+            serial: 100,
+            files,
+        }
+    }
+
+    fn state(kind: PathKind, mode: u32, sha: Option<&str>) -> PathState {
+        PathState {
+            path: String::new(),
+            kind,
+            mode: Some(mode),
+            uid: Some(0),
+            gid: Some(0),
+            size: None,
+            sha256: sha.map(str::to_string),
+        }
+    }
+
+    fn installed(p: &Payload) -> NodeFacts {
+        let mut f = NodeFacts::default();
+        for file in &p.files {
+            f.shared
+                .insert(file.name.clone(), state(PathKind::File, file.mode, Some(&file.sha256)));
+        }
+        f
+    }
+
+    #[test]
+    fn empty_node_gets_an_install() {
+        let p = payload();
+        let plan = plan(&p, &NodeFacts::default(), false);
+        assert_eq!(plan, Plan::Install { replacing: vec![], reason: "install".into() });
+    }
+
+    #[test]
+    fn identical_node_is_unchanged_and_wrong_mode_is_fixed() {
+        let p = payload();
+        let mut f = installed(&p);
+        assert_eq!(plan(&p, &f, false), Plan::Unchanged);
+        f.shared.get_mut("ca.key").unwrap().mode = Some(0o644);
+        assert!(
+            matches!(plan(&p, &f, false), Plan::Install { replacing, .. } if replacing.is_empty())
+        );
+    }
+
+    #[test]
+    fn different_ca_is_refused_unless_replace() {
+        let p = payload();
+        let mut f = installed(&p);
+        f.shared.get_mut("ca.crt").unwrap().sha256 = Some("b".repeat(64));
+        assert!(
+            matches!(plan(&p, &f, false), Plan::Refuse { category: Category::NodesFailed, reason } if reason.contains("ca.crt") && reason.contains("--replace"))
+        );
+        assert!(
+            matches!(plan(&p, &f, true), Plan::Install { replacing, .. } if replacing == vec!["ca.crt".to_string()])
+        );
+    }
+
+    #[test]
+    fn symlinks_are_never_written_through_without_replace() {
+        let p = payload();
+        let mut f = installed(&p);
+        f.shared.insert("ca.key".into(), state(PathKind::Symlink, 0o777, None));
+        assert!(matches!(plan(&p, &f, false), Plan::Refuse { .. }));
+        let mut f = NodeFacts::default();
+        f.dirs.push(PathState {
+            path: "/etc/kubernetes/pki".into(),
+            ..state(PathKind::Symlink, 0o777, None)
+        });
+        assert!(
+            matches!(plan(&p, &f, true), Plan::Refuse { reason, .. } if reason.contains("symlink"))
+        );
+    }
+
+    #[test]
+    fn rollback_is_refused_as_a_verification_failure() {
+        let p = payload();
+        let mut f = installed(&p);
+        f.last_serial = Some(101);
+        assert!(matches!(
+            plan(&p, &f, true),
+            Plan::Refuse { category: Category::Verification, .. }
+        ));
+        f.last_serial = Some(100);
+        assert_eq!(plan(&p, &f, false), Plan::Unchanged);
+    }
+}

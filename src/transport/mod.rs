@@ -1,0 +1,465 @@
+//! Running fixed POSIX-sh scripts on nodes over SSH, behind one small trait with two backends:
+//!
+//! - [`builtin`]: libssh2 (vendored) — the operator's machine needs nothing else;
+//! - [`openssh`]: the system `ssh` client, for ProxyJump bastions, FIDO keys, SSH certificates.
+//!
+//! Host-key policy lives in one place ([`known_hosts`]): unknown or changed keys are refused,
+//! never added, and on a changed key nothing is sent. Inventory values never reach a remote shell
+//! unquoted: a script is a fixed string of ours, and every value is a positional argument
+//! (`$1`, `$2`, …) passed through [`shell_quote`].
+
+pub mod builtin;
+pub mod known_hosts;
+pub mod openssh;
+pub mod ssh_config;
+
+use std::fmt;
+use std::io::{Read, Write};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::error::{Categorized, Category};
+
+/// Everything needed to reach one node. Values left `None` come from `~/.ssh/config` (built-in
+/// backend) or the `ssh` client's own configuration (OpenSSH backend), else ssh's defaults.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Target {
+    /// Name shown in reports (the inventory node name, or the host as given).
+    pub name: String,
+    /// Address, DNS name or `~/.ssh/config` alias.
+    pub host: String,
+    pub port: Option<u16>,
+    pub user: Option<String>,
+    /// Explicit login keys; empty means: the agent, then `~/.ssh/id_ed25519`, `id_ecdsa`, `id_rsa`.
+    pub identity: Vec<PathBuf>,
+    pub known_hosts: PathBuf,
+    pub connect_timeout: Duration,
+    /// Log in as a normal user and run every script through `sudo -n`.
+    pub become_: bool,
+    /// How often to probe an idle connection; three unanswered probes mean the node is gone.
+    pub keepalive: Duration,
+}
+
+impl Target {
+    /// A target with ssh's defaults for everything but the host and the known_hosts file.
+    pub fn new(name: impl Into<String>, host: impl Into<String>, known_hosts: PathBuf) -> Target {
+        Target {
+            name: name.into(),
+            host: host.into(),
+            port: None,
+            user: None,
+            identity: Vec::new(),
+            known_hosts,
+            connect_timeout: DEFAULT_CONNECT_TIMEOUT,
+            become_: false,
+            keepalive: DEFAULT_KEEPALIVE,
+        }
+    }
+}
+
+/// `--connect-timeout` default.
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Keepalive probe interval (OpenSSH's ServerAliveInterval); a node is declared gone after
+/// three unanswered probes, as with ServerAliveCountMax=3.
+pub const DEFAULT_KEEPALIVE: Duration = Duration::from_secs(5);
+/// At most this much stderr is kept from a remote command (the first bytes: the error a script
+/// prints before it gives up is what matters).
+pub const STDERR_LIMIT: usize = 64 * 1024;
+/// At most this much stdout is captured by [`Session::run`]; use [`Session::run_streaming`] for more.
+pub const STDOUT_LIMIT: usize = 256 * 1024 * 1024;
+
+/// Opens sessions to nodes. Implementations are shared across the threads of a parallel run.
+pub trait Transport: Send + Sync {
+    /// Connects, proves the node's identity against known_hosts and logs in. Nothing is sent to
+    /// a node whose host key is unknown or changed.
+    fn connect(&self, target: &Target) -> Result<Box<dyn Session>, TransportError>;
+}
+
+/// A logged-in connection to one node.
+pub trait Session: Send {
+    /// The node this session is connected to.
+    fn target(&self) -> &Target;
+
+    /// Runs the fixed POSIX-sh `script` with `args` as `$1…` (each quoted by us), streaming
+    /// `stdin` to it and its stdout to `stdout`. The returned output has an empty `stdout`.
+    fn run_streaming(
+        &mut self,
+        script: &str,
+        args: &[&str],
+        stdin: &mut (dyn Read + Send),
+        stdout: &mut (dyn Write + Send),
+    ) -> Result<RemoteOutput, TransportError>;
+
+    /// Like [`Session::run_streaming`], capturing stdout (up to [`STDOUT_LIMIT`]).
+    fn run(
+        &mut self,
+        script: &str,
+        args: &[&str],
+        stdin: &mut (dyn Read + Send),
+    ) -> Result<RemoteOutput, TransportError> {
+        let mut out = LimitedBuf::new(STDOUT_LIMIT);
+        let mut res = self.run_streaming(script, args, stdin, &mut out)?;
+        if out.overflowed {
+            return Err(TransportError::Io {
+                host: self.target().host.clone(),
+                what: format!("remote output exceeds {STDOUT_LIMIT} bytes"),
+                source: std::io::Error::other("output too large"),
+            });
+        }
+        res.stdout = out.buf;
+        Ok(res)
+    }
+}
+
+impl fmt::Debug for dyn Session {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Session({})", self.target().name)
+    }
+}
+
+/// What a remote command ended with.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RemoteOutput {
+    /// The exit status, unless it died of a signal.
+    pub code: Option<i32>,
+    /// The signal name (`TERM`, `KILL`, …) if it died of one.
+    pub signal: Option<String>,
+    pub stdout: Vec<u8>,
+    /// At most [`STDERR_LIMIT`] bytes.
+    pub stderr: Vec<u8>,
+}
+
+impl RemoteOutput {
+    pub fn success(&self) -> bool {
+        self.code == Some(0)
+    }
+
+    /// The output if the command succeeded, else [`TransportError::RemoteFailed`] naming `what`
+    /// and the last line of stderr.
+    pub fn check(self, host: &str, what: &str) -> Result<RemoteOutput, TransportError> {
+        if self.success() {
+            return Ok(self);
+        }
+        let stderr = String::from_utf8_lossy(&self.stderr);
+        let last = stderr.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("").trim();
+        Err(TransportError::RemoteFailed {
+            host: host.to_owned(),
+            what: what.to_owned(),
+            status: match (&self.code, &self.signal) {
+                (_, Some(sig)) => format!("killed by SIG{sig}"),
+                (Some(c), None) => format!("exit status {c}"),
+                (None, None) => "no exit status".to_owned(),
+            },
+            stderr: last.to_owned(),
+        })
+    }
+}
+
+/// Why talking to a node failed. Each message is one line naming the node's address, the
+/// problem and the fix.
+#[derive(Debug, thiserror::Error)]
+pub enum TransportError {
+    #[error("{host}: host key {key_type} {} is not in {}; check it against `ssh-keygen -lf /etc/ssh/ssh_host_{}_key.pub` on the node, then add it: {hint}", fingerprint.as_deref().unwrap_or("(fingerprint unavailable)"), known_hosts.display(), short_type(key_type))]
+    HostKeyUnknown {
+        /// `host` or `[host]:port`, as known_hosts spells it.
+        host: String,
+        /// `ssh-ed25519`, `ecdsa-sha2-nistp256`, `ssh-rsa`, …
+        key_type: Box<str>,
+        /// `SHA256:…` as `ssh-keygen -l` prints it.
+        fingerprint: Option<String>,
+        known_hosts: PathBuf,
+        /// The exact command that adds the key (after checking it).
+        hint: String,
+    },
+    #[error("{host}: HOST KEY CHANGED: the node presented {key_type} {} but {} {} holds a different key; nothing was sent (possible man-in-the-middle); if the node was reinstalled, verify its new key out of band, then run: ssh-keygen -R {host} -f {}", fingerprint.as_deref().unwrap_or("(fingerprint unavailable)"), known_hosts.display(), lines_desc(lines), known_hosts.display())]
+    HostKeyChanged {
+        /// `host` or `[host]:port`, as known_hosts spells it.
+        host: String,
+        key_type: Box<str>,
+        fingerprint: Option<String>,
+        known_hosts: PathBuf,
+        /// known_hosts line numbers of the keys the node should have had.
+        lines: Vec<usize>,
+    },
+    #[error("{host}: host key {fingerprint} is marked @revoked in {} line {line}; the node must get a new host key", known_hosts.display())]
+    HostKeyRevoked { host: String, fingerprint: String, known_hosts: PathBuf, line: usize },
+    #[error("{host}: cannot connect: {reason}; check that the node is up and its sshd listens on that address and port")]
+    Unreachable { host: String, reason: String },
+    #[error("{host}: no answer within {}s while {what}; check the node and the network, or raise --connect-timeout", after.as_secs_f32())]
+    Timeout { host: String, what: String, after: Duration },
+    #[error("{host}: {user} was not let in (tried: {tried}); {hint}")]
+    Auth { host: String, user: String, tried: String, hint: String },
+    #[error("{host}: SSH failed while {what}: {message}")]
+    Protocol { host: String, what: String, message: String },
+    #[error("{host}: {what} failed on the node ({status}){}", if stderr.is_empty() { String::new() } else { format!(": {stderr}") })]
+    RemoteFailed { host: String, what: String, status: String, stderr: String },
+    #[error("{host}: {what}: {source}")]
+    Io { host: String, what: String, source: std::io::Error },
+    #[error("{0}")]
+    Invalid(String),
+}
+
+fn short_type(key_type: &str) -> &str {
+    match key_type {
+        "ssh-ed25519" => "ed25519",
+        t if t.starts_with("ecdsa-") => "ecdsa",
+        "ssh-rsa" => "rsa",
+        _ => "*",
+    }
+}
+
+fn lines_desc(lines: &[usize]) -> String {
+    match lines {
+        [] => String::new(),
+        [one] => format!("line {one}"),
+        many => {
+            format!("lines {}", many.iter().map(|l| l.to_string()).collect::<Vec<_>>().join(","))
+        }
+    }
+}
+
+impl Categorized for TransportError {
+    fn category(&self) -> Category {
+        match self {
+            TransportError::HostKeyUnknown { .. }
+            | TransportError::HostKeyChanged { .. }
+            | TransportError::HostKeyRevoked { .. } => Category::HostKey,
+            TransportError::Unreachable { .. }
+            | TransportError::Timeout { .. }
+            | TransportError::Auth { .. }
+            | TransportError::Protocol { .. }
+            | TransportError::RemoteFailed { .. } => Category::NodesFailed,
+            TransportError::Io { .. } | TransportError::Invalid(_) => Category::Unexpected,
+        }
+    }
+}
+
+/// Which backend to use (`--transport`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Backend {
+    #[default]
+    Builtin,
+    Openssh,
+}
+
+impl fmt::Display for Backend {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Backend::Builtin => "builtin",
+            Backend::Openssh => "openssh",
+        })
+    }
+}
+
+/// The backend's transport with default settings (no passphrase prompt, `~/.ssh/config` read
+/// by the built-in backend when present).
+pub fn transport(backend: Backend) -> Result<Box<dyn Transport>, TransportError> {
+    Ok(match backend {
+        Backend::Builtin => Box::new(builtin::BuiltinTransport::new()),
+        Backend::Openssh => Box::new(openssh::OpensshTransport::new()?),
+    })
+}
+
+/// Quotes `s` for a POSIX shell: the result is one word whose value is exactly `s`.
+/// Single quotes protect everything except `'` itself, which becomes `'\''`.
+pub fn shell_quote(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 2);
+    out.push('\'');
+    for c in s.chars() {
+        if c == '\'' {
+            out.push_str("'\\''");
+        } else {
+            out.push(c);
+        }
+    }
+    out.push('\'');
+    out
+}
+
+/// The command line sent to the node's login shell: `[sudo -n] sh -c SCRIPT hapki ARGS…`, every
+/// part quoted. `hapki` becomes `$0`, so the arguments are `$1…`.
+pub fn remote_command(
+    script: &str,
+    args: &[&str],
+    become_: bool,
+) -> Result<String, TransportError> {
+    if script.contains('\0') || args.iter().any(|a| a.contains('\0')) {
+        return Err(TransportError::Invalid(
+            "a NUL byte cannot be passed to a remote command".to_owned(),
+        ));
+    }
+    let mut cmd = String::new();
+    if become_ {
+        cmd.push_str("sudo -n ");
+    }
+    cmd.push_str("sh -c ");
+    cmd.push_str(&shell_quote(script));
+    cmd.push_str(" hapki");
+    for a in args {
+        cmd.push(' ');
+        cmd.push_str(&shell_quote(a));
+    }
+    Ok(cmd)
+}
+
+/// Runs `f` on every item with at most `parallel` at a time (at least one), returning the
+/// results in the items' order. A panic in `f` propagates.
+pub fn for_each_parallel<T, R, F>(items: &[T], parallel: usize, f: F) -> Vec<R>
+where
+    T: Sync,
+    R: Send,
+    F: Fn(&T) -> R + Sync,
+{
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Mutex;
+
+    let workers = parallel.max(1).min(items.len());
+    let next = AtomicUsize::new(0);
+    let results: Mutex<Vec<Option<R>>> = Mutex::new((0..items.len()).map(|_| None).collect());
+    std::thread::scope(|scope| {
+        for _ in 0..workers {
+            scope.spawn(|| loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                let Some(item) = items.get(i) else { break };
+                let r = f(item);
+                results.lock().unwrap_or_else(|p| p.into_inner())[i] = Some(r);
+            });
+        }
+    });
+    results
+        .into_inner()
+        .unwrap_or_else(|p| p.into_inner())
+        .into_iter()
+        .map(|r| r.expect("every index is filled once the scope has joined"))
+        .collect()
+}
+
+/// A `Write` that keeps at most `limit` bytes and remembers whether more came.
+pub(crate) struct LimitedBuf {
+    pub(crate) buf: Vec<u8>,
+    limit: usize,
+    pub(crate) overflowed: bool,
+}
+
+impl LimitedBuf {
+    pub(crate) fn new(limit: usize) -> LimitedBuf {
+        LimitedBuf { buf: Vec::new(), limit, overflowed: false }
+    }
+}
+
+impl Write for LimitedBuf {
+    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        let room = self.limit.saturating_sub(self.buf.len());
+        if data.len() > room {
+            self.overflowed = true;
+        }
+        self.buf.extend_from_slice(&data[..data.len().min(room)]);
+        Ok(data.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// The user ssh logs in as when none is configured: the local user, as ssh does.
+pub(crate) fn local_user() -> String {
+    std::env::var("USER")
+        .ok()
+        .filter(|u| !u.is_empty())
+        .or_else(|| std::env::var("LOGNAME").ok().filter(|u| !u.is_empty()))
+        .unwrap_or_else(|| "root".to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::process::Command;
+
+    /// Every adversarial string must come back byte-for-byte through a real `sh`.
+    #[test]
+    fn shell_quote_round_trips_through_sh() {
+        let nasty = [
+            "",
+            "plain",
+            "it's",
+            "''",
+            "'",
+            "a'b'c",
+            "$(touch /tmp/hapki-pwned)",
+            "`touch /tmp/hapki-pwned`",
+            "${HOME}",
+            "a\nb\n",
+            "\n",
+            "-n",
+            "--help",
+            "-e \\n",
+            "back\\slash\\",
+            "tab\there",
+            "semi;colon && or || pipe | amp &",
+            "glob * ? [a]",
+            "~",
+            "\"double\"",
+            "ünïcödé ✓",
+            " leading and trailing ",
+            "!event",
+        ];
+        for s in nasty {
+            let script = format!("printf '%s' {}", shell_quote(s));
+            let out = Command::new("sh").arg("-c").arg(&script).output().unwrap();
+            assert!(out.status.success(), "{s:?}");
+            assert_eq!(String::from_utf8(out.stdout).unwrap(), s, "quoting {s:?}");
+        }
+        assert!(!std::path::Path::new("/tmp/hapki-pwned").exists());
+    }
+
+    /// The whole remote command line, as a login shell parses it.
+    #[test]
+    fn remote_command_passes_args_as_positional_parameters() {
+        let args = ["$(id)", "a b", "it's", "-x", "", "line1\nline2"];
+        let cmd =
+            remote_command("for a in \"$@\"; do printf '<%s>' \"$a\"; done", &args, false).unwrap();
+        let out = Command::new("sh").arg("-c").arg(&cmd).output().unwrap();
+        assert_eq!(
+            String::from_utf8(out.stdout).unwrap(),
+            "<$(id)><a b><it's><-x><><line1\nline2>"
+        );
+        assert!(remote_command("true", &["a\0b"], false).is_err());
+        assert!(remote_command("true", &[], true).unwrap().starts_with("sudo -n sh -c "));
+    }
+
+    #[test]
+    fn parallel_keeps_order_and_bounds_concurrency() {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        let live = AtomicUsize::new(0);
+        let peak = AtomicUsize::new(0);
+        let items: Vec<usize> = (0..40).collect();
+        let out = for_each_parallel(&items, 4, |i| {
+            let now = live.fetch_add(1, Ordering::SeqCst) + 1;
+            peak.fetch_max(now, Ordering::SeqCst);
+            std::thread::sleep(Duration::from_millis(2));
+            live.fetch_sub(1, Ordering::SeqCst);
+            i * 2
+        });
+        assert_eq!(out, items.iter().map(|i| i * 2).collect::<Vec<_>>());
+        assert!(peak.load(Ordering::SeqCst) <= 4);
+        assert!(for_each_parallel(&[] as &[u8], 0, |_| 1).is_empty());
+        assert_eq!(for_each_parallel(&[7], 0, |x| *x), [7]);
+    }
+
+    #[test]
+    fn categories() {
+        let e = TransportError::HostKeyChanged {
+            host: "h".into(),
+            key_type: "ssh-ed25519".into(),
+            fingerprint: Some("SHA256:x".into()),
+            known_hosts: "/k".into(),
+            lines: vec![3],
+        };
+        assert_eq!(e.category(), Category::HostKey);
+        let msg = e.to_string();
+        assert!(msg.contains("/k line 3") && msg.contains("ssh-keygen -R h -f /k"), "{msg}");
+        assert!(!msg.contains('\n'));
+        let e = TransportError::Unreachable { host: "h".into(), reason: "refused".into() };
+        assert_eq!(e.category(), Category::NodesFailed);
+    }
+}

@@ -1,0 +1,357 @@
+//! The OpenSSH backend: the system `ssh` client, for operators who need what only it has
+//! (ProxyJump bastions, FIDO keys, SSH certificates, their full `~/.ssh/config`).
+//!
+//! Always `BatchMode=yes` (never a prompt) and `StrictHostKeyChecking=yes` against the given
+//! known_hosts, with `UpdateHostKeys=no` so the file is never modified. One ControlMaster
+//! connection per session: the host key is checked and the login done once, and every command
+//! after that is multiplexed over it.
+
+use std::io::{Read, Write};
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use super::builtin::{probe_host_key, unknown_host_error};
+use super::known_hosts;
+use super::{
+    remote_command, LimitedBuf, RemoteOutput, Session, Target, Transport, TransportError,
+    STDERR_LIMIT,
+};
+
+/// The system-`ssh` transport. Holds a private 0700 directory for the control sockets.
+pub struct OpensshTransport {
+    ssh: PathBuf,
+    control_dir: tempfile::TempDir,
+    counter: AtomicUsize,
+}
+
+impl OpensshTransport {
+    /// Uses `ssh` from `PATH`.
+    pub fn new() -> Result<OpensshTransport, TransportError> {
+        OpensshTransport::with_ssh("ssh")
+    }
+
+    /// Uses the given `ssh` binary.
+    pub fn with_ssh(ssh: impl Into<PathBuf>) -> Result<OpensshTransport, TransportError> {
+        // Control socket paths must stay short (sun_path is 108 bytes): a directory in /tmp.
+        let control_dir = tempfile::Builder::new()
+            .prefix("hapki-ssh.")
+            .tempdir_in("/tmp")
+            .map_err(|e| TransportError::Io {
+                host: "localhost".to_owned(),
+                what: "creating a control directory".to_owned(),
+                source: e,
+            })?;
+        Ok(OpensshTransport { ssh: ssh.into(), control_dir, counter: AtomicUsize::new(0) })
+    }
+}
+
+fn common_args(t: &Target) -> Result<Vec<String>, TransportError> {
+    if t.host.starts_with('-') || t.host.is_empty() {
+        return Err(TransportError::Invalid(format!(
+            "refusing host {:?}: not a host name",
+            t.host
+        )));
+    }
+    let mut a: Vec<String> = [
+        "-o",
+        "BatchMode=yes",
+        "-o",
+        "StrictHostKeyChecking=yes",
+        "-o",
+        "UpdateHostKeys=no",
+        "-o",
+        "LogLevel=ERROR",
+        "-o",
+        "ServerAliveCountMax=3",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    a.push("-o".into());
+    a.push(format!("UserKnownHostsFile={}", t.known_hosts.display()));
+    a.push("-o".into());
+    a.push(format!("ConnectTimeout={}", t.connect_timeout.as_secs().max(1)));
+    a.push("-o".into());
+    a.push(format!("ServerAliveInterval={}", t.keepalive.as_secs().max(1)));
+    if let Some(p) = t.port {
+        a.push("-p".into());
+        a.push(p.to_string());
+    }
+    if let Some(u) = &t.user {
+        a.push("-l".into());
+        a.push(u.clone());
+    }
+    for id in &t.identity {
+        a.push("-i".into());
+        a.push(id.display().to_string());
+    }
+    Ok(a)
+}
+
+impl Transport for OpensshTransport {
+    fn connect(&self, target: &Target) -> Result<Box<dyn Session>, TransportError> {
+        let n = self.counter.fetch_add(1, Ordering::Relaxed);
+        let socket = self.control_dir.path().join(format!("cm-{n}"));
+        let log = self.control_dir.path().join(format!("cm-{n}.log"));
+        let log_file = std::fs::File::create(&log).map_err(|e| TransportError::Io {
+            host: target.host.clone(),
+            what: "creating a log file".to_owned(),
+            source: e,
+        })?;
+        // The master goes to the background after logging in (-f) and keeps the log file open,
+        // so its stderr goes to a file, not a pipe we would wait on forever.
+        let status = Command::new(&self.ssh)
+            .args(common_args(target)?)
+            .args(["-o", "ControlMaster=yes", "-o", "ControlPersist=60", "-f", "-N", "-o"])
+            .arg(format!("ControlPath={}", socket.display()))
+            .arg(&target.host)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log_file)
+            .status()
+            .map_err(|e| TransportError::Io {
+                host: target.host.clone(),
+                what: format!("running {}", self.ssh.display()),
+                source: e,
+            })?;
+        if !status.success() {
+            let stderr = std::fs::read_to_string(&log).unwrap_or_default();
+            return Err(map_failure(target, &stderr));
+        }
+        Ok(Box::new(OpensshSession { ssh: self.ssh.clone(), socket, target: target.clone() }))
+    }
+}
+
+struct OpensshSession {
+    ssh: PathBuf,
+    socket: PathBuf,
+    target: Target,
+}
+
+impl Drop for OpensshSession {
+    fn drop(&mut self) {
+        let _ = Command::new(&self.ssh)
+            .arg("-o")
+            .arg(format!("ControlPath={}", self.socket.display()))
+            .args(["-O", "exit"])
+            .arg(&self.target.host)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+    }
+}
+
+impl Session for OpensshSession {
+    fn target(&self) -> &Target {
+        &self.target
+    }
+
+    fn run_streaming(
+        &mut self,
+        script: &str,
+        args: &[&str],
+        stdin: &mut (dyn Read + Send),
+        stdout: &mut (dyn Write + Send),
+    ) -> Result<RemoteOutput, TransportError> {
+        let cmd = remote_command(script, args, self.target.become_)?;
+        let host = self.target.host.clone();
+        let io = |what: &str, e: std::io::Error| TransportError::Io {
+            host: host.clone(),
+            what: what.to_owned(),
+            source: e,
+        };
+        let mut child = Command::new(&self.ssh)
+            .args(common_args(&self.target)?)
+            .args(["-o", "ControlMaster=no", "-o"])
+            .arg(format!("ControlPath={}", self.socket.display()))
+            .arg(&self.target.host)
+            .arg(cmd)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(|e| io(&format!("running {}", self.ssh.display()), e))?;
+        let (Some(mut cin), Some(mut cout), Some(mut cerr)) =
+            (child.stdin.take(), child.stdout.take(), child.stderr.take())
+        else {
+            return Err(TransportError::Invalid("ssh child has no pipes".to_owned()));
+        };
+        let (copy_in, copy_out, errbuf) = std::thread::scope(|s| {
+            let feeder = s.spawn(move || {
+                // A command that exits without reading all its input closes the pipe: not an error.
+                match std::io::copy(stdin, &mut cin) {
+                    Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(0),
+                    r => r,
+                }
+            });
+            let errs = s.spawn(move || {
+                let mut b = LimitedBuf::new(STDERR_LIMIT);
+                let _ = std::io::copy(&mut cerr, &mut b);
+                b.buf
+            });
+            let out = std::io::copy(&mut cout, stdout);
+            (feeder.join(), out, errs.join())
+        });
+        let status = child.wait().map_err(|e| io("waiting for ssh", e))?;
+        let errbuf = errbuf.unwrap_or_default();
+        match copy_in {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => return Err(io("sending the input", e)),
+            Err(_) => return Err(TransportError::Invalid("input thread panicked".to_owned())),
+        }
+        copy_out.map_err(|e| io("writing the command's output", e))?;
+        use std::os::unix::process::ExitStatusExt;
+        if status.code() == Some(255) {
+            let text = String::from_utf8_lossy(&errbuf);
+            if looks_like_ssh_failure(&text) {
+                return Err(map_failure(&self.target, &text));
+            }
+        }
+        let signal = status.signal().map(|s| format!("{s}"));
+        Ok(RemoteOutput { code: status.code(), signal, stdout: Vec::new(), stderr: errbuf })
+    }
+}
+
+const SSH_FAILURES: &[&str] = &[
+    "Host key verification failed",
+    "REMOTE HOST IDENTIFICATION HAS CHANGED",
+    "host key is known",
+    "Permission denied (",
+    "Connection refused",
+    "Connection timed out",
+    "Operation timed out",
+    "No route to host",
+    "Network is unreachable",
+    "Could not resolve hostname",
+    "Connection closed by",
+    "Connection reset by",
+    "Timeout, server",
+    "kex_exchange_identification",
+    "ssh: connect to host",
+    "mux_client_",
+    "Control socket connect",
+];
+
+fn looks_like_ssh_failure(stderr: &str) -> bool {
+    SSH_FAILURES.iter().any(|p| stderr.contains(p))
+}
+
+/// Turns an `ssh` failure (exit 255) into the same errors the built-in backend gives.
+fn map_failure(t: &Target, stderr: &str) -> TransportError {
+    let port = t.port.unwrap_or(22);
+    let display = if t.host.contains(':') {
+        format!("[{}]:{port}", t.host)
+    } else {
+        format!("{}:{port}", t.host)
+    };
+    let last = stderr
+        .lines()
+        .rev()
+        .map(str::trim)
+        .find(|l| !l.is_empty())
+        .unwrap_or("ssh failed")
+        .to_owned();
+    if stderr.contains("REMOTE HOST IDENTIFICATION HAS CHANGED") {
+        let fingerprint = stderr
+            .split_whitespace()
+            .find(|w| w.starts_with("SHA256:"))
+            .map(|w| w.trim_end_matches('.').to_owned());
+        // "Offending ED25519 key in /path/known_hosts:3"
+        let lines = stderr
+            .lines()
+            .filter(|l| l.contains("Offending"))
+            .filter_map(|l| l.rsplit(':').next()?.trim().parse().ok())
+            .collect();
+        let key_type = stderr
+            .lines()
+            .find_map(|l| {
+                l.split("fingerprint for the ").nth(1)?.split(" key").next().map(ssh_type_name)
+            })
+            .unwrap_or_default();
+        return TransportError::HostKeyChanged {
+            host: known_hosts::lookup_name(&t.host, port),
+            key_type: key_type.into(),
+            fingerprint,
+            known_hosts: t.known_hosts.clone(),
+            lines,
+        };
+    }
+    if stderr.contains("Host key verification failed") || stderr.contains("host key is known") {
+        // Fetch the key ourselves (handshake only) so the message carries its fingerprint.
+        let blob = probe_host_key(&t.host, port, t.connect_timeout).ok();
+        return unknown_host_error(&t.host, port, blob.as_deref(), &t.known_hosts);
+    }
+    if stderr.contains("Permission denied (") {
+        return TransportError::Auth {
+            host: display,
+            user: t.user.clone().unwrap_or_else(super::local_user),
+            tried: "the ssh client's keys".to_owned(),
+            hint: "pass --identity FILE (and --user), load the key into ssh-agent, or add it to the node's authorized_keys".to_owned(),
+        };
+    }
+    if stderr.contains("timed out") || stderr.contains("Timeout, server") {
+        return TransportError::Timeout {
+            host: display,
+            what: "connecting".to_owned(),
+            after: t.connect_timeout,
+        };
+    }
+    if [
+        "Connection refused",
+        "No route to host",
+        "Network is unreachable",
+        "Could not resolve hostname",
+        "ssh: connect to host",
+    ]
+    .iter()
+    .any(|p| stderr.contains(p))
+    {
+        return TransportError::Unreachable { host: display, reason: last };
+    }
+    TransportError::Protocol {
+        host: display,
+        what: "talking to the node".to_owned(),
+        message: last,
+    }
+}
+
+fn ssh_type_name(upper: &str) -> String {
+    match upper {
+        "ED25519" => "ssh-ed25519".to_owned(),
+        "ECDSA" => "ecdsa-sha2-nistp256".to_owned(),
+        "RSA" => "ssh-rsa".to_owned(),
+        other => other.to_ascii_lowercase(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::Path;
+
+    #[test]
+    fn maps_openssh_messages() {
+        let t = Target::new("n", "10.0.0.1", Path::new("/kh").to_owned());
+        let changed = "@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@\n\
+            @    WARNING: REMOTE HOST IDENTIFICATION HAS CHANGED!     @\n\
+            The fingerprint for the ED25519 key sent by the remote host is\n\
+            SHA256:abcDEF123.\n\
+            Offending ED25519 key in /kh:7\n\
+            Host key verification failed.\n";
+        match map_failure(&t, changed) {
+            TransportError::HostKeyChanged { fingerprint, lines, key_type, .. } => {
+                assert_eq!(fingerprint.as_deref(), Some("SHA256:abcDEF123"));
+                assert_eq!(lines, [7]);
+                assert_eq!(&*key_type, "ssh-ed25519");
+            }
+            e => panic!("{e}"),
+        }
+        let denied = "root@10.0.0.1: Permission denied (publickey).\n";
+        assert!(matches!(map_failure(&t, denied), TransportError::Auth { .. }));
+        let refused = "ssh: connect to host 10.0.0.1 port 22: Connection refused\n";
+        assert!(matches!(map_failure(&t, refused), TransportError::Unreachable { .. }));
+        assert!(!looks_like_ssh_failure("my script failed\n"));
+    }
+}
