@@ -1,8 +1,6 @@
 //! Command-line front end: clap definitions, printing and the mapping from errors to exit codes.
 //! Each command family lives in its own file; this file only wires them together.
 
-#![allow(dead_code)] // TEMP: helpers used by commands still being written
-
 mod audit;
 mod bundle;
 mod config;

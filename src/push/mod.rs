@@ -224,30 +224,31 @@ fn push_one(
     let out = session.run_streaming(&node::push_script(), &args, &mut stdin, &mut stdout);
     progress(name, Step::Done);
     let decision = decided.lock().unwrap_or_else(|p| p.into_inner()).take();
-    let out =
-        match (out, decision) {
-            (Err(e), Some(Ok(Plan::Install { .. }))) => return failed(
+    let out = match (out, decision) {
+        (Err(e), Some(Ok(Plan::Install { .. }))) => {
+            return failed(
                 name,
                 Category::NodesFailed,
                 format!(
                     "{e}; the node's installed files were not changed, push again to complete it"
                 ),
-            ),
-            (Err(e), _) => return failed(name, Category::NodesFailed, e.to_string()),
-            (Ok(o), _) if !exchange.decided() => {
-                let why = node::stderr_tail(&o.stderr);
-                return failed(
-                    name,
-                    Category::NodesFailed,
-                    format!("reading the node's state under {pki_dir} failed: {why}"),
-                );
-            }
-            (Ok(_), Some(Err(e))) => return failed(name, Category::NodesFailed, e),
-            (Ok(_), None) => {
-                return failed(name, Category::NodesFailed, "the node sent no facts to decide on")
-            }
-            (Ok(o), Some(Ok(plan))) => (o, plan),
-        };
+            )
+        }
+        (Err(e), _) => return failed(name, Category::NodesFailed, e.to_string()),
+        (Ok(o), _) if !exchange.decided() => {
+            let why = node::stderr_tail(&o.stderr);
+            return failed(
+                name,
+                Category::NodesFailed,
+                format!("reading the node's state under {pki_dir} failed: {why}"),
+            );
+        }
+        (Ok(_), Some(Err(e))) => return failed(name, Category::NodesFailed, e),
+        (Ok(_), None) => {
+            return failed(name, Category::NodesFailed, "the node sent no facts to decide on")
+        }
+        (Ok(o), Some(Ok(plan))) => (o, plan),
+    };
     let (out, plan) = out;
     match plan {
         Plan::Unchanged => NodeResult {
