@@ -278,6 +278,22 @@ fn a_node_down_or_cut_off_mid_push_is_failed_partial_free_and_completed_next_tim
         assert_eq!(out.status.code(), Some(0), "{transport}: {}", text(&out));
         assert_installed(&fx, n3);
     }
+    // A hung node (sshd stopped): a clear timeout for it, the others complete; once it is
+    // back, the next push completes it.
+    for transport in TRANSPORTS {
+        reset(&tb);
+        let pid = n3.sshd_pid();
+        let _ = std::process::Command::new("kill").args(["-STOP", &pid.to_string()]).status();
+        let out = push(&fx, &tb, &bundle, transport, &["--connect-timeout", "2s"]);
+        let _ = std::process::Command::new("kill").args(["-CONT", &pid.to_string()]).status();
+        assert_eq!(out.status.code(), Some(5), "{transport}: {}", text(&out));
+        assert!(text(&out).contains("no answer within 2s"), "{}", text(&out));
+        assert_installed(&fx, tb.node("kubemaster-2"));
+        assert!(!pki_of(n3).exists(), "{transport}: the hung node got files");
+        let out = push(&fx, &tb, &bundle, transport, &[]);
+        assert_eq!(out.status.code(), Some(0), "{transport}: {}", text(&out));
+        assert_installed(&fx, n3);
+    }
     // A node that is down: the others complete, exit 5.
     reset(&tb);
     tb.kill_sshd("kubemaster-3");
