@@ -404,10 +404,13 @@ pub fn run(
     let resolve = endpoint.map(|e| split_endpoint(e).0.to_string());
     let operator_time = time::OffsetDateTime::now_utc().unix_timestamp();
     let gathered = crate::transport::for_each_parallel(targets, parallel.max(1), |t| {
-        transport
-            .connect(&t.target)
-            .map_err(|e| e.to_string())
-            .and_then(|mut s| crate::node::read_facts(s.as_mut(), paths, resolve.as_deref()))
+        transport.connect(&t.target).map_err(|e| e.to_string()).and_then(|mut s| {
+            crate::node::read_facts(
+                s.as_mut(),
+                paths,
+                crate::node::FactsScope::Join { resolve: resolve.as_deref() },
+            )
+        })
     });
     let first = targets.iter().position(|t| t.role == Role::ControlPlane);
     let first_facts = first.and_then(|i| gathered[i].as_ref().ok());

@@ -389,10 +389,9 @@ pub fn run(
     paths: &crate::node::NodePaths,
 ) -> AuditReport {
     let gathered = crate::transport::for_each_parallel(targets, parallel.max(1), |t| {
-        transport
-            .connect(&t.target)
-            .map_err(|e| e.to_string())
-            .and_then(|mut s| crate::node::read_facts(s.as_mut(), paths, None))
+        transport.connect(&t.target).map_err(|e| e.to_string()).and_then(|mut s| {
+            crate::node::read_facts(s.as_mut(), paths, crate::node::FactsScope::Pki)
+        })
     });
     let reference = reference.unwrap_or_else(|| {
         targets

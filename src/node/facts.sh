@@ -2,10 +2,13 @@
 # (key files are reported by stat and sha256 only; kubeconfigs only by their CA data).
 # $1 = kubernetes dir (/etc/kubernetes), $2 = hapki state dir (/var/lib/hapki)
 # $3 = optional host name to resolve on the node (the control-plane endpoint)
+# $4 = scope: "pki" (push, audit) or "join" (preflight: also ports, etcd data, CNI, versions,
+#      public-key hashes); the narrow scope keeps push and audit fast and their output small
 set -u
 k=$1
 st=$2
 resolve=${3:-}
+scope=${4:-join}
 pki=$k/pki
 printf 'V 1\n'
 printf 'T %s\n' "$(date +%s)"
@@ -32,42 +35,44 @@ for c in admin.conf super-admin.conf controller-manager.conf scheduler.conf kube
         printf 'A %s %s\n' "$c" "${d:--}"
     fi
 done
-for m in kube-apiserver kube-controller-manager kube-scheduler etcd; do
-    statline M "$k/manifests/$m.yaml"
-done
-if [ -d /var/lib/etcd ]; then
-    printf 'E %s\n' "$(ls -A /var/lib/etcd 2>/dev/null | head -n 5 | tr '\n' ' ')"
-else
-    printf 'E\n'
-fi
-if [ -d /etc/cni/net.d ]; then
-    printf 'C %s\n' "$(ls -A /etc/cni/net.d 2>/dev/null | head -n 20 | tr '\n' ' ')"
-else
-    printf 'C\n'
-fi
-for t in /proc/net/tcp /proc/net/tcp6; do
-    [ -r "$t" ] && printf 'P %s\n' "$(base64 -w0 < "$t")"
-done
-printf 'KA %s\n' "$(kubeadm version -o short 2>/dev/null | head -n1 || true)"
-printf 'KL %s\n' "$(kubelet --version 2>/dev/null | head -n1 || true)"
 [ -f "$st/last-serial" ] && printf 'L %s\n' "$(head -c 32 "$st/last-serial" | tr -cd '0-9')"
 [ -f "$st/last-bundle.json" ] && printf 'R %s\n' "$(head -c 65536 "$st/last-bundle.json" | base64 -w0)"
 [ -d "$st/lock" ] && printf 'W %s\n' "$(head -c 200 "$st/lock/owner" 2>/dev/null | tr -d '\n')"
 for g in "$k"/.hapki-stage.*; do
     [ -d "$g" ] && printf 'G %s\n' "$g"
 done
-# Public halves of the shared keys, so pairs can be checked without a key leaving the node.
-if command -v openssl > /dev/null 2>&1; then
-    for n in ca.key sa.key front-proxy-ca.key etcd/ca.key; do
-        [ -f "$pki/$n" ] && [ ! -L "$pki/$n" ] || continue
-        h=$(openssl pkey -in "$pki/$n" -pubout -outform DER 2>/dev/null | sha256sum) || continue
-        printf 'PK %s %s\n' "$n" "${h%% *}"
+if [ "$scope" = join ]; then
+    for m in kube-apiserver kube-controller-manager kube-scheduler etcd; do
+        statline M "$k/manifests/$m.yaml"
     done
-    if [ -f "$pki/sa.pub" ] && [ ! -L "$pki/sa.pub" ]; then
-        h=$(openssl pkey -pubin -in "$pki/sa.pub" -outform DER 2>/dev/null | sha256sum) && printf 'PK sa.pub %s\n' "${h%% *}"
+    if [ -d /var/lib/etcd ]; then
+        printf 'E %s\n' "$(ls -A /var/lib/etcd 2>/dev/null | head -n 5 | tr '\n' ' ')"
+    else
+        printf 'E\n'
     fi
-fi
-if [ -n "$resolve" ]; then
-    printf 'N %s\n' "$(getent ahosts "$resolve" 2>/dev/null | awk '{print $1}' | sort -u | tr '\n' ' ')"
+    if [ -d /etc/cni/net.d ]; then
+        printf 'C %s\n' "$(ls -A /etc/cni/net.d 2>/dev/null | head -n 20 | tr '\n' ' ')"
+    else
+        printf 'C\n'
+    fi
+    for t in /proc/net/tcp /proc/net/tcp6; do
+        [ -r "$t" ] && printf 'P %s\n' "$(base64 -w0 < "$t")"
+    done
+    printf 'KA %s\n' "$(kubeadm version -o short 2>/dev/null | head -n1 || true)"
+    printf 'KL %s\n' "$(kubelet --version 2>/dev/null | head -n1 || true)"
+    # Public halves of the shared keys, so pairs can be checked without a key leaving the node.
+    if command -v openssl > /dev/null 2>&1; then
+        for n in ca.key sa.key front-proxy-ca.key etcd/ca.key; do
+            [ -f "$pki/$n" ] && [ ! -L "$pki/$n" ] || continue
+            h=$(openssl pkey -in "$pki/$n" -pubout -outform DER 2>/dev/null | sha256sum) || continue
+            printf 'PK %s %s\n' "$n" "${h%% *}"
+        done
+        if [ -f "$pki/sa.pub" ] && [ ! -L "$pki/sa.pub" ]; then
+            h=$(openssl pkey -pubin -in "$pki/sa.pub" -outform DER 2>/dev/null | sha256sum) && printf 'PK sa.pub %s\n' "${h%% *}"
+        fi
+    fi
+    if [ -n "$resolve" ]; then
+        printf 'N %s\n' "$(getent ahosts "$resolve" 2>/dev/null | awk '{print $1}' | sort -u | tr '\n' ' ')"
+    fi
 fi
 printf 'Z\n'

@@ -46,7 +46,7 @@ pub fn facts_script() -> String {
 /// every SSH command) that halves the per-node cost.
 pub fn push_script() -> String {
     format!(
-        "{COMMON}facts_main() {{\n{facts}\n}}\nfacts_main \"$1\" \"$2\" \"\"\n{decide}{install}",
+        "{COMMON}facts_main() {{\n{facts}\n}}\nfacts_main \"$1\" \"$2\" \"\" pki\n{decide}{install}",
         facts = include_str!("facts.sh"),
         decide = include_str!("decide.sh"),
         install = include_str!("install.sh"),
@@ -65,13 +65,26 @@ pub mod install_exit {
     pub const UNSAFE_PATH: i32 = 77;
 }
 
+/// How much the facts script looks at.
+#[derive(Debug, Clone, Copy)]
+pub enum FactsScope<'a> {
+    /// The PKI, kubeconfig CAs and hapki's state: for push and audit.
+    Pki,
+    /// Everything a join depends on as well; `resolve` is a name to look up on the node.
+    Join { resolve: Option<&'a str> },
+}
+
 /// Reads a node's facts over an open session.
 pub fn read_facts(
     session: &mut dyn crate::transport::Session,
     paths: &NodePaths,
-    resolve: Option<&str>,
+    scope: FactsScope,
 ) -> Result<facts::NodeFacts, String> {
-    let args = [paths.kube_dir.as_str(), paths.state_dir.as_str(), resolve.unwrap_or("")];
+    let (resolve, scope) = match scope {
+        FactsScope::Pki => ("", "pki"),
+        FactsScope::Join { resolve } => (resolve.unwrap_or(""), "join"),
+    };
+    let args = [paths.kube_dir.as_str(), paths.state_dir.as_str(), resolve, scope];
     let out =
         session.run(&facts_script(), &args, &mut std::io::empty()).map_err(|e| e.to_string())?;
     if out.code.unwrap_or(-1) != 0 {
@@ -101,6 +114,8 @@ pub fn read_facts_local(paths: &NodePaths) -> Result<facts::NodeFacts, String> {
         .arg("hapki")
         .arg(&paths.kube_dir)
         .arg(&paths.state_dir)
+        .arg("")
+        .arg("pki")
         .stdin(std::process::Stdio::null())
         .output()
         .map_err(|e| format!("could not run sh: {e}"))?;
