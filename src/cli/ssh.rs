@@ -5,8 +5,7 @@
 //! then the inventory's per-node values, then its `[ssh]` defaults, then `~/.ssh/config` (built-in
 //! transport) and ssh's defaults.
 
-use std::io::{BufRead, IsTerminal, Write};
-use std::os::fd::AsRawFd;
+use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -138,26 +137,11 @@ impl SshArgs {
 /// Reads a passphrase from /dev/tty with echo off. Prompts from parallel connections are
 /// serialised so they never interleave.
 fn prompt_passphrase(path: &Path) -> Option<String> {
+    // Parallel connections may all want a passphrase: ask one at a time.
     static PROMPT: std::sync::Mutex<()> = std::sync::Mutex::new(());
     let _guard = PROMPT.lock().unwrap_or_else(|p| p.into_inner());
-    let tty = std::fs::OpenOptions::new().read(true).write(true).open("/dev/tty").ok()?;
-    let fd = tty.as_raw_fd();
-    // SAFETY: termios calls on a terminal descriptor we hold open; the old mode is restored.
-    let mut term: libc::termios = unsafe { std::mem::zeroed() };
-    if unsafe { libc::tcgetattr(fd, &mut term) } != 0 {
-        return None;
-    }
-    let saved = term;
-    term.c_lflag &= !libc::ECHO;
-    unsafe { libc::tcsetattr(fd, libc::TCSANOW, &term) };
-    let mut w = &tty;
-    let _ = write!(w, "Passphrase for {}: ", path.display());
-    let mut line = String::new();
-    let read = std::io::BufReader::new(&tty).read_line(&mut line);
-    unsafe { libc::tcsetattr(fd, libc::TCSANOW, &saved) };
-    let _ = writeln!(w);
-    read.ok()?;
-    let p = line.trim_end_matches(['\r', '\n']).to_owned();
+    // rpassword reads from /dev/tty with echo off and restores the terminal afterwards.
+    let p = rpassword::prompt_password(format!("Passphrase for {}: ", path.display())).ok()?;
     (!p.is_empty()).then_some(p)
 }
 
