@@ -11,7 +11,7 @@ use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::Path;
 use std::time::SystemTime;
 
-use fixture::{text, Fixture, SHARED};
+use fixture::{hapki_process, text, Fixture, SHARED};
 use testbed::{TbNode, Testbed};
 
 const TRANSPORTS: [&str; 2] = ["builtin", "openssh"];
@@ -237,7 +237,7 @@ fn a_node_down_or_cut_off_mid_push_is_failed_partial_free_and_completed_next_tim
         let _ = std::fs::remove_file(&marker);
         let child = {
             let inv = tb.inventory();
-            let mut c = std::process::Command::new(assert_cmd::cargo::cargo_bin("hapki"));
+            let mut c = hapki_process();
             c.arg("push")
                 .arg(&bundle)
                 .arg("--trust")

@@ -1,18 +1,17 @@
 //! Shared helpers for tests that need a kubeadm shared PKI made by `openssl` alone (an
 //! independent implementation to hold hapki against) or by `hapki pki init`.
-//! Other test files include it with `#[path = "common_pki.rs"] mod common_pki;`.
+//! Other test files include it with `#[path = "support/pki.rs"] mod pki;`.
 #![allow(dead_code)]
+
+#[path = "cli.rs"]
+mod cli;
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use assert_cmd::cargo::CommandCargoExt;
-
-/// The `hapki` binary under test.
-pub fn hapki() -> Command {
-    Command::cargo_bin("hapki").expect("hapki binary")
-}
+#[allow(unused_imports)] // each test uses its own part
+pub use cli::{hapki, SHARED};
 
 /// Runs `program args…` in `dir`, panicking with its stderr if it fails (test setup only).
 pub fn run_in(dir: &Path, program: &str, args: &[&str]) -> String {
