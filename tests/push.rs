@@ -1,6 +1,8 @@
 //! `hapki push` on the real testbed, for both transports: what lands on the nodes, what is
 //! refused, and that every failure leaves a node exactly as it was.
 
+#[path = "support/cluster.rs"]
+mod cluster;
 #[path = "support/fixture.rs"]
 mod fixture;
 #[path = "support/testbed.rs"]
@@ -125,21 +127,7 @@ fn a_different_ca_is_refused_untouched_unless_replace_which_backs_up() {
         reset(&tb);
         // kubemaster-3 belongs to another cluster.
         let n3 = tb.node("kubemaster-3");
-        let seed = fx.with_bundle(
-            "push",
-            &b_other,
-            &[
-                "--nodes",
-                &tb.addr(&n3.name),
-                "--known-hosts",
-                tb.known_hosts().to_str().unwrap(),
-                "--identity",
-                tb.identity().to_str().unwrap(),
-                "--transport",
-                transport,
-            ],
-        );
-        assert_eq!(seed.status.code(), Some(0), "{}", text(&seed));
+        cluster::push_to(&fx, &tb, &b_other, &[&n3.name], &["--transport", transport]);
         let before = snapshot(n3);
 
         let out = push(&fx, &tb, &bundle, transport, &[]);
