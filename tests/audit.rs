@@ -14,6 +14,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::process::Command;
 
+use cluster::problems;
 use fixture::{hapki, text, Fixture, SHARED};
 use openssl::openssl_cert_sha256;
 use serde_json::Value;
@@ -39,21 +40,6 @@ fn audit(tb: &Testbed, extra: &[&str]) -> (Option<i32>, Value, String) {
         .unwrap();
     let v: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
     (out.status.code(), v, text(&out))
-}
-
-fn problems(v: &Value) -> Vec<(String, String, String)> {
-    v["problems"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|p| {
-            (
-                p["node"].as_str().unwrap().to_string(),
-                p["file"].as_str().unwrap_or("-").to_string(),
-                p["kind"].as_str().unwrap().to_string(),
-            )
-        })
-        .collect()
 }
 
 fn sha256sum(path: &Path) -> String {

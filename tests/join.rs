@@ -95,12 +95,7 @@ fn push_then_join_builds_a_healthy_three_member_etcd_without_a_certificate_key()
     let report: Value = serde_json::from_slice(&out.stdout).unwrap();
     let hash = openssl_discovery_hash(&fx.pki().join("ca.crt"));
     assert_eq!(report["discovery_token_ca_cert_hash"], hash.as_str());
-    let statuses: Vec<(&str, &str)> = report["nodes"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|n| (n["node"].as_str().unwrap(), n["status"].as_str().unwrap()))
-        .collect();
+    let statuses = cluster::node_statuses(&report);
     assert_eq!(
         statuses,
         vec![("kubemaster-2", "joined"), ("kubemaster-3", "joined"), ("kubenode-1", "joined")]

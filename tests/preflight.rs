@@ -47,21 +47,9 @@ fn preflight(tb: &Testbed) -> (Option<i32>, Vec<(String, String, String)>, Strin
         .args(["--output", "json"])
         .output()
         .unwrap();
-    let v: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
-    let mut problems: Vec<(String, String, String)> = v["problems"]
-        .as_array()
-        .map(|a| {
-            a.iter()
-                .map(|p| {
-                    (
-                        p["node"].as_str().unwrap_or("").to_string(),
-                        p["file"].as_str().unwrap_or("-").to_string(),
-                        p["kind"].as_str().unwrap_or("").to_string(),
-                    )
-                })
-                .collect()
-        })
-        .unwrap_or_default();
+    let v: Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("not JSON ({e}): {}", text(&out)));
+    let mut problems = cluster::problems(&v);
     problems.sort();
     (out.status.code(), problems, text(&out))
 }

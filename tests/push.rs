@@ -92,12 +92,7 @@ fn installs_byte_identical_then_is_idempotent_and_never_touches_the_first_master
         assert_eq!(out.status.code(), Some(0), "{transport}: {}", text(&out));
         let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
         assert_eq!(report["ok"], true);
-        let statuses: Vec<(&str, &str)> = report["nodes"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|n| (n["node"].as_str().unwrap(), n["status"].as_str().unwrap()))
-            .collect();
+        let statuses = cluster::node_statuses(&report);
         assert_eq!(statuses, vec![("kubemaster-2", "installed"), ("kubemaster-3", "installed")]);
         for name in ["kubemaster-2", "kubemaster-3"] {
             assert_installed(&fx, tb.node(name));

@@ -1,5 +1,6 @@
-//! Putting a bundle's shared files on chosen testbed nodes, the way an operator seeds a node:
-//! `hapki push BUNDLE --nodes … --known-hosts … --identity …`.
+//! Putting a bundle's shared files on chosen testbed nodes, the way an operator seeds a node
+//! (`hapki push BUNDLE --nodes … --known-hosts … --identity …`), and reading the per-node parts
+//! of hapki's JSON reports.
 //!
 //! Include it after `fixture` and `testbed` (it uses both by those names):
 //! `#[path = "support/cluster.rs"] mod cluster;`.
@@ -7,6 +8,8 @@
 
 use std::path::Path;
 use std::process::Output;
+
+use serde_json::Value;
 
 use crate::fixture::{text, Fixture};
 use crate::testbed::Testbed;
@@ -39,4 +42,31 @@ pub fn push_to(
 /// The names of the testbed's control-plane nodes, first master included.
 pub fn control_planes(tb: &Testbed) -> Vec<&str> {
     tb.nodes.iter().filter(|n| n.control_plane).map(|n| n.name.as_str()).collect()
+}
+
+/// `(node, status)` of each `nodes[]` entry of a push or join JSON report, in report order.
+pub fn node_statuses(report: &Value) -> Vec<(&str, &str)> {
+    report["nodes"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no nodes[] in {report}"))
+        .iter()
+        .map(|n| (n["node"].as_str().unwrap(), n["status"].as_str().unwrap()))
+        .collect()
+}
+
+/// `(node, file or "-", kind)` of each `problems[]` entry of an audit or preflight JSON report,
+/// in report order.
+pub fn problems(report: &Value) -> Vec<(String, String, String)> {
+    report["problems"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no problems[] in {report}"))
+        .iter()
+        .map(|p| {
+            (
+                p["node"].as_str().unwrap().to_string(),
+                p["file"].as_str().unwrap_or("-").to_string(),
+                p["kind"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect()
 }
