@@ -1,8 +1,12 @@
 //! `hapki audit` on the real testbed: a clean cluster is clean (fingerprints checked against
 //! openssl), and each kind of drift is reported on the right node and file, and only there.
 
+#[path = "support/cluster.rs"]
+mod cluster;
 #[path = "support/fixture.rs"]
 mod fixture;
+#[path = "support/openssl.rs"]
+mod openssl;
 #[path = "support/testbed.rs"]
 mod testbed;
 
@@ -10,27 +14,15 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::process::Command;
 
+use cluster::problems;
 use fixture::{hapki, text, Fixture, SHARED};
+use openssl::openssl_cert_sha256;
 use serde_json::Value;
 use testbed::Testbed;
 
 /// Puts the fixture's PKI on every control plane (first master included) and ca.crt on workers.
 fn install_cluster(fx: &Fixture, tb: &Testbed, bundle: &Path) {
-    let list: Vec<String> =
-        tb.nodes.iter().filter(|n| n.control_plane).map(|n| tb.addr(&n.name)).collect();
-    let out = fx.with_bundle(
-        "push",
-        bundle,
-        &[
-            "--nodes",
-            &list.join(","),
-            "--known-hosts",
-            tb.known_hosts().to_str().unwrap(),
-            "--identity",
-            tb.identity().to_str().unwrap(),
-        ],
-    );
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    cluster::push_to(fx, tb, bundle, &cluster::control_planes(tb), &[]);
     for w in tb.nodes.iter().filter(|n| !n.control_plane) {
         let pki = w.etc_kubernetes().join("pki");
         std::fs::create_dir_all(&pki).unwrap();
@@ -48,31 +40,6 @@ fn audit(tb: &Testbed, extra: &[&str]) -> (Option<i32>, Value, String) {
         .unwrap();
     let v: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
     (out.status.code(), v, text(&out))
-}
-
-fn problems(v: &Value) -> Vec<(String, String, String)> {
-    v["problems"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|p| {
-            (
-                p["node"].as_str().unwrap().to_string(),
-                p["file"].as_str().unwrap_or("-").to_string(),
-                p["kind"].as_str().unwrap().to_string(),
-            )
-        })
-        .collect()
-}
-
-fn openssl_fingerprint(path: &Path) -> String {
-    let out = Command::new("openssl")
-        .args(["x509", "-noout", "-fingerprint", "-sha256", "-in"])
-        .arg(path)
-        .output()
-        .unwrap();
-    let s = String::from_utf8(out.stdout).unwrap();
-    s.trim().rsplit('=').next().unwrap().replace(':', "").to_lowercase()
 }
 
 fn sha256sum(path: &Path) -> String {
@@ -104,7 +71,7 @@ fn a_clean_cluster_is_clean_with_openssl_fingerprints_and_every_drift_is_pinned_
             if f.ends_with(".crt") {
                 assert_eq!(
                     files[f]["cert_sha256"].as_str().unwrap(),
-                    openssl_fingerprint(&fx.pki().join(f)),
+                    openssl_cert_sha256(&fx.pki().join(f)),
                     "{f}"
                 );
             }

@@ -1,11 +1,12 @@
 //! `hapki keygen`, `hapki bundle`, `hapki verify` end to end, cross-checked with the stock
 //! `age`, `tar`, `ssh-keygen -Y verify`, `sha256sum` and `openssl`.
 
-mod bundle_common;
+#[path = "support/bundle.rs"]
+mod bundle;
 
 use std::os::unix::fs::PermissionsExt;
 
-use bundle_common::*;
+use bundle::*;
 use predicates::str::contains;
 
 fn mode(p: &std::path::Path) -> u32 {
@@ -28,7 +29,7 @@ fn stock_recipe(fx: &Fixture, bundle: &std::path::Path, key: &std::path::Path) {
         ),
         b.path(),
     );
-    for n in NAMES {
+    for n in SHARED {
         let got = std::fs::read(b.path().join("b/pki").join(n)).unwrap();
         assert_eq!(got, std::fs::read(fx.pki.join(n)).unwrap(), "{n} differs after extraction");
     }

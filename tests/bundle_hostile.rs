@@ -3,9 +3,10 @@
 //! signature and hashes would pass: only hapki's layout checks can catch them. Each must exit 3
 //! with a message naming the problem, and verify must write nothing.
 
-mod bundle_common;
+#[path = "support/bundle.rs"]
+mod bundle;
 
-use bundle_common::*;
+use bundle::*;
 
 struct Case {
     name: &'static str,

@@ -1,7 +1,10 @@
 //! `hapki config check`: what makes a kubeadm config unfit for an air-gapped HA cluster is a
 //! problem (exit 6), what is merely risky a warning (exit 0), and broken YAML a one-line error.
 
-use assert_cmd::Command;
+#[path = "support/cli.rs"]
+mod cli;
+
+use cli::hapki;
 use serde_json::Value;
 
 /// The configuration from the field report this project started from.
@@ -44,12 +47,7 @@ fn check(yaml: &str) -> (i32, Value) {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("kubeadm.yaml");
     std::fs::write(&path, yaml).unwrap();
-    let out = Command::cargo_bin("hapki")
-        .unwrap()
-        .args(["config", "check", "--output", "json"])
-        .arg(&path)
-        .output()
-        .unwrap();
+    let out = hapki().args(["config", "check", "--output", "json"]).arg(&path).output().unwrap();
     let json: Value = serde_json::from_slice(&out.stdout)
         .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&out.stdout)));
     (out.status.code().unwrap(), json)
@@ -195,8 +193,7 @@ fn malformed_yaml_is_a_one_line_usage_error() {
     let path = dir.path().join("broken.yaml");
     std::fs::write(&path, "apiVersion: kubeadm.k8s.io/v1beta4\nkind: [ClusterConfiguration\n")
         .unwrap();
-    let out =
-        Command::cargo_bin("hapki").unwrap().args(["config", "check"]).arg(&path).output().unwrap();
+    let out = hapki().args(["config", "check"]).arg(&path).output().unwrap();
     assert_eq!(out.status.code(), Some(2));
     assert!(out.stdout.is_empty());
     let err = String::from_utf8_lossy(&out.stderr);
@@ -212,8 +209,7 @@ fn table_output_names_problem_fields() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("seed.yaml");
     std::fs::write(&path, SEED).unwrap();
-    let out =
-        Command::cargo_bin("hapki").unwrap().args(["config", "check"]).arg(&path).output().unwrap();
+    let out = hapki().args(["config", "check"]).arg(&path).output().unwrap();
     assert_eq!(out.status.code(), Some(6));
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(

@@ -1,13 +1,13 @@
 //! `hapki pki check` and `pki inspect` against PKIs made by openssl alone, kubeadm's own test
 //! vector, and every broken PKI the foundation issue lists.
 
-#[path = "common_pki.rs"]
-mod common_pki;
+#[path = "support/pki.rs"]
+mod pki;
 
 use std::fs;
 use std::path::Path;
 
-use common_pki::*;
+use pki::*;
 
 const KUBEADM_VECTOR: &str = "tests/vectors/kubeadm-discovery-ca-cert.pem";
 const KUBEADM_VECTOR_HASH: &str =

@@ -1,13 +1,13 @@
 //! `hapki pki init`: what it writes is what kubeadm writes, and openssl agrees.
 
-#[path = "common_pki.rs"]
-mod common_pki;
+#[path = "support/pki.rs"]
+mod pki;
 
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
-use common_pki::*;
+use pki::*;
 use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
 
@@ -221,18 +221,7 @@ fn init_leaves_no_temp_files() {
     hapki_pki(&dir, "ECDSA-P256");
     let mut names = walk(&dir);
     names.sort();
-    let mut expected: Vec<String> = [
-        "ca.crt",
-        "ca.key",
-        "sa.key",
-        "sa.pub",
-        "front-proxy-ca.crt",
-        "front-proxy-ca.key",
-        "etcd/ca.crt",
-        "etcd/ca.key",
-    ]
-    .map(String::from)
-    .to_vec();
+    let mut expected: Vec<String> = SHARED.map(String::from).to_vec();
     expected.sort();
     assert_eq!(names, expected);
 }

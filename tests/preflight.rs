@@ -2,6 +2,8 @@
 //! break a control-plane join is caught under kubeadm's check name (or hapki's own), on the
 //! right node, before any join.
 
+#[path = "support/cluster.rs"]
+mod cluster;
 #[path = "support/fixture.rs"]
 mod fixture;
 #[path = "support/testbed.rs"]
@@ -31,21 +33,7 @@ fn fake_binaries(tb: &Testbed, version: &str) {
 }
 
 fn ready_cluster(fx: &Fixture, tb: &Testbed) {
-    let list: Vec<String> =
-        tb.nodes.iter().filter(|n| n.control_plane).map(|n| tb.addr(&n.name)).collect();
-    let out = fx.with_bundle(
-        "push",
-        &fx.bundle(),
-        &[
-            "--nodes",
-            &list.join(","),
-            "--known-hosts",
-            tb.known_hosts().to_str().unwrap(),
-            "--identity",
-            tb.identity().to_str().unwrap(),
-        ],
-    );
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    cluster::push_to(fx, tb, &fx.bundle(), &cluster::control_planes(tb), &[]);
     for w in tb.nodes.iter().filter(|n| !n.control_plane) {
         std::fs::write(w.dir.join("cni/10-flannel.conflist"), "{\"name\":\"cbr0\"}\n").unwrap();
     }
@@ -59,21 +47,9 @@ fn preflight(tb: &Testbed) -> (Option<i32>, Vec<(String, String, String)>, Strin
         .args(["--output", "json"])
         .output()
         .unwrap();
-    let v: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
-    let mut problems: Vec<(String, String, String)> = v["problems"]
-        .as_array()
-        .map(|a| {
-            a.iter()
-                .map(|p| {
-                    (
-                        p["node"].as_str().unwrap_or("").to_string(),
-                        p["file"].as_str().unwrap_or("-").to_string(),
-                        p["kind"].as_str().unwrap_or("").to_string(),
-                    )
-                })
-                .collect()
-        })
-        .unwrap_or_default();
+    let v: Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("not JSON ({e}): {}", text(&out)));
+    let mut problems = cluster::problems(&v);
     problems.sort();
     (out.status.code(), problems, text(&out))
 }

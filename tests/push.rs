@@ -1,6 +1,8 @@
 //! `hapki push` on the real testbed, for both transports: what lands on the nodes, what is
 //! refused, and that every failure leaves a node exactly as it was.
 
+#[path = "support/cluster.rs"]
+mod cluster;
 #[path = "support/fixture.rs"]
 mod fixture;
 #[path = "support/testbed.rs"]
@@ -11,7 +13,7 @@ use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::Path;
 use std::time::SystemTime;
 
-use fixture::{text, Fixture, SHARED};
+use fixture::{hapki_process, text, Fixture, SHARED};
 use testbed::{TbNode, Testbed};
 
 const TRANSPORTS: [&str; 2] = ["builtin", "openssh"];
@@ -90,12 +92,7 @@ fn installs_byte_identical_then_is_idempotent_and_never_touches_the_first_master
         assert_eq!(out.status.code(), Some(0), "{transport}: {}", text(&out));
         let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
         assert_eq!(report["ok"], true);
-        let statuses: Vec<(&str, &str)> = report["nodes"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|n| (n["node"].as_str().unwrap(), n["status"].as_str().unwrap()))
-            .collect();
+        let statuses = cluster::node_statuses(&report);
         assert_eq!(statuses, vec![("kubemaster-2", "installed"), ("kubemaster-3", "installed")]);
         for name in ["kubemaster-2", "kubemaster-3"] {
             assert_installed(&fx, tb.node(name));
@@ -125,21 +122,7 @@ fn a_different_ca_is_refused_untouched_unless_replace_which_backs_up() {
         reset(&tb);
         // kubemaster-3 belongs to another cluster.
         let n3 = tb.node("kubemaster-3");
-        let seed = fx.with_bundle(
-            "push",
-            &b_other,
-            &[
-                "--nodes",
-                &tb.addr(&n3.name),
-                "--known-hosts",
-                tb.known_hosts().to_str().unwrap(),
-                "--identity",
-                tb.identity().to_str().unwrap(),
-                "--transport",
-                transport,
-            ],
-        );
-        assert_eq!(seed.status.code(), Some(0), "{}", text(&seed));
+        cluster::push_to(&fx, &tb, &b_other, &[&n3.name], &["--transport", transport]);
         let before = snapshot(n3);
 
         let out = push(&fx, &tb, &bundle, transport, &[]);
@@ -237,7 +220,7 @@ fn a_node_down_or_cut_off_mid_push_is_failed_partial_free_and_completed_next_tim
         let _ = std::fs::remove_file(&marker);
         let child = {
             let inv = tb.inventory();
-            let mut c = std::process::Command::new(assert_cmd::cargo::cargo_bin("hapki"));
+            let mut c = hapki_process();
             c.arg("push")
                 .arg(&bundle)
                 .arg("--trust")

@@ -2,28 +2,14 @@
 //! itself, for the tests that push, join and audit on the testbed.
 #![allow(dead_code)]
 
+#[path = "cli.rs"]
+mod cli;
+
 use std::path::{Path, PathBuf};
 use std::process::Output;
 
-use assert_cmd::Command;
-
-pub const SHARED: [&str; 8] = [
-    "ca.crt",
-    "ca.key",
-    "sa.key",
-    "sa.pub",
-    "front-proxy-ca.crt",
-    "front-proxy-ca.key",
-    "etcd/ca.crt",
-    "etcd/ca.key",
-];
-
-pub fn hapki() -> Command {
-    let mut c = Command::cargo_bin("hapki").expect("the hapki binary");
-    // The operator's own agent and ssh config must not change what the tests see.
-    c.env_remove("SSH_AUTH_SOCK");
-    c
-}
+#[allow(unused_imports)] // each test uses its own part
+pub use cli::{hapki, hapki_process, text, SHARED};
 
 pub struct Fixture {
     pub dir: tempfile::TempDir,
@@ -92,8 +78,4 @@ impl Fixture {
         c.args(args);
         c.output().expect("run hapki")
     }
-}
-
-pub fn text(o: &Output) -> String {
-    format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
 }

@@ -5,12 +5,16 @@
 //!
 //! Without root the testbed tests are skipped LOUDLY; with `CI` or `HAPKI_REQUIRE_TESTBED` set
 //! they fail instead, so CI can never pass by skipping.
+//!
+//! The script is `HAPKI_TESTBED_SCRIPT` if set (to try another version of it), else
+//! scripts/testbed in this tree.
 #![allow(dead_code)]
 
 use std::fs::File;
+use std::io::Write;
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::{Command, Output, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
@@ -57,10 +61,13 @@ pub struct Testbed {
 static COUNTER: AtomicU32 = AtomicU32::new(0);
 
 fn script() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/testbed")
+    std::env::var_os("HAPKI_TESTBED_SCRIPT")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/testbed"))
 }
 
-fn must_run() -> bool {
+/// Whether a testbed test that cannot run must fail rather than skip (CI, or asked to).
+pub fn must_run() -> bool {
     std::env::var_os("CI").is_some() || std::env::var_os("HAPKI_REQUIRE_TESTBED").is_some()
 }
 
@@ -156,6 +163,11 @@ impl Testbed {
         t
     }
 
+    /// The `n`-th control plane, `kubemaster-N` (1-based, as the testbed names them).
+    pub fn control_plane(&self, n: usize) -> &TbNode {
+        self.node(&format!("kubemaster-{n}"))
+    }
+
     /// `host:port` of a node, for `--nodes`.
     pub fn addr(&self, name: &str) -> String {
         format!("{}:{}", self.node(name).address, self.port)
@@ -169,6 +181,45 @@ impl Testbed {
             .args([name, cmd])
             .output()
             .expect("run scripts/testbed ssh")
+    }
+
+    /// [`Testbed::ssh`] with `stdin` fed to the remote command.
+    pub fn ssh_stdin(&self, name: &str, cmd: &str, stdin: &[u8]) -> Output {
+        let mut child = Command::new(script())
+            .args(["ssh", "--dir"])
+            .arg(&self.dir)
+            .args([name, cmd])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("run scripts/testbed ssh");
+        child.stdin.take().unwrap().write_all(stdin).expect("write the remote command's stdin");
+        child.wait_with_output().expect("wait for scripts/testbed ssh")
+    }
+
+    /// Runs `cmd` on `name` and insists it succeeds; returns its stdout.
+    pub fn ok(&self, name: &str, cmd: &str) -> String {
+        let out = self.ssh(name, cmd);
+        assert!(
+            out.status.success(),
+            "{name}: `{cmd}` failed:\n{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Runs `cmd` on `name`, insists it fails, and returns its stderr then stdout.
+    pub fn fails(&self, name: &str, cmd: &str) -> String {
+        let out = self.ssh(name, cmd);
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stderr),
+            String::from_utf8_lossy(&out.stdout)
+        );
+        assert!(!out.status.success(), "{name}: `{cmd}` succeeded but must fail:\n{text}");
+        text
     }
 
     /// Kills the node's sshd listener (the node is then down for new connections).

@@ -1,18 +1,21 @@
 //! Shared helpers for tests that need a kubeadm shared PKI made by `openssl` alone (an
 //! independent implementation to hold hapki against) or by `hapki pki init`.
-//! Other test files include it with `#[path = "common_pki.rs"] mod common_pki;`.
+//! Other test files include it with `#[path = "support/pki.rs"] mod pki;`.
 #![allow(dead_code)]
+
+#[path = "cli.rs"]
+mod cli;
+#[path = "openssl.rs"]
+mod openssl;
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use assert_cmd::cargo::CommandCargoExt;
-
-/// The `hapki` binary under test.
-pub fn hapki() -> Command {
-    Command::cargo_bin("hapki").expect("hapki binary")
-}
+#[allow(unused_imports)] // each test uses its own part
+pub use cli::{hapki, SHARED};
+#[allow(unused_imports)] // each test uses its own part
+pub use openssl::{openssl_cert_sha256, openssl_discovery_hash};
 
 /// Runs `program args…` in `dir`, panicking with its stderr if it fails (test setup only).
 pub fn run_in(dir: &Path, program: &str, args: &[&str]) -> String {
@@ -121,42 +124,6 @@ pub fn hapki_pki(dir: &Path, algorithm: &str) {
 
 pub fn chmod(path: &Path, mode: u32) {
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
-}
-
-/// The discovery hash computed by the pipeline in kubeadm's documentation.
-pub fn openssl_discovery_hash(cert: &Path) -> String {
-    let dir = cert.parent().unwrap();
-    let name = cert.file_name().unwrap().to_str().unwrap();
-    let out = sh(
-        dir,
-        &format!(
-            "openssl x509 -pubkey -noout -in {name} | openssl pkey -pubin -outform der | sha256sum"
-        ),
-    );
-    let hex = out.split_whitespace().next().unwrap().to_string();
-    assert_ne!(
-        hex, "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855",
-        "broken pipeline"
-    );
-    format!("sha256:{hex}")
-}
-
-/// `openssl x509 -fingerprint -sha256`, as lowercase hex without colons.
-pub fn openssl_cert_sha256(cert: &Path) -> String {
-    let out = run_in(
-        cert.parent().unwrap(),
-        "openssl",
-        &[
-            "x509",
-            "-noout",
-            "-fingerprint",
-            "-sha256",
-            "-in",
-            cert.file_name().unwrap().to_str().unwrap(),
-        ],
-    );
-    let fp = out.trim().rsplit('=').next().unwrap();
-    fp.replace(':', "").to_lowercase()
 }
 
 /// What `pki check --output json` said, and its exit code.

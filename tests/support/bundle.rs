@@ -1,6 +1,10 @@
 //! Shared fixtures for the bundle tests: PKIs made by openssl, signing keys made by ssh-keygen,
 //! age keys made by age-keygen, and a raw tar writer for hostile archives.
+//! Included with `#[path = "support/bundle.rs"] mod bundle;`.
 #![allow(dead_code)]
+
+#[path = "cli.rs"]
+mod cli;
 
 use std::path::{Path, PathBuf};
 use std::process::Command as Std;
@@ -8,20 +12,8 @@ use std::process::Command as Std;
 use assert_cmd::Command;
 use sha2::{Digest, Sha256};
 
-pub const NAMES: [&str; 8] = [
-    "ca.crt",
-    "ca.key",
-    "sa.key",
-    "sa.pub",
-    "front-proxy-ca.crt",
-    "front-proxy-ca.key",
-    "etcd/ca.crt",
-    "etcd/ca.key",
-];
-
-pub fn hapki() -> Command {
-    Command::cargo_bin("hapki").unwrap()
-}
+#[allow(unused_imports)] // each test uses its own part
+pub use cli::{hapki, SHARED};
 
 /// Runs a stock tool, panicking with its stderr if it fails.
 pub fn sh(cmd: &str, dir: &Path) -> std::process::Output {
@@ -141,7 +133,7 @@ impl Fixture {
         sh(&format!("tar -xzf {}", bundle.display()), x.path());
         let mut names =
             vec!["bundle.json".to_string(), "SHA256SUMS".into(), "SHA256SUMS.sig".into()];
-        names.extend(NAMES.iter().map(|n| format!("pki/{n}")));
+        names.extend(SHARED.iter().map(|n| format!("pki/{n}")));
         names.iter().map(|n| (n.clone(), std::fs::read(x.path().join(n)).unwrap())).collect()
     }
 
