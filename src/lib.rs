@@ -13,14 +13,15 @@
 //! Inventory ──▶ nodes ──Transport──▶ preflight facts / audit facts ──compare──▶ problems
 //! ```
 
+pub mod artifacts;
 pub mod audit;
 pub mod bundle;
 pub mod duration;
 pub mod error;
 pub mod inventory;
 pub mod join;
-pub mod node;
 pub mod kubeadm_config;
+pub mod node;
 pub mod pki;
 pub mod preflight;
 pub mod push;
