@@ -53,7 +53,9 @@ impl Categorized for JoinError {
 
 /// Checks the bootstrap-token format (`[a-z0-9]{6}\.[a-z0-9]{16}`).
 pub fn validate_token(token: &str) -> Result<(), JoinError> {
-    let ok = |s: &str, n: usize| s.len() == n && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit());
+    let ok = |s: &str, n: usize| {
+        s.len() == n && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+    };
     match token.split_once('.') {
         Some((id, secret)) if ok(id, 6) && ok(secret, 16) => Ok(()),
         _ => Err(JoinError::BadToken),
@@ -191,10 +193,7 @@ mv -f "$tmp" "/etc/cni/net.d/$name"
 const RESTART_KUBELET: &str = r#"if command -v systemctl > /dev/null 2>&1 && [ -d /run/systemd/system ]; then systemctl restart kubelet || true; fi"#;
 
 fn shell_join(args: &[String]) -> String {
-    std::iter::once("kubeadm".to_string())
-        .chain(args.iter().cloned())
-        .collect::<Vec<_>>()
-        .join(" ")
+    std::iter::once("kubeadm".to_string()).chain(args.iter().cloned()).collect::<Vec<_>>().join(" ")
 }
 
 struct Ctx<'a> {
@@ -253,7 +252,11 @@ impl Ctx<'_> {
             let tail = redact_text(&node::stderr_tail(&out.stderr), &self.token);
             return result(
                 NodeStatus::Failed,
-                format!("kubeadm join failed (exit {}): {tail}; full output in {}", out.code.unwrap_or(-1), self.opts.run_dir.join(format!("{name}.log")).display()),
+                format!(
+                    "kubeadm join failed (exit {}): {tail}; full output in {}",
+                    out.code.unwrap_or(-1),
+                    self.opts.run_dir.join(format!("{name}.log")).display()
+                ),
             );
         }
         if wait_etcd {
@@ -261,11 +264,17 @@ impl Ctx<'_> {
             let addr = n.advertise_address.clone().unwrap_or_else(|| n.target.host.clone());
             if let Err(e) = self.wait_etcd(session.as_mut(), &addr) {
                 self.keep_log(name, &format!("etcd health: {e}\n"));
-                return result(NodeStatus::Failed, format!("joined, but its etcd member did not become healthy: {e}"));
+                return result(
+                    NodeStatus::Failed,
+                    format!("joined, but its etcd member did not become healthy: {e}"),
+                );
             }
         }
         (self.progress)(name, Step::Done);
-        result(NodeStatus::Joined, if wait_etcd { "joined; etcd member healthy".into() } else { "joined".into() })
+        result(
+            NodeStatus::Joined,
+            if wait_etcd { "joined; etcd member healthy".into() } else { "joined".into() },
+        )
     }
 
     fn wait_etcd(&self, session: &mut dyn Session, addr: &str) -> Result<(), String> {
@@ -298,14 +307,25 @@ impl Mode0600 for std::fs::OpenOptions {
 }
 
 /// Mints a token on the first master and cross-checks kubeadm's hash against ours.
-fn mint_token(transport: &dyn Transport, first: &Target, ca_hash: &str) -> Result<String, JoinError> {
+fn mint_token(
+    transport: &dyn Transport,
+    first: &Target,
+    ca_hash: &str,
+) -> Result<String, JoinError> {
     let mint = |reason: String| JoinError::Mint { node: first.name.clone(), reason };
     let mut s = transport.connect(first).map_err(|e| mint(e.to_string()))?;
     let out = s
-        .run(RUN_KUBEADM, &["token", "create", "--ttl", "1h", "--print-join-command"], &mut std::io::empty())
+        .run(
+            RUN_KUBEADM,
+            &["token", "create", "--ttl", "1h", "--print-join-command"],
+            &mut std::io::empty(),
+        )
         .map_err(|e| mint(e.to_string()))?;
     if out.code.unwrap_or(-1) != 0 {
-        return Err(mint(format!("kubeadm token create failed: {}", node::stderr_tail(&out.stderr))));
+        return Err(mint(format!(
+            "kubeadm token create failed: {}",
+            node::stderr_tail(&out.stderr)
+        )));
     }
     let text = String::from_utf8_lossy(&out.stdout);
     let line = text.lines().find(|l| l.contains("--token")).unwrap_or("");
@@ -314,13 +334,21 @@ fn mint_token(transport: &dyn Transport, first: &Target, ca_hash: &str) -> Resul
     validate_token(&token).map_err(|_| mint("kubeadm printed a malformed token".into()))?;
     if let Some(h) = hash {
         if h != ca_hash {
-            return Err(JoinError::HashMismatch { node: first.name.clone(), kubeadm: h, ours: ca_hash.into() });
+            return Err(JoinError::HashMismatch {
+                node: first.name.clone(),
+                kubeadm: h,
+                ours: ca_hash.into(),
+            });
         }
     }
     Ok(token)
 }
 
-fn copy_cni(transport: &dyn Transport, first: &Target, workers: &[&JoinNode]) -> Result<(), String> {
+fn copy_cni(
+    transport: &dyn Transport,
+    first: &Target,
+    workers: &[&JoinNode],
+) -> Result<(), String> {
     use base64::Engine;
     let mut s = transport.connect(first).map_err(|e| e.to_string())?;
     let out = s.run(READ_CNI, &[], &mut std::io::empty()).map_err(|e| e.to_string())?;
@@ -328,7 +356,9 @@ fn copy_cni(transport: &dyn Transport, first: &Target, workers: &[&JoinNode]) ->
     for l in String::from_utf8_lossy(&out.stdout).lines() {
         let mut it = l.splitn(3, ' ');
         if let (Some("F"), Some(name), Some(data)) = (it.next(), it.next(), it.next()) {
-            let bytes = base64::engine::general_purpose::STANDARD.decode(data.trim()).map_err(|e| e.to_string())?;
+            let bytes = base64::engine::general_purpose::STANDARD
+                .decode(data.trim())
+                .map_err(|e| e.to_string())?;
             if !name.contains('/') && !name.starts_with('.') {
                 files.push((name.to_string(), bytes));
             }
@@ -370,7 +400,12 @@ pub fn run(
             progress(&f.target.name, Step::MintingToken);
             mint_token(transport, &f.target, &opts.ca_hash)?
         }
-        (None, None) => return Err(JoinError::Mint { node: "-".into(), reason: "the inventory has no control-plane node".into() }),
+        (None, None) => {
+            return Err(JoinError::Mint {
+                node: "-".into(),
+                reason: "the inventory has no control-plane node".into(),
+            })
+        }
     };
     if !opts.dry_run {
         create_run_dir(&opts.run_dir)?;
@@ -418,7 +453,11 @@ pub fn run(
                 message: format!("copying the CNI config failed: {e}"),
                 command: String::new(),
             })),
-            None => results.extend(crate::transport::for_each_parallel(&workers, opts.parallel.max(1), |w| ctx.join_one(w, false))),
+            None => results.extend(crate::transport::for_each_parallel(
+                &workers,
+                opts.parallel.max(1),
+                |w| ctx.join_one(w, false),
+            )),
         }
     }
     let ok = results.iter().all(|r| matches!(r.status, NodeStatus::Joined | NodeStatus::Planned));
@@ -447,7 +486,15 @@ mod tests {
     #[test]
     fn token_format() {
         assert!(validate_token("abcdef.0123456789abcdef").is_ok());
-        for bad in ["", "abcdef", "ABCDEF.0123456789abcdef", "abcde.0123456789abcdef", "abcdef.0123456789abcde", "abcdef.0123456789abcdef.x", "abcdef-0123456789abcdef"] {
+        for bad in [
+            "",
+            "abcdef",
+            "ABCDEF.0123456789abcdef",
+            "abcde.0123456789abcdef",
+            "abcdef.0123456789abcde",
+            "abcdef.0123456789abcdef.x",
+            "abcdef-0123456789abcdef",
+        ] {
             assert!(validate_token(bad).is_err(), "{bad}");
         }
     }

@@ -228,9 +228,17 @@ fn shared_files(
     }
     // The four pairs, from public halves computed on the node.
     let spki_of_cert = |name: &str| {
-        facts.certificates.get(name).and_then(|pem| parse::parse_certificate(name, pem).ok()).map(|c| c.public.spki_sha256())
+        facts
+            .certificates
+            .get(name)
+            .and_then(|pem| parse::parse_certificate(name, pem).ok())
+            .map(|c| c.public.spki_sha256())
     };
-    let pairs = [("ca.crt", "ca.key"), ("front-proxy-ca.crt", "front-proxy-ca.key"), ("etcd/ca.crt", "etcd/ca.key")];
+    let pairs = [
+        ("ca.crt", "ca.key"),
+        ("front-proxy-ca.crt", "front-proxy-ca.key"),
+        ("etcd/ca.crt", "etcd/ca.key"),
+    ];
     for (crt, key) in pairs {
         if let (Some(c), Some(k)) = (spki_of_cert(crt), facts.public_key_sha256.get(key)) {
             if &c != k {
@@ -238,7 +246,9 @@ fn shared_files(
             }
         }
     }
-    if let (Some(k), Some(pb)) = (facts.public_key_sha256.get("sa.key"), facts.public_key_sha256.get("sa.pub")) {
+    if let (Some(k), Some(pb)) =
+        (facts.public_key_sha256.get("sa.key"), facts.public_key_sha256.get("sa.pub"))
+    {
         if k != pb {
             p(Some("sa.key"), "key-pair", "sa.key does not match sa.pub: every ServiceAccount token would break; push the right pair".into());
         }
@@ -247,7 +257,9 @@ fn shared_files(
     let shared: BTreeMap<&str, ()> = SHARED_FILES.iter().map(|f| (f.name, ())).collect();
     for (name, pem) in facts.certificates.iter().filter(|(n, _)| !shared.contains_key(n.as_str())) {
         let ca = chain::expected_ca(name);
-        let Some(ca_pem) = reference.ca_pem.get(ca).or_else(|| facts.certificates.get(ca)) else { continue };
+        let Some(ca_pem) = reference.ca_pem.get(ca).or_else(|| facts.certificates.get(ca)) else {
+            continue;
+        };
         if let ChainCheck::ForeignIssuer(issuer) = chain::check_issued_by(pem, ca_pem) {
             p(Some(name), "leaf-chain", format!("{name} is signed by another CA ({issuer}): kubeadm join would fail (not signed by corresponding CA); remove apiserver.* and etcd/peer.*, keep the shared files"));
         }
@@ -290,16 +302,29 @@ pub fn check_cluster(endpoint: Option<&str>, nodes: &[(&str, &NodeFacts)]) -> Ve
         }
     }
     for (what, get) in [
-        ("kubeadm", (|f: &NodeFacts| f.kubeadm_version.clone()) as fn(&NodeFacts) -> Option<String>),
+        (
+            "kubeadm",
+            (|f: &NodeFacts| f.kubeadm_version.clone()) as fn(&NodeFacts) -> Option<String>,
+        ),
         ("kubelet", |f: &NodeFacts| f.kubelet_version.clone()),
     ] {
-        let versions: BTreeMap<String, Vec<&str>> = nodes.iter().filter_map(|(n, f)| get(f).map(|v| (v, *n))).fold(BTreeMap::new(), |mut m, (v, n)| {
-            m.entry(v).or_default().push(n);
-            m
-        });
+        let versions: BTreeMap<String, Vec<&str>> = nodes
+            .iter()
+            .filter_map(|(n, f)| get(f).map(|v| (v, *n)))
+            .fold(BTreeMap::new(), |mut m, (v, n)| {
+                m.entry(v).or_default().push(n);
+                m
+            });
         if versions.len() > 1 {
-            let list: Vec<String> = versions.iter().map(|(v, ns)| format!("{v} on {}", ns.join(","))).collect();
-            out.push(cluster(&format!("{what}-version"), format!("{what} versions differ: {}; install the same version everywhere", list.join("; "))));
+            let list: Vec<String> =
+                versions.iter().map(|(v, ns)| format!("{v} on {}", ns.join(","))).collect();
+            out.push(cluster(
+                &format!("{what}-version"),
+                format!(
+                    "{what} versions differ: {}; install the same version everywhere",
+                    list.join("; ")
+                ),
+            ));
         }
     }
     out
@@ -313,7 +338,10 @@ mod tests {
     fn proc_net_tcp_listeners() {
         let table = b"  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode\n   0: 0101007F:0950 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 1 1\n   1: 00000000:1A0A 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 1 1\n   2: 0201007F:0016 0101007F:C350 01 00000000:00000000 00:00000000 00000000     0        0 1 1\n".to_vec();
         let l = listening(&[table]);
-        assert_eq!(l, vec![("127.0.1.1".parse().unwrap(), 2384), ("0.0.0.0".parse().unwrap(), 6666)]);
+        assert_eq!(
+            l,
+            vec![("127.0.1.1".parse().unwrap(), 2384), ("0.0.0.0".parse().unwrap(), 6666)]
+        );
         let own: IpAddr = "127.0.1.2".parse().unwrap();
         assert!(!port_taken(&l, Some(own), 2384), "node 1's etcd must not fail node 2");
         assert!(port_taken(&l, Some("127.0.1.1".parse().unwrap()), 2384));
@@ -384,7 +412,9 @@ pub fn run(
     let first = targets.iter().position(|t| t.role == Role::ControlPlane);
     let first_facts = first.and_then(|i| gathered[i].as_ref().ok());
     let reference = reference
-        .or_else(|| first.zip(first_facts).map(|(i, f)| Reference::from_facts(&targets[i].target.name, f)))
+        .or_else(|| {
+            first.zip(first_facts).map(|(i, f)| Reference::from_facts(&targets[i].target.name, f))
+        })
         .unwrap_or_else(|| Reference { source: "none".into(), ..Default::default() });
     let mut all = Vec::new();
     let mut nodes = Vec::new();

@@ -16,12 +16,20 @@ use testbed::Testbed;
 
 /// Puts the fixture's PKI on every control plane (first master included) and ca.crt on workers.
 fn install_cluster(fx: &Fixture, tb: &Testbed, bundle: &Path) {
-    let list: Vec<&str> = tb.nodes.iter().filter(|n| n.control_plane).map(|n| n.address.as_str()).collect();
-    let out = fx.with_bundle("push", bundle, &[
-        "--nodes", &list.join(","),
-        "--known-hosts", tb.known_hosts().to_str().unwrap(),
-        "--identity", tb.identity().to_str().unwrap(),
-    ]);
+    let list: Vec<&str> =
+        tb.nodes.iter().filter(|n| n.control_plane).map(|n| n.address.as_str()).collect();
+    let out = fx.with_bundle(
+        "push",
+        bundle,
+        &[
+            "--nodes",
+            &list.join(","),
+            "--known-hosts",
+            tb.known_hosts().to_str().unwrap(),
+            "--identity",
+            tb.identity().to_str().unwrap(),
+        ],
+    );
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     for w in tb.nodes.iter().filter(|n| !n.control_plane) {
         let pki = w.etc_kubernetes().join("pki");
@@ -58,7 +66,11 @@ fn problems(v: &Value) -> Vec<(String, String, String)> {
 }
 
 fn openssl_fingerprint(path: &Path) -> String {
-    let out = Command::new("openssl").args(["x509", "-noout", "-fingerprint", "-sha256", "-in"]).arg(path).output().unwrap();
+    let out = Command::new("openssl")
+        .args(["x509", "-noout", "-fingerprint", "-sha256", "-in"])
+        .arg(path)
+        .output()
+        .unwrap();
     let s = String::from_utf8(out.stdout).unwrap();
     s.trim().rsplit('=').next().unwrap().replace(':', "").to_lowercase()
 }
@@ -69,7 +81,8 @@ fn sha256sum(path: &Path) -> String {
 }
 
 fn openssl(args: &str) {
-    let ok = Command::new("sh").arg("-c").arg(format!("openssl {args} 2>/dev/null")).status().unwrap();
+    let ok =
+        Command::new("sh").arg("-c").arg(format!("openssl {args} 2>/dev/null")).status().unwrap();
     assert!(ok.success(), "openssl {args}");
 }
 
@@ -89,18 +102,43 @@ fn a_clean_cluster_is_clean_with_openssl_fingerprints_and_every_drift_is_pinned_
         for f in expected {
             assert_eq!(files[f]["sha256"].as_str().unwrap(), sha256sum(&fx.pki().join(f)), "{f}");
             if f.ends_with(".crt") {
-                assert_eq!(files[f]["cert_sha256"].as_str().unwrap(), openssl_fingerprint(&fx.pki().join(f)), "{f}");
+                assert_eq!(
+                    files[f]["cert_sha256"].as_str().unwrap(),
+                    openssl_fingerprint(&fx.pki().join(f)),
+                    "{f}"
+                );
             }
         }
     }
     // The same with a bundle as the reference, and in the other formats.
     let b = bundle.to_str().unwrap().to_string();
-    let (code, _, all) = audit(&tb, &["--bundle", &b, "--trust", fx.allowed().to_str().unwrap(), "--decrypt-key", fx.signer().to_str().unwrap()]);
+    let (code, _, all) = audit(
+        &tb,
+        &[
+            "--bundle",
+            &b,
+            "--trust",
+            fx.allowed().to_str().unwrap(),
+            "--decrypt-key",
+            fx.signer().to_str().unwrap(),
+        ],
+    );
     assert_eq!(code, Some(0), "{all}");
-    let prom = hapki().args(["audit", "--inventory"]).arg(tb.inventory()).args(["--output", "prometheus"]).output().unwrap();
+    let prom = hapki()
+        .args(["audit", "--inventory"])
+        .arg(tb.inventory())
+        .args(["--output", "prometheus"])
+        .output()
+        .unwrap();
     let prom = String::from_utf8(prom.stdout).unwrap();
-    assert!(prom.contains("hapki_certificate_not_after_seconds{node=\"kubemaster-2\",file=\"ca.crt\"}"), "{prom}");
-    assert!(prom.contains("hapki_shared_file_drift{node=\"kubemaster-3\",file=\"ca.key\"} 0"), "{prom}");
+    assert!(
+        prom.contains("hapki_certificate_not_after_seconds{node=\"kubemaster-2\",file=\"ca.crt\"}"),
+        "{prom}"
+    );
+    assert!(
+        prom.contains("hapki_shared_file_drift{node=\"kubemaster-3\",file=\"ca.key\"} 0"),
+        "{prom}"
+    );
 
     // Now break things, one per node/file.
     let other = fx.init_pki("other");
@@ -110,7 +148,11 @@ fn a_clean_cluster_is_clean_with_openssl_fingerprints_and_every_drift_is_pinned_
     for f in ["front-proxy-ca.crt", "front-proxy-ca.key"] {
         std::fs::copy(other.join(f), n2.etc_kubernetes().join("pki").join(f)).unwrap();
     }
-    std::fs::set_permissions(n3.etc_kubernetes().join("pki/ca.key"), std::fs::Permissions::from_mode(0o644)).unwrap();
+    std::fs::set_permissions(
+        n3.etc_kubernetes().join("pki/ca.key"),
+        std::fs::Permissions::from_mode(0o644),
+    )
+    .unwrap();
     let leaf = fx.path("foreign");
     openssl(&format!(
         "req -new -newkey rsa:2048 -nodes -keyout {l}.key -subj /CN=kube-apiserver -out {l}.csr",
@@ -126,7 +168,8 @@ fn a_clean_cluster_is_clean_with_openssl_fingerprints_and_every_drift_is_pinned_
         l = leaf.display(), o = fx.pki().display(), p = n2.etc_kubernetes().join("pki").display()
     ));
     use base64::Engine;
-    let foreign_ca = base64::engine::general_purpose::STANDARD.encode(std::fs::read(other.join("ca.crt")).unwrap());
+    let foreign_ca = base64::engine::general_purpose::STANDARD
+        .encode(std::fs::read(other.join("ca.crt")).unwrap());
     std::fs::write(
         n3.etc_kubernetes().join("admin.conf"),
         format!("apiVersion: v1\nclusters:\n- cluster:\n    certificate-authority-data: {foreign_ca}\n    server: https://kubeapi.test:6443\n  name: kubernetes\n"),
@@ -155,8 +198,14 @@ fn a_clean_cluster_is_clean_with_openssl_fingerprints_and_every_drift_is_pinned_
     assert_eq!(code, Some(6), "{all}");
     let got = problems(&v);
     assert!(got.contains(&("kubemaster-3".into(), "-".into(), "unreachable".into())), "{all}");
-    assert!(got.contains(&("kubemaster-2".into(), "front-proxy-ca.crt".into(), "drift".into())), "{all}");
-    assert!(got.iter().all(|(n, _, _)| n != "kubemaster-1"), "false alarm on a healthy node: {all}");
+    assert!(
+        got.contains(&("kubemaster-2".into(), "front-proxy-ca.crt".into(), "drift".into())),
+        "{all}"
+    );
+    assert!(
+        got.iter().all(|(n, _, _)| n != "kubemaster-1"),
+        "false alarm on a healthy node: {all}"
+    );
 }
 
 #[test]
@@ -170,7 +219,8 @@ fn a_ca_ending_within_the_window_is_expiring_and_local_mode_works() {
          -addext keyUsage=critical,digitalSignature,keyEncipherment,keyCertSign -keyout {p}/etcd/ca.key -out {p}/etcd/ca.crt",
         p = pki.display()
     ));
-    std::fs::set_permissions(pki.join("etcd/ca.key"), std::fs::Permissions::from_mode(0o600)).unwrap();
+    std::fs::set_permissions(pki.join("etcd/ca.key"), std::fs::Permissions::from_mode(0o600))
+        .unwrap();
     let bundle = fx.bundle();
     install_cluster(&fx, &tb, &bundle);
     let (code, v, all) = audit(&tb, &[]);
@@ -188,5 +238,8 @@ fn a_ca_ending_within_the_window_is_expiring_and_local_mode_works() {
     assert_eq!(out.status.code(), Some(6), "{}", text(&out));
     let v: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["nodes"][0]["node"], "kubemaster-2");
-    assert_eq!(problems(&v), vec![("kubemaster-2".into(), "etcd/ca.crt".into(), "expiring".into())]);
+    assert_eq!(
+        problems(&v),
+        vec![("kubemaster-2".into(), "etcd/ca.crt".into(), "expiring".into())]
+    );
 }

@@ -52,7 +52,10 @@ fn read_log(tb: &Testbed) -> Vec<LogLine> {
 fn openssl_ca_hash(crt: &Path) -> String {
     let out = Command::new("sh")
         .arg("-c")
-        .arg(format!("openssl x509 -pubkey -noout -in '{}' | openssl pkey -pubin -outform der | sha256sum", crt.display()))
+        .arg(format!(
+            "openssl x509 -pubkey -noout -in '{}' | openssl pkey -pubin -outform der | sha256sum",
+            crt.display()
+        ))
         .output()
         .unwrap();
     format!("sha256:{}", String::from_utf8_lossy(&out.stdout).split_whitespace().next().unwrap())
@@ -69,30 +72,52 @@ fn push_then_join_builds_a_healthy_three_member_etcd_without_a_certificate_key()
     let m1 = tb.node("kubemaster-1");
 
     // The first master gets the shared files, then kubeadm init uses the CAs it finds.
-    let seed = fx.with_bundle("push", &bundle, &[
-        "--nodes", &m1.address,
-        "--known-hosts", tb.known_hosts().to_str().unwrap(),
-        "--identity", tb.identity().to_str().unwrap(),
-    ]);
+    let seed = fx.with_bundle(
+        "push",
+        &bundle,
+        &[
+            "--nodes",
+            &m1.address,
+            "--known-hosts",
+            tb.known_hosts().to_str().unwrap(),
+            "--identity",
+            tb.identity().to_str().unwrap(),
+        ],
+    );
     assert_eq!(seed.status.code(), Some(0), "{}", text(&seed));
     let init = tb.ssh(&m1.name, &format!("kubeadm init --control-plane-endpoint kubeapi.test:6443 --apiserver-advertise-address {}", m1.address));
     assert!(init.status.success(), "kubeadm init: {}", text(&init));
-    std::fs::write(m1.dir.join("cni/10-flannel.conflist"), "{\"cniVersion\":\"0.3.1\",\"name\":\"cbr0\"}\n").unwrap();
+    std::fs::write(
+        m1.dir.join("cni/10-flannel.conflist"),
+        "{\"cniVersion\":\"0.3.1\",\"name\":\"cbr0\"}\n",
+    )
+    .unwrap();
 
     let out = fx.with_bundle("push", &bundle, &["--inventory", tb.inventory().to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
 
-    let bundle_args = ["--bundle", bundle.to_str().unwrap(), "--trust", trust.to_str().unwrap(), "--decrypt-key", key.to_str().unwrap()];
+    let bundle_args = [
+        "--bundle",
+        bundle.to_str().unwrap(),
+        "--trust",
+        trust.to_str().unwrap(),
+        "--decrypt-key",
+        key.to_str().unwrap(),
+    ];
     // Dry run: the exact commands, secret redacted, nothing joined.
     let dry = hapki()
-        .args(["join", "--inventory"]).arg(tb.inventory())
+        .args(["join", "--inventory"])
+        .arg(tb.inventory())
         .args(bundle_args)
         .args(["--dry-run", "--copy-cni-config", "--token", "abcdef.0123456789abcdef"])
         .output()
         .unwrap();
     assert_eq!(dry.status.code(), Some(0), "{}", text(&dry));
     let dry_text = text(&dry);
-    assert!(dry_text.contains("--control-plane") && dry_text.contains("abcdef.<redacted>"), "{dry_text}");
+    assert!(
+        dry_text.contains("--control-plane") && dry_text.contains("abcdef.<redacted>"),
+        "{dry_text}"
+    );
     assert!(!dry_text.contains("0123456789abcdef"), "the token secret leaked: {dry_text}");
     assert!(read_log(&tb).iter().all(|l| l.sub != "join"), "dry run joined something");
 
@@ -100,7 +125,8 @@ fn push_then_join_builds_a_healthy_three_member_etcd_without_a_certificate_key()
     let stale = tb.node("kubemaster-3").dir.join("var-lib-etcd/member");
     std::fs::create_dir_all(&stale).unwrap();
     let blocked = hapki()
-        .args(["join", "--inventory"]).arg(tb.inventory())
+        .args(["join", "--inventory"])
+        .arg(tb.inventory())
         .args(bundle_args)
         .args(["--copy-cni-config"])
         .output()
@@ -112,17 +138,27 @@ fn push_then_join_builds_a_healthy_three_member_etcd_without_a_certificate_key()
 
     let run_dir = fx.path("run");
     let out = hapki()
-        .args(["join", "--inventory"]).arg(tb.inventory())
+        .args(["join", "--inventory"])
+        .arg(tb.inventory())
         .args(bundle_args)
-        .args(["--copy-cni-config", "--output", "json", "--run-dir"]).arg(&run_dir)
+        .args(["--copy-cni-config", "--output", "json", "--run-dir"])
+        .arg(&run_dir)
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     let report: Value = serde_json::from_slice(&out.stdout).unwrap();
     let hash = openssl_ca_hash(&fx.pki().join("ca.crt"));
     assert_eq!(report["discovery_token_ca_cert_hash"], hash.as_str());
-    let statuses: Vec<(&str, &str)> = report["nodes"].as_array().unwrap().iter().map(|n| (n["node"].as_str().unwrap(), n["status"].as_str().unwrap())).collect();
-    assert_eq!(statuses, vec![("kubemaster-2", "joined"), ("kubemaster-3", "joined"), ("kubenode-1", "joined")]);
+    let statuses: Vec<(&str, &str)> = report["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| (n["node"].as_str().unwrap(), n["status"].as_str().unwrap()))
+        .collect();
+    assert_eq!(
+        statuses,
+        vec![("kubemaster-2", "joined"), ("kubemaster-3", "joined"), ("kubenode-1", "joined")]
+    );
 
     // The stand-in's log: control-plane joins never overlap, each with --control-plane and the
     // right hash and never --certificate-key; the worker without --control-plane; the first
@@ -130,12 +166,24 @@ fn push_then_join_builds_a_healthy_three_member_etcd_without_a_certificate_key()
     let log = read_log(&tb);
     let joins: Vec<&LogLine> = log.iter().filter(|l| l.sub == "join").collect();
     let cps: Vec<&&LogLine> = joins.iter().filter(|l| l.node.starts_with("kubemaster")).collect();
-    assert_eq!(cps.iter().map(|l| l.node.as_str()).collect::<Vec<_>>(), vec!["kubemaster-2", "kubemaster-3"]);
+    assert_eq!(
+        cps.iter().map(|l| l.node.as_str()).collect::<Vec<_>>(),
+        vec!["kubemaster-2", "kubemaster-3"]
+    );
     for l in &joins {
         assert!(l.ok, "{} failed: {}", l.node, l.argv);
         assert!(l.argv.contains(&format!("--discovery-token-ca-cert-hash {hash}")), "{}", l.argv);
-        assert!(!l.argv.contains("--certificate-key") && !l.argv.contains("unsafe-skip"), "{}", l.argv);
-        assert_eq!(l.argv.contains("--control-plane"), l.node.starts_with("kubemaster"), "{}", l.argv);
+        assert!(
+            !l.argv.contains("--certificate-key") && !l.argv.contains("unsafe-skip"),
+            "{}",
+            l.argv
+        );
+        assert_eq!(
+            l.argv.contains("--control-plane"),
+            l.node.starts_with("kubemaster"),
+            "{}",
+            l.argv
+        );
     }
     assert!(cps[0].end <= cps[1].start, "control-plane joins overlapped");
     assert!(!joins.iter().any(|l| l.node == "kubemaster-1"), "the first master was joined");
@@ -148,7 +196,12 @@ fn push_then_join_builds_a_healthy_three_member_etcd_without_a_certificate_key()
     }
 
     // A real three-member mutual-TLS etcd from the distributed etcd CA.
-    let endpoints: Vec<String> = tb.nodes.iter().filter(|n| n.control_plane).map(|n| format!("https://{}:2379", n.address)).collect();
+    let endpoints: Vec<String> = tb
+        .nodes
+        .iter()
+        .filter(|n| n.control_plane)
+        .map(|n| format!("https://{}:2379", n.address))
+        .collect();
     for (i, n) in tb.nodes.iter().filter(|n| n.control_plane).enumerate() {
         let h = tb.ssh(&n.name, &format!(
             "cd /etc/kubernetes/pki/etcd && ETCDCTL_API=3 etcdctl --endpoints {} --cacert ca.crt --cert healthcheck-client.crt --key healthcheck-client.key endpoint health 2>&1",
@@ -168,6 +221,11 @@ fn push_then_join_builds_a_healthy_three_member_etcd_without_a_certificate_key()
     assert!(!w.etc_kubernetes().join("pki/ca.key").exists());
 
     // An audit of the joined cluster is clean.
-    let audit = hapki().args(["audit", "--inventory"]).arg(tb.inventory()).args(bundle_args).output().unwrap();
+    let audit = hapki()
+        .args(["audit", "--inventory"])
+        .arg(tb.inventory())
+        .args(bundle_args)
+        .output()
+        .unwrap();
     assert_eq!(audit.status.code(), Some(0), "{}", text(&audit));
 }

@@ -19,7 +19,10 @@ fn fake_binaries(tb: &Testbed, version: &str) {
     for n in &tb.nodes {
         let bin = n.dir.join("bin");
         std::fs::create_dir_all(&bin).unwrap();
-        for (name, body) in [("kubeadm", format!("echo {version}")), ("kubelet", format!("echo Kubernetes {version}"))] {
+        for (name, body) in [
+            ("kubeadm", format!("echo {version}")),
+            ("kubelet", format!("echo Kubernetes {version}")),
+        ] {
             let p = bin.join(name);
             std::fs::write(&p, format!("#!/bin/sh\n{body}\n")).unwrap();
             std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
@@ -28,12 +31,20 @@ fn fake_binaries(tb: &Testbed, version: &str) {
 }
 
 fn ready_cluster(fx: &Fixture, tb: &Testbed) {
-    let list: Vec<&str> = tb.nodes.iter().filter(|n| n.control_plane).map(|n| n.address.as_str()).collect();
-    let out = fx.with_bundle("push", &fx.bundle(), &[
-        "--nodes", &list.join(","),
-        "--known-hosts", tb.known_hosts().to_str().unwrap(),
-        "--identity", tb.identity().to_str().unwrap(),
-    ]);
+    let list: Vec<&str> =
+        tb.nodes.iter().filter(|n| n.control_plane).map(|n| n.address.as_str()).collect();
+    let out = fx.with_bundle(
+        "push",
+        &fx.bundle(),
+        &[
+            "--nodes",
+            &list.join(","),
+            "--known-hosts",
+            tb.known_hosts().to_str().unwrap(),
+            "--identity",
+            tb.identity().to_str().unwrap(),
+        ],
+    );
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     for w in tb.nodes.iter().filter(|n| !n.control_plane) {
         std::fs::write(w.dir.join("cni/10-flannel.conflist"), "{\"name\":\"cbr0\"}\n").unwrap();
@@ -42,7 +53,12 @@ fn ready_cluster(fx: &Fixture, tb: &Testbed) {
 }
 
 fn preflight(tb: &Testbed) -> (Option<i32>, Vec<(String, String, String)>, String) {
-    let out = hapki().args(["preflight", "--inventory"]).arg(tb.inventory()).args(["--output", "json"]).output().unwrap();
+    let out = hapki()
+        .args(["preflight", "--inventory"])
+        .arg(tb.inventory())
+        .args(["--output", "json"])
+        .output()
+        .unwrap();
     let v: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
     let mut problems: Vec<(String, String, String)> = v["problems"]
         .as_array()
@@ -76,15 +92,26 @@ fn a_ready_cluster_passes_and_each_join_breaker_is_caught_on_its_node() {
     std::fs::remove_file(n2.etc_kubernetes().join("pki/etcd/ca.key")).unwrap();
     let (code, problems, all) = preflight(&tb);
     assert_eq!(code, Some(6), "{all}");
-    assert_eq!(problems, vec![("kubemaster-2".into(), "etcd/ca.key".into(), "shared-files".into())], "{all}");
+    assert_eq!(
+        problems,
+        vec![("kubemaster-2".into(), "etcd/ca.key".into(), "shared-files".into())],
+        "{all}"
+    );
 
     // A mismatched front-proxy pair on node 3 (the key of another CA).
     let n3 = tb.node("kubemaster-3");
     let other = fx.init_pki("other");
-    std::fs::copy(other.join("front-proxy-ca.key"), n3.etc_kubernetes().join("pki/front-proxy-ca.key")).unwrap();
+    std::fs::copy(
+        other.join("front-proxy-ca.key"),
+        n3.etc_kubernetes().join("pki/front-proxy-ca.key"),
+    )
+    .unwrap();
     let (code, problems, all) = preflight(&tb);
     assert_eq!(code, Some(6), "{all}");
-    assert!(problems.contains(&("kubemaster-3".into(), "front-proxy-ca.key".into(), "key-pair".into())), "{all}");
+    assert!(
+        problems.contains(&("kubemaster-3".into(), "front-proxy-ca.key".into(), "key-pair".into())),
+        "{all}"
+    );
 
     // A stale /var/lib/etcd and port 2379 taken on node 3's own address; a listener on the
     // first master's address must not fail the others.
@@ -93,14 +120,28 @@ fn a_ready_cluster_passes_and_each_join_breaker_is_caught_on_its_node() {
     let l1 = std::net::TcpListener::bind((tb.node("kubemaster-1").address.as_str(), 2380)).unwrap();
     let (code, problems, all) = preflight(&tb);
     assert_eq!(code, Some(6), "{all}");
-    assert!(problems.contains(&("kubemaster-3".into(), "-".into(), "DirAvailable--var-lib-etcd".into())), "{all}");
+    assert!(
+        problems.contains(&(
+            "kubemaster-3".into(),
+            "-".into(),
+            "DirAvailable--var-lib-etcd".into()
+        )),
+        "{all}"
+    );
     assert!(problems.contains(&("kubemaster-3".into(), "-".into(), "Port-2379".into())), "{all}");
-    assert!(!problems.iter().any(|p| p.2 == "Port-2380"), "node 1's listener failed another node: {all}");
+    assert!(
+        !problems.iter().any(|p| p.2 == "Port-2380"),
+        "node 1's listener failed another node: {all}"
+    );
     drop((l1, l3));
 
     // A worker without CNI config, and differing kubelet versions.
     std::fs::remove_file(tb.node("kubenode-1").dir.join("cni/10-flannel.conflist")).unwrap();
-    std::fs::write(tb.node("kubenode-1").dir.join("bin/kubelet"), "#!/bin/sh\necho Kubernetes v1.30.0\n").unwrap();
+    std::fs::write(
+        tb.node("kubenode-1").dir.join("bin/kubelet"),
+        "#!/bin/sh\necho Kubernetes v1.30.0\n",
+    )
+    .unwrap();
     let (_, problems, all) = preflight(&tb);
     assert!(problems.contains(&("kubenode-1".into(), "-".into(), "cni-config".into())), "{all}");
     assert!(problems.contains(&("*".into(), "-".into(), "kubelet-version".into())), "{all}");

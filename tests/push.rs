@@ -16,7 +16,13 @@ use testbed::{TbNode, Testbed};
 
 const TRANSPORTS: [&str; 2] = ["builtin", "openssh"];
 
-fn push(fx: &Fixture, tb: &Testbed, bundle: &Path, transport: &str, extra: &[&str]) -> std::process::Output {
+fn push(
+    fx: &Fixture,
+    tb: &Testbed,
+    bundle: &Path,
+    transport: &str,
+    extra: &[&str],
+) -> std::process::Output {
     let inv = tb.inventory();
     let mut args = vec!["--inventory", inv.to_str().unwrap(), "--transport", transport];
     args.extend_from_slice(extra);
@@ -51,7 +57,8 @@ fn reset(tb: &Testbed) {
 
 fn assert_installed(fx: &Fixture, n: &TbNode) {
     for f in SHARED {
-        let got = std::fs::read(pki_of(n).join(f)).unwrap_or_else(|_| panic!("{} lacks {f}", n.name));
+        let got =
+            std::fs::read(pki_of(n).join(f)).unwrap_or_else(|_| panic!("{} lacks {f}", n.name));
         assert_eq!(got, std::fs::read(fx.pki().join(f)).unwrap(), "{}: {f} differs", n.name);
         let md = std::fs::metadata(pki_of(n).join(f)).unwrap();
         let want = if f.ends_with(".crt") { 0o644 } else { 0o600 };
@@ -118,16 +125,30 @@ fn a_different_ca_is_refused_untouched_unless_replace_which_backs_up() {
         reset(&tb);
         // kubemaster-3 belongs to another cluster.
         let n3 = tb.node("kubemaster-3");
-        let seed = fx.with_bundle("push", &b_other, &[
-            "--nodes", &n3.address, "--known-hosts", tb.known_hosts().to_str().unwrap(),
-            "--identity", tb.identity().to_str().unwrap(), "--transport", transport,
-        ]);
+        let seed = fx.with_bundle(
+            "push",
+            &b_other,
+            &[
+                "--nodes",
+                &n3.address,
+                "--known-hosts",
+                tb.known_hosts().to_str().unwrap(),
+                "--identity",
+                tb.identity().to_str().unwrap(),
+                "--transport",
+                transport,
+            ],
+        );
         assert_eq!(seed.status.code(), Some(0), "{}", text(&seed));
         let before = snapshot(n3);
 
         let out = push(&fx, &tb, &bundle, transport, &[]);
         assert_eq!(out.status.code(), Some(5), "{transport}: {}", text(&out));
-        assert!(text(&out).contains("different shared files") && text(&out).contains("--replace"), "{}", text(&out));
+        assert!(
+            text(&out).contains("different shared files") && text(&out).contains("--replace"),
+            "{}",
+            text(&out)
+        );
         assert_eq!(snapshot(n3), before, "{transport}: refused node was modified");
         assert_installed(&fx, tb.node("kubemaster-2"));
 
@@ -146,8 +167,14 @@ fn a_different_ca_is_refused_untouched_unless_replace_which_backs_up() {
         // The backup is on the node: /var/lib/hapki is the node's state dir.
         let rel = backup.strip_prefix("/var/lib/hapki/").expect("backup under the state dir");
         let on_host = n3.state().join(rel);
-        assert_eq!(std::fs::read(on_host.join("ca.key")).unwrap(), std::fs::read(other.join("ca.key")).unwrap());
-        assert_eq!(std::fs::metadata(on_host.join("ca.key")).unwrap().permissions().mode() & 0o077, 0);
+        assert_eq!(
+            std::fs::read(on_host.join("ca.key")).unwrap(),
+            std::fs::read(other.join("ca.key")).unwrap()
+        );
+        assert_eq!(
+            std::fs::metadata(on_host.join("ca.key")).unwrap().permissions().mode() & 0o077,
+            0
+        );
     }
 }
 
@@ -159,7 +186,8 @@ fn a_changed_host_key_fails_that_node_only_and_sends_nothing() {
     // Swap kubemaster-3's host key: a man in the middle, as far as the client can tell.
     let n3 = tb.node("kubemaster-3");
     let kh = std::fs::read_to_string(tb.known_hosts()).unwrap();
-    let other_key = std::fs::read_to_string(tb.node("kubemaster-2").host_key_pub("ed25519")).unwrap();
+    let other_key =
+        std::fs::read_to_string(tb.node("kubemaster-2").host_key_pub("ed25519")).unwrap();
     let other_key: Vec<&str> = other_key.split_whitespace().take(2).collect();
     let forged: String = kh
         .lines()
@@ -202,12 +230,18 @@ fn a_node_down_or_cut_off_mid_push_is_failed_partial_free_and_completed_next_tim
             format!("#!/bin/sh\ntouch {}\nsleep 30\n", marker.display()),
         )
         .unwrap();
-        std::fs::set_permissions(bin.join("ssh-keygen"), std::fs::Permissions::from_mode(0o755)).unwrap();
+        std::fs::set_permissions(bin.join("ssh-keygen"), std::fs::Permissions::from_mode(0o755))
+            .unwrap();
         let _ = std::fs::remove_file(&marker);
         let child = {
             let inv = tb.inventory();
             let mut c = std::process::Command::new(assert_cmd::cargo::cargo_bin("hapki"));
-            c.arg("push").arg(&bundle).arg("--trust").arg(fx.allowed()).arg("--decrypt-key").arg(fx.signer());
+            c.arg("push")
+                .arg(&bundle)
+                .arg("--trust")
+                .arg(fx.allowed())
+                .arg("--decrypt-key")
+                .arg(fx.signer());
             c.args(["--inventory", inv.to_str().unwrap(), "--transport", transport]);
             c.stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped());
             c.spawn().unwrap()
@@ -231,7 +265,10 @@ fn a_node_down_or_cut_off_mid_push_is_failed_partial_free_and_completed_next_tim
         assert_eq!(out.status.code(), Some(5), "{transport}: {}", text(&out));
         assert_installed(&fx, tb.node("kubemaster-2"));
         for f in SHARED {
-            assert!(!pki_of(n3).join(f).exists(), "{transport}: partial pki on the cut-off node ({f})");
+            assert!(
+                !pki_of(n3).join(f).exists(),
+                "{transport}: partial pki on the cut-off node ({f})"
+            );
         }
         std::fs::remove_file(bin.join("ssh-keygen")).unwrap();
         // The next push cleans the staging and the dead lock, and completes.
@@ -268,11 +305,18 @@ fn a_full_disk_fails_clearly_and_keeps_the_old_files() {
         let out = push(&fx, &tb, &bundle, transport, &["--replace"]);
         assert_eq!(out.status.code(), Some(5), "{transport}: {}", text(&out));
         let msg = text(&out);
-        assert!(msg.contains("kubemaster-2") && (msg.contains("disk full") || msg.contains("No space")), "{msg}");
+        assert!(
+            msg.contains("kubemaster-2") && (msg.contains("disk full") || msg.contains("No space")),
+            "{msg}"
+        );
         let after = tb.ssh(&n2.name, "cd /etc/kubernetes/pki && sha256sum ca.crt ca.key sa.key sa.pub front-proxy-ca.crt front-proxy-ca.key etcd/ca.crt etcd/ca.key");
         assert_eq!(after.stdout, before.stdout, "{transport}: the old files changed");
         let stage = tb.ssh(&n2.name, "ls -A /etc/kubernetes | grep -c hapki-stage || true");
-        assert_eq!(String::from_utf8_lossy(&stage.stdout).trim(), "0", "staging left on the full disk");
+        assert_eq!(
+            String::from_utf8_lossy(&stage.stdout).trim(),
+            "0",
+            "staging left on the full disk"
+        );
     }
 }
 
@@ -294,7 +338,10 @@ fn a_planted_symlink_is_never_written_through() {
         let out = push(&fx, &tb, &bundle, transport, &["--replace"]);
         assert_eq!(out.status.code(), Some(0), "{transport}: {}", text(&out));
         assert!(!victim.exists(), "{transport}: written through the symlink with --replace");
-        assert!(std::fs::symlink_metadata(pki_of(n2).join("ca.key")).unwrap().file_type().is_file());
+        assert!(std::fs::symlink_metadata(pki_of(n2).join("ca.key"))
+            .unwrap()
+            .file_type()
+            .is_file());
         assert_installed(&fx, n2);
     }
 }
@@ -367,6 +414,10 @@ fn a_leaf_from_another_ca_is_refused_with_the_fix() {
     assert!(ok.success());
     let out = push(&fx, &tb, &bundle, "builtin", &[]);
     assert_eq!(out.status.code(), Some(5), "{}", text(&out));
-    assert!(text(&out).contains("apiserver.crt") && text(&out).contains("remove"), "{}", text(&out));
+    assert!(
+        text(&out).contains("apiserver.crt") && text(&out).contains("remove"),
+        "{}",
+        text(&out)
+    );
     assert!(!pki_of(n2).join("ca.crt").exists());
 }

@@ -266,7 +266,11 @@ pub fn audit_node(
         } else {
             let expected = role == Role::ControlPlane || name == "ca.crt";
             if expected {
-                p(Some(name), Kind::Missing, format!("{name} is missing: push the bundle to this node (hapki push)"));
+                p(
+                    Some(name),
+                    Kind::Missing,
+                    format!("{name} is missing: push the bundle to this node (hapki push)"),
+                );
             }
         }
         files.insert(name.to_string(), cell);
@@ -288,13 +292,24 @@ pub fn audit_node(
             cell.cert_sha256 = Some(cert.cert_sha256());
             cell.spki_sha256 = Some(cert.public.spki_sha256());
         }
-        let is_shared_ca = SHARED_FILES.iter().any(|f| f.name == name && f.kind == FileKind::Certificate);
+        let is_shared_ca =
+            SHARED_FILES.iter().any(|f| f.name == name && f.kind == FileKind::Certificate);
         let days_left = (cert.not_after - opts.now).whole_days();
         let end = cert.not_after.format(&Rfc3339).unwrap_or_default();
         if cert.not_after <= opts.now {
-            p(Some(name), Kind::Expired, format!("{name} expired on {end}: renew it (kubeadm certs renew, or a new CA for a CA)"));
+            p(
+                Some(name),
+                Kind::Expired,
+                format!(
+                    "{name} expired on {end}: renew it (kubeadm certs renew, or a new CA for a CA)"
+                ),
+            );
         } else if cert.not_after <= warn_at {
-            p(Some(name), Kind::Expiring, format!("{name} expires on {end} ({days_left} days left): renew it before then"));
+            p(
+                Some(name),
+                Kind::Expiring,
+                format!("{name} expires on {end} ({days_left} days left): renew it before then"),
+            );
         } else if is_shared_ca && cert.not_after < leaf_end {
             p(Some(name), Kind::Expiring, format!("CA {name} ends on {end}, before a one-year leaf issued today would: plan a CA rotation"));
         }
@@ -385,7 +400,10 @@ pub fn run(
             .zip(&gathered)
             .find(|(t, _)| t.role == Role::ControlPlane)
             .and_then(|(t, f)| f.as_ref().ok().map(|f| Reference::from_facts(&t.target.name, f)))
-            .unwrap_or_else(|| Reference { source: "none (first master unreachable)".into(), ..Default::default() })
+            .unwrap_or_else(|| Reference {
+                source: "none (first master unreachable)".into(),
+                ..Default::default()
+            })
     });
     let mut nodes = Vec::new();
     let mut problems = Vec::new();
@@ -412,7 +430,12 @@ pub fn run_local(
         Ok(f) => {
             let reference = reference.unwrap_or_else(|| Reference::from_facts(node, &f));
             let (n, problems) = audit_node(node, role, &f, &reference, opts);
-            AuditReport { ok: problems.is_empty(), reference: reference.source, nodes: vec![n], problems }
+            AuditReport {
+                ok: problems.is_empty(),
+                reference: reference.source,
+                nodes: vec![n],
+                problems,
+            }
         }
         Err(e) => {
             let (n, problems) = unreachable(node, role, &e);

@@ -75,7 +75,9 @@ fn label(v: &str) -> String {
 /// alert with what it already runs.
 pub fn prometheus(report: &AuditReport) -> String {
     let mut out = String::new();
-    out.push_str("# HELP hapki_certificate_not_after_seconds Certificate notAfter as a Unix time.\n");
+    out.push_str(
+        "# HELP hapki_certificate_not_after_seconds Certificate notAfter as a Unix time.\n",
+    );
     out.push_str("# TYPE hapki_certificate_not_after_seconds gauge\n");
     for n in &report.nodes {
         for c in &n.certificates {
@@ -109,7 +111,12 @@ pub fn prometheus(report: &AuditReport) -> String {
     out.push_str("# HELP hapki_node_reachable 1 if hapki could read the node.\n");
     out.push_str("# TYPE hapki_node_reachable gauge\n");
     for n in &report.nodes {
-        let _ = writeln!(out, "hapki_node_reachable{{node=\"{}\"}} {}", label(&n.node), u8::from(n.reachable));
+        let _ = writeln!(
+            out,
+            "hapki_node_reachable{{node=\"{}\"}} {}",
+            label(&n.node),
+            u8::from(n.reachable)
+        );
     }
     out.push_str("# HELP hapki_audit_problems Number of problems the audit found.\n");
     out.push_str("# TYPE hapki_audit_problems gauge\n");

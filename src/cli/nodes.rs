@@ -62,7 +62,9 @@ impl NodeArgs {
     pub fn push_targets(&self, ssh: &SshArgs) -> anyhow::Result<Vec<Selected>> {
         let inv = self.load_inventory()?;
         match (&self.nodes, &inv) {
-            (None, None) => Err(usage_error("say which nodes: --inventory FILE or --nodes host1,host2")),
+            (None, None) => {
+                Err(usage_error("say which nodes: --inventory FILE or --nodes host1,host2"))
+            }
             (Some(list), inv) => {
                 let sel = self.from_list(list, inv.as_ref(), ssh)?;
                 if let Some(w) = sel.iter().find(|s| s.role == Role::Worker) {

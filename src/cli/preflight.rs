@@ -75,12 +75,7 @@ fn preflight_targets(selected: &[Selected]) -> Vec<PreflightTarget> {
         .map(|s| PreflightTarget {
             target: s.target.clone(),
             role: s.role,
-            address: s
-                .advertise_address
-                .as_deref()
-                .unwrap_or(&s.address)
-                .parse::<IpAddr>()
-                .ok(),
+            address: s.advertise_address.as_deref().unwrap_or(&s.address).parse::<IpAddr>().ok(),
         })
         .collect()
 }
@@ -102,12 +97,7 @@ fn print_preflight(report: &PreflightReport, output: Output) -> anyhow::Result<(
             println!("reference: {}", report.reference);
             for (label, list) in [("problem", &report.problems), ("warning", &report.warnings)] {
                 for p in list {
-                    println!(
-                        "{label}: {:16} {:40} {}",
-                        p.node,
-                        p.kind,
-                        p.message
-                    );
+                    println!("{label}: {:16} {:40} {}", p.node, p.kind, p.message);
                 }
             }
             if report.ok {
@@ -172,7 +162,9 @@ pub fn join(args: JoinArgs) -> anyhow::Result<u8> {
     }
     if !report.ok {
         print_preflight(&report, args.output)?;
-        eprintln!("hapki: preflight found problems; nothing was joined. Fix them and run join again.");
+        eprintln!(
+            "hapki: preflight found problems; nothing was joined. Fix them and run join again."
+        );
         return Ok(6);
     }
     // The CA hash is computed here, from the bundle or the first master's ca.crt — never
@@ -205,7 +197,11 @@ pub fn join(args: JoinArgs) -> anyhow::Result<u8> {
     };
     let join_nodes: Vec<JoinNode> = selected
         .into_iter()
-        .map(|s| JoinNode { target: s.target, role: s.role, advertise_address: s.advertise_address.or(Some(s.address)) })
+        .map(|s| JoinNode {
+            target: s.target,
+            role: s.role,
+            advertise_address: s.advertise_address.or(Some(s.address)),
+        })
         .collect();
     let progress = |node: &str, step: Step| {
         if super::stderr_is_tty() && step != Step::Done {
@@ -230,5 +226,15 @@ pub fn join(args: JoinArgs) -> anyhow::Result<u8> {
             }
         }
     }
-    Ok(if report.nodes.iter().any(|n| n.status == NodeStatus::Failed || n.status == NodeStatus::Skipped) { 5 } else { 0 })
+    Ok(
+        if report
+            .nodes
+            .iter()
+            .any(|n| n.status == NodeStatus::Failed || n.status == NodeStatus::Skipped)
+        {
+            5
+        } else {
+            0
+        },
+    )
 }

@@ -249,7 +249,8 @@ mod tests {
 
     #[test]
     fn parses_a_real_looking_run() {
-        let cert = base64::engine::general_purpose::STANDARD.encode(b"-----BEGIN CERTIFICATE-----\n");
+        let cert =
+            base64::engine::general_purpose::STANDARD.encode(b"-----BEGIN CERTIFICATE-----\n");
         let out = format!(
             "V 1\nT 1700000000\nH kubemaster-2\nU 0\n\
              D dir 755 0 0 4096 - /etc/kubernetes/pki\n\

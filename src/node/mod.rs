@@ -64,9 +64,8 @@ pub fn read_facts(
     resolve: Option<&str>,
 ) -> Result<facts::NodeFacts, String> {
     let args = [paths.kube_dir.as_str(), paths.state_dir.as_str(), resolve.unwrap_or("")];
-    let out = session
-        .run(&facts_script(), &args, &mut std::io::empty())
-        .map_err(|e| e.to_string())?;
+    let out =
+        session.run(&facts_script(), &args, &mut std::io::empty()).map_err(|e| e.to_string())?;
     if out.code.unwrap_or(-1) != 0 {
         return Err(format!(
             "reading the node's state failed (exit {}): {}",

@@ -42,10 +42,11 @@ pub fn check_issued_by(leaf_pem: &[u8], ca_pem: &[u8]) -> ChainCheck {
         (Ok(l), Ok(c)) => (l, c),
         (Err(e), _) | (_, Err(e)) => return ChainCheck::Unreadable(e),
     };
-    let (leaf, ca) = match (X509Certificate::from_der(&leaf_der), X509Certificate::from_der(&ca_der)) {
-        (Ok((_, l)), Ok((_, c))) => (l, c),
-        (Err(e), _) | (_, Err(e)) => return ChainCheck::Unreadable(e.to_string()),
-    };
+    let (leaf, ca) =
+        match (X509Certificate::from_der(&leaf_der), X509Certificate::from_der(&ca_der)) {
+            (Ok((_, l)), Ok((_, c))) => (l, c),
+            (Err(e), _) | (_, Err(e)) => return ChainCheck::Unreadable(e.to_string()),
+        };
     match leaf.verify_signature(Some(ca.public_key())) {
         Ok(()) => ChainCheck::SignedBy,
         Err(_) => ChainCheck::ForeignIssuer(leaf.issuer().to_string()),

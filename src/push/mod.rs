@@ -122,9 +122,7 @@ pub struct PushOptions {
 impl PushOptions {
     pub fn new(replace: bool, dry_run: bool, parallel: usize) -> Self {
         let stamp = time::OffsetDateTime::now_utc()
-            .format(time::macros::format_description!(
-                "[year][month][day]T[hour][minute][second]Z"
-            ))
+            .format(time::macros::format_description!("[year][month][day]T[hour][minute][second]Z"))
             .unwrap_or_else(|_| "backup".into());
         PushOptions {
             replace,
@@ -223,7 +221,9 @@ fn push_one(
             return failed(
                 name,
                 Category::NodesFailed,
-                format!("{e}; the node's installed files were not changed, push again to complete it"),
+                format!(
+                    "{e}; the node's installed files were not changed, push again to complete it"
+                ),
             )
         }
     };
@@ -234,7 +234,11 @@ fn push_one(
             _ => Category::NodesFailed,
         };
         let msg = node::stderr_tail(&out.stderr);
-        let msg = if msg.is_empty() { format!("the install script failed (exit {})", out.code.unwrap_or(-1)) } else { msg };
+        let msg = if msg.is_empty() {
+            format!("the install script failed (exit {})", out.code.unwrap_or(-1))
+        } else {
+            msg
+        };
         return failed(name, category, msg);
     }
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -284,12 +288,18 @@ impl Payload {
     /// allowed_signers line for exactly the key that signed it, so the node's own
     /// `ssh-keygen -Y verify` re-checks the same signature over the same SHA256SUMS.
     pub fn from_verified(b: &crate::bundle::VerifiedBundle) -> Result<Payload, PayloadError> {
-        let sig = ssh_key::SshSig::from_pem(&b.signature).map_err(|e| PayloadError(e.to_string()))?;
+        let sig =
+            ssh_key::SshSig::from_pem(&b.signature).map_err(|e| PayloadError(e.to_string()))?;
         let key = ssh_key::PublicKey::from(sig.public_key().clone());
         let key_line = key.to_openssh().map_err(|e| PayloadError(e.to_string()))?;
         // Principals may not contain spaces or quotes in allowed_signers; the node-side name is
         // ours to choose, so use a fixed one when the operator's principal is unusual.
-        let principal = if b.signer.principal.chars().all(|c| c.is_ascii_alphanumeric() || "@._-".contains(c)) {
+        let principal = if b
+            .signer
+            .principal
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "@._-".contains(c))
+        {
             b.signer.principal.clone()
         } else {
             "hapki-signer".to_string()

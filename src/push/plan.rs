@@ -28,10 +28,14 @@ pub fn plan(payload: &Payload, facts: &NodeFacts, replace: bool) -> Plan {
     if let Some(d) = facts.dirs.iter().find(|d| d.kind == PathKind::Symlink) {
         return refuse(
             Category::NodesFailed,
-            format!("{} is a symlink: hapki never writes through one; replace it with a real directory", d.path),
+            format!(
+                "{} is a symlink: hapki never writes through one; replace it with a real directory",
+                d.path
+            ),
         );
     }
-    if let Some(d) = facts.dirs.iter().find(|d| matches!(d.kind, PathKind::File | PathKind::Other)) {
+    if let Some(d) = facts.dirs.iter().find(|d| matches!(d.kind, PathKind::File | PathKind::Other))
+    {
         return refuse(
             Category::NodesFailed,
             format!("{} is not a directory; move it away and push again", d.path),
@@ -64,7 +68,9 @@ pub fn plan(payload: &Payload, facts: &NodeFacts, replace: bool) -> Plan {
                 }
                 PathKind::File => differ.push(f.name.clone()),
                 PathKind::Symlink => differ.push(format!("{} (a symlink)", f.name)),
-                PathKind::Dir | PathKind::Other => differ.push(format!("{} (not a regular file)", f.name)),
+                PathKind::Dir | PathKind::Other => {
+                    differ.push(format!("{} (not a regular file)", f.name))
+                }
             },
         }
     }
@@ -79,7 +85,9 @@ pub fn plan(payload: &Payload, facts: &NodeFacts, replace: bool) -> Plan {
         let Some(ca_file) = payload.file(ca) else { continue };
         match chain::check_issued_by(pem, &ca_file.bytes) {
             ChainCheck::SignedBy => {}
-            ChainCheck::ForeignIssuer(issuer) => foreign.push(format!("{name} (issued by {issuer})")),
+            ChainCheck::ForeignIssuer(issuer) => {
+                foreign.push(format!("{name} (issued by {issuer})"))
+            }
             ChainCheck::Unreadable(e) => foreign.push(format!("{name} (unreadable: {e})")),
         }
     }
@@ -164,7 +172,8 @@ mod tests {
     fn installed(p: &Payload) -> NodeFacts {
         let mut f = NodeFacts::default();
         for file in &p.files {
-            f.shared.insert(file.name.clone(), state(PathKind::File, file.mode, Some(&file.sha256)));
+            f.shared
+                .insert(file.name.clone(), state(PathKind::File, file.mode, Some(&file.sha256)));
         }
         f
     }
@@ -182,7 +191,9 @@ mod tests {
         let mut f = installed(&p);
         assert_eq!(plan(&p, &f, false), Plan::Unchanged);
         f.shared.get_mut("ca.key").unwrap().mode = Some(0o644);
-        assert!(matches!(plan(&p, &f, false), Plan::Install { replacing, .. } if replacing.is_empty()));
+        assert!(
+            matches!(plan(&p, &f, false), Plan::Install { replacing, .. } if replacing.is_empty())
+        );
     }
 
     #[test]
@@ -190,8 +201,12 @@ mod tests {
         let p = payload();
         let mut f = installed(&p);
         f.shared.get_mut("ca.crt").unwrap().sha256 = Some("b".repeat(64));
-        assert!(matches!(plan(&p, &f, false), Plan::Refuse { category: Category::NodesFailed, reason } if reason.contains("ca.crt") && reason.contains("--replace")));
-        assert!(matches!(plan(&p, &f, true), Plan::Install { replacing, .. } if replacing == vec!["ca.crt".to_string()]));
+        assert!(
+            matches!(plan(&p, &f, false), Plan::Refuse { category: Category::NodesFailed, reason } if reason.contains("ca.crt") && reason.contains("--replace"))
+        );
+        assert!(
+            matches!(plan(&p, &f, true), Plan::Install { replacing, .. } if replacing == vec!["ca.crt".to_string()])
+        );
     }
 
     #[test]
@@ -201,8 +216,13 @@ mod tests {
         f.shared.insert("ca.key".into(), state(PathKind::Symlink, 0o777, None));
         assert!(matches!(plan(&p, &f, false), Plan::Refuse { .. }));
         let mut f = NodeFacts::default();
-        f.dirs.push(PathState { path: "/etc/kubernetes/pki".into(), ..state(PathKind::Symlink, 0o777, None) });
-        assert!(matches!(plan(&p, &f, true), Plan::Refuse { reason, .. } if reason.contains("symlink")));
+        f.dirs.push(PathState {
+            path: "/etc/kubernetes/pki".into(),
+            ..state(PathKind::Symlink, 0o777, None)
+        });
+        assert!(
+            matches!(plan(&p, &f, true), Plan::Refuse { reason, .. } if reason.contains("symlink"))
+        );
     }
 
     #[test]
@@ -210,7 +230,10 @@ mod tests {
         let p = payload();
         let mut f = installed(&p);
         f.last_serial = Some(101);
-        assert!(matches!(plan(&p, &f, true), Plan::Refuse { category: Category::Verification, .. }));
+        assert!(matches!(
+            plan(&p, &f, true),
+            Plan::Refuse { category: Category::Verification, .. }
+        ));
         f.last_serial = Some(100);
         assert_eq!(plan(&p, &f, false), Plan::Unchanged);
     }

@@ -37,8 +37,11 @@ impl Fixture {
         hapki().args(["keygen", "--principal", "ops", "--out"]).arg(fx.signer()).assert().success();
         let pubkey = std::fs::read_to_string(fx.signer().with_extension("pub")).unwrap();
         let key: Vec<&str> = pubkey.split_whitespace().take(2).collect();
-        std::fs::write(fx.allowed(), format!("ops namespaces=\"hapki-bundle\" {}\n", key.join(" ")))
-            .unwrap();
+        std::fs::write(
+            fx.allowed(),
+            format!("ops namespaces=\"hapki-bundle\" {}\n", key.join(" ")),
+        )
+        .unwrap();
         fx
     }
 
