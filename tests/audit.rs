@@ -16,8 +16,8 @@ use testbed::Testbed;
 
 /// Puts the fixture's PKI on every control plane (first master included) and ca.crt on workers.
 fn install_cluster(fx: &Fixture, tb: &Testbed, bundle: &Path) {
-    let list: Vec<&str> =
-        tb.nodes.iter().filter(|n| n.control_plane).map(|n| n.address.as_str()).collect();
+    let list: Vec<String> =
+        tb.nodes.iter().filter(|n| n.control_plane).map(|n| tb.addr(&n.name)).collect();
     let out = fx.with_bundle(
         "push",
         bundle,

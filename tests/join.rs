@@ -77,7 +77,7 @@ fn push_then_join_builds_a_healthy_three_member_etcd_without_a_certificate_key()
         &bundle,
         &[
             "--nodes",
-            &m1.address,
+            &tb.addr(&m1.name),
             "--known-hosts",
             tb.known_hosts().to_str().unwrap(),
             "--identity",

@@ -31,8 +31,8 @@ fn fake_binaries(tb: &Testbed, version: &str) {
 }
 
 fn ready_cluster(fx: &Fixture, tb: &Testbed) {
-    let list: Vec<&str> =
-        tb.nodes.iter().filter(|n| n.control_plane).map(|n| n.address.as_str()).collect();
+    let list: Vec<String> =
+        tb.nodes.iter().filter(|n| n.control_plane).map(|n| tb.addr(&n.name)).collect();
     let out = fx.with_bundle(
         "push",
         &fx.bundle(),

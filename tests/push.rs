@@ -130,7 +130,7 @@ fn a_different_ca_is_refused_untouched_unless_replace_which_backs_up() {
             &b_other,
             &[
                 "--nodes",
-                &n3.address,
+                &tb.addr(&n3.name),
                 "--known-hosts",
                 tb.known_hosts().to_str().unwrap(),
                 "--identity",
@@ -192,8 +192,10 @@ fn a_changed_host_key_fails_that_node_only_and_sends_nothing() {
     let forged: String = kh
         .lines()
         .map(|l| {
-            if l.starts_with(&format!("{} ", n3.address)) && l.contains("ssh-ed25519") {
-                format!("{} {}", n3.address, other_key.join(" "))
+            let host = l.split_whitespace().next().unwrap_or("");
+            let is_n3 = host == n3.address || host == format!("[{}]:{}", n3.address, tb.port);
+            if is_n3 && l.contains("ssh-ed25519") {
+                format!("{host} {}", other_key.join(" "))
             } else {
                 l.to_string()
             }
@@ -420,4 +422,57 @@ fn a_leaf_from_another_ca_is_refused_with_the_fix() {
         text(&out)
     );
     assert!(!pki_of(n2).join("ca.crt").exists());
+}
+
+#[test]
+fn bundle_from_the_first_master_over_ssh_matches_its_files() {
+    let Some(tb) = Testbed::up(2, 0) else { return };
+    let fx = Fixture::new();
+    let m1 = tb.node("kubemaster-1");
+    std::fs::create_dir_all(pki_of(m1).join("etcd")).unwrap();
+    for f in SHARED {
+        std::fs::copy(fx.pki().join(f), pki_of(m1).join(f)).unwrap();
+    }
+    for (how, from) in [("--inventory", tb.inventory()), ("--from", tb.addr(&m1.name).into())] {
+        let out_file = fx.path(&format!("from{how}.age"));
+        let recipient = std::fs::read_to_string(fx.signer().with_extension("pub")).unwrap();
+        let mut c = fixture::hapki();
+        c.args(["bundle", how]).arg(&from);
+        c.arg("--sign-key").arg(fx.signer()).args(["--recipient", recipient.trim()]);
+        c.arg("--known-hosts").arg(tb.known_hosts()).arg("--identity").arg(tb.identity());
+        c.arg("--out").arg(&out_file).args(["--output", "json"]);
+        let out = c.output().unwrap();
+        assert_eq!(out.status.code(), Some(0), "{how}: {}", text(&out));
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        for f in v["files"].as_array().unwrap() {
+            let name = f["name"].as_str().unwrap();
+            let want =
+                std::process::Command::new("sha256sum").arg(fx.pki().join(name)).output().unwrap();
+            let want = String::from_utf8_lossy(&want.stdout)
+                .split_whitespace()
+                .next()
+                .unwrap()
+                .to_string();
+            assert_eq!(f["sha256"].as_str().unwrap(), want, "{name}");
+        }
+        // It is an ordinary bundle: it verifies and pushes.
+        let out = fx.with_bundle("verify", &out_file, &[]);
+        assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    }
+    // A node without the files: the bundle is refused, naming what is missing.
+    let out = fixture::hapki()
+        .args(["bundle", "--from", &tb.addr("kubemaster-2")])
+        .arg("--sign-key")
+        .arg(fx.signer())
+        .arg("--insecure-plaintext")
+        .arg("--known-hosts")
+        .arg(tb.known_hosts())
+        .arg("--identity")
+        .arg(tb.identity())
+        .arg("--out")
+        .arg(fx.path("never.tar.gz"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out));
+    assert!(!fx.path("never.tar.gz").exists());
 }

@@ -30,8 +30,21 @@ pub struct KeygenArgs {
 pub struct BundleArgs {
     /// Directory holding the shared PKI files (as /etc/kubernetes/pki). Optional with
     /// --artifacts (an artifacts-only bundle).
-    #[arg(long, value_name = "DIR", required_unless_present = "artifacts")]
+    #[arg(
+        long,
+        value_name = "DIR",
+        required_unless_present_any = ["from", "inventory", "artifacts"],
+        conflicts_with_all = ["from", "inventory"]
+    )]
     pub pki_dir: Option<PathBuf>,
+    /// Read the eight files over SSH from this node's /etc/kubernetes/pki (`[user@]host[:port]`).
+    #[arg(long, value_name = "NODE", conflicts_with = "inventory")]
+    pub from: Option<String>,
+    /// Read the eight files over SSH from the inventory's first master.
+    #[arg(long, value_name = "FILE")]
+    pub inventory: Option<PathBuf>,
+    #[command(flatten)]
+    pub ssh: super::ssh::SshArgs,
     /// Artifacts spec (TOML; see bundles/README.md): binaries, image archives, CNI files and
     /// configs to carry in the bundle, installed by `hapki push` on the nodes whose role needs them.
     #[arg(long, value_name = "SPEC")]
@@ -108,7 +121,10 @@ pub fn bundle(args: BundleArgs) -> anyhow::Result<u8> {
     // CA private keys always travel encrypted unless explicitly told otherwise; an
     // artifacts-only bundle holds nothing secret (and the spec is what the operator chose).
     let protection = if args.insecure_plaintext
-        || (args.pki_dir.is_none() && args.recipients.is_empty())
+        || (args.pki_dir.is_none()
+            && args.from.is_none()
+            && args.inventory.is_none()
+            && args.recipients.is_empty())
     {
         Protection::InsecurePlaintext
     } else if args.recipients.is_empty() {
@@ -128,12 +144,18 @@ pub fn bundle(args: BundleArgs) -> anyhow::Result<u8> {
     };
     let passphrase = std::env::var(SIGN_PASSPHRASE_ENV).ok();
     let key = bundle::load_signing_key(&args.sign_key, passphrase.as_deref()).categorized()?;
-    let files = args.pki_dir.as_deref().map(read_pki_dir).transpose()?;
-    let mut sources = Vec::new();
-    if let Some(d) = &args.pki_dir {
-        let abs = std::path::absolute(d).unwrap_or_else(|_| d.clone());
-        sources.push(format!("local:{}", abs.display()));
-    }
+    let with_pki = args.pki_dir.is_some() || args.from.is_some() || args.inventory.is_some();
+    let (files, mut sources) = match &args.pki_dir {
+        Some(dir) => {
+            let abs = std::path::absolute(dir).unwrap_or_else(|_| dir.clone());
+            (Some(read_pki_dir(dir)?), vec![format!("local:{}", abs.display())])
+        }
+        None if with_pki => {
+            let (f, s) = read_from_node(&args)?;
+            (Some(f), vec![s])
+        }
+        None => (None, Vec::new()),
+    };
     if let Some(s) = &args.artifacts {
         let abs = std::path::absolute(s).unwrap_or_else(|_| s.clone());
         sources.push(format!("artifacts:{}", abs.display()));
@@ -195,6 +217,24 @@ pub fn bundle(args: BundleArgs) -> anyhow::Result<u8> {
         }
     }
     Ok(0)
+}
+
+/// `--from NODE` or `--inventory`: the eight files of the first master, over SSH.
+fn read_from_node(args: &BundleArgs) -> anyhow::Result<(Vec<bundle::PkiFile>, String)> {
+    let nodes =
+        super::nodes::NodeArgs { nodes: args.from.clone(), inventory: args.inventory.clone() };
+    let (_, selected) = nodes.all(&args.ssh)?;
+    let first =
+        selected.into_iter().find(|s| s.role == hapki::inventory::Role::ControlPlane).ok_or_else(
+            || usage_error("the inventory has no control-plane node to read the PKI from"),
+        )?;
+    let transport = args.ssh.transport()?;
+    let mut session = transport.connect(&first.target).categorized()?;
+    let paths = hapki::node::NodePaths::default();
+    let files = hapki::node::read_shared_files(session.as_mut(), &paths)
+        .map_err(|e| anyhow::anyhow!("{}: {e}", first.target.name))?;
+    let user = first.target.user.as_deref().map(|u| format!("{u}@")).unwrap_or_default();
+    Ok((files, format!("ssh:{user}{}:{}", first.target.host, paths.pki_dir())))
 }
 
 fn read_pki_dir(dir: &std::path::Path) -> anyhow::Result<Vec<bundle::PkiFile>> {

@@ -72,15 +72,17 @@ pub enum Output {
 
 /// An error that carries the exit-code category of the library error it came from.
 #[derive(Debug, thiserror::Error)]
-#[error("{source:#}")]
+// The wrapped error is displayed, not exposed as `source()`: anyhow's `{:#}` would otherwise
+// print the same message twice.
+#[error("{inner:#}")]
 pub struct CategorizedError {
     pub category: Category,
-    source: anyhow::Error,
+    inner: anyhow::Error,
 }
 
 impl CategorizedError {
     pub fn new(category: Category, source: impl Into<anyhow::Error>) -> Self {
-        CategorizedError { category, source: source.into() }
+        CategorizedError { category, inner: source.into() }
     }
 }
 

@@ -47,7 +47,7 @@ impl NodeArgs {
             (None, None) => {
                 return Err(usage_error("say which nodes: --inventory FILE or --nodes host1,host2"))
             }
-            (Some(list), inv) => self.from_list(list, inv.as_ref(), ssh)?,
+            (Some(list), inv) => self.select_from_list(list, inv.as_ref(), ssh)?,
             (None, Some(inv)) => {
                 let mut ordered: Vec<&inventory::Node> = vec![inv.first_master()];
                 ordered.extend(inv.nodes.iter().filter(|n| n.name != inv.first_master().name));
@@ -66,7 +66,7 @@ impl NodeArgs {
                 Err(usage_error("say which nodes: --inventory FILE or --nodes host1,host2"))
             }
             (Some(list), inv) => {
-                let sel = self.from_list(list, inv.as_ref(), ssh)?;
+                let sel = self.select_from_list(list, inv.as_ref(), ssh)?;
                 if let Some(w) = sel.iter().find(|s| s.role == Role::Worker) {
                     return Err(usage_error(format!(
                         "{} is a worker in the inventory: workers never receive the shared CA keys (kubeadm join gives them ca.crt); leave it out of --nodes",
@@ -79,7 +79,7 @@ impl NodeArgs {
         }
     }
 
-    fn from_list(
+    fn select_from_list(
         &self,
         list: &str,
         inv: Option<&Inventory>,

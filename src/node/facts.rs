@@ -159,14 +159,13 @@ impl NodeFacts {
             let line = i + 1;
             let (tag, rest) = raw.split_once(' ').unwrap_or((raw, ""));
             match tag {
-                "V" => {
-                    if rest != "1" {
-                        return Err(FactsError::Malformed {
-                            line,
-                            reason: format!("unsupported facts version {rest}"),
-                        });
-                    }
+                "V" if rest != "1" => {
+                    return Err(FactsError::Malformed {
+                        line,
+                        reason: format!("unsupported facts version {rest}"),
+                    });
                 }
+                "V" => {}
                 "T" => f.time = rest.trim().parse().ok(),
                 "H" => f.hostname = rest.trim().to_string(),
                 "U" => f.uid = rest.trim().parse().ok(),

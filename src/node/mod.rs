@@ -102,3 +102,85 @@ pub fn read_facts_local(paths: &NodePaths) -> Result<facts::NodeFacts, String> {
     let pki = paths.pki_dir();
     facts::NodeFacts::parse(&out.stdout, &pki).map_err(|e| e.to_string())
 }
+
+/// Reads the eight shared files from a node, for `hapki bundle --from NODE`. Missing files are
+/// left out (the bundle's coherence check names them).
+pub fn read_shared_files(
+    session: &mut dyn crate::transport::Session,
+    paths: &NodePaths,
+) -> Result<Vec<crate::pki::PkiFile>, String> {
+    let script = format!("{COMMON}{}", include_str!("read_shared.sh"));
+    let pki = paths.pki_dir();
+    let out =
+        session.run(&script, &[pki.as_str()], &mut std::io::empty()).map_err(|e| e.to_string())?;
+    if !out.success() {
+        return Err(format!("reading {pki} failed: {}", stderr_tail(&out.stderr)));
+    }
+    parse_shared_files(&out.stdout)
+}
+
+fn parse_shared_files(mut data: &[u8]) -> Result<Vec<crate::pki::PkiFile>, String> {
+    // The largest sane PEM file; anything bigger is not a kubeadm key or certificate.
+    const MAX: usize = 1024 * 1024;
+    let bad = |why: &str| format!("malformed reply from the node ({why})");
+    let mut files = Vec::new();
+    while !data.is_empty() {
+        let nl = data.iter().position(|&b| b == b'\n').ok_or_else(|| bad("no header"))?;
+        let header = std::str::from_utf8(&data[..nl]).map_err(|_| bad("header"))?;
+        data = &data[nl + 1..];
+        let f: Vec<&str> = header.split(' ').collect();
+        match f.as_slice() {
+            ["M", _] => {}
+            ["F", name, mode, size] => {
+                let spec = crate::pki::shared_file(name).ok_or_else(|| bad("unknown file"))?;
+                let size: usize = size.parse().map_err(|_| bad("size"))?;
+                if size > MAX || size > data.len() {
+                    return Err(bad("size"));
+                }
+                files.push(crate::pki::PkiFile {
+                    name: spec.name.to_string(),
+                    bytes: data[..size].to_vec(),
+                    mode: u32::from_str_radix(mode, 8).ok(),
+                });
+                data = &data[size..];
+            }
+            _ => return Err(bad("header")),
+        }
+    }
+    Ok(files)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shared_files_reply_is_parsed_exactly_and_bounded() {
+        let reply = b"F ca.crt 644 3\nabcM sa.key\nF etcd/ca.key 600 2\nxy";
+        let files = parse_shared_files(reply).unwrap();
+        assert_eq!(files.len(), 2);
+        assert_eq!(files[0].bytes, b"abc");
+        assert_eq!(files[1].name, "etcd/ca.key");
+        assert_eq!(files[1].mode, Some(0o600));
+        assert!(parse_shared_files(b"F ca.crt 644 9\nabc").is_err(), "short body");
+        assert!(parse_shared_files(b"F ../x 644 1\na").is_err(), "unknown name");
+        assert!(parse_shared_files(b"garbage").is_err());
+    }
+
+    #[test]
+    fn facts_script_runs_on_a_plain_shell() {
+        let dir = tempfile::tempdir().unwrap();
+        let paths = NodePaths {
+            kube_dir: dir.path().join("k").display().to_string(),
+            state_dir: dir.path().join("s").display().to_string(),
+        };
+        std::fs::create_dir_all(dir.path().join("k/pki/etcd")).unwrap();
+        std::fs::write(dir.path().join("k/pki/ca.crt"), b"x").unwrap();
+        let f = read_facts_local(&paths).unwrap();
+        assert_eq!(
+            f.shared["ca.crt"].sha256.as_deref(),
+            Some("2d711642b726b04401627ca9fbac32f5c8530fb1903cc4db02258717921a4881")
+        );
+        assert_eq!(f.shared["ca.key"].kind, facts::PathKind::Missing);
+    }
+}

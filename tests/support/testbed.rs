@@ -47,6 +47,8 @@ impl TbNode {
 pub struct Testbed {
     pub dir: PathBuf,
     pub net: u32,
+    /// The nodes' sshd port (22 unless something holds *:22 on this machine).
+    pub port: u16,
     pub nodes: Vec<TbNode>,
     /// Held for the testbed's life: no other testbed of this machine uses the same /24.
     _net_lock: File,
@@ -117,7 +119,13 @@ impl Testbed {
                 name,
             });
         }
-        Some(Testbed { dir, net, nodes, _net_lock: lock })
+        let env = std::fs::read_to_string(dir.join("env")).expect("testbed env file");
+        let port = env
+            .lines()
+            .find_map(|l| l.strip_prefix("HAPKI_TESTBED_PORT="))
+            .and_then(|p| p.trim().parse().ok())
+            .expect("HAPKI_TESTBED_PORT in the env file");
+        Some(Testbed { dir, net, port, nodes, _net_lock: lock })
     }
 
     pub fn inventory(&self) -> PathBuf {
@@ -141,11 +149,16 @@ impl Testbed {
     pub fn target(&self, name: &str) -> Target {
         let n = self.node(name);
         let mut t = Target::new(&n.name, &n.address, self.known_hosts());
-        t.port = Some(22);
+        t.port = Some(self.port);
         t.user = Some("root".to_owned());
         t.identity = vec![self.identity()];
         t.connect_timeout = Duration::from_secs(5);
         t
+    }
+
+    /// `host:port` of a node, for `--nodes`.
+    pub fn addr(&self, name: &str) -> String {
+        format!("{}:{}", self.node(name).address, self.port)
     }
 
     /// Runs `scripts/testbed ssh NODE CMD` (the stock ssh client, strict host-key checking).
