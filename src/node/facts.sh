@@ -6,6 +6,8 @@ set -u
 k=$1
 st=$2
 resolve=${3:-}
+# $4… = artifact destinations to describe (with their SHA-256), for incremental pushes.
+if [ $# -ge 3 ]; then shift 3; else shift $#; fi
 pki=$k/pki
 printf 'V 1\n'
 printf 'T %s\n' "$(date +%s)"
@@ -70,4 +72,12 @@ fi
 if [ -n "$resolve" ]; then
     printf 'N %s\n' "$(getent ahosts "$resolve" 2>/dev/null | awk '{print $1}' | sort -u | tr '\n' ' ')"
 fi
+for d in "$@"; do
+    if [ -f "$d" ] && [ ! -L "$d" ]; then
+        h=$(hashf "$d" 2>/dev/null) || h=unreadable
+        printf 'AF file %s %s %s\n' "$(stat -c '%a %u %g %s' "$d")" "$h" "$d"
+    else
+        statline AF "$d"
+    fi
+done
 printf 'Z\n'

@@ -55,6 +55,8 @@ pub mod install_exit {
     pub const CHANGED: i32 = 76;
     /// A path hapki would write through is a symlink.
     pub const UNSAFE_PATH: i32 = 77;
+    /// The files were installed but a post-install action failed.
+    pub const AFTER_FAILED: i32 = 78;
 }
 
 /// Reads a node's facts over an open session.
@@ -63,7 +65,18 @@ pub fn read_facts(
     paths: &NodePaths,
     resolve: Option<&str>,
 ) -> Result<facts::NodeFacts, String> {
-    let args = [paths.kube_dir.as_str(), paths.state_dir.as_str(), resolve.unwrap_or("")];
+    read_facts_with(session, paths, resolve, &[])
+}
+
+/// [`read_facts`], also describing (and hashing) each of `artifact_dests`.
+pub fn read_facts_with(
+    session: &mut dyn crate::transport::Session,
+    paths: &NodePaths,
+    resolve: Option<&str>,
+    artifact_dests: &[&str],
+) -> Result<facts::NodeFacts, String> {
+    let mut args = vec![paths.kube_dir.as_str(), paths.state_dir.as_str(), resolve.unwrap_or("")];
+    args.extend_from_slice(artifact_dests);
     let out =
         session.run(&facts_script(), &args, &mut std::io::empty()).map_err(|e| e.to_string())?;
     if out.code.unwrap_or(-1) != 0 {
