@@ -500,10 +500,49 @@ fn push_installs_by_role_byte_identical_then_sends_nothing() {
         tb.nodes.iter().map(|n| (history(n), after_log(n))).collect();
     assert_eq!(before, after, "a second push wrote something");
 
-    // One artifact damaged on the worker: only that one is sent again.
+    // audit with the bundle covers the artifacts: nothing to say now…
+    let dests: Vec<String> = artifacts::load(&spec).unwrap().into_iter().map(|a| a.dest).collect();
+    let audit = |tb: &Testbed| {
+        let inv = tb.inventory();
+        let out = fixture::hapki()
+            .args(["audit", "--inventory", inv.to_str().unwrap(), "--output", "json", "--bundle"])
+            .arg(&bundle)
+            .arg("--trust")
+            .arg(fx.allowed())
+            .arg("--decrypt-key")
+            .arg(fx.signer())
+            .output()
+            .unwrap();
+        let v: serde_json::Value =
+            serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", text(&out)));
+        v["problems"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|p| p["file"].as_str().is_some_and(|f| dests.iter().any(|d| d == f)))
+            .map(|p| {
+                (
+                    p["node"].as_str().unwrap().to_string(),
+                    p["file"].as_str().unwrap().to_string(),
+                    p["kind"].as_str().unwrap().to_string(),
+                )
+            })
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(audit(&tb), vec![]);
+
+    // One artifact damaged on the worker: audit names it, and only that one is sent again.
     let w = tb.node("kubenode-1");
     let conflist = on_node(w, "/etc/cni/net.d/10-flannel.conflist");
     std::fs::write(&conflist, b"tampered").unwrap();
+    assert_eq!(
+        audit(&tb),
+        vec![(
+            "kubenode-1".to_string(),
+            "/etc/cni/net.d/10-flannel.conflist".to_string(),
+            "drift".to_string()
+        )]
+    );
     let third = push_inv(&fx, &tb, &bundle, "builtin");
     assert_eq!(third.status.code(), Some(0), "{}", text(&third));
     let st = statuses(&third);

@@ -138,7 +138,10 @@ while [ $# -ge 3 ]; do
         done
         sd=$(mktemp -d "$d/.hapki-stage.XXXXXX") || die 1 "could not stage in $d"
         astages="$astages $sd"
-        head -c "$len" > "$sd/f" || die 1 "could not stage $adest (disk full?)"
+        # dd with 1 MiB reads costs a fraction of head's 8 KiB ones on GiB payloads; with
+        # count_bytes it never reads past this part (the next part follows on the same stdin).
+        dd of="$sd/f" bs=1M count="$len" iflag=count_bytes,fullblock status=none ||
+            die 1 "could not stage $adest (disk full?)"
         [ "$(stat -c %s "$sd/f")" -eq "$len" ] || die 1 "staging $adest came out short (disk full or truncated upload)"
         got=$(hashf "$sd/f") || die 1 "could not hash the staged $adest"
         [ "$got" = "$want" ] || die 3 "the staged $adest does not match SHA256SUMS on this node (corrupted in transit?)"

@@ -407,13 +407,15 @@ fn node_worker(
     progress(name, Event::Step(Step::Done));
     let out = match out {
         Ok(o) => o,
-        Err(e) => return Some(failed(
-            name,
-            Category::NodesFailed,
-            format!(
+        Err(e) => {
+            return Some(failed(
+                name,
+                Category::NodesFailed,
+                format!(
                 "{e}; nothing staged was installed unless the node's history says so; push again"
             ),
-        )),
+            ))
+        }
     };
     let code = out.code.unwrap_or(-1);
     if code != 0 {
