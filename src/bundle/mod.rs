@@ -185,12 +185,15 @@ pub fn open_and_verify(
 /// PKI coherence, expiry), then the artifact events follow, each artifact's hash checked at its
 /// end. Only when this returns `Ok` is the whole bundle known good: a consumer that acted on
 /// artifact bytes (push stages them on nodes) must not commit anything before that.
+///
+/// `on_head` returning `Ok(false)` stops the read after the head (the caller needs no
+/// artifact; their hashes are then unchecked, so the caller must not use any artifact bytes).
 pub fn open_streaming(
     path: &Path,
     trust: &AllowedSigners,
     identities: &Identities,
     opts: &VerifyOptions,
-    on_head: &mut dyn FnMut(&VerifiedBundle) -> Result<(), BundleError>,
+    on_head: &mut dyn FnMut(&VerifiedBundle) -> Result<bool, BundleError>,
     sink: &mut dyn FnMut(ArtifactEvent<'_>) -> Result<(), BundleError>,
 ) -> Result<VerifiedBundle, BundleError> {
     let file = std::fs::File::open(path).map_err(|e| BundleError::io(path, e))?;
@@ -204,7 +207,8 @@ pub fn open_streaming(
         },
         sink,
     )?;
-    check_contents(raw, opts, true)
+    let complete = raw.complete;
+    check_contents(raw, opts, complete)
 }
 
 /// [`open_and_verify`] on any reader (a bundle received over a pipe or held in memory).

@@ -42,6 +42,8 @@ pub struct RawBundle {
     /// Each artifact entry as read: `(archive name, size, sha256 hex)`, in bundle order, each
     /// hash-checked against `SHA256SUMS`. The bytes went to the caller's sink, never kept.
     pub artifacts: Vec<(String, u64, String)>,
+    /// Whether the whole archive was read (false when the head check asked to stop early).
+    pub complete: bool,
 }
 
 /// What a bundle reader tells its caller about artifact bytes as they stream past.
@@ -61,8 +63,9 @@ pub enum ArtifactEvent<'a> {
 pub type ArtifactSink<'a> = dyn FnMut(ArtifactEvent<'_>) -> Result<(), BundleError> + 'a;
 
 /// Called once every entry before the first artifact has been read and checked (the signature,
-/// `bundle.json`'s hash, every `pki/` entry), with what has been read so far.
-pub type HeadCheck<'a> = dyn FnMut(&RawBundle) -> Result<(), BundleError> + 'a;
+/// `bundle.json`'s hash, every `pki/` entry), with what has been read so far. `Ok(false)` stops
+/// the read there (the caller needs no artifact): the result is then marked incomplete.
+pub type HeadCheck<'a> = dyn FnMut(&RawBundle) -> Result<bool, BundleError> + 'a;
 
 /// The size of the chunks artifacts stream in.
 pub const CHUNK: usize = 256 * 1024;
@@ -91,7 +94,7 @@ pub fn read_bundle<R: Read>(
     ids: &Identities,
     check_signature: &mut SignatureCheck<'_>,
 ) -> Result<RawBundle, BundleError> {
-    read_bundle_streaming(input, ids, check_signature, &mut |_| Ok(()), &mut |_| Ok(()))
+    read_bundle_streaming(input, ids, check_signature, &mut |_| Ok(true), &mut |_| Ok(()))
 }
 
 /// [`read_bundle`] for bundles that may carry artifacts: `on_head` runs once the signature and
@@ -157,6 +160,9 @@ fn read_any_gzip<R: Read>(
     }
     let mut tar = super::stored::StoredGzReader::new(input);
     let raw = read_tar_with(&mut tar, Variant::Artifacts, check_signature, on_head, sink)?;
+    if !raw.complete {
+        return Ok(raw);
+    }
     // Only zero padding may follow the end-of-archive blocks; reading to the end also checks
     // the stored stream's framing, CRC-32, length and that nothing follows it.
     let mut buf = [0u8; 8192];
@@ -186,7 +192,7 @@ pub fn read_gzip<R: Read>(
     input: R,
     check_signature: &mut SignatureCheck<'_>,
 ) -> Result<RawBundle, BundleError> {
-    read_gzip_with(input, check_signature, &mut |_| Ok(()))
+    read_gzip_with(input, check_signature, &mut |_| Ok(true))
 }
 
 fn read_gzip_with<R: Read>(
@@ -264,7 +270,7 @@ pub fn read_tar<R: Read>(
     r: &mut R,
     check_signature: &mut SignatureCheck<'_>,
 ) -> Result<RawBundle, BundleError> {
-    read_tar_with(r, Variant::Pki, check_signature, &mut |_| Ok(()), &mut |_| Ok(()))
+    read_tar_with(r, Variant::Pki, check_signature, &mut |_| Ok(true), &mut |_| Ok(()))
 }
 
 fn read_tar_with<R: Read>(
@@ -293,6 +299,7 @@ fn read_tar_with<R: Read>(
         files: Vec::new(),
         encrypted: false,
         artifacts: Vec::new(),
+        complete: true,
     };
     let mut signed = false;
     let mut head_done = false;
@@ -360,8 +367,11 @@ fn read_tar_with<R: Read>(
                 return Err(layout(Some(&name), "comes before the signature"));
             }
             if !head_done {
-                on_head(&raw)?;
                 head_done = true;
+                if !on_head(&raw)? {
+                    raw.complete = false;
+                    return Ok(raw);
+                }
             }
             let sha = stream_entry(r, &name, h.size, index, sink)?;
             check_hex(&hashes, &name, &sha)?;
@@ -405,6 +415,7 @@ fn read_tar_with<R: Read>(
         return Err(layout(Some(SIGNATURE), "is missing"));
     }
     if !head_done {
+        // Nothing left to stop reading: the answer does not matter.
         on_head(&raw)?;
     }
     Ok(raw)
@@ -425,10 +436,16 @@ fn stream_entry<R: Read>(
     let mut buf = vec![0u8; CHUNK];
     let mut left = size;
     while left > 0 {
+        // Whole chunks (the stored layer yields at most a block per read): fewer, larger
+        // messages for the consumers.
         let want = usize::try_from(left).unwrap_or(CHUNK).min(CHUNK);
-        let n = r.read(&mut buf[..want]).map_err(|e| truncated(name, e))?;
-        if n == 0 {
-            return Err(layout(Some(name), "is truncated"));
+        let mut n = 0;
+        while n < want {
+            let k = r.read(&mut buf[n..want]).map_err(|e| truncated(name, e))?;
+            if k == 0 {
+                return Err(layout(Some(name), "is truncated"));
+            }
+            n += k;
         }
         hasher.update(&buf[..n]);
         sink(ArtifactEvent::Data(&buf[..n]))?;
