@@ -249,7 +249,7 @@ impl Ctx<'_> {
         );
         self.keep_log(name, &text);
         if out.code.unwrap_or(-1) != 0 {
-            let tail = redact_text(&node::stderr_tail(&out.stderr), &self.token);
+            let tail = redact_text(&kubeadm_error(&out.stderr), &self.token);
             return result(
                 NodeStatus::Failed,
                 format!(
@@ -293,6 +293,20 @@ impl Ctx<'_> {
             std::thread::sleep(Duration::from_millis(500));
         }
     }
+}
+
+/// The line of kubeadm's stderr that says what went wrong: the last one, skipping the generic
+/// "To see the stack trace…" footer kubeadm prints after every error.
+fn kubeadm_error(stderr: &[u8]) -> String {
+    let text = String::from_utf8_lossy(stderr);
+    text.lines()
+        .rev()
+        .map(str::trim)
+        .find(|l| !l.is_empty() && !l.starts_with("To see the stack trace"))
+        .unwrap_or("")
+        .chars()
+        .take(300)
+        .collect()
 }
 
 trait Mode0600 {

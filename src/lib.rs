@@ -13,6 +13,7 @@
 //! Inventory ──▶ nodes ──Transport──▶ preflight facts / audit facts ──compare──▶ problems
 //! ```
 
+pub mod artifacts;
 pub mod audit;
 pub mod bundle;
 pub mod duration;

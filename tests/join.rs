@@ -91,7 +91,29 @@ fn push_then_join_builds_a_healthy_three_member_etcd_without_a_certificate_key()
         .arg(&run_dir)
         .output()
         .unwrap();
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    if out.status.code() != Some(0) {
+        // kubeadm's whole output per node, and the stand-in's etcd logs, say why.
+        let mut logs = String::new();
+        for e in std::fs::read_dir(&run_dir).into_iter().flatten().flatten() {
+            logs += &format!(
+                "--- {}\n{}\n",
+                e.path().display(),
+                std::fs::read_to_string(e.path()).unwrap_or_default()
+            );
+        }
+        for n in &tb.nodes {
+            let etcd_log = n.state().join("standin-etcd.log");
+            let tail: String = std::fs::read_to_string(&etcd_log)
+                .unwrap_or_default()
+                .lines()
+                .rev()
+                .take(15)
+                .collect::<Vec<_>>()
+                .join("\n");
+            logs += &format!("--- {} (last lines, newest first)\n{tail}\n", etcd_log.display());
+        }
+        panic!("join failed: {}\n{logs}", text(&out));
+    }
     let report: Value = serde_json::from_slice(&out.stdout).unwrap();
     let hash = openssl_discovery_hash(&fx.pki().join("ca.crt"));
     assert_eq!(report["discovery_token_ca_cert_hash"], hash.as_str());

@@ -72,6 +72,15 @@ pub struct Reference {
     pub sha256: BTreeMap<String, String>,
     /// CA certificate PEMs by relative name (`ca.crt`, `front-proxy-ca.crt`, `etcd/ca.crt`).
     pub ca_pem: BTreeMap<String, Vec<u8>>,
+    /// Artifacts a bundle installs (checked on the nodes whose role gets them).
+    pub artifacts: Vec<crate::bundle::ManifestArtifact>,
+}
+
+impl Reference {
+    /// The artifact destinations a node of `role` should hold.
+    pub fn artifact_dests(&self, role: Role) -> Vec<&str> {
+        self.artifacts.iter().filter(|a| a.roles.contains(&role)).map(|a| a.dest.as_str()).collect()
+    }
 }
 
 impl Reference {
@@ -343,6 +352,69 @@ pub fn audit_node(
         });
     }
 
+    // Artifacts from the bundle: present, with the signed hash, mode and numeric owner.
+    for a in reference.artifacts.iter().filter(|a| a.roles.contains(&role)) {
+        let st = facts.artifact_dests.get(&a.dest);
+        match st {
+            Some(st) if st.kind == PathKind::File => {
+                if st.sha256.as_deref() != Some(a.sha256.as_str()) {
+                    p(
+                        Some(&a.dest),
+                        Kind::Drift,
+                        format!(
+                            "{} differs from the bundle's {} (sha256 {}); push the bundle again",
+                            a.dest,
+                            a.name,
+                            st.sha256.as_deref().unwrap_or("unreadable")
+                        ),
+                    );
+                } else if st.mode != Some(a.mode) {
+                    p(
+                        Some(&a.dest),
+                        Kind::Mode,
+                        format!(
+                            "{} has mode {}, the bundle says {:04o}; push again or chmod {:04o} {}",
+                            a.dest,
+                            mode_str(st.mode).unwrap_or_else(|| "?".into()),
+                            a.mode,
+                            a.mode,
+                            a.dest
+                        ),
+                    );
+                } else if let Some((u, g)) = a.owner.split_once(':') {
+                    let num = |s: &str, v: Option<u32>| {
+                        s.parse::<u32>().map(|n| Some(n) == v).unwrap_or(true)
+                    };
+                    if !(num(u, st.uid) && num(g, st.gid)) {
+                        p(
+                            Some(&a.dest),
+                            Kind::Owner,
+                            format!(
+                                "{} is not owned by {}; push again or chown {} {}",
+                                a.dest, a.owner, a.owner, a.dest
+                            ),
+                        );
+                    }
+                }
+            }
+            Some(st) if st.kind != PathKind::Missing => {
+                p(
+                    Some(&a.dest),
+                    Kind::Drift,
+                    format!(
+                        "{} is not a regular file; move it away and push the bundle again",
+                        a.dest
+                    ),
+                );
+            }
+            _ => p(
+                Some(&a.dest),
+                Kind::Missing,
+                format!("{} ({}) is missing; push the bundle", a.dest, a.name),
+            ),
+        }
+    }
+
     // Kubeconfigs embed the cluster CA; one with another CA cannot talk to this API server.
     let mut kubeconfig_ca_ok = BTreeMap::new();
     if let Some(ca) = reference.ca_pem.get("ca.crt") {
@@ -389,8 +461,9 @@ pub fn run(
     paths: &crate::node::NodePaths,
 ) -> AuditReport {
     let gathered = crate::transport::for_each_parallel(targets, parallel.max(1), |t| {
+        let dests = reference.as_ref().map(|r| r.artifact_dests(t.role)).unwrap_or_default();
         transport.connect(&t.target).map_err(|e| e.to_string()).and_then(|mut s| {
-            crate::node::read_facts(s.as_mut(), paths, crate::node::FactsScope::Pki)
+            crate::node::read_facts_with(s.as_mut(), paths, crate::node::FactsScope::Pki, &dests)
         })
     });
     let reference = reference.unwrap_or_else(|| {

@@ -132,6 +132,18 @@ pub fn encrypt<W: Write>(plain: &[u8], recipients: &Recipients, out: W) -> Resul
     w.finish().map_err(|e| BundleError::Internal(format!("age: {e}")))
 }
 
+/// A streaming age writer to `recipients` over `out`; `finish()` it to write the last chunk.
+pub fn encrypt_stream<W: Write>(
+    recipients: &Recipients,
+    out: W,
+) -> Result<age::stream::StreamWriter<W>, BundleError> {
+    let enc = age::Encryptor::with_recipients(
+        recipients.0.iter().map(|r| r.as_ref() as &dyn age::Recipient),
+    )
+    .map_err(|e| BundleError::Usage(format!("cannot encrypt to these recipients: {e}")))?;
+    enc.wrap_output(out).map_err(|e| BundleError::Internal(format!("age: {e}")))
+}
+
 /// Wraps `input` (positioned at the age header) in a streaming decryptor. Every failure, a
 /// damaged header included, is a rejected bundle (exit 3), except having no key at all.
 pub fn decrypt<'a, R: BufRead + 'a>(

@@ -21,6 +21,33 @@ pub const SUMS: &str = "SHA256SUMS";
 pub const SIGNATURE: &str = "SHA256SUMS.sig";
 /// Directory prefix of the PKI entries inside the archive.
 pub const PKI_PREFIX: &str = "pki/";
+/// Directory prefix of the artifact entries: `artifacts/0000`, `artifacts/0001`, … in spec
+/// order. Numbered names keep the tar layout strict (no operator-chosen path ever becomes an
+/// archive path) and sort in bundle order.
+pub const ARTIFACT_PREFIX: &str = "artifacts/";
+/// Cap on one artifact entry. Artifacts are never held in memory (they stream through SHA-256),
+/// and are only read after the signature over `SHA256SUMS` has verified.
+pub const ARTIFACT_MAX: u64 = 64 << 30;
+/// Caps on `bundle.json` and `SHA256SUMS` in a bundle that carries artifacts (one entry each per
+/// file, up to [`crate::artifacts::MAX_ARTIFACTS`]).
+pub const ARTIFACTS_MANIFEST_MAX: u64 = 1 << 20;
+pub const ARTIFACTS_SUMS_MAX: u64 = 256 * 1024;
+
+/// The archive name of the `i`-th artifact.
+pub fn artifact_name(i: usize) -> String {
+    format!("{ARTIFACT_PREFIX}{i:04}")
+}
+
+/// The index of an archive name of the `artifacts/NNNN` form (exactly four digits or more, no
+/// sign, no leading `+`), else `None`.
+pub fn artifact_index(name: &str) -> Option<usize> {
+    let d = name.strip_prefix(ARTIFACT_PREFIX)?;
+    if d.len() < 4 || !d.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let i: usize = d.parse().ok()?;
+    (artifact_name(i) == name).then_some(i)
+}
 
 /// Caps on each entry's size. A real manifest is ~3 KiB, SHA256SUMS ~700 bytes, a signature
 /// ~300 bytes (Ed25519) to ~1.5 KiB (RSA-4096), a PEM file ≤ ~3.3 KiB; the caps leave room
@@ -56,13 +83,26 @@ pub fn entry_cap(name: &str) -> u64 {
         MANIFEST => MANIFEST_MAX,
         SUMS => SUMS_MAX,
         SIGNATURE => SIGNATURE_MAX,
+        n if n.starts_with(ARTIFACT_PREFIX) => ARTIFACT_MAX,
         _ => PKI_FILE_MAX,
+    }
+}
+
+/// [`entry_cap`] in a bundle that carries artifacts (told apart by its gzip encoding, before
+/// anything is trusted): its metadata may be larger.
+pub fn entry_cap_with_artifacts(name: &str) -> u64 {
+    match name {
+        MANIFEST => ARTIFACTS_MANIFEST_MAX,
+        SUMS => ARTIFACTS_SUMS_MAX,
+        n => entry_cap(n),
     }
 }
 
 /// The mode an entry has in the archive: kubeadm's for PKI files, 0644 for the metadata
 /// (which holds no secret).
 pub fn entry_mode(name: &str) -> u32 {
+    // Artifacts are 0644 in the archive whatever their mode on the node (bundle.json says that):
+    // the archive layout stays one fixed shape, and `tar -x` makes nothing executable.
     name.strip_prefix(PKI_PREFIX).and_then(crate::pki::shared_file).map(|f| f.mode).unwrap_or(0o644)
 }
 
@@ -88,10 +128,34 @@ pub struct Manifest {
     /// `SHA256:…` fingerprint of the signing key, as `ssh-keygen -l` prints it. Informational:
     /// verification trusts the signature, and only checks that this agrees with it.
     pub signer: String,
-    /// kubeadm's `--discovery-token-ca-cert-hash` of `ca.crt`.
+    /// kubeadm's `--discovery-token-ca-cert-hash` of `ca.crt` (empty, and absent from the JSON,
+    /// in an artifacts-only bundle).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub discovery_token_ca_cert_hash: String,
-    /// One per shared file, in bundle order.
+    /// One per shared file, in bundle order (none in an artifacts-only bundle).
     pub files: Vec<ManifestFile>,
+    /// One per artifact, in bundle order (absent from a PKI-only bundle's JSON).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub artifacts: Vec<ManifestArtifact>,
+}
+
+/// One artifact in `bundle.json`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ManifestArtifact {
+    /// The archive entry (`artifacts/0000`).
+    pub name: String,
+    /// Absolute path on the node.
+    pub dest: String,
+    #[serde(with = "octal_mode")]
+    pub mode: u32,
+    /// `USER:GROUP` as `chown` takes it.
+    pub owner: String,
+    pub roles: Vec<crate::inventory::Role>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub after: Option<crate::artifacts::After>,
+    pub sha256: String,
+    pub size: u64,
 }
 
 /// One PKI file in `bundle.json`.
@@ -218,12 +282,43 @@ pub fn render_sums(entries: &[(String, String)]) -> Vec<u8> {
 /// Parses `SHA256SUMS` strictly: exactly one line for `bundle.json` and each `pki/` entry, in
 /// bundle order, lowercase hex, text mode, nothing else. Returns `(name, hex)` pairs.
 pub fn parse_sums(bytes: &[u8]) -> Result<Vec<(String, String)>, String> {
-    let text = std::str::from_utf8(bytes).map_err(|_| "SHA256SUMS is not UTF-8".to_string())?;
     let expected: Vec<String> =
         entry_names().into_iter().filter(|n| n != SUMS && n != SIGNATURE).collect();
+    parse_sums_for(bytes, &expected)
+}
+
+/// [`parse_sums`] for a bundle that carries artifacts: `bundle.json`, then either all eight
+/// `pki/` lines or none, then `artifacts/0000`, `artifacts/0001`, … (at least one), in order.
+pub fn parse_sums_with_artifacts(bytes: &[u8]) -> Result<Vec<(String, String)>, String> {
+    let lines = bytes.iter().filter(|&&b| b == b'\n').count();
+    let has_pki =
+        bytes.split(|&b| b == b'\n').nth(1).is_some_and(|l| l.windows(6).any(|w| w == b"  pki/"));
+    let pki = if has_pki { SHARED_FILES.len() } else { 0 };
+    let n = lines.saturating_sub(1 + pki);
+    if n == 0 {
+        return Err(
+            "SHA256SUMS lists no artifacts, yet the bundle is in the artifacts encoding".into()
+        );
+    }
+    if n > crate::artifacts::MAX_ARTIFACTS {
+        return Err(format!(
+            "SHA256SUMS lists {n} artifacts, over the limit of {}",
+            crate::artifacts::MAX_ARTIFACTS
+        ));
+    }
+    let mut expected = vec![MANIFEST.to_string()];
+    if has_pki {
+        expected.extend(SHARED_FILES.iter().map(|f| format!("{PKI_PREFIX}{}", f.name)));
+    }
+    expected.extend((0..n).map(artifact_name));
+    parse_sums_for(bytes, &expected)
+}
+
+fn parse_sums_for(bytes: &[u8], expected: &[String]) -> Result<Vec<(String, String)>, String> {
+    let text = std::str::from_utf8(bytes).map_err(|_| "SHA256SUMS is not UTF-8".to_string())?;
     let mut out = Vec::with_capacity(expected.len());
     let mut lines = text.split_inclusive('\n');
-    for name in &expected {
+    for name in expected {
         let line = lines.next().ok_or_else(|| format!("SHA256SUMS has no line for {name}"))?;
         let body = line
             .strip_suffix('\n')
@@ -241,7 +336,7 @@ pub fn parse_sums(bytes: &[u8]) -> Result<Vec<(String, String)>, String> {
         out.push((name.clone(), hex.to_string()));
     }
     if lines.next().is_some() {
-        return Err("SHA256SUMS has lines past the last pki entry".to_string());
+        return Err("SHA256SUMS has lines past the last entry".to_string());
     }
     Ok(out)
 }

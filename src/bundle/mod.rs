@@ -17,6 +17,7 @@ pub mod format;
 mod keygen;
 pub mod reader;
 pub mod sign;
+pub mod stored;
 pub mod trust;
 pub mod writer;
 
@@ -27,11 +28,12 @@ use time::OffsetDateTime;
 
 use crate::error::{Categorized, Category};
 pub use crypt::{Identities, Recipients};
-pub use format::{Manifest, ManifestFile};
+pub use format::{Manifest, ManifestArtifact, ManifestFile};
 pub use keygen::{keygen, KeygenOutput};
+pub use reader::{ArtifactEvent, CHUNK};
 pub use sign::{load_signing_key, Signer};
 pub use trust::AllowedSigners;
-pub use writer::{create, CreateOptions, Protection};
+pub use writer::{create, create_with_artifacts, CreateOptions, Protection};
 
 use crate::pki::check;
 pub use crate::pki::PkiFile;
@@ -153,10 +155,17 @@ pub struct VerifiedBundle {
     pub signature: Vec<u8>,
     /// `bundle.json` exactly as signed (its hash is in `sha256sums`).
     pub manifest_bytes: Vec<u8>,
-    /// The eight shared files in bundle order.
+    /// The eight shared files in bundle order (empty in an artifacts-only bundle).
     pub files: Vec<BundleFile>,
     /// Whether the bundle file was age-encrypted.
     pub encrypted: bool,
+}
+
+impl VerifiedBundle {
+    /// Whether the bundle carries the shared PKI (an artifacts-only bundle does not).
+    pub fn has_pki(&self) -> bool {
+        !self.files.is_empty()
+    }
 }
 
 /// Opens the bundle at `path` and runs every check (see the module docs). Nothing is written
@@ -171,6 +180,37 @@ pub fn open_and_verify(
     verify_reader(file, trust, identities, opts)
 }
 
+/// Verifies a bundle in one streaming pass and hands its artifacts' bytes to `sink` as they go
+/// by: `on_head` gets the bundle verified up to its first artifact (signature, `bundle.json`,
+/// PKI coherence, expiry), then the artifact events follow, each artifact's hash checked at its
+/// end. Only when this returns `Ok` is the whole bundle known good: a consumer that acted on
+/// artifact bytes (push stages them on nodes) must not commit anything before that.
+///
+/// `on_head` returning `Ok(false)` stops the read after the head (the caller needs no
+/// artifact; their hashes are then unchecked, so the caller must not use any artifact bytes).
+pub fn open_streaming(
+    path: &Path,
+    trust: &AllowedSigners,
+    identities: &Identities,
+    opts: &VerifyOptions,
+    on_head: &mut dyn FnMut(&VerifiedBundle) -> Result<bool, BundleError>,
+    sink: &mut dyn FnMut(ArtifactEvent<'_>) -> Result<(), BundleError>,
+) -> Result<VerifiedBundle, BundleError> {
+    let file = std::fs::File::open(path).map_err(|e| BundleError::io(path, e))?;
+    let raw = reader::read_bundle_streaming(
+        file,
+        identities,
+        &mut |sums, sig| sign::verify(sums, sig, trust, opts.now),
+        &mut |raw| {
+            let head = check_contents(raw.clone(), opts, false)?;
+            on_head(&head)
+        },
+        sink,
+    )?;
+    let complete = raw.complete;
+    check_contents(raw, opts, complete)
+}
+
 /// [`open_and_verify`] on any reader (a bundle received over a pipe or held in memory).
 pub fn verify_reader<R: std::io::Read>(
     input: R,
@@ -181,14 +221,17 @@ pub fn verify_reader<R: std::io::Read>(
     let raw = reader::read_bundle(input, identities, &mut |sums, sig| {
         sign::verify(sums, sig, trust, opts.now)
     })?;
-    check_contents(raw, opts)
+    check_contents(raw, opts, true)
 }
 
 /// Everything after the archive is known to be authentic: bundle.json against SHA256SUMS and the
 /// PEM contents, coherence, validity period.
+///
+/// `complete`: every artifact has been read (their sizes are then checked against bundle.json).
 fn check_contents(
     raw: reader::RawBundle,
     opts: &VerifyOptions,
+    complete: bool,
 ) -> Result<VerifiedBundle, BundleError> {
     let bad = |m: String| BundleError::Manifest(m);
     let manifest: Manifest = serde_json::from_slice(&raw.manifest_bytes)
@@ -207,10 +250,15 @@ fn check_contents(
         )));
     }
     let names: Vec<&str> = manifest.files.iter().map(|f| f.name.as_str()).collect();
-    let want: Vec<&str> = crate::pki::SHARED_FILES.iter().map(|f| f.name).collect();
+    let want: Vec<&str> = if raw.files.is_empty() {
+        Vec::new()
+    } else {
+        crate::pki::SHARED_FILES.iter().map(|f| f.name).collect()
+    };
     if names != want {
         return Err(bad(format!("files are {names:?}, expected {want:?}")));
     }
+    check_artifacts(&manifest, &raw, complete)?;
     let files: Vec<BundleFile> = raw
         .files
         .iter()
@@ -231,7 +279,7 @@ fn check_contents(
             now: opts.now,
         },
     );
-    if !report.ok {
+    if !report.ok && !files.is_empty() {
         return Err(BundleError::incoherent(&report));
     }
     for (m, f) in manifest.files.iter().zip(&files) {
@@ -261,9 +309,8 @@ fn check_contents(
             }
         }
     }
-    if report.discovery_token_ca_cert_hash.as_deref()
-        != Some(manifest.discovery_token_ca_cert_hash.as_str())
-    {
+    let discovery = (!files.is_empty()).then_some(manifest.discovery_token_ca_cert_hash.as_str());
+    if report.discovery_token_ca_cert_hash.as_deref().filter(|_| !files.is_empty()) != discovery {
         return Err(bad(format!(
             "discovery_token_ca_cert_hash {} does not match ca.crt ({:?})",
             manifest.discovery_token_ca_cert_hash, report.discovery_token_ca_cert_hash
@@ -298,6 +345,70 @@ fn check_contents(
     })
 }
 
+/// bundle.json's artifact list against the signed SHA256SUMS lines and what was read.
+fn check_artifacts(
+    manifest: &Manifest,
+    raw: &reader::RawBundle,
+    complete: bool,
+) -> Result<(), BundleError> {
+    let bad = |m: String| BundleError::Manifest(m);
+    let sums: Vec<(String, String)> = if raw.files.is_empty() && manifest.artifacts.is_empty() {
+        Vec::new()
+    } else if manifest.artifacts.is_empty() {
+        format::parse_sums(&raw.sums).map_err(bad)?
+    } else {
+        format::parse_sums_with_artifacts(&raw.sums).map_err(bad)?
+    };
+    let listed: Vec<&(String, String)> =
+        sums.iter().filter(|(n, _)| n.starts_with(format::ARTIFACT_PREFIX)).collect();
+    if listed.len() != manifest.artifacts.len() {
+        return Err(bad(format!(
+            "lists {} artifacts but SHA256SUMS has {}",
+            manifest.artifacts.len(),
+            listed.len()
+        )));
+    }
+    let mut dests = std::collections::HashSet::new();
+    for (i, (a, (name, sha))) in manifest.artifacts.iter().zip(listed).enumerate() {
+        if a.name != *name || a.name != format::artifact_name(i) {
+            return Err(bad(format!("artifact {i} is named {:?}, expected {name}", a.name)));
+        }
+        if a.sha256 != *sha {
+            return Err(bad(format!("sha256 of {} disagrees with SHA256SUMS", a.name)));
+        }
+        crate::artifacts::check_dest(&a.dest).map_err(|m| bad(format!("{}: {m}", a.name)))?;
+        if !dests.insert(a.dest.as_str()) {
+            return Err(bad(format!("two artifacts install to {}", a.dest)));
+        }
+        if a.roles.is_empty() || a.mode & !0o777 != 0 || a.size > format::ARTIFACT_MAX {
+            return Err(bad(format!("{}: roles, mode or size out of range", a.name)));
+        }
+        if !a.owner.split_once(':').is_some_and(|(u, g)| {
+            let ok = |w: &str| {
+                !w.is_empty()
+                    && w.len() <= 32
+                    && w.bytes().all(|b| {
+                        b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-'
+                    })
+            };
+            ok(u) && ok(g)
+        }) {
+            return Err(bad(format!("{}: owner {:?} is not USER:GROUP", a.name, a.owner)));
+        }
+    }
+    if complete {
+        for (a, (name, size, _)) in manifest.artifacts.iter().zip(&raw.artifacts) {
+            if a.size != *size {
+                return Err(bad(format!(
+                    "size of {name} says {} but the entry has {size} bytes",
+                    a.size
+                )));
+            }
+        }
+    }
+    Ok(())
+}
+
 /// A report's RFC 3339 time as a typed time; unparseable would be a bug in the pki module.
 pub(crate) fn parse_rfc3339(s: Option<&str>) -> Result<Option<OffsetDateTime>, BundleError> {
     s.map(|s| {
@@ -324,6 +435,7 @@ pub struct VerifyReport<'a> {
     pub encrypted: bool,
     pub discovery_token_ca_cert_hash: &'a str,
     pub files: &'a [ManifestFile],
+    pub artifacts: &'a [ManifestArtifact],
 }
 
 impl VerifiedBundle {
@@ -342,6 +454,7 @@ impl VerifiedBundle {
             encrypted: self.encrypted,
             discovery_token_ca_cert_hash: &m.discovery_token_ca_cert_hash,
             files: &m.files,
+            artifacts: &m.artifacts,
         }
     }
 }

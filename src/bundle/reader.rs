@@ -18,6 +18,8 @@
 
 use std::collections::HashSet;
 use std::io::{self, BufReader, Read};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
 use super::crypt::{self, Identities};
 use super::format::{self, entry_cap, entry_mode, entry_names, MANIFEST, SIGNATURE, SUMS};
@@ -37,6 +39,44 @@ pub struct RawBundle {
     pub files: Vec<(String, u32, Vec<u8>)>,
     /// Whether the bundle was age-encrypted.
     pub encrypted: bool,
+    /// Each artifact entry as read: `(archive name, size, sha256 hex)`, in bundle order, each
+    /// hash-checked against `SHA256SUMS`. The bytes went to the caller's sink, never kept.
+    pub artifacts: Vec<(String, u64, String)>,
+    /// Whether the whole archive was read (false when the head check asked to stop early).
+    pub complete: bool,
+}
+
+/// What a bundle reader tells its caller about artifact bytes as they stream past.
+#[derive(Debug)]
+pub enum ArtifactEvent<'a> {
+    /// Artifact `index` begins; its tar header says `size` bytes.
+    Start { index: usize, size: u64 },
+    /// The next bytes of the current artifact (not yet known to be authentic: the hash is only
+    /// known at [`ArtifactEvent::End`], so a consumer must not act on them before the whole
+    /// bundle has been read successfully).
+    Data(&'a [u8]),
+    /// The current artifact ended and matched its `SHA256SUMS` line.
+    End,
+}
+
+/// Receives artifact bytes; an error stops the read.
+pub type ArtifactSink<'a> = dyn FnMut(ArtifactEvent<'_>) -> Result<(), BundleError> + 'a;
+
+/// Called once every entry before the first artifact has been read and checked (the signature,
+/// `bundle.json`'s hash, every `pki/` entry), with what has been read so far. `Ok(false)` stops
+/// the read there (the caller needs no artifact): the result is then marked incomplete.
+pub type HeadCheck<'a> = dyn FnMut(&RawBundle) -> Result<bool, BundleError> + 'a;
+
+/// The size of the chunks artifacts stream in.
+pub const CHUNK: usize = 256 * 1024;
+
+/// Which of the two encodings a bundle uses (see [`super::stored`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Variant {
+    /// PKI only: flate2 best compression, checked by recompression.
+    Pki,
+    /// Carries artifacts: stored deflate blocks, checked while streaming.
+    Artifacts,
 }
 
 /// Decides whether `SHA256SUMS` (first argument) is authentic given `SHA256SUMS.sig` (second).
@@ -54,7 +94,28 @@ pub fn read_bundle<R: Read>(
     ids: &Identities,
     check_signature: &mut SignatureCheck<'_>,
 ) -> Result<RawBundle, BundleError> {
+    read_bundle_streaming(input, ids, check_signature, &mut |_| Ok(true), &mut |_| Ok(()))
+}
+
+/// [`read_bundle`] for bundles that may carry artifacts: `on_head` runs once the signature and
+/// every entry before the artifacts have checked out, then each artifact's bytes go to `sink`
+/// in [`CHUNK`]s, hashed on the way, never held. Memory stays bounded whatever the sizes.
+pub fn read_bundle_streaming<R: Read>(
+    input: R,
+    ids: &Identities,
+    check_signature: &mut SignatureCheck<'_>,
+    on_head: &mut HeadCheck<'_>,
+    sink: &mut ArtifactSink<'_>,
+) -> Result<RawBundle, BundleError> {
+    // The file is capped until the signature has verified; a signed bundle that carries
+    // artifacts may then be as large as they are (each entry still capped).
     let mut input = Capped::new(input, format::INPUT_MAX, "the bundle file");
+    let lift = input.limit.clone();
+    let check_signature = &mut |sums: &[u8], sig: &[u8]| {
+        let signer = check_signature(sums, sig)?;
+        lift.store(u64::MAX, Ordering::Relaxed);
+        Ok(signer)
+    };
     // Sniff the format from a prefix read in full (a pipe may deliver it in pieces), then put
     // the prefix back in front of the rest.
     let mut head = Vec::with_capacity(crypt::AGE_ARMOR_MAGIC.len());
@@ -65,11 +126,11 @@ pub fn read_bundle<R: Read>(
     let input = BufReader::new(io::Cursor::new(head.clone()).chain(input));
     if head.starts_with(crypt::AGE_MAGIC) {
         let plain = crypt::decrypt(input, ids)?;
-        let mut raw = read_gzip(plain, check_signature)?;
+        let mut raw = read_any_gzip(plain, check_signature, on_head, sink)?;
         raw.encrypted = true;
         Ok(raw)
     } else if head.starts_with(&[0x1f, 0x8b]) {
-        read_gzip(input, check_signature)
+        read_any_gzip(input, check_signature, on_head, sink)
     } else if head.starts_with(crypt::AGE_ARMOR_MAGIC) {
         Err(layout(None, "the bundle is an ASCII-armored age file; hapki reads the binary format: `age -d` it, or encrypt without -a"))
     } else if head.starts_with(crypt::AGE_MAGIC.split_at(8).0) {
@@ -77,6 +138,44 @@ pub fn read_bundle<R: Read>(
     } else {
         Err(layout(None, "not a hapki bundle: neither an age file nor gzip data"))
     }
+}
+
+/// Dispatches on the gzip header: hapki's PKI-only encoding, or the stored-block encoding of
+/// bundles that carry artifacts ([`super::stored`]).
+fn read_any_gzip<R: Read>(
+    input: R,
+    check_signature: &mut SignatureCheck<'_>,
+    on_head: &mut HeadCheck<'_>,
+    sink: &mut ArtifactSink<'_>,
+) -> Result<RawBundle, BundleError> {
+    let mut input = BufReader::with_capacity(CHUNK, input);
+    let mut header = Vec::with_capacity(format::GZIP_HEADER.len());
+    (&mut input)
+        .take(format::GZIP_HEADER.len() as u64)
+        .read_to_end(&mut header)
+        .map_err(|e| corrupt("reading the bundle", e))?;
+    if header[..] != super::stored::STORED_GZIP_HEADER {
+        let all = io::Cursor::new(header).chain(input);
+        return read_gzip_with(all, check_signature, on_head);
+    }
+    let mut tar = super::stored::StoredGzReader::new(input);
+    let raw = read_tar_with(&mut tar, Variant::Artifacts, check_signature, on_head, sink)?;
+    if !raw.complete {
+        return Ok(raw);
+    }
+    // Only zero padding may follow the end-of-archive blocks; reading to the end also checks
+    // the stored stream's framing, CRC-32, length and that nothing follows it.
+    let mut buf = [0u8; 8192];
+    loop {
+        let n = tar.read(&mut buf).map_err(|e| corrupt("after the end of the tar archive", e))?;
+        if n == 0 {
+            break;
+        }
+        if buf[..n].iter().any(|&b| b != 0) {
+            return Err(layout(None, "data after the end of the tar archive"));
+        }
+    }
+    Ok(raw)
 }
 
 /// The structural reader without decryption: gzip → tar. Public for the fuzz target.
@@ -92,6 +191,14 @@ pub fn read_bundle<R: Read>(
 pub fn read_gzip<R: Read>(
     input: R,
     check_signature: &mut SignatureCheck<'_>,
+) -> Result<RawBundle, BundleError> {
+    read_gzip_with(input, check_signature, &mut |_| Ok(true))
+}
+
+fn read_gzip_with<R: Read>(
+    input: R,
+    check_signature: &mut SignatureCheck<'_>,
+    on_head: &mut HeadCheck<'_>,
 ) -> Result<RawBundle, BundleError> {
     let mut compressed = Vec::new();
     Capped::new(input, format::INPUT_MAX, "the compressed archive")
@@ -111,7 +218,9 @@ pub fn read_gzip<R: Read>(
         inner: Capped::new(gz, format::DECOMPRESSED_MAX, "the decompressed archive"),
         record: Vec::new(),
     };
-    let raw = read_tar(&mut tar, check_signature)?;
+    let raw = read_tar_with(&mut tar, Variant::Pki, check_signature, on_head, &mut |_| {
+        Err(BundleError::Internal("artifact in a PKI-only bundle".into()))
+    })?;
     // After the end-of-archive blocks only zero padding may follow (GNU tar pads to 10 KiB).
     // Reading to the end also makes flate2 check the gzip trailer (CRC-32 and length).
     let mut buf = [0u8; 8192];
@@ -161,13 +270,40 @@ pub fn read_tar<R: Read>(
     r: &mut R,
     check_signature: &mut SignatureCheck<'_>,
 ) -> Result<RawBundle, BundleError> {
-    let expected = entry_names();
+    read_tar_with(r, Variant::Pki, check_signature, &mut |_| Ok(true), &mut |_| Ok(()))
+}
+
+fn read_tar_with<R: Read>(
+    r: &mut R,
+    variant: Variant,
+    check_signature: &mut SignatureCheck<'_>,
+    on_head: &mut HeadCheck<'_>,
+    sink: &mut ArtifactSink<'_>,
+) -> Result<RawBundle, BundleError> {
+    // Until the signature has verified, only the three metadata entries are expected; then
+    // SHA256SUMS (now authentic) says what follows.
+    let mut expected: Vec<String> = match variant {
+        Variant::Pki => entry_names(),
+        Variant::Artifacts => vec![MANIFEST.into(), SUMS.into(), SIGNATURE.into()],
+    };
+    let known = |name: &str| {
+        entry_names().iter().any(|n| n == name) || format::artifact_index(name).is_some()
+    };
     let mut seen: HashSet<String> = HashSet::new();
     let mut next = 0usize;
-    let (mut manifest, mut sums, mut signature) = (Vec::new(), Vec::new(), Vec::new());
-    let mut signer = None;
+    let mut raw = RawBundle {
+        signer: Signer { fingerprint: String::new(), principal: String::new() },
+        manifest_bytes: Vec::new(),
+        sums: Vec::new(),
+        signature: Vec::new(),
+        files: Vec::new(),
+        encrypted: false,
+        artifacts: Vec::new(),
+        complete: true,
+    };
+    let mut signed = false;
+    let mut head_done = false;
     let mut hashes: Vec<(String, String)> = Vec::new();
-    let mut files = Vec::new();
     let mut block = [0u8; BLOCK];
     loop {
         read_block(r, &mut block, "a tar header")?;
@@ -192,20 +328,27 @@ pub fn read_tar<R: Read>(
                 &format!("is a {kind}; a bundle holds only regular files"),
             ));
         }
-        if !expected.contains(&name) {
+        if !known(&name) || (variant == Variant::Pki && format::artifact_index(&name).is_some()) {
             return Err(layout(Some(&name), "is not part of the bundle format (unknown entry)"));
         }
         if !seen.insert(name.clone()) {
             return Err(layout(Some(&name), "appears twice (duplicate entry)"));
         }
-        if expected[next] != name {
-            return Err(layout(
-                Some(&name),
-                &format!("is out of order: expected {} at this position", expected[next]),
-            ));
+        match expected.get(next) {
+            Some(e) if *e == name => {}
+            Some(e) => {
+                return Err(layout(
+                    Some(&name),
+                    &format!("is out of order: expected {e} at this position"),
+                ))
+            }
+            None => return Err(layout(Some(&name), "is not listed in SHA256SUMS")),
         }
         next += 1;
-        let cap = entry_cap(&name);
+        let cap = match variant {
+            Variant::Pki => entry_cap(&name),
+            Variant::Artifacts => format::entry_cap_with_artifacts(&name),
+        };
         if h.size > cap {
             return Err(layout(
                 Some(&name),
@@ -219,32 +362,106 @@ pub fn read_tar<R: Read>(
                 &format!("has mode {:04o}, expected {want:04o}", h.mode),
             ));
         }
-        // size ≤ cap ≤ 64 KiB, so this cast and allocation are bounded.
+        if let Some(index) = format::artifact_index(&name) {
+            if !signed {
+                return Err(layout(Some(&name), "comes before the signature"));
+            }
+            if !head_done {
+                head_done = true;
+                if !on_head(&raw)? {
+                    raw.complete = false;
+                    return Ok(raw);
+                }
+            }
+            let sha = stream_entry(r, &name, h.size, index, sink)?;
+            check_hex(&hashes, &name, &sha)?;
+            sink(ArtifactEvent::End)?;
+            raw.artifacts.push((name, h.size, sha));
+            continue;
+        }
+        // Metadata and PKI entries: size ≤ cap ≤ 1 MiB, so this cast and allocation are bounded.
         let mut data = vec![0u8; h.size as usize];
         r.read_exact(&mut data).map_err(|e| truncated(&name, e))?;
         let pad = (BLOCK - data.len() % BLOCK) % BLOCK;
         r.read_exact(&mut block[..pad]).map_err(|e| truncated(&name, e))?;
 
         match name.as_str() {
-            MANIFEST => manifest = data,
-            SUMS => sums = data,
+            MANIFEST => raw.manifest_bytes = data,
+            SUMS => raw.sums = data,
             SIGNATURE => {
-                signature = data;
-                signer = Some(check_signature(&sums, &signature)?);
-                hashes = format::parse_sums(&sums).map_err(|m| layout(Some(SUMS), &m))?;
-                check_hash(&hashes, MANIFEST, &manifest)?;
+                raw.signature = data;
+                raw.signer = check_signature(&raw.sums, &raw.signature)?;
+                signed = true;
+                hashes = match variant {
+                    Variant::Pki => format::parse_sums(&raw.sums),
+                    Variant::Artifacts => format::parse_sums_with_artifacts(&raw.sums),
+                }
+                .map_err(|m| layout(Some(SUMS), &m))?;
+                check_hash(&hashes, MANIFEST, &raw.manifest_bytes)?;
+                if variant == Variant::Artifacts {
+                    expected.extend(hashes.iter().skip(1).map(|(n, _)| n.clone()));
+                }
             }
             _ => {
                 check_hash(&hashes, &name, &data)?;
-                files.push((name, h.mode, data));
+                raw.files.push((name, h.mode, data));
             }
         }
     }
     if let Some(missing) = expected.get(next) {
         return Err(layout(Some(missing), "is missing"));
     }
-    let signer = signer.ok_or_else(|| layout(Some(SIGNATURE), "is missing"))?;
-    Ok(RawBundle { signer, manifest_bytes: manifest, sums, signature, files, encrypted: false })
+    if !signed {
+        return Err(layout(Some(SIGNATURE), "is missing"));
+    }
+    if !head_done {
+        // Nothing left to stop reading: the answer does not matter.
+        on_head(&raw)?;
+    }
+    Ok(raw)
+}
+
+/// Streams one artifact entry's `size` bytes (and its tar padding) to `sink`, returning the
+/// SHA-256 of the bytes.
+fn stream_entry<R: Read>(
+    r: &mut R,
+    name: &str,
+    size: u64,
+    index: usize,
+    sink: &mut ArtifactSink<'_>,
+) -> Result<String, BundleError> {
+    use sha2::Digest;
+    sink(ArtifactEvent::Start { index, size })?;
+    let mut hasher = sha2::Sha256::new();
+    let mut buf = vec![0u8; CHUNK];
+    let mut left = size;
+    while left > 0 {
+        // Whole chunks (the stored layer yields at most a block per read): fewer, larger
+        // messages for the consumers.
+        let want = usize::try_from(left).unwrap_or(CHUNK).min(CHUNK);
+        let mut n = 0;
+        while n < want {
+            let k = r.read(&mut buf[n..want]).map_err(|e| truncated(name, e))?;
+            if k == 0 {
+                return Err(layout(Some(name), "is truncated"));
+            }
+            n += k;
+        }
+        hasher.update(&buf[..n]);
+        sink(ArtifactEvent::Data(&buf[..n]))?;
+        left -= n as u64;
+    }
+    let pad = ((BLOCK as u64 - size % BLOCK as u64) % BLOCK as u64) as usize;
+    r.read_exact(&mut buf[..pad]).map_err(|e| truncated(name, e))?;
+    Ok(hex::encode(hasher.finalize()))
+}
+
+fn check_hex(hashes: &[(String, String)], name: &str, got: &str) -> Result<(), BundleError> {
+    let want = hashes.iter().find(|(n, _)| n == name).map(|(_, h)| h.as_str());
+    if want != Some(got) {
+        return Err(BundleError::Hash { entry: name.to_string() });
+    }
+    Ok(())
 }
 
 fn check_hash(hashes: &[(String, String)], name: &str, data: &[u8]) -> Result<(), BundleError> {
@@ -384,21 +601,29 @@ fn corrupt(context: &str, e: io::Error) -> BundleError {
 }
 
 /// A reader that fails (instead of stopping quietly) once more than `cap` bytes have come out.
+/// The cap can be raised through `limit` (shared, so it can be lifted from inside the layers
+/// this reader feeds).
 struct Capped<R> {
     inner: R,
     left: u64,
     what: &'static str,
     cap: u64,
+    limit: Arc<AtomicU64>,
 }
 
 impl<R> Capped<R> {
     fn new(inner: R, cap: u64, what: &'static str) -> Self {
-        Capped { inner, left: cap, what, cap }
+        Capped { inner, left: cap, what, cap, limit: Arc::new(AtomicU64::new(cap)) }
     }
 }
 
 impl<R: Read> Read for Capped<R> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let limit = self.limit.load(Ordering::Relaxed);
+        if limit != self.cap {
+            self.left = self.left.saturating_add(limit - self.cap.min(limit));
+            self.cap = limit;
+        }
         // Ask for one byte past the cap so that "exactly at the cap" and "over it" differ.
         let max = buf.len().min(usize::try_from(self.left.saturating_add(1)).unwrap_or(usize::MAX));
         let n = self.inner.read(&mut buf[..max])?;

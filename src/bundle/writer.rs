@@ -54,6 +54,59 @@ pub fn build(
     opts: &CreateOptions,
 ) -> Result<(Manifest, Vec<u8>), BundleError> {
     let created_at = opts.created_at.replace_nanosecond(0).unwrap_or(opts.created_at);
+    let (discovery, mfiles, entries) = pki_part(files)?;
+    let manifest = manifest(key, opts, discovery, mfiles, Vec::new())?;
+    let manifest_bytes =
+        manifest.to_bytes().map_err(|e| BundleError::Internal(format!("bundle.json: {e}")))?;
+    let mut sums =
+        vec![(format::MANIFEST.to_string(), crate::pki::fingerprint::sha256_hex(&manifest_bytes))];
+    sums.extend(entries.iter().map(|(n, b)| (n.clone(), crate::pki::fingerprint::sha256_hex(b))));
+    let sums = format::render_sums(&sums);
+    let sig = sign::sign(key, &sums)?;
+
+    let mut all: Vec<(String, &[u8])> = vec![
+        (format::MANIFEST.into(), &manifest_bytes),
+        (format::SUMS.into(), &sums),
+        (format::SIGNATURE.into(), &sig),
+    ];
+    all.extend(entries);
+    let tgz = tar_gz(&all, created_at.unix_timestamp().max(0) as u64)
+        .map_err(|e| BundleError::Internal(format!("building the archive: {e}")))?;
+    Ok((manifest, tgz))
+}
+
+/// The manifest fields every bundle shares.
+fn manifest(
+    key: &PrivateKey,
+    opts: &CreateOptions,
+    discovery: String,
+    files: Vec<ManifestFile>,
+    artifacts: Vec<format::ManifestArtifact>,
+) -> Result<Manifest, BundleError> {
+    let created_at = opts.created_at.replace_nanosecond(0).unwrap_or(opts.created_at);
+    let expires_at = created_at
+        .checked_add(opts.valid_for)
+        .ok_or_else(|| BundleError::Usage("--valid-for is too long".into()))?;
+    Ok(Manifest {
+        format_version: FORMAT_VERSION,
+        cluster: opts.cluster.clone(),
+        serial: opts.serial.unwrap_or(created_at.unix_timestamp().max(0) as u64),
+        created_at,
+        expires_at,
+        source: opts.source.clone(),
+        hapki_version: env!("CARGO_PKG_VERSION").to_string(),
+        signer: sign::fingerprint(key),
+        discovery_token_ca_cert_hash: discovery,
+        files,
+        artifacts,
+    })
+}
+
+/// The PKI's part of a bundle: discovery hash, manifest entries and archive entries.
+#[allow(clippy::type_complexity)]
+fn pki_part(
+    files: &[PkiFile],
+) -> Result<(String, Vec<ManifestFile>, Vec<(String, &[u8])>), BundleError> {
     // Coherence is judged at the real present, not at `created_at` (which tests and
     // reproducible builds may set anywhere).
     let report = check_files(
@@ -90,58 +143,33 @@ pub fn build(
         });
         entries.push((format!("{PKI_PREFIX}{}", shared.name), file.bytes.as_slice()));
     }
-    let expires_at = created_at
-        .checked_add(opts.valid_for)
-        .ok_or_else(|| BundleError::Usage("--valid-for is too long".into()))?;
-    let manifest = Manifest {
-        format_version: FORMAT_VERSION,
-        cluster: opts.cluster.clone(),
-        serial: opts.serial.unwrap_or(created_at.unix_timestamp().max(0) as u64),
-        created_at,
-        expires_at,
-        source: opts.source.clone(),
-        hapki_version: env!("CARGO_PKG_VERSION").to_string(),
-        signer: sign::fingerprint(key),
-        discovery_token_ca_cert_hash: discovery,
-        files: mfiles,
-    };
-    let manifest_bytes =
-        manifest.to_bytes().map_err(|e| BundleError::Internal(format!("bundle.json: {e}")))?;
-    let mut sums =
-        vec![(format::MANIFEST.to_string(), crate::pki::fingerprint::sha256_hex(&manifest_bytes))];
-    sums.extend(entries.iter().map(|(n, b)| (n.clone(), crate::pki::fingerprint::sha256_hex(b))));
-    let sums = format::render_sums(&sums);
-    let sig = sign::sign(key, &sums)?;
-
-    let mut all: Vec<(String, &[u8])> = vec![
-        (format::MANIFEST.into(), &manifest_bytes),
-        (format::SUMS.into(), &sums),
-        (format::SIGNATURE.into(), &sig),
-    ];
-    all.extend(entries);
-    let tgz = tar_gz(&all, created_at.unix_timestamp().max(0) as u64)
-        .map_err(|e| BundleError::Internal(format!("building the archive: {e}")))?;
-    Ok((manifest, tgz))
+    Ok((discovery, mfiles, entries))
 }
 
 /// The deterministic tar.gz of `entries` (name, bytes), in the given order.
 pub fn tar_gz(entries: &[(String, &[u8])], mtime: u64) -> std::io::Result<Vec<u8>> {
     let mut tar = tar::Builder::new(Vec::new());
     for (name, bytes) in entries {
-        let mut h = tar::Header::new_ustar();
-        h.set_path(name)?;
-        h.set_mode(format::entry_mode(name));
-        h.set_uid(0);
-        h.set_gid(0);
-        h.set_username("root")?;
-        h.set_groupname("root")?;
-        h.set_mtime(mtime);
-        h.set_size(bytes.len() as u64);
-        h.set_entry_type(tar::EntryType::Regular);
-        h.set_cksum();
+        let h = tar_header(name, bytes.len() as u64, mtime)?;
         tar.append(&h, *bytes)?;
     }
     gzip(&tar.into_inner()?)
+}
+
+/// The one header shape a bundle entry has.
+fn tar_header(name: &str, size: u64, mtime: u64) -> std::io::Result<tar::Header> {
+    let mut h = tar::Header::new_ustar();
+    h.set_path(name)?;
+    h.set_mode(format::entry_mode(name));
+    h.set_uid(0);
+    h.set_gid(0);
+    h.set_username("root")?;
+    h.set_groupname("root")?;
+    h.set_mtime(mtime);
+    h.set_size(size);
+    h.set_entry_type(tar::EntryType::Regular);
+    h.set_cksum();
+    Ok(h)
 }
 
 /// hapki's one gzip encoding (header [`format::GZIP_HEADER`]); the reader recompresses with it
@@ -189,4 +217,192 @@ pub fn create(
         let _ = d.sync_all();
     }
     Ok(manifest)
+}
+
+/// Where the archive bytes go: straight to the file, or through age.
+enum Sink<W: Write> {
+    Plain(W),
+    Age(age::stream::StreamWriter<W>),
+}
+
+impl<W: Write> Write for Sink<W> {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        match self {
+            Sink::Plain(w) => w.write(b),
+            Sink::Age(w) => w.write(b),
+        }
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        match self {
+            Sink::Plain(w) => w.flush(),
+            Sink::Age(w) => w.flush(),
+        }
+    }
+}
+
+impl<W: Write> Sink<W> {
+    fn finish(self) -> std::io::Result<W> {
+        match self {
+            Sink::Plain(w) => Ok(w),
+            Sink::Age(w) => w.finish(),
+        }
+    }
+}
+
+/// Builds a bundle that carries artifacts (and the PKI if `files` is given), streaming: each
+/// source is hashed once (pass 1: `SHA256SUMS` and its signature precede the data), then
+/// streamed into tar → stored-block gzip ([`super::stored`]) → age → a 0600 temp file, hashed
+/// again on the way; a source that changed between the passes fails the build. Memory stays
+/// bounded whatever the sizes. The temp file is renamed to `out` only when complete.
+pub fn create_with_artifacts(
+    files: Option<&[PkiFile]>,
+    artifacts: &[crate::artifacts::Artifact],
+    key: &PrivateKey,
+    opts: &CreateOptions,
+    protection: &Protection,
+    out: &Path,
+) -> Result<Manifest, BundleError> {
+    use sha2::Digest;
+    if artifacts.is_empty() {
+        let files = files.ok_or_else(|| {
+            BundleError::Usage("nothing to bundle: give --pki-dir, --artifacts, or both".into())
+        })?;
+        return create(files, key, opts, protection, out);
+    }
+    let (discovery, mfiles, entries) = match files {
+        Some(f) => pki_part(f)?,
+        None => (String::new(), Vec::new(), Vec::new()),
+    };
+    // Pass 1: hash every source once.
+    let mut marts = Vec::with_capacity(artifacts.len());
+    for (i, a) in artifacts.iter().enumerate() {
+        let (sha, size) = hash_file(&a.source)?;
+        if size > format::ARTIFACT_MAX {
+            return Err(BundleError::Usage(format!(
+                "{}: {size} bytes, over the {}-byte cap for one artifact; split it",
+                a.source.display(),
+                format::ARTIFACT_MAX
+            )));
+        }
+        marts.push(format::ManifestArtifact {
+            name: format::artifact_name(i),
+            dest: a.dest.clone(),
+            mode: a.mode,
+            owner: a.owner.clone(),
+            roles: a.roles.clone(),
+            after: a.after,
+            sha256: sha,
+            size,
+        });
+    }
+    let manifest = manifest(key, opts, discovery, mfiles, marts)?;
+    let manifest_bytes =
+        manifest.to_bytes().map_err(|e| BundleError::Internal(format!("bundle.json: {e}")))?;
+    if manifest_bytes.len() as u64 > format::ARTIFACTS_MANIFEST_MAX {
+        return Err(BundleError::Usage(format!(
+            "bundle.json would be {} bytes, over the {}-byte cap; carry fewer, larger artifacts (pack small files into an archive)",
+            manifest_bytes.len(),
+            format::ARTIFACTS_MANIFEST_MAX
+        )));
+    }
+    let mut sums =
+        vec![(format::MANIFEST.to_string(), crate::pki::fingerprint::sha256_hex(&manifest_bytes))];
+    sums.extend(entries.iter().map(|(n, b)| (n.clone(), crate::pki::fingerprint::sha256_hex(b))));
+    sums.extend(manifest.artifacts.iter().map(|a| (a.name.clone(), a.sha256.clone())));
+    let sums = format::render_sums(&sums);
+    let sig = sign::sign(key, &sums)?;
+    let mtime = manifest.created_at.unix_timestamp().max(0) as u64;
+
+    let dir = match out.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let mut tmp = tempfile::Builder::new()
+        .prefix(".hapki-bundle-")
+        .suffix(".tmp")
+        .tempfile_in(&dir)
+        .map_err(|e| BundleError::io(&dir, e))?;
+    let io = |e: std::io::Error| BundleError::io(out, e);
+    {
+        let file = std::io::BufWriter::with_capacity(super::CHUNK, tmp.as_file_mut());
+        let sink = match protection {
+            Protection::Encrypt(r) => Sink::Age(crypt::encrypt_stream(r, file)?),
+            Protection::InsecurePlaintext => Sink::Plain(file),
+        };
+        let mut gz = super::stored::StoredGzWriter::new(sink).map_err(io)?;
+        let mut small: Vec<(String, &[u8])> = vec![
+            (format::MANIFEST.into(), &manifest_bytes),
+            (format::SUMS.into(), &sums),
+            (format::SIGNATURE.into(), &sig),
+        ];
+        small.extend(entries);
+        for (name, bytes) in &small {
+            gz.write_all(tar_header(name, bytes.len() as u64, mtime).map_err(io)?.as_bytes())
+                .map_err(io)?;
+            gz.write_all(bytes).map_err(io)?;
+            gz.write_all(&[0u8; 512][..(512 - bytes.len() % 512) % 512]).map_err(io)?;
+        }
+        // Pass 2: stream each source, checking it is still what pass 1 hashed.
+        let mut buf = vec![0u8; super::CHUNK];
+        for (a, m) in artifacts.iter().zip(&manifest.artifacts) {
+            gz.write_all(tar_header(&m.name, m.size, mtime).map_err(io)?.as_bytes()).map_err(io)?;
+            let mut f =
+                std::fs::File::open(&a.source).map_err(|e| BundleError::io(&a.source, e))?;
+            let mut h = sha2::Sha256::new();
+            let mut left = m.size;
+            loop {
+                let n = std::io::Read::read(&mut f, &mut buf)
+                    .map_err(|e| BundleError::io(&a.source, e))?;
+                if n == 0 {
+                    break;
+                }
+                if n as u64 > left {
+                    return Err(changed(&a.source));
+                }
+                h.update(&buf[..n]);
+                gz.write_all(&buf[..n]).map_err(io)?;
+                left -= n as u64;
+            }
+            if left != 0 || hex::encode(h.finalize()) != m.sha256 {
+                return Err(changed(&a.source));
+            }
+            gz.write_all(&[0u8; 512][..((512 - m.size % 512) % 512) as usize]).map_err(io)?;
+        }
+        // End of archive: two zero blocks, as tar::Builder writes them for PKI-only bundles.
+        gz.write_all(&[0u8; 1024]).map_err(io)?;
+        let sink = gz.finish().map_err(io)?;
+        let mut file = sink.finish().map_err(io)?;
+        file.flush().map_err(io)?;
+    }
+    tmp.as_file().sync_all().map_err(io)?;
+    tmp.persist(out).map_err(|e| BundleError::io(out, e.error))?;
+    if let Ok(d) = std::fs::File::open(&dir) {
+        let _ = d.sync_all();
+    }
+    Ok(manifest)
+}
+
+fn changed(p: &Path) -> BundleError {
+    BundleError::Usage(format!(
+        "{} changed while the bundle was being built; make sure nothing writes to it and run hapki bundle again",
+        p.display()
+    ))
+}
+
+/// SHA-256 (hex) and size of a file, streamed.
+fn hash_file(p: &Path) -> Result<(String, u64), BundleError> {
+    use sha2::Digest;
+    let mut f = std::fs::File::open(p).map_err(|e| BundleError::io(p, e))?;
+    let mut h = sha2::Sha256::new();
+    let mut buf = vec![0u8; super::CHUNK];
+    let mut size = 0u64;
+    loop {
+        let n = std::io::Read::read(&mut f, &mut buf).map_err(|e| BundleError::io(p, e))?;
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+        size += n as u64;
+    }
+    Ok((hex::encode(h.finalize()), size))
 }

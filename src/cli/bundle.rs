@@ -28,11 +28,12 @@ pub struct KeygenArgs {
 
 #[derive(Debug, Args)]
 pub struct BundleArgs {
-    /// Directory holding the shared PKI files (as /etc/kubernetes/pki).
+    /// Directory holding the shared PKI files (as /etc/kubernetes/pki). Optional with
+    /// --artifacts (an artifacts-only bundle).
     #[arg(
         long,
         value_name = "DIR",
-        required_unless_present_any = ["from", "inventory"],
+        required_unless_present_any = ["from", "inventory", "artifacts"],
         conflicts_with_all = ["from", "inventory"]
     )]
     pub pki_dir: Option<PathBuf>,
@@ -44,12 +45,17 @@ pub struct BundleArgs {
     pub inventory: Option<PathBuf>,
     #[command(flatten)]
     pub ssh: super::ssh::SshArgs,
+    /// Artifacts spec (TOML; see bundles/README.md): binaries, image archives, CNI files and
+    /// configs to carry in the bundle, installed by `hapki push` on the nodes whose role needs them.
+    #[arg(long, value_name = "SPEC")]
+    pub artifacts: Option<PathBuf>,
     /// OpenSSH private key that signs SHA256SUMS (`hapki keygen` makes one). If it is
     /// passphrase-protected, set HAPKI_SIGN_KEY_PASSPHRASE.
     #[arg(long, value_name = "FILE")]
     pub sign_key: PathBuf,
-    /// age recipient (age1…), SSH public key line, or @FILE of them; repeatable.
-    #[arg(long = "recipient", value_name = "R", required_unless_present = "insecure_plaintext")]
+    /// age recipient (age1…), SSH public key line, or @FILE of them; repeatable. Required when
+    /// the bundle holds the PKI (an artifacts-only bundle without one is written unencrypted).
+    #[arg(long = "recipient", value_name = "R")]
     pub recipients: Vec<String>,
     /// Write the bundle unencrypted: CA private keys readable by whoever gets the file.
     #[arg(long, conflicts_with = "recipients")]
@@ -112,10 +118,25 @@ pub fn keygen(args: KeygenArgs) -> anyhow::Result<u8> {
 }
 
 pub fn bundle(args: BundleArgs) -> anyhow::Result<u8> {
-    let protection = if args.insecure_plaintext {
+    // CA private keys always travel encrypted unless explicitly told otherwise; an
+    // artifacts-only bundle holds nothing secret (and the spec is what the operator chose).
+    let protection = if args.insecure_plaintext
+        || (args.pki_dir.is_none()
+            && args.from.is_none()
+            && args.inventory.is_none()
+            && args.recipients.is_empty())
+    {
         Protection::InsecurePlaintext
+    } else if args.recipients.is_empty() {
+        return Err(usage_error(
+            "the bundle holds CA private keys: give --recipient age1…|ssh-…|@FILE (or --insecure-plaintext)",
+        ));
     } else {
         Protection::Encrypt(Recipients::parse(&args.recipients).categorized()?)
+    };
+    let artifacts = match &args.artifacts {
+        Some(spec) => hapki::artifacts::load(spec).categorized()?,
+        None => Vec::new(),
     };
     let created_at = match &args.created_at {
         Some(s) => parse_time("--created-at", s)?,
@@ -123,21 +144,38 @@ pub fn bundle(args: BundleArgs) -> anyhow::Result<u8> {
     };
     let passphrase = std::env::var(SIGN_PASSPHRASE_ENV).ok();
     let key = bundle::load_signing_key(&args.sign_key, passphrase.as_deref()).categorized()?;
-    let (files, source) = match &args.pki_dir {
+    let with_pki = args.pki_dir.is_some() || args.from.is_some() || args.inventory.is_some();
+    let (files, mut sources) = match &args.pki_dir {
         Some(dir) => {
             let abs = std::path::absolute(dir).unwrap_or_else(|_| dir.clone());
-            (read_pki_dir(dir)?, format!("local:{}", abs.display()))
+            (Some(read_pki_dir(dir)?), vec![format!("local:{}", abs.display())])
         }
-        None => read_from_node(&args)?,
+        None if with_pki => {
+            let (f, s) = read_from_node(&args)?;
+            (Some(f), vec![s])
+        }
+        None => (None, Vec::new()),
     };
+    if let Some(s) = &args.artifacts {
+        let abs = std::path::absolute(s).unwrap_or_else(|_| s.clone());
+        sources.push(format!("artifacts:{}", abs.display()));
+    }
     let opts = bundle::CreateOptions {
         cluster: args.cluster,
         created_at,
         valid_for: args.valid_for.to_time(),
         serial: args.serial,
-        source,
+        source: sources.join(" "),
     };
-    let manifest = bundle::create(&files, &key, &opts, &protection, &args.out).categorized()?;
+    let manifest = bundle::create_with_artifacts(
+        files.as_deref(),
+        &artifacts,
+        &key,
+        &opts,
+        &protection,
+        &args.out,
+    )
+    .categorized()?;
     let encrypted = matches!(protection, Protection::Encrypt(_));
     match args.output {
         Output::Json => print_json(&serde_json::json!({
@@ -151,9 +189,10 @@ pub fn bundle(args: BundleArgs) -> anyhow::Result<u8> {
             "expires_at": fmt_time(manifest.expires_at),
             "discovery_token_ca_cert_hash": manifest.discovery_token_ca_cert_hash,
             "files": manifest.files,
+            "artifacts": manifest.artifacts,
         }))?,
         Output::Table => {
-            if !encrypted {
+            if !encrypted && !manifest.files.is_empty() {
                 eprintln!(
                     "hapki: warning: {} is NOT encrypted: it holds CA private keys in clear",
                     args.out.display()
@@ -168,7 +207,13 @@ pub fn bundle(args: BundleArgs) -> anyhow::Result<u8> {
             println!("serial:    {}", manifest.serial);
             println!("signer:    {}", manifest.signer);
             println!("expires:   {}", fmt_time(manifest.expires_at));
-            println!("discovery: {}", manifest.discovery_token_ca_cert_hash);
+            if !manifest.files.is_empty() {
+                println!("discovery: {}", manifest.discovery_token_ca_cert_hash);
+            }
+            if !manifest.artifacts.is_empty() {
+                let total: u64 = manifest.artifacts.iter().map(|a| a.size).sum();
+                println!("artifacts: {} files, {total} bytes", manifest.artifacts.len());
+            }
         }
     }
     Ok(0)
@@ -236,8 +281,32 @@ pub fn verify(args: VerifyArgs) -> anyhow::Result<u8> {
             println!("expires:   {}", fmt_time(m.expires_at));
             println!("source:    {}", m.source);
             println!("encrypted: {}", if verified.encrypted { "yes (age)" } else { "NO" });
-            println!("discovery: {}", m.discovery_token_ca_cert_hash);
+            if verified.has_pki() {
+                println!("discovery: {}", m.discovery_token_ca_cert_hash);
+            }
             println!();
+            if !m.artifacts.is_empty() {
+                println!(
+                    "{:<16} {:<5} {:<24} {:>12}  {:<16} DEST",
+                    "ARTIFACT", "MODE", "ROLES", "SIZE", "AFTER"
+                );
+                for a in &m.artifacts {
+                    let roles: Vec<String> = a.roles.iter().map(|r| r.to_string()).collect();
+                    println!(
+                        "{:<16} {:04o}  {:<24} {:>12}  {:<16} {}",
+                        a.name,
+                        a.mode,
+                        roles.join(","),
+                        a.size,
+                        a.after.map(|x| x.as_str()).unwrap_or("-"),
+                        a.dest
+                    );
+                }
+                if !verified.has_pki() {
+                    return Ok(0);
+                }
+                println!();
+            }
             println!(
                 "{:<20} {:<5} {:<12} {:<20} SPKI SHA-256",
                 "FILE", "MODE", "KIND", "NOT AFTER"

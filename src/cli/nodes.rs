@@ -163,8 +163,10 @@ pub fn open_verified(
 
 /// The audit/preflight reference built from a verified bundle.
 pub fn reference_from(path: &Path, b: &VerifiedBundle) -> hapki::audit::Reference {
-    hapki::audit::Reference::from_files(
+    let mut r = hapki::audit::Reference::from_files(
         format!("bundle {}", path.display()),
         b.files.iter().map(|f| (f.name.as_str(), f.bytes.as_slice())),
-    )
+    );
+    r.artifacts = b.manifest.artifacts.clone();
+    r
 }

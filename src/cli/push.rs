@@ -4,9 +4,18 @@ use std::path::PathBuf;
 
 use clap::Args;
 use hapki::error::Category;
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+use hapki::bundle::{self, AllowedSigners, Identities};
+use hapki::inventory::Role;
+use hapki::push::stream::{Event, NodeTarget};
 use hapki::push::{self, NodeStatus, Payload, PushOptions, PushReport, Step};
 
-use super::nodes::{open_verified, NodeArgs};
+/// Above this size a bundle cannot be PKI-only (the reader's cap on a compressed PKI bundle).
+const PKI_BUNDLE_MAX: u64 = 2 * 1024 * 1024;
+
+use super::nodes::NodeArgs;
 use super::ssh::SshArgs;
 use super::{print_json, stderr_is_tty, CategorizeExt, Output};
 
@@ -43,42 +52,131 @@ pub struct PushArgs {
 }
 
 pub fn run(args: PushArgs) -> anyhow::Result<u8> {
-    let targets = args.nodes.push_targets(&args.ssh)?;
+    let targets = push_targets(&args)?;
     if targets.is_empty() {
         return Err(super::usage_error(
             "no target nodes: the inventory has no control-plane node besides the first master",
         ));
     }
-    // Nothing crosses to a node before the bundle has verified here.
-    let verified = open_verified(&args.bundle, &args.trust, &args.decrypt_key)?;
-    let payload = Payload::from_verified(&verified).categorized()?;
+    let trust = AllowedSigners::from_file(&args.trust)
+        .map_err(|e| super::usage_error(format!("--trust: {e}")))?;
+    for note in &trust.ignored {
+        eprintln!("hapki: note: --trust {}: {note}", args.trust.display());
+    }
+    let mut ids = Identities::default();
+    for k in &args.decrypt_key {
+        ids.load(k).categorized()?;
+    }
     let transport = args.ssh.transport()?;
-    let targets: Vec<_> = targets.into_iter().map(|s| s.target).collect();
     let opts = PushOptions::new(args.replace, args.dry_run, args.parallel);
 
-    let bar = stderr_is_tty().then(|| {
-        let b = indicatif::ProgressBar::new(targets.len() as u64);
-        b.set_style(
-            indicatif::ProgressStyle::with_template("{spinner} [{pos}/{len}] {wide_msg}")
-                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
-        );
-        b.enable_steady_tick(std::time::Duration::from_millis(120));
-        b
-    });
-    let progress = |node: &str, step: Step| {
-        if let Some(b) = &bar {
-            match step {
-                Step::Done => b.inc(1),
-                s => b.set_message(format!("{node}: {s:?}").to_lowercase()),
+    // One line per node: its step, then (for artifacts) a byte bar with rate and ETA.
+    let multi = stderr_is_tty().then(indicatif::MultiProgress::new);
+    let bars: Mutex<HashMap<String, indicatif::ProgressBar>> = Mutex::new(HashMap::new());
+    let width = targets.iter().map(|t| t.target.name.len()).max().unwrap_or(4);
+    let progress = |node: &str, ev: Event| {
+        let Some(m) = &multi else { return };
+        let mut bars = bars.lock().unwrap_or_else(|p| p.into_inner());
+        let bar = bars.entry(node.to_string()).or_insert_with(|| {
+            let b = m.add(indicatif::ProgressBar::new_spinner());
+            b.set_style(
+                indicatif::ProgressStyle::with_template(&format!(
+                    "{{prefix:{width}}} {{spinner}} {{wide_msg}}"
+                ))
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner()),
+            );
+            b.set_prefix(node.to_string());
+            b.enable_steady_tick(std::time::Duration::from_millis(120));
+            b
+        });
+        match ev {
+            Event::Step(Step::Done) => bar.finish_with_message("done"),
+            Event::Step(s) => bar.set_message(format!("{s:?}").to_lowercase()),
+            Event::Sending { sent, total } => {
+                if bar.length() != Some(total) {
+                    bar.set_length(total);
+                    bar.set_style(
+                        indicatif::ProgressStyle::with_template(&format!(
+                            "{{prefix:{width}}} [{{bar:30}}] {{bytes}}/{{total_bytes}} {{binary_bytes_per_sec}} ETA {{eta}}"
+                        ))
+                        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+                    );
+                }
+                bar.set_position(sent);
             }
         }
     };
-    let report = push::push(&payload, &targets, transport.as_ref(), &opts, &progress);
-    if let Some(b) = bar {
-        b.finish_and_clear();
+    // A PKI-only bundle is small (the reader caps it at 2 MiB): verify it whole here first,
+    // then one SSH exec per node does facts, decision and install. Only bundles that carry
+    // artifacts take the streaming path, which verifies while it streams and installs nothing
+    // anywhere until the whole bundle has verified.
+    let size = std::fs::metadata(&args.bundle).map(|m| m.len()).unwrap_or(u64::MAX);
+    if size <= PKI_BUNDLE_MAX {
+        let verified =
+            bundle::open_and_verify(&args.bundle, &trust, &ids, &bundle::VerifyOptions::default())
+                .categorized()?;
+        if verified.manifest.artifacts.is_empty() {
+            let pki_targets: Vec<_> =
+                targets.iter().filter(|t| t.pki).map(|t| t.target.clone()).collect();
+            if pki_targets.is_empty() {
+                return Err(super::usage_error(
+                    "no target nodes for this bundle: it holds only the PKI, and the inventory has no control-plane node besides the first master",
+                ));
+            }
+            let payload = Payload::from_verified(&verified).categorized()?;
+            let step = |node: &str, s: Step| progress(node, Event::Step(s));
+            let report = push::push(&payload, &pki_targets, transport.as_ref(), &opts, &step);
+            if let Some(m) = &multi {
+                let _ = m.clear();
+            }
+            print_report(&report, args.output)?;
+            return Ok(report.category().map(Category::exit_code).unwrap_or(0));
+        }
+    }
+    let result = push::stream::push_bundle(
+        &args.bundle,
+        &trust,
+        &ids,
+        &bundle::VerifyOptions::default(),
+        &targets,
+        transport.as_ref(),
+        &opts,
+        &progress,
+    );
+    if let Some(m) = &multi {
+        let _ = m.clear();
+    }
+    let report = result.categorized()?;
+    if report.nodes.is_empty() {
+        return Err(super::usage_error(
+            "no target nodes for this bundle: it holds only the PKI, and the inventory has no control-plane node besides the first master",
+        ));
     }
     print_report(&report, args.output)?;
     Ok(report.category().map(Category::exit_code).unwrap_or(0))
+}
+
+/// With an inventory: every node (the first master and workers get artifacts only, the other
+/// control planes the PKI as well); with --nodes: the nodes given, all PKI targets.
+fn push_targets(args: &PushArgs) -> anyhow::Result<Vec<NodeTarget>> {
+    if args.nodes.nodes.is_none() && args.nodes.inventory.is_some() {
+        let (inv, all) = args.nodes.all(&args.ssh)?;
+        let first = inv.as_ref().map(|i| i.first_master().name.clone()).unwrap_or_default();
+        return Ok(all
+            .into_iter()
+            .map(|s| NodeTarget {
+                pki: s.role == Role::ControlPlane && s.target.name != first,
+                role: s.role,
+                target: s.target,
+            })
+            .collect());
+    }
+    Ok(args
+        .nodes
+        .push_targets(&args.ssh)?
+        .into_iter()
+        .map(|s| NodeTarget { target: s.target, role: s.role, pki: true })
+        .collect())
 }
 
 fn print_report(report: &PushReport, output: Output) -> anyhow::Result<()> {

@@ -22,3 +22,13 @@ shared_state() {
         statline S "$1/$n"
     done
 }
+# SHA-256 of a file, hex: openssl where present (several times faster than coreutils here),
+# sha256sum otherwise; both hash the same bytes.
+hashf() {
+    if command -v openssl > /dev/null 2>&1; then
+        h=$(openssl dgst -sha256 -r < "$1") || return 1
+    else
+        h=$(sha256sum < "$1") || return 1
+    fi
+    printf '%s\n' "${h%% *}"
+}

@@ -82,6 +82,9 @@ pub struct NodeFacts {
     pub public_key_sha256: BTreeMap<String, String>,
     /// Addresses the endpoint resolved to on the node (`None`: not asked).
     pub endpoint_addresses: Option<Vec<String>>,
+    /// Each artifact destination asked about (absolute path → state, with its SHA-256 when it
+    /// is a regular file).
+    pub artifact_dests: BTreeMap<String, PathState>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -211,6 +214,10 @@ impl NodeFacts {
                 "R" => f.last_bundle_json = Some(b64(line, rest)?),
                 "W" => f.lock_owner = Some(rest.trim().to_string()),
                 "G" => f.stale_staging.push(rest.trim().to_string()),
+                "AF" => {
+                    let st = parse_state(line, rest)?;
+                    f.artifact_dests.insert(st.path.clone(), st);
+                }
                 "PK" => {
                     if let Some((name, h)) = rest.split_once(' ') {
                         f.public_key_sha256.insert(name.to_string(), h.trim().to_string());

@@ -9,6 +9,8 @@ k=$1
 st=$2
 resolve=${3:-}
 scope=${4:-join}
+# $5… = artifact destinations to describe (with their SHA-256), for incremental pushes.
+if [ $# -ge 4 ]; then shift 4; else shift $#; fi
 pki=$k/pki
 printf 'V 1\n'
 printf 'T %s\n' "$(date +%s)"
@@ -75,4 +77,12 @@ if [ "$scope" = join ]; then
         printf 'N %s\n' "$(getent ahosts "$resolve" 2>/dev/null | awk '{print $1}' | sort -u | tr '\n' ' ')"
     fi
 fi
+for d in "$@"; do
+    if [ -f "$d" ] && [ ! -L "$d" ]; then
+        h=$(hashf "$d" 2>/dev/null) || h=unreadable
+        printf 'AF file %s %s %s\n' "$(stat -c '%a %u %g %s' "$d")" "$h" "$d"
+    else
+        statline AF "$d"
+    fi
+done
 printf 'Z\n'

@@ -3,17 +3,26 @@
 # directory on the same filesystem as the pki directory, so a failure (disk full, lost
 # connection, bad signature) leaves the installed files exactly as they were.
 #
-# $1 kubernetes dir   $2 state dir   $3 action (install|replace)   $4 signer principal
+# Artifacts (offline-installer files) are staged one by one, each in a 0700 directory next to
+# its destination (same filesystem), and checked against the signed SHA256SUMS as they arrive;
+# nothing is moved into place before the operator, who verifies the whole bundle while it
+# streams, sends the word "commit" after the last byte. Anything else (a verification failure,
+# a lost connection) removes every staged byte.
+#
+# $1 kubernetes dir   $2 state dir   $3 action (install|replace|none: leave the PKI alone)
+# $4 signer principal
 # $5 sha256 of the shared-file state the operator planned against (see shared_state)
 # $6 bundle serial    $7 timestamp for the backup directory
-# then per payload part: NAME LENGTH MODE — parts arrive concatenated on stdin, in order:
-# allowed_signers, bundle.json, SHA256SUMS, SHA256SUMS.sig, pki/...
+# then per payload part: NAME LENGTH MODE — or, for artifacts, artifacts/NNNN LENGTH MODE DEST
+# OWNER AFTER (AFTER "-" for none) — parts arrive concatenated on stdin, in order:
+# allowed_signers, bundle.json, SHA256SUMS, SHA256SUMS.sig, pki/..., artifacts/...,
+# then the line "commit".
 set -eu
 umask 077
 k=$1 st=$2 action=$3 principal=$4 expect=$5 serial=$6 stamp=$7
 shift 7
 pki=$k/pki
-case $action in install | replace) ;; *) printf 'hapki: bad action\n' >&2; exit 1 ;; esac
+case $action in install | replace | none) ;; *) printf 'hapki: bad action\n' >&2; exit 1 ;; esac
 case $principal$expect$serial$stamp in *[!A-Za-z0-9@._-]*) printf 'hapki: bad arguments\n' >&2; exit 1 ;; esac
 stage=
 locked=
@@ -21,8 +30,13 @@ die() { # exit code, message
     printf 'hapki: %s\n' "$2" >&2
     exit "$1"
 }
+astages=
+made_dirs=
 cleanup() {
     [ -n "$stage" ] && rm -rf "$stage"
+    for g in $astages; do rm -rf "$g"; done
+    # Directories created for artifacts that were never installed: only empty ones go.
+    for d in $made_dirs; do rmdir "$d" 2>/dev/null; done
     [ -n "$locked" ] && rm -rf "$st/lock"
     return 0
 }
@@ -70,10 +84,26 @@ got=$(shared_state "$pki" | sha256sum)
 [ "${got%% *}" = "$expect" ] || die 76 "the shared files on this node changed while hapki was planning; run push again"
 
 stage=$(mktemp -d "$k/.hapki-stage.XXXXXX")
-cat > "$stage/payload" || die 1 "could not receive the bundle (disk full?)"
 mkdir -p "$stage/b/pki/etcd"
-off=1
 parts=
+arts=
+checked=
+# The signature and the small entries are checked before the first artifact byte is read, so a
+# bad bundle costs no transfer.
+check_signed() {
+    (cd "$stage/b" && ssh-keygen -Y verify -f "$stage/allowed_signers" -I "$principal" -n hapki-bundle \
+        -s SHA256SUMS.sig < SHA256SUMS > /dev/null 2>&1) ||
+        die 3 "the bundle signature does not verify on this node (ssh-keygen -Y verify failed)"
+    n_list=bundle.json
+    for p in $parts; do n_list="$n_list ${p%%:*}"; done
+    for n in $n_list; do
+        grep -q "^[0-9a-f]\{64\}  $n\$" "$stage/b/SHA256SUMS" || die 3 "$n is not covered by SHA256SUMS"
+        grep "^[0-9a-f]\{64\}  $n\$" "$stage/b/SHA256SUMS"
+    done > "$stage/small.sums"
+    (cd "$stage/b" && sha256sum -c --strict --quiet "$stage/small.sums" > /dev/null 2>&1) ||
+        die 3 "a staged file does not match SHA256SUMS on this node (corrupted in transit?)"
+    checked=1
+}
 while [ $# -ge 3 ]; do
     name=$1 len=$2 mode=$3
     shift 3
@@ -83,26 +113,58 @@ while [ $# -ge 3 ]; do
     allowed_signers) dest=$stage/allowed_signers ;;
     bundle.json | SHA256SUMS | SHA256SUMS.sig) dest=$stage/b/$name ;;
     pki/*) dest=$stage/b/$name parts="$parts $name:$mode" ;;
+    artifacts/[0-9][0-9][0-9][0-9]*)
+        [ $# -ge 3 ] || die 1 "artifact part $name lacks its dest, owner and action"
+        adest=$1 owner=$2 after=$3
+        shift 3
+        case $after in - | restart-kubelet | daemon-reload | import-images) ;; *) die 1 "unknown after action $after" ;; esac
+        case $adest in /*) ;; *) die 1 "artifact dest $adest is not absolute" ;; esac
+        [ -z "$checked" ] && check_signed
+        want=$(grep "^[0-9a-f]\{64\}  $name\$" "$stage/b/SHA256SUMS") || die 3 "$name is not covered by SHA256SUMS"
+        want=${want%% *}
+        d=${adest%/*}
+        [ -n "$d" ] || d=/
+        if [ ! -d "$d" ]; then
+            # Remember the directories created here (outermost first), to remove them if the
+            # push does not complete.
+            top=$d new=
+            while [ ! -e "$top" ] && [ ! -L "$top" ]; do new="$top $new" top=${top%/*}; done
+            mkdir -p "$d" || die 1 "could not create $d for $adest"
+            for x in $new; do made_dirs="$x $made_dirs"; done
+        fi
+        [ -L "$adest" ] && [ -d "$adest" ] && die 77 "$adest is a symlink to a directory: refusing to replace it"
+        [ -d "$adest" ] && [ ! -L "$adest" ] && die 1 "$adest is a directory; move it away and push again"
+        # Staging left by an interrupted push (not this push's own) goes first.
+        for g in "$d"/.hapki-stage.*; do
+            [ -d "$g" ] || continue
+            case " $stage $astages " in *" $g "*) continue ;; esac
+            rm -rf "$g"
+        done
+        sd=$(mktemp -d "$d/.hapki-stage.XXXXXX") || die 1 "could not stage in $d"
+        astages="$astages $sd"
+        # dd with 1 MiB reads costs a fraction of head's 8 KiB ones on GiB payloads; with
+        # count_bytes it never reads past this part (the next part follows on the same stdin).
+        dd of="$sd/f" bs=1M count="$len" iflag=count_bytes,fullblock status=none ||
+            die 1 "could not stage $adest (disk full?)"
+        [ "$(stat -c %s "$sd/f")" -eq "$len" ] || die 1 "staging $adest came out short (disk full or truncated upload)"
+        got=$(hashf "$sd/f") || die 1 "could not hash the staged $adest"
+        [ "$got" = "$want" ] || die 3 "the staged $adest does not match SHA256SUMS on this node (corrupted in transit?)"
+        chown "$owner" "$sd/f" || die 1 "could not chown $adest to $owner (does the user exist on this node?)"
+        chmod "$mode" "$sd/f"
+        arts="$arts $name:$sd:$adest:$after"
+        continue
+        ;;
     *) die 1 "unexpected payload part $name" ;;
     esac
-    tail -c +"$off" "$stage/payload" | head -c "$len" > "$dest" || die 1 "could not stage $name (disk full?)"
+    head -c "$len" > "$dest" || die 1 "could not stage $name (disk full?)"
     [ "$(wc -c < "$dest")" -eq "$len" ] || die 1 "staging $name came out short (disk full or truncated upload)"
-    off=$((off + len))
 done
-[ "$(wc -c < "$stage/payload")" -eq $((off - 1)) ] || die 1 "the upload is truncated or has trailing bytes"
-rm -f "$stage/payload"
+[ -z "$checked" ] && check_signed
+IFS= read -r word || word=
+[ "$word" = commit ] || die 3 "the operator did not confirm the bundle (it failed verification there, or the connection was cut); nothing was installed"
+[ -z "$(head -c 1)" ] || die 1 "the upload has trailing bytes"
 
-# Verify the bytes on this node's disk with this node's own tools.
-(cd "$stage/b" && ssh-keygen -Y verify -f "$stage/allowed_signers" -I "$principal" -n hapki-bundle \
-    -s SHA256SUMS.sig < SHA256SUMS > /dev/null 2>&1) ||
-    die 3 "the bundle signature does not verify on this node (ssh-keygen -Y verify failed)"
-(cd "$stage/b" && sha256sum -c --strict --quiet SHA256SUMS > /dev/null 2>&1) ||
-    die 3 "a staged file does not match SHA256SUMS on this node (corrupted in transit?)"
-for p in $parts; do
-    n=${p%%:*}
-    grep -q "^[0-9a-f]\{64\}  $n\$" "$stage/b/SHA256SUMS" || die 3 "$n is not covered by SHA256SUMS"
-done
-
+if [ "$action" != none ]; then
 mkdir -p "$pki/etcd"
 chown 0:0 "$pki" "$pki/etcd"
 chmod 0755 "$pki" "$pki/etcd"
@@ -157,4 +219,39 @@ cp "$stage/b/bundle.json" "$st/.last-bundle.json.tmp" && mv -f "$st/.last-bundle
 printf '%s\n' "$serial" > "$st/.last-serial.tmp" && mv -f "$st/.last-serial.tmp" "$st/last-serial"
 printf '%s serial=%s signer=%s action=%s\n' "$stamp" "$serial" "$principal" "$action" >> "$st/history"
 [ -n "$had" ] && [ "$action" = replace ] && printf 'backup %s\n' "$bk"
+fi
+
+# Artifacts: each rename publishes a finished, verified file with its mode and owner.
+actions=
+for a in $arts; do
+    name=${a%%:*} r=${a#*:}
+    sd=${r%%:*} r=${r#*:}
+    adest=${r%:*} after=${r##*:}
+    mv -fT "$sd/f" "$adest" || die 1 "could not install $adest (earlier artifacts of this push are in place; push again)"
+    rmdir "$sd"
+    made_dirs=
+    printf '%s serial=%s signer=%s artifact=%s dest=%s sha256=%s\n' "$stamp" "$serial" "$principal" \
+        "$name" "$adest" "$(grep "  $name\$" "$stage/b/SHA256SUMS" | cut -c1-64)" >> "$st/history"
+    printf 'artifact %s\n' "$adest"
+    case $after in
+    -) ;;
+    import-images) actions="$actions import-images:$adest" ;;
+    *) case " $actions " in *" $after "*) ;; *) actions="$actions $after" ;; esac ;;
+    esac
+done
+astages=
+# The post-install actions, from the fixed set only, in a fixed order.
+run_after() { # name, command...
+    n=$1
+    shift
+    command -v "$1" > /dev/null 2>&1 || die 78 "files installed, but the after action $n needs $1, which this node lacks"
+    "$@" > /dev/null 2>&1 || die 78 "files installed, but the after action $n failed ($*)"
+    printf '%s after=%s\n' "$stamp" "$n" >> "$st/history"
+    printf 'after %s\n' "$n"
+}
+case " $actions " in *" daemon-reload "*) run_after daemon-reload systemctl daemon-reload ;; esac
+for x in $actions; do
+    case $x in import-images:*) run_after import-images ctr -n k8s.io images import "${x#import-images:}" ;; esac
+done
+case " $actions " in *" restart-kubelet "*) run_after restart-kubelet systemctl restart kubelet ;; esac
 printf 'installed\n'

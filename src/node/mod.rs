@@ -40,6 +40,12 @@ pub fn facts_script() -> String {
     format!("{COMMON}{}", include_str!("facts.sh"))
 }
 
+/// The install script alone (its arguments at its top), for pushes whose facts were read by a
+/// separate command (bundles with artifacts, which must know every node's needs first).
+pub fn install_script() -> String {
+    format!("{COMMON}{}", include_str!("install.sh"))
+}
+
 /// The push script: the facts, then one decision line read from stdin (`skip`, or the install
 /// script's arguments), then — for an install — the payload on the rest of stdin. One exec per
 /// node instead of two: on nodes whose login shell is slow to start (a heavy `.bashrc` runs for
@@ -63,6 +69,8 @@ pub mod install_exit {
     pub const CHANGED: i32 = 76;
     /// A path hapki would write through is a symlink.
     pub const UNSAFE_PATH: i32 = 77;
+    /// The files were installed but a post-install action failed.
+    pub const AFTER_FAILED: i32 = 78;
 }
 
 /// How much the facts script looks at.
@@ -80,11 +88,22 @@ pub fn read_facts(
     paths: &NodePaths,
     scope: FactsScope,
 ) -> Result<facts::NodeFacts, String> {
+    read_facts_with(session, paths, scope, &[])
+}
+
+/// [`read_facts`], also describing (and hashing) each of `artifact_dests`.
+pub fn read_facts_with(
+    session: &mut dyn crate::transport::Session,
+    paths: &NodePaths,
+    scope: FactsScope,
+    artifact_dests: &[&str],
+) -> Result<facts::NodeFacts, String> {
     let (resolve, scope) = match scope {
         FactsScope::Pki => ("", "pki"),
         FactsScope::Join { resolve } => (resolve.unwrap_or(""), "join"),
     };
-    let args = [paths.kube_dir.as_str(), paths.state_dir.as_str(), resolve, scope];
+    let mut args = vec![paths.kube_dir.as_str(), paths.state_dir.as_str(), resolve, scope];
+    args.extend_from_slice(artifact_dests);
     let out =
         session.run(&facts_script(), &args, &mut std::io::empty()).map_err(|e| e.to_string())?;
     if out.code.unwrap_or(-1) != 0 {

@@ -7,6 +7,7 @@
 
 pub mod exchange;
 pub mod plan;
+pub mod stream;
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -51,8 +52,16 @@ impl Payload {
         self.files.iter().find(|f| f.name == name)
     }
 
-    /// The install script's trailing arguments and the matching stdin bytes.
+    /// The install script's trailing arguments and the matching stdin bytes, ending with the
+    /// confirmation word (the payload was verified in full before it was built).
     fn parts(&self) -> (Vec<String>, Vec<u8>) {
+        let (args, mut data) = self.parts_for(true);
+        data.extend_from_slice(b"commit\n");
+        (args, data)
+    }
+
+    /// The signed metadata parts, and the `pki/` files if `pki`; no confirmation word.
+    fn parts_for(&self, pki: bool) -> (Vec<String>, Vec<u8>) {
         let mut args = Vec::new();
         let mut data = Vec::new();
         let mut add = |name: &str, bytes: &[u8], mode: u32| {
@@ -65,8 +74,10 @@ impl Payload {
         add("bundle.json", &self.manifest_json, 0o600);
         add("SHA256SUMS", &self.sha256sums, 0o600);
         add("SHA256SUMS.sig", &self.signature, 0o600);
-        for f in &self.files {
-            add(&format!("pki/{}", f.name), &f.bytes, f.mode);
+        if pki {
+            for f in &self.files {
+                add(&format!("pki/{}", f.name), &f.bytes, f.mode);
+            }
         }
         (args, data)
     }

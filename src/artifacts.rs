@@ -1,0 +1,426 @@
+//! The offline installer's artifacts spec: which files (binaries, image archives, CNI manifests,
+//! configs) a bundle carries, where each lands on a node, with which mode and owner, on which
+//! roles, and which post-install action from a fixed set follows.
+//!
+//! ```toml
+//! [[artifacts]]
+//! source = "bin/kubeadm"            # a file or a directory, relative to the spec file
+//! dest = "/usr/local/bin/kubeadm"   # absolute; for a directory source, a directory
+//! mode = "0755"                     # optional, default 0644
+//! owner = "0:0"                     # optional, default 0:0 (uid:gid or user:group)
+//! roles = ["control-plane", "worker"]  # optional, default all
+//! after = "restart-kubelet"         # optional: restart-kubelet | daemon-reload | import-images
+//! ```
+//!
+//! [`load`] flattens the spec into one [`Artifact`] per file, in a deterministic order (spec
+//! order; a directory's files sorted by name), which is the order they take in the bundle.
+//! Everything a node will see (dest, owner, action) is validated here, before any byte is
+//! hashed: a dest is one of a small safe alphabet, so it can be passed to the node script and
+//! written into `SHA256SUMS`-adjacent records without quoting surprises.
+
+use std::collections::BTreeSet;
+use std::fmt;
+use std::path::{Component, Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Categorized, Category};
+pub use crate::inventory::Role;
+
+/// Where the shared PKI lives on a node: artifacts never land there (push owns it).
+pub const FORBIDDEN_PREFIXES: [&str; 2] = ["/etc/kubernetes/pki", "/var/lib/hapki"];
+
+/// At most this many files per bundle (each is one archive entry and one `SHA256SUMS` line).
+pub const MAX_ARTIFACTS: usize = 2000;
+
+/// A post-install action from the fixed set. Never a shell string: the node script maps each
+/// name to one fixed command.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum After {
+    /// `systemctl daemon-reload` (a unit file or drop-in changed).
+    DaemonReload,
+    /// `ctr -n k8s.io images import DEST` (an image archive).
+    ImportImages,
+    /// `systemctl restart kubelet` (the kubelet binary or its config changed).
+    RestartKubelet,
+}
+
+impl After {
+    /// The name used in specs, `bundle.json` and the node script.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            After::DaemonReload => "daemon-reload",
+            After::ImportImages => "import-images",
+            After::RestartKubelet => "restart-kubelet",
+        }
+    }
+
+    fn parse(s: &str) -> Option<After> {
+        [After::DaemonReload, After::ImportImages, After::RestartKubelet]
+            .into_iter()
+            .find(|a| a.as_str() == s)
+    }
+}
+
+impl fmt::Display for After {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// One file to carry: the flattened form of a spec entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Artifact {
+    /// The file on the operator's machine.
+    pub source: PathBuf,
+    /// Absolute, normalized path on the node.
+    pub dest: String,
+    pub mode: u32,
+    /// `uid:gid` or `user:group`, as `chown` takes it.
+    pub owner: String,
+    /// Sorted, deduplicated; never empty.
+    pub roles: Vec<Role>,
+    pub after: Option<After>,
+}
+
+impl Artifact {
+    /// Whether a node of `role` gets this artifact.
+    pub fn for_role(&self, role: Role) -> bool {
+        self.roles.contains(&role)
+    }
+}
+
+/// Why a spec was refused. Always a usage error: the operator fixes the spec.
+#[derive(Debug, thiserror::Error)]
+#[error("artifacts spec {}: {message}", path.display())]
+pub struct SpecError {
+    pub path: PathBuf,
+    pub message: String,
+}
+
+impl Categorized for SpecError {
+    fn category(&self) -> Category {
+        Category::Usage
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSpec {
+    #[serde(default)]
+    artifacts: Vec<RawEntry>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawEntry {
+    source: String,
+    dest: String,
+    mode: Option<String>,
+    owner: Option<String>,
+    roles: Option<Vec<String>>,
+    after: Option<String>,
+}
+
+/// Reads and validates the spec at `path` and flattens it into files (see the module docs).
+pub fn load(path: &Path) -> Result<Vec<Artifact>, SpecError> {
+    let err = |message: String| SpecError { path: path.to_path_buf(), message };
+    let text = std::fs::read_to_string(path).map_err(|e| err(format!("cannot read it: {e}")))?;
+    let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
+    parse(&text, &base).map_err(err)
+}
+
+/// Checks spec text without touching the sources (for templates whose files are not filled in
+/// yet): returns the number of entries.
+pub fn check_text(text: &str) -> Result<usize, String> {
+    parse_inner(text, Path::new("."), false).map(|v| v.len())
+}
+
+/// [`load`] on spec text whose relative sources resolve against `base`.
+pub fn parse(text: &str, base: &Path) -> Result<Vec<Artifact>, String> {
+    parse_inner(text, base, true)
+}
+
+fn parse_inner(text: &str, base: &Path, expand: bool) -> Result<Vec<Artifact>, String> {
+    let raw: RawSpec = toml::from_str(text).map_err(|e| {
+        // toml's message spans several lines (a source excerpt); keep the first and the span.
+        let first = e.message().lines().next().unwrap_or("invalid TOML").to_string();
+        match e.span() {
+            Some(s) => format!("{first} (at {}); fix the TOML", line_col(text, s.start)),
+            None => format!("{first}; fix the TOML"),
+        }
+    })?;
+    if raw.artifacts.is_empty() {
+        return Err("no [[artifacts]] entries; add at least one (see bundles/README.md)".into());
+    }
+    let mut out = Vec::new();
+    for (i, e) in raw.artifacts.iter().enumerate() {
+        let at = format!("[[artifacts]] #{} ({})", i + 1, e.source);
+        let ctx = |m: String| format!("{at}: {m}");
+        let mode = match &e.mode {
+            None => 0o644,
+            Some(m) => parse_mode(m).map_err(ctx)?,
+        };
+        let owner = match &e.owner {
+            None => "0:0".to_string(),
+            Some(o) => check_owner(o).map_err(ctx)?,
+        };
+        let roles = match &e.roles {
+            None => vec![Role::ControlPlane, Role::Worker],
+            Some(list) => parse_roles(list).map_err(ctx)?,
+        };
+        let after = match &e.after {
+            None => None,
+            Some(a) => Some(After::parse(a).ok_or_else(|| {
+                ctx(format!(
+                    "after = {a:?} is not one of restart-kubelet, daemon-reload, import-images (a fixed set, never a shell command)"
+                ))
+            })?),
+        };
+        let dest = check_dest(&e.dest).map_err(ctx)?;
+        let source = resolve_source(base, &e.source).map_err(ctx)?;
+        if !expand {
+            out.push(Artifact { source, dest, mode, owner, roles, after });
+            continue;
+        }
+        let md = std::fs::symlink_metadata(&source)
+            .map_err(|err| ctx(format!("source {}: {err}", source.display())))?;
+        let mut add = |source: PathBuf, dest: String| {
+            out.push(Artifact {
+                source,
+                dest,
+                mode,
+                owner: owner.clone(),
+                roles: roles.clone(),
+                after,
+            });
+        };
+        if md.file_type().is_symlink() {
+            return Err(ctx(format!(
+                "source {} is a symbolic link; point the spec at the real file",
+                source.display()
+            )));
+        } else if md.is_file() {
+            add(source, dest);
+        } else if md.is_dir() {
+            let mut any = false;
+            for entry in walkdir::WalkDir::new(&source).follow_links(false).sort_by_file_name() {
+                let entry =
+                    entry.map_err(|err| ctx(format!("walking {}: {err}", source.display())))?;
+                let ft = entry.file_type();
+                let rel = entry.path().strip_prefix(&source).unwrap_or(entry.path());
+                if ft.is_dir() {
+                    continue;
+                }
+                if ft.is_symlink() {
+                    return Err(ctx(format!(
+                        "{} is a symbolic link; artifacts are regular files only",
+                        entry.path().display()
+                    )));
+                }
+                if !ft.is_file() {
+                    return Err(ctx(format!(
+                        "{} is not a regular file (device, FIFO or socket); remove it from the directory",
+                        entry.path().display()
+                    )));
+                }
+                let rel = rel.to_str().ok_or_else(|| {
+                    ctx(format!("{} has a name that is not UTF-8", entry.path().display()))
+                })?;
+                let d = check_dest(&format!("{dest}/{rel}")).map_err(&ctx)?;
+                add(entry.path().to_path_buf(), d);
+                any = true;
+            }
+            if !any {
+                return Err(ctx(format!("source directory {} holds no files", source.display())));
+            }
+        } else {
+            return Err(ctx(format!(
+                "source {} is not a regular file or directory",
+                source.display()
+            )));
+        }
+    }
+    if out.len() > MAX_ARTIFACTS {
+        return Err(format!(
+            "{} files: more than the {MAX_ARTIFACTS} a bundle may carry; pack small files into an archive",
+            out.len()
+        ));
+    }
+    let mut seen = BTreeSet::new();
+    for a in &out {
+        if !seen.insert(a.dest.as_str()) {
+            return Err(format!("two artifacts install to {}; give each its own dest", a.dest));
+        }
+    }
+    // A file at /a and another at /a/b cannot both exist: the second needs /a to be a directory.
+    for a in &out {
+        let mut p = a.dest.as_str();
+        while let Some((parent, _)) = p.rsplit_once('/') {
+            if parent.is_empty() {
+                break;
+            }
+            if seen.contains(parent) {
+                return Err(format!(
+                    "{} is installed as a file and is also the parent directory of {}",
+                    parent, a.dest
+                ));
+            }
+            p = parent;
+        }
+    }
+    Ok(out)
+}
+
+fn line_col(text: &str, offset: usize) -> String {
+    let before = &text[..offset.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    format!("line {line}")
+}
+
+fn parse_mode(m: &str) -> Result<u32, String> {
+    let ok = (3..=4).contains(&m.len()) && m.bytes().all(|b| (b'0'..=b'7').contains(&b));
+    let v = if ok { u32::from_str_radix(m, 8).ok() } else { None };
+    match v {
+        Some(v) if v & 0o7000 == 0 => Ok(v),
+        Some(_) => Err(format!(
+            "mode {m:?} sets setuid, setgid or sticky bits; artifacts get plain permissions"
+        )),
+        None => Err(format!("mode {m:?} is not an octal mode like \"0644\" or \"0755\"")),
+    }
+}
+
+fn check_owner(o: &str) -> Result<String, String> {
+    let word = |w: &str| {
+        !w.is_empty()
+            && w.len() <= 32
+            && (w.bytes().all(|b| b.is_ascii_digit())
+                || (w.bytes().next().is_some_and(|b| b.is_ascii_lowercase() || b == b'_')
+                    && w.bytes().all(|b| {
+                        b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-'
+                    })))
+    };
+    match o.split_once(':') {
+        Some((u, g)) if word(u) && word(g) => Ok(o.to_string()),
+        _ => Err(format!("owner {o:?} is not USER:GROUP (names or numeric ids, e.g. \"0:0\")")),
+    }
+}
+
+fn parse_roles(list: &[String]) -> Result<Vec<Role>, String> {
+    let mut roles = Vec::new();
+    for r in list {
+        let role = match r.as_str() {
+            "control-plane" => vec![Role::ControlPlane],
+            "worker" => vec![Role::Worker],
+            "all" => vec![Role::ControlPlane, Role::Worker],
+            other => return Err(format!("role {other:?} is not control-plane, worker or all")),
+        };
+        for x in role {
+            if !roles.contains(&x) {
+                roles.push(x);
+            }
+        }
+    }
+    if roles.is_empty() {
+        return Err("roles = [] sends the artifact nowhere; name a role or drop the key".into());
+    }
+    roles.sort_by_key(|r| *r == Role::Worker);
+    Ok(roles)
+}
+
+/// A dest must be absolute, normalized (no `.`, `..`, `//`, trailing `/`), of a conservative
+/// alphabet, and outside what hapki itself owns on a node.
+pub fn check_dest(d: &str) -> Result<String, String> {
+    if !d.starts_with('/') {
+        return Err(format!("dest {d:?} is not an absolute path; write it as /path/on/the/node"));
+    }
+    if d.len() > 1024 {
+        return Err(format!("dest {:?}… is longer than 1024 bytes", &d[..40]));
+    }
+    if let Some(c) = d.chars().find(|c| !(c.is_ascii_alphanumeric() || "/._-+@:,=".contains(*c))) {
+        return Err(format!(
+            "dest {d:?} contains {c:?}; use letters, digits and / . _ - + @ : , = only"
+        ));
+    }
+    let comps: Vec<&str> = d[1..].split('/').collect();
+    if comps.iter().any(|c| c.is_empty() || *c == "." || *c == "..") {
+        return Err(format!(
+            "dest {d:?} is not normalized (empty, '.' or '..' component, or a trailing /)"
+        ));
+    }
+    if comps.iter().any(|c| c.starts_with(".hapki-")) {
+        return Err(format!("dest {d:?} uses hapki's reserved .hapki- prefix"));
+    }
+    for p in FORBIDDEN_PREFIXES {
+        if d == p || d.starts_with(&format!("{p}/")) {
+            return Err(format!(
+                "dest {d:?} overlaps {p}, which hapki manages itself (the shared PKI and push state); pick another path"
+            ));
+        }
+    }
+    Ok(d.to_string())
+}
+
+fn resolve_source(base: &Path, s: &str) -> Result<PathBuf, String> {
+    let p = Path::new(s);
+    if p.is_absolute() {
+        return Ok(p.to_path_buf());
+    }
+    if p.components().any(|c| matches!(c, Component::ParentDir)) {
+        return Err(format!(
+            "source {s:?} climbs out with '..'; sources are relative to the spec file's directory (or absolute)"
+        ));
+    }
+    Ok(base.join(p))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dests_are_absolute_normalized_and_outside_the_pki() {
+        assert!(check_dest("/usr/local/bin/kubeadm").is_ok());
+        for bad in [
+            "usr/local/bin/kubeadm",
+            "/usr/local/../bin/x",
+            "/usr//bin/x",
+            "/usr/bin/",
+            "/usr/./bin",
+            "/etc/kubernetes/pki/ca.crt",
+            "/etc/kubernetes/pki",
+            "/var/lib/hapki/history",
+            "/usr/bin/a b",
+            "/usr/bin/$(id)",
+            "/usr/bin/x\ny",
+            "/",
+            "/x/.hapki-stage.1",
+        ] {
+            assert!(check_dest(bad).is_err(), "{bad:?} accepted");
+        }
+        assert!(check_dest("/etc/kubernetes/kubeadm-config.yaml").is_ok());
+    }
+
+    #[test]
+    fn modes_roles_owner_after() {
+        assert_eq!(parse_mode("0755"), Ok(0o755));
+        assert_eq!(parse_mode("644"), Ok(0o644));
+        assert!(parse_mode("4755").is_err());
+        assert!(parse_mode("0x755").is_err());
+        assert!(parse_mode("0999").is_err());
+        assert_eq!(parse_roles(&["worker".into()]), Ok(vec![Role::Worker]));
+        assert_eq!(
+            parse_roles(&["worker".into(), "control-plane".into()]),
+            Ok(vec![Role::ControlPlane, Role::Worker])
+        );
+        assert!(parse_roles(&["master".into()]).is_err());
+        assert!(parse_roles(&[]).is_err());
+        assert!(check_owner("root:root").is_ok());
+        assert!(check_owner("0:0").is_ok());
+        assert!(check_owner("root").is_err());
+        assert!(check_owner("root:$(id)").is_err());
+        assert_eq!(After::parse("import-images"), Some(After::ImportImages));
+        assert_eq!(After::parse("systemctl restart kubelet"), None);
+    }
+}

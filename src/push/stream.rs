@@ -1,0 +1,452 @@
+//! `push` of a bundle that may carry artifacts: one streaming pass over the bundle, fanned out
+//! to every node at once.
+//!
+//! One thread reads the bundle (decrypt → stored gzip → tar, [`crate::bundle::open_streaming`])
+//! and hashes each byte once; every node has its own worker thread with one SSH session running
+//! the install script, fed through a bounded channel of shared chunks. A slow node throttles
+//! the reader (its channel fills up); a failed node's channel is dropped and the others carry
+//! on. Nodes stage each artifact next to its destination and check it against the signed
+//! `SHA256SUMS` themselves; nothing is moved into place until the reader has verified the whole
+//! bundle and sends "commit" — one flipped byte anywhere and no node installs anything.
+//!
+//! Incremental: each node's facts include the SHA-256 of every artifact destination its role
+//! gets; an artifact already there with the signed hash, mode and owner is not sent.
+
+use std::cell::RefCell;
+use std::collections::BTreeSet;
+use std::io::Read;
+use std::path::Path;
+use std::sync::mpsc::{self, Receiver, SyncSender};
+use std::sync::{Arc, Mutex};
+
+use crate::artifacts::Role;
+use crate::bundle::{
+    self, AllowedSigners, ArtifactEvent, BundleError, Identities, ManifestArtifact, VerifiedBundle,
+    VerifyOptions,
+};
+use crate::error::{Categorized, Category};
+use crate::node::{self, facts::NodeFacts, facts::PathKind};
+use crate::transport::{Target, Transport};
+
+use super::{failed, plan, NodeResult, NodeStatus, Payload, Plan, PushOptions, PushReport, Step};
+
+/// A node push may send something to.
+#[derive(Debug, Clone)]
+pub struct NodeTarget {
+    pub target: Target,
+    pub role: Role,
+    /// Whether the node gets the shared PKI (a control plane other than the first master).
+    pub pki: bool,
+}
+
+/// What the library reports while it pushes (the binary draws progress bars from it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Event {
+    Step(Step),
+    /// Bytes of artifacts sent to the node so far, out of `total` planned for it.
+    Sending {
+        sent: u64,
+        total: u64,
+    },
+}
+
+/// Bytes in flight to all nodes together: each node's channel holds its share (4 to 32 chunks
+/// of [`bundle::CHUNK`]), so memory stays bounded whatever the payload while each node can fall
+/// a few MiB behind the others (scheduling hiccups) without stalling them.
+const IN_FLIGHT: usize = 32 << 20;
+
+fn depth(nodes: usize) -> usize {
+    (IN_FLIGHT / bundle::CHUNK / nodes.max(1)).clamp(4, 32)
+}
+
+enum Msg {
+    Data(Arc<Vec<u8>>),
+    Commit,
+}
+
+/// A node's stdin: the small parts from memory, then the artifact chunks from the channel,
+/// then "commit" (only if the operator verified the whole bundle), then end of input.
+struct ChannelReader<'a> {
+    rx: Receiver<Msg>,
+    cur: Arc<Vec<u8>>,
+    pos: usize,
+    done: bool,
+    sent: u64,
+    total: u64,
+    report: &'a (dyn Fn(u64, u64) + Sync),
+}
+
+impl Read for ChannelReader<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        while self.pos == self.cur.len() {
+            if self.done {
+                return Ok(0);
+            }
+            match self.rx.recv() {
+                Ok(Msg::Data(c)) => {
+                    self.sent += c.len() as u64;
+                    (self.report)(self.sent, self.total);
+                    self.cur = c;
+                }
+                Ok(Msg::Commit) => {
+                    self.cur = Arc::new(b"commit\n".to_vec());
+                    self.done = true;
+                }
+                // The reader gave up (verification failed): end of input without "commit",
+                // which makes the node discard everything it staged.
+                Err(_) => return Ok(0),
+            }
+            self.pos = 0;
+        }
+        let n = buf.len().min(self.cur.len() - self.pos);
+        buf[..n].copy_from_slice(&self.cur[self.pos..self.pos + n]);
+        self.pos += n;
+        Ok(n)
+    }
+}
+
+/// What a node worker tells the reader once it has planned.
+enum Ready {
+    /// Send these artifacts (indices) to the node.
+    Send(BTreeSet<usize>),
+    /// Nothing to stream (done, unchanged, planned, failed, or not a target).
+    Nothing,
+}
+
+/// Whether the node already holds artifact `a` as the bundle has it.
+fn in_place(a: &ManifestArtifact, facts: &NodeFacts) -> bool {
+    let Some(st) = facts.artifact_dests.get(&a.dest) else { return false };
+    if st.kind != PathKind::File || st.sha256.as_deref() != Some(a.sha256.as_str()) {
+        return false;
+    }
+    if st.mode != Some(a.mode) {
+        return false;
+    }
+    // Numeric owners are compared; names would need the node's passwd, so they count as met.
+    match a.owner.split_once(':') {
+        Some((u, g)) => {
+            let num =
+                |s: &str, v: Option<u32>| s.parse::<u32>().map(|n| Some(n) == v).unwrap_or(true);
+            num(u, st.uid) && num(g, st.gid)
+        }
+        None => false,
+    }
+}
+
+/// Pushes the bundle at `path` to `targets`, verifying it in the same pass (see the module
+/// docs). `Err` means the bundle itself was rejected (nothing was installed anywhere); node
+/// failures are in the report.
+#[allow(clippy::too_many_arguments)]
+pub fn push_bundle(
+    path: &Path,
+    trust: &AllowedSigners,
+    identities: &Identities,
+    verify: &VerifyOptions,
+    targets: &[NodeTarget],
+    transport: &dyn Transport,
+    opts: &PushOptions,
+    progress: &(dyn Fn(&str, Event) + Sync),
+) -> Result<PushReport, BundleError> {
+    // Nodes go in batches of `parallel`, one pass over the bundle per batch.
+    let mut nodes = Vec::new();
+    for batch in targets.chunks(opts.parallel.max(1)) {
+        let done = push_batch(path, trust, identities, verify, batch, transport, opts, progress)?;
+        nodes.extend(done.into_iter().flatten());
+    }
+    let ok = nodes.iter().all(|n| n.status != NodeStatus::Failed);
+    Ok(PushReport { ok, nodes })
+}
+
+#[allow(clippy::too_many_arguments)]
+fn push_batch(
+    path: &Path,
+    trust: &AllowedSigners,
+    identities: &Identities,
+    verify: &VerifyOptions,
+    targets: &[NodeTarget],
+    transport: &dyn Transport,
+    opts: &PushOptions,
+    progress: &(dyn Fn(&str, Event) + Sync),
+) -> Result<Vec<Option<NodeResult>>, BundleError> {
+    let n = targets.len();
+    let results: Mutex<Vec<Option<NodeResult>>> = Mutex::new((0..n).map(|_| None).collect());
+    std::thread::scope(|s| {
+        let (ready_tx, ready_rx) = mpsc::channel::<(usize, Ready)>();
+        let mut head_txs = Vec::new();
+        let mut data_txs: Vec<Option<SyncSender<Msg>>> = Vec::new();
+        for (i, t) in targets.iter().enumerate() {
+            let (head_tx, head_rx) = mpsc::channel::<Arc<(Payload, VerifiedBundle)>>();
+            let (data_tx, data_rx) = mpsc::sync_channel::<Msg>(depth(n));
+            head_txs.push(head_tx);
+            data_txs.push(Some(data_tx));
+            let ready_tx = ready_tx.clone();
+            let results = &results;
+            s.spawn(move || {
+                let r = node_worker(t, head_rx, data_rx, &ready_tx, i, transport, opts, progress);
+                results.lock().unwrap_or_else(|p| p.into_inner())[i] = r;
+            });
+        }
+        drop(ready_tx);
+        // Shared by the two callbacks below (both run on this thread).
+        struct State {
+            wants: Vec<BTreeSet<usize>>,
+            txs: Vec<Option<SyncSender<Msg>>>,
+            sizes: Vec<u64>,
+            current: Option<usize>,
+        }
+        let st = RefCell::new(State {
+            wants: vec![BTreeSet::new(); n],
+            txs: data_txs,
+            sizes: Vec::new(),
+            current: None,
+        });
+        let outcome = bundle::open_streaming(
+            path,
+            trust,
+            identities,
+            verify,
+            &mut |head| {
+                let payload = Payload::from_verified(head)
+                    .map_err(|e| BundleError::Manifest(e.to_string()))?;
+                let mut st = st.borrow_mut();
+                st.sizes = head.manifest.artifacts.iter().map(|a| a.size).collect();
+                let shared = Arc::new((payload, head.clone()));
+                for tx in &head_txs {
+                    let _ = tx.send(shared.clone());
+                }
+                // Every node plans before the first artifact byte is read.
+                for _ in 0..n {
+                    match ready_rx.recv() {
+                        Ok((i, Ready::Send(set))) => st.wants[i] = set,
+                        Ok((i, Ready::Nothing)) => st.txs[i] = None,
+                        Err(_) => break,
+                    }
+                }
+                // No node installs anything: the artifacts need not be read at all (which is
+                // what makes a repeated push take seconds whatever the payload).
+                Ok(st.txs.iter().any(Option::is_some))
+            },
+            &mut |ev| {
+                let mut st = st.borrow_mut();
+                let st = &mut *st;
+                match ev {
+                    ArtifactEvent::Start { index, size } => {
+                        if st.sizes.get(index) != Some(&size) {
+                            return Err(BundleError::Manifest(format!(
+                                "artifacts/{index:04} is {size} bytes but bundle.json says otherwise"
+                            )));
+                        }
+                        st.current = Some(index);
+                    }
+                    ArtifactEvent::Data(chunk) => {
+                        let Some(idx) = st.current else { return Ok(()) };
+                        if !st.wants.iter().any(|w| w.contains(&idx)) {
+                            return Ok(());
+                        }
+                        // One copy per chunk, shared by every node it goes to.
+                        let chunk = Arc::new(chunk.to_vec());
+                        for (i, tx) in st.txs.iter_mut().enumerate() {
+                            if !st.wants[i].contains(&idx) {
+                                continue;
+                            }
+                            if let Some(t) = tx {
+                                if t.send(Msg::Data(chunk.clone())).is_err() {
+                                    // The node failed; the others go on.
+                                    *tx = None;
+                                }
+                            }
+                        }
+                    }
+                    ArtifactEvent::End => st.current = None,
+                }
+                Ok(())
+            },
+        );
+        let data_txs = st.into_inner().txs;
+        drop(head_txs);
+        if outcome.is_ok() {
+            for t in data_txs.iter().flatten() {
+                let _ = t.send(Msg::Commit);
+            }
+        }
+        // Dropping the senders ends every node's input: after "commit", or without it.
+        drop(data_txs);
+        outcome.map(|_| ())
+    })?;
+    Ok(results.into_inner().unwrap_or_else(|p| p.into_inner()))
+}
+
+/// One node: connect, read facts, plan, then install with the streamed input. `None` when the
+/// node has nothing to do with this bundle (a worker and a PKI-only bundle).
+#[allow(clippy::too_many_arguments)]
+fn node_worker(
+    t: &NodeTarget,
+    head_rx: Receiver<Arc<(Payload, VerifiedBundle)>>,
+    data_rx: Receiver<Msg>,
+    ready: &mpsc::Sender<(usize, Ready)>,
+    i: usize,
+    transport: &dyn Transport,
+    opts: &PushOptions,
+    progress: &(dyn Fn(&str, Event) + Sync),
+) -> Option<NodeResult> {
+    let not_ready = || {
+        let _ = ready.send((i, Ready::Nothing));
+    };
+    // The bundle's head, verified; no head means the bundle was rejected before it.
+    let head = head_rx.recv().ok()?;
+    let (payload, verified) = (&head.0, &head.1);
+    let name = t.target.name.as_str();
+    let pki = t.pki && verified.has_pki();
+    let mine: Vec<(usize, &ManifestArtifact)> = verified
+        .manifest
+        .artifacts
+        .iter()
+        .enumerate()
+        .filter(|(_, a)| a.roles.contains(&t.role))
+        .collect();
+    if !pki && mine.is_empty() {
+        not_ready();
+        return None;
+    }
+    progress(name, Event::Step(Step::Connecting));
+    let mut session = match transport.connect(&t.target) {
+        Ok(s) => s,
+        Err(e) => {
+            not_ready();
+            return Some(failed(name, e.category(), e.to_string()));
+        }
+    };
+    progress(name, Event::Step(Step::Inspecting));
+    let dests: Vec<&str> = mine.iter().map(|(_, a)| a.dest.as_str()).collect();
+    let facts =
+        match node::read_facts_with(session.as_mut(), &opts.paths, node::FactsScope::Pki, &dests) {
+            Ok(f) => f,
+            Err(e) => {
+                not_ready();
+                return Some(failed(name, Category::NodesFailed, e));
+            }
+        };
+    let (action, mut reason) = if pki {
+        match plan(payload, &facts, opts.replace) {
+            Plan::Unchanged => ("none", String::new()),
+            Plan::Refuse { category, reason } => {
+                not_ready();
+                return Some(failed(name, category, reason));
+            }
+            Plan::Install { replacing, reason } => {
+                (if replacing.is_empty() { "install" } else { "replace" }, reason)
+            }
+        }
+    } else {
+        ("none", String::new())
+    };
+    let send: Vec<(usize, &ManifestArtifact)> =
+        mine.iter().copied().filter(|(_, a)| !in_place(a, &facts)).collect();
+    if !send.is_empty() {
+        let bytes: u64 = send.iter().map(|(_, a)| a.size).sum();
+        let what = format!("{} artifact(s), {bytes} bytes", send.len());
+        reason = if reason.is_empty() { what } else { format!("{reason}; {what}") };
+    }
+    if action == "none" && send.is_empty() {
+        not_ready();
+        progress(name, Event::Step(Step::Done));
+        let msg = match (pki, mine.is_empty()) {
+            (true, true) => "the eight shared files are already in place",
+            (true, false) => "the shared files and artifacts are already in place",
+            _ => "the artifacts are already in place",
+        };
+        return Some(NodeResult {
+            node: name.into(),
+            status: NodeStatus::Unchanged,
+            message: msg.into(),
+            category: None,
+            backup: None,
+        });
+    }
+    if opts.dry_run {
+        not_ready();
+        progress(name, Event::Step(Step::Done));
+        return Some(NodeResult {
+            node: name.into(),
+            status: NodeStatus::Planned,
+            message: format!("would {reason}"),
+            category: None,
+            backup: None,
+        });
+    }
+    let total: u64 = send.iter().map(|(_, a)| a.size).sum();
+    let _ = ready.send((i, Ready::Send(send.iter().map(|(k, _)| *k).collect())));
+    progress(name, Event::Step(Step::Installing));
+
+    let serial = payload.serial.to_string();
+    let token = facts.shared_state_token();
+    let (mut parts, small) = payload.parts_for(action != "none");
+    for (_, a) in &send {
+        parts.extend([
+            a.name.clone(),
+            a.size.to_string(),
+            format!("{:04o}", a.mode),
+            a.dest.clone(),
+            a.owner.clone(),
+            a.after.map(|x| x.as_str().to_string()).unwrap_or_else(|| "-".into()),
+        ]);
+    }
+    let mut args: Vec<&str> = vec![
+        &opts.paths.kube_dir,
+        &opts.paths.state_dir,
+        action,
+        &payload.principal,
+        &token,
+        &serial,
+        &opts.stamp,
+    ];
+    args.extend(parts.iter().map(String::as_str));
+    let report = |sent: u64, total: u64| progress(name, Event::Sending { sent, total });
+    let chan = ChannelReader {
+        rx: data_rx,
+        cur: Arc::new(Vec::new()),
+        pos: 0,
+        done: false,
+        sent: 0,
+        total,
+        report: &report,
+    };
+    let mut stdin = std::io::Cursor::new(small).chain(chan);
+    let out = session.run(&node::install_script(), &args, &mut stdin);
+    progress(name, Event::Step(Step::Done));
+    let out = match out {
+        Ok(o) => o,
+        Err(e) => {
+            return Some(failed(
+                name,
+                Category::NodesFailed,
+                format!(
+                "{e}; nothing staged was installed unless the node's history says so; push again"
+            ),
+            ))
+        }
+    };
+    let code = out.code.unwrap_or(-1);
+    if code != 0 {
+        let category = match code {
+            node::install_exit::VERIFY => Category::Verification,
+            _ => Category::NodesFailed,
+        };
+        let msg = node::stderr_tail(&out.stderr);
+        let msg =
+            if msg.is_empty() { format!("the install script failed (exit {code})") } else { msg };
+        return Some(failed(name, category, msg));
+    }
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let backup = stdout.lines().find_map(|l| l.strip_prefix("backup ")).map(str::to_string);
+    Some(NodeResult {
+        node: name.into(),
+        status: NodeStatus::Installed,
+        message: match &backup {
+            Some(b) => format!("{reason}; previous files backed up to {b}"),
+            None => reason,
+        },
+        category: None,
+        backup,
+    })
+}

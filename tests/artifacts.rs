@@ -1,0 +1,558 @@
+//! The offline installer: artifacts specs, bundles that carry artifacts, and pushing them to the
+//! testbed's nodes.
+
+use std::path::{Path, PathBuf};
+
+use hapki::artifacts::{self, After, Role};
+
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn example_specs() -> Vec<PathBuf> {
+    walkdir::WalkDir::new(repo().join("bundles"))
+        .into_iter()
+        .flatten()
+        .filter(|e| e.path().extension().is_some_and(|x| x == "toml"))
+        .map(|e| e.path().to_path_buf())
+        .collect()
+}
+
+#[test]
+fn every_example_spec_under_bundles_parses() {
+    let specs = example_specs();
+    assert!(!specs.is_empty(), "bundles/ has no example spec");
+    for spec in specs {
+        let text = std::fs::read_to_string(&spec).unwrap();
+        let n = artifacts::check_text(&text)
+            .unwrap_or_else(|e| panic!("{} stopped parsing: {e}", spec.display()));
+        assert!(n >= 8, "{}: only {n} entries", spec.display());
+    }
+}
+
+/// Writes `files` (relative path, bytes) under `dir` and the spec text as `dir/artifacts.toml`.
+fn spec_dir(dir: &Path, spec: &str, files: &[(&str, &[u8])]) -> PathBuf {
+    for (rel, bytes) in files {
+        let p = dir.join(rel);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(p, bytes).unwrap();
+    }
+    let p = dir.join("artifacts.toml");
+    std::fs::write(&p, spec).unwrap();
+    p
+}
+
+fn load_err(spec: &str, files: &[(&str, &[u8])]) -> String {
+    let d = tempfile::tempdir().unwrap();
+    let p = spec_dir(d.path(), spec, files);
+    let e = artifacts::load(&p).expect_err("a hostile spec was accepted");
+    use hapki::error::Categorized;
+    assert_eq!(e.category(), hapki::error::Category::Usage);
+    let msg = e.to_string();
+    assert!(!msg.contains('\n'), "not one line: {msg}");
+    msg
+}
+
+#[test]
+fn spec_flattens_directories_in_name_order_with_defaults() {
+    let d = tempfile::tempdir().unwrap();
+    let spec = r#"
+[[artifacts]]
+source = "bin/kubelet"
+dest = "/usr/local/bin/kubelet"
+mode = "0755"
+after = "restart-kubelet"
+
+[[artifacts]]
+source = "images"
+dest = "/var/cache/images"
+roles = ["worker"]
+after = "import-images"
+"#;
+    let p = spec_dir(
+        d.path(),
+        spec,
+        &[
+            ("bin/kubelet", b"k"),
+            ("images/b.tar", b"b"),
+            ("images/a.tar", b"a"),
+            ("images/sub/c.tar", b"c"),
+        ],
+    );
+    let a = artifacts::load(&p).unwrap();
+    let dests: Vec<&str> = a.iter().map(|x| x.dest.as_str()).collect();
+    assert_eq!(
+        dests,
+        [
+            "/usr/local/bin/kubelet",
+            "/var/cache/images/a.tar",
+            "/var/cache/images/b.tar",
+            "/var/cache/images/sub/c.tar"
+        ]
+    );
+    assert_eq!(a[0].mode, 0o755);
+    assert_eq!(a[0].roles, [Role::ControlPlane, Role::Worker]);
+    assert_eq!(a[0].after, Some(After::RestartKubelet));
+    assert_eq!(a[1].mode, 0o644);
+    assert_eq!(a[1].owner, "0:0");
+    assert_eq!(a[1].roles, [Role::Worker]);
+    assert_eq!(a[1].source, d.path().join("images/a.tar"));
+}
+
+#[test]
+fn hostile_specs_are_refused_naming_the_problem() {
+    let one = |dest: &str, extra: &str| {
+        format!("[[artifacts]]\nsource = \"f\"\ndest = \"{dest}\"\n{extra}\n")
+    };
+    let f: &[(&str, &[u8])] = &[("f", b"x")];
+    let m = load_err(&one("usr/bin/x", ""), f);
+    assert!(m.contains("not an absolute path"), "{m}");
+    let m = load_err(&one("/usr/../etc/shadow", ""), f);
+    assert!(m.contains("not normalized"), "{m}");
+    let m = load_err(&one("/etc/kubernetes/pki/ca.key", ""), f);
+    assert!(m.contains("/etc/kubernetes/pki"), "{m}");
+    let m = load_err(&one("/usr/bin/x", "after = \"rm -rf /\""), f);
+    assert!(m.contains("fixed set"), "{m}");
+    let m = load_err(&one("/usr/bin/x", "roles = [\"master\"]"), f);
+    assert!(m.contains("master"), "{m}");
+    let m = load_err(&one("/usr/bin/x", "command = \"id\""), f);
+    assert!(m.contains("command"), "{m}");
+    let m = load_err("[[artifacts]]\nsource = \"../f\"\ndest = \"/x\"\n", f);
+    assert!(m.contains("'..'"), "{m}");
+    let m = load_err(&one("/usr/bin/x", ""), &[]);
+    assert!(m.contains("source"), "{m}");
+    // The same dest twice, and a file that would have to be a directory.
+    let two = format!("{}{}", one("/opt/x", ""), one("/opt/x", ""));
+    assert!(load_err(&two, f).contains("two artifacts"));
+    let nested =
+        format!("{}[[artifacts]]\nsource = \"d\"\ndest = \"/opt/x\"\n", one("/opt/x/y", ""));
+    assert!(load_err(&nested, &[("f", b"x"), ("d/y", b"y")]).contains("/opt/x"));
+
+    // Links and special files inside a directory source, and a linked source itself.
+    let d = tempfile::tempdir().unwrap();
+    let p = spec_dir(
+        d.path(),
+        "[[artifacts]]\nsource = \"dir\"\ndest = \"/opt/d\"\n",
+        &[("dir/a", b"a")],
+    );
+    std::os::unix::fs::symlink("/etc/shadow", d.path().join("dir/evil")).unwrap();
+    let m = artifacts::load(&p).unwrap_err().to_string();
+    assert!(m.contains("dir/evil") && m.contains("symbolic link"), "{m}");
+    std::fs::remove_file(d.path().join("dir/evil")).unwrap();
+    let fifo = d.path().join("dir/fifo");
+    assert!(std::process::Command::new("mkfifo").arg(&fifo).status().unwrap().success());
+    let m = artifacts::load(&p).unwrap_err().to_string();
+    assert!(m.contains("dir/fifo") && m.contains("not a regular file"), "{m}");
+    std::fs::remove_file(&fifo).unwrap();
+    std::os::unix::fs::symlink(d.path().join("dir/a"), d.path().join("link")).unwrap();
+    std::fs::write(&p, "[[artifacts]]\nsource = \"link\"\ndest = \"/opt/l\"\n").unwrap();
+    let m = artifacts::load(&p).unwrap_err().to_string();
+    assert!(m.contains("symbolic link"), "{m}");
+}
+
+// --- bundles that carry artifacts -------------------------------------------------------------
+
+#[path = "support/fixture.rs"]
+mod fixture;
+#[path = "support/testbed.rs"]
+mod testbed;
+
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+
+use fixture::{hapki, text, Fixture, SHARED};
+use testbed::{TbNode, Testbed};
+
+/// Where the testbed's nodes keep node-private files: /etc/kubernetes and /etc/cni/net.d are
+/// each node's own; anything else would land on the shared host.
+const TB_ROOT: &str = "/etc/kubernetes/hapki-test";
+
+/// Small stand-ins with the layout of bundles/airgap-kubeadm, its spec with dests moved under
+/// node-private directories. Returns the spec path.
+fn standin_spec(dir: &Path) -> PathBuf {
+    let example =
+        std::fs::read_to_string(repo().join("bundles/airgap-kubeadm/artifacts.toml")).unwrap();
+    let spec = example
+        .lines()
+        .map(|l| match l.strip_prefix("dest = \"") {
+            Some(d) if !d.starts_with("/etc/kubernetes/") && !d.starts_with("/etc/cni/net.d/") => {
+                format!("dest = \"{TB_ROOT}{d}")
+            }
+            _ => l.to_string(),
+        })
+        .collect::<Vec<_>>()
+        .join("\n");
+    let files: Vec<(String, Vec<u8>)> = [
+        "bin/kubeadm",
+        "bin/kubelet",
+        "bin/kubectl",
+        "systemd/kubelet.service",
+        "systemd/10-kubeadm.conf",
+        "cni-plugins/bridge",
+        "cni-plugins/host-local",
+        "cni-plugins/flannel",
+        "images/control-plane/kube-apiserver.tar",
+        "images/control-plane/etcd.tar",
+        "images/node/kube-proxy.tar",
+        "images/node/pause.tar",
+        "cni/kube-flannel.yml",
+        "cni/10-flannel.conflist",
+        "config/kubeadm-config.yaml",
+    ]
+    .iter()
+    .enumerate()
+    .map(|(i, f)| {
+        // Distinct content, a few crossing 64 KiB (several stored blocks).
+        let mut b = format!("stand-in for {f}\n").into_bytes();
+        b.resize(b.len() + (i * 37_000), (i as u8).wrapping_mul(31));
+        (f.to_string(), b)
+    })
+    .collect();
+    let refs: Vec<(&str, &[u8])> = files.iter().map(|(n, b)| (n.as_str(), b.as_slice())).collect();
+    spec_dir(dir, &spec, &refs)
+}
+
+/// The artifacts the spec sends to a node of `role`: (dest, source bytes, mode).
+fn expected_for(spec: &Path, role: Role) -> Vec<(String, Vec<u8>, u32)> {
+    artifacts::load(spec)
+        .unwrap()
+        .into_iter()
+        .filter(|a| a.for_role(role))
+        .map(|a| (a.dest.clone(), std::fs::read(&a.source).unwrap(), a.mode))
+        .collect()
+}
+
+/// The node-side path of `dest` as seen from the host.
+fn on_node(n: &TbNode, dest: &str) -> PathBuf {
+    if let Some(rest) = dest.strip_prefix("/etc/kubernetes/") {
+        n.etc_kubernetes().join(rest)
+    } else if let Some(rest) = dest.strip_prefix("/etc/cni/net.d/") {
+        n.dir.join("cni").join(rest)
+    } else {
+        panic!("{dest} is not node-private on the testbed")
+    }
+}
+
+/// Stand-in `systemctl` and `ctr` on a node that log what they were asked to do.
+fn after_standins(n: &TbNode) {
+    for tool in ["systemctl", "ctr"] {
+        let p = n.dir.join("bin").join(tool);
+        std::fs::write(&p, format!("#!/bin/sh\necho \"{tool} $*\" >> {TB_ROOT}/after.log\n"))
+            .unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+}
+
+fn after_log(n: &TbNode) -> String {
+    std::fs::read_to_string(on_node(n, &format!("{TB_ROOT}/after.log"))).unwrap_or_default()
+}
+
+fn history(n: &TbNode) -> String {
+    std::fs::read_to_string(n.state().join("history")).unwrap_or_default()
+}
+
+/// No staging directory anywhere under the node's private trees.
+fn assert_no_staging(n: &TbNode) {
+    for root in [n.etc_kubernetes(), n.dir.join("cni")] {
+        for e in walkdir::WalkDir::new(&root).into_iter().flatten() {
+            let name = e.file_name().to_string_lossy();
+            assert!(
+                !name.starts_with(".hapki-stage"),
+                "{}: staging left at {}",
+                n.name,
+                e.path().display()
+            );
+        }
+    }
+    assert!(!n.state().join("lock").exists(), "{}: lock left behind", n.name);
+}
+
+fn statuses(out: &std::process::Output) -> Vec<(String, String)> {
+    let report: serde_json::Value =
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", text(out)));
+    report["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| {
+            (n["node"].as_str().unwrap().to_string(), n["status"].as_str().unwrap().to_string())
+        })
+        .collect()
+}
+
+fn bundle_with(fx: &Fixture, spec: &Path, pki: bool, plaintext: bool, out: &str) -> PathBuf {
+    let path = fx.path(out);
+    let mut c = hapki();
+    c.args(["bundle", "--artifacts"]).arg(spec).arg("--sign-key").arg(fx.signer());
+    if pki {
+        c.arg("--pki-dir").arg(fx.pki());
+        if plaintext {
+            c.arg("--insecure-plaintext");
+        } else {
+            let r = std::fs::read_to_string(fx.signer().with_extension("pub")).unwrap();
+            c.args(["--recipient", r.trim()]);
+        }
+    }
+    c.arg("--out").arg(&path);
+    c.assert().success();
+    path
+}
+
+fn push_inv(fx: &Fixture, tb: &Testbed, bundle: &Path, transport: &str) -> std::process::Output {
+    let inv = tb.inventory();
+    fx.with_bundle(
+        "push",
+        bundle,
+        &["--inventory", inv.to_str().unwrap(), "--transport", transport, "--output", "json"],
+    )
+}
+
+#[test]
+fn stock_tools_check_an_artifacts_bundle_and_builds_are_deterministic() {
+    let fx = Fixture::new();
+    let d = tempfile::tempdir().unwrap();
+    let spec = standin_spec(d.path());
+    let build = |out: &str| {
+        let p = fx.path(out);
+        hapki()
+            .args(["bundle", "--artifacts"])
+            .arg(&spec)
+            .arg("--sign-key")
+            .arg(fx.signer())
+            .args([
+                "--created-at",
+                "2026-01-01T00:00:00Z",
+                "--serial",
+                "7",
+                "--valid-for",
+                "100y",
+                "--out",
+            ])
+            .arg(&p)
+            .assert()
+            .success();
+        p
+    };
+    let (a, b) = (build("a.bundle"), build("b.bundle"));
+    assert_eq!(
+        std::fs::read(&a).unwrap(),
+        std::fs::read(&b).unwrap(),
+        "same inputs, different bytes"
+    );
+    // An artifacts-only bundle holds no secret: plaintext without --insecure-plaintext.
+    assert_eq!(&std::fs::read(&a).unwrap()[..2], &[0x1f, 0x8b]);
+
+    let x = fx.path("x");
+    std::fs::create_dir(&x).unwrap();
+    let tar =
+        std::process::Command::new("tar").arg("-xzf").arg(&a).arg("-C").arg(&x).output().unwrap();
+    assert!(tar.status.success(), "{}", text(&tar));
+    let sig = std::process::Command::new("ssh-keygen")
+        .args(["-Y", "verify", "-f"])
+        .arg(fx.allowed())
+        .args(["-I", "ops", "-n", "hapki-bundle", "-s", "SHA256SUMS.sig"])
+        .current_dir(&x)
+        .stdin(std::fs::File::open(x.join("SHA256SUMS")).unwrap())
+        .output()
+        .unwrap();
+    assert!(sig.status.success(), "{}", text(&sig));
+    let sums = std::process::Command::new("sha256sum")
+        .args(["-c", "--strict", "SHA256SUMS"])
+        .current_dir(&x)
+        .output()
+        .unwrap();
+    assert!(sums.status.success(), "{}", text(&sums));
+    let listed = String::from_utf8_lossy(&sums.stdout);
+    let n = artifacts::load(&spec).unwrap().len();
+    assert_eq!(listed.matches("artifacts/").count(), n, "{listed}");
+    // The extracted entries are the sources, byte for byte, in spec order.
+    for (i, a) in artifacts::load(&spec).unwrap().iter().enumerate() {
+        assert_eq!(
+            std::fs::read(x.join(format!("artifacts/{i:04}"))).unwrap(),
+            std::fs::read(&a.source).unwrap()
+        );
+    }
+
+    let out = fx.with_bundle("verify", &a, &["--output", "json"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["artifacts"].as_array().unwrap().len(), n);
+    assert_eq!(v["artifacts"][0]["dest"], format!("{TB_ROOT}/usr/local/bin/kubeadm"));
+    assert_eq!(v["artifacts"][0]["mode"], "0755");
+}
+
+#[test]
+fn a_flipped_byte_in_one_artifact_rejects_the_bundle_and_nothing_is_installed_anywhere() {
+    let Some(tb) = Testbed::up(2, 1) else { return };
+    let fx = Fixture::new();
+    let d = tempfile::tempdir().unwrap();
+    let spec = standin_spec(d.path());
+    for n in &tb.nodes {
+        after_standins(n);
+    }
+    // PKI and artifacts, plaintext so that a byte of an artifact can be flipped in place: the
+    // PKI entries come first and reach kubemaster-2 before the damaged artifact is read.
+    let bundle = bundle_with(&fx, &spec, true, true, "pki-and-artifacts.tgz");
+    let mut bytes = std::fs::read(&bundle).unwrap();
+    let needle = b"stand-in for config/kubeadm-config.yaml";
+    let at = bytes
+        .windows(needle.len())
+        .position(|w| w == needle)
+        .expect("artifact bytes in the bundle");
+    bytes[at + 3] ^= 0x20;
+    let bad = fx.path("flipped.tgz");
+    std::fs::write(&bad, &bytes).unwrap();
+
+    let out = fx.with_bundle("verify", &bad, &[]);
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out));
+    assert!(text(&out).contains("artifacts/"), "{}", text(&out));
+    for transport in ["builtin", "openssh"] {
+        let out = push_inv(&fx, &tb, &bad, transport);
+        assert_eq!(out.status.code(), Some(3), "{transport}: {}", text(&out));
+        for n in &tb.nodes {
+            assert!(
+                !n.etc_kubernetes().join("pki/ca.key").exists(),
+                "{transport}: {} got the PKI",
+                n.name
+            );
+            assert!(
+                !n.etc_kubernetes().join("hapki-test").exists(),
+                "{transport}: {} got artifacts",
+                n.name
+            );
+            assert!(!n.etc_kubernetes().join("kubeadm-config.yaml").exists());
+            assert!(!n.dir.join("cni/10-flannel.conflist").exists());
+            assert!(history(n).is_empty(), "{transport}: {}: {}", n.name, history(n));
+            assert_no_staging(n);
+        }
+    }
+}
+
+#[test]
+fn push_installs_by_role_byte_identical_then_sends_nothing() {
+    let Some(tb) = Testbed::up(2, 1) else { return };
+    let fx = Fixture::new();
+    let d = tempfile::tempdir().unwrap();
+    let spec = standin_spec(d.path());
+    for n in &tb.nodes {
+        after_standins(n);
+    }
+    let bundle = bundle_with(&fx, &spec, true, false, "cluster.bundle");
+    let out = push_inv(&fx, &tb, &bundle, "builtin");
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let all = |s: &str| {
+        vec![
+            ("kubemaster-1".to_string(), s.to_string()),
+            ("kubemaster-2".to_string(), s.to_string()),
+            ("kubenode-1".to_string(), s.to_string()),
+        ]
+    };
+    assert_eq!(statuses(&out), all("installed"));
+
+    for n in &tb.nodes {
+        let role = if n.control_plane { Role::ControlPlane } else { Role::Worker };
+        let want = expected_for(&spec, role);
+        for (dest, bytes, mode) in &want {
+            let p = on_node(n, dest);
+            let got = std::fs::read(&p).unwrap_or_else(|_| panic!("{}: {dest} missing", n.name));
+            assert_eq!(&got, bytes, "{}: {dest} differs", n.name);
+            let md = std::fs::metadata(&p).unwrap();
+            assert_eq!(md.mode() & 0o7777, *mode, "{}: {dest} mode", n.name);
+            assert_eq!((md.uid(), md.gid()), (0, 0), "{}: {dest} owner", n.name);
+        }
+        // What other roles get is absent.
+        let other = if role == Role::Worker { Role::ControlPlane } else { Role::Worker };
+        for (dest, _, _) in expected_for(&spec, other) {
+            if !want.iter().any(|(d, _, _)| *d == dest) {
+                assert!(!on_node(n, &dest).exists(), "{}: got {dest}, not for its role", n.name);
+            }
+        }
+        // The PKI only on the control plane that is not the first master.
+        let has_pki = n.etc_kubernetes().join("pki/ca.key").exists();
+        assert_eq!(has_pki, n.name == "kubemaster-2", "{}: pki", n.name);
+        if n.name == "kubemaster-2" {
+            for f in SHARED {
+                assert_eq!(
+                    std::fs::read(n.etc_kubernetes().join("pki").join(f)).unwrap(),
+                    std::fs::read(fx.pki().join(f)).unwrap()
+                );
+            }
+        }
+        // Every artifact recorded, the fixed actions run once, in order.
+        let h = history(n);
+        assert_eq!(h.matches(" artifact=").count(), want.len(), "{}: {h}", n.name);
+        let log = after_log(n);
+        let images: Vec<&String> =
+            want.iter().map(|(d, _, _)| d).filter(|d| d.ends_with(".tar")).collect();
+        let mut expect = vec!["systemctl daemon-reload".to_string()];
+        expect.extend(images.iter().map(|d| format!("ctr -n k8s.io images import {d}")));
+        expect.push("systemctl restart kubelet".to_string());
+        assert_eq!(log.lines().collect::<Vec<_>>(), expect, "{}", n.name);
+        assert_no_staging(n);
+    }
+
+    // Again, with the other transport: nothing is sent, nothing rewritten, no action re-run.
+    let before: Vec<(String, String)> =
+        tb.nodes.iter().map(|n| (history(n), after_log(n))).collect();
+    let again = push_inv(&fx, &tb, &bundle, "openssh");
+    assert_eq!(again.status.code(), Some(0), "{}", text(&again));
+    assert_eq!(statuses(&again), all("unchanged"));
+    let after: Vec<(String, String)> =
+        tb.nodes.iter().map(|n| (history(n), after_log(n))).collect();
+    assert_eq!(before, after, "a second push wrote something");
+
+    // audit with the bundle covers the artifacts: nothing to say now…
+    let dests: Vec<String> = artifacts::load(&spec).unwrap().into_iter().map(|a| a.dest).collect();
+    let audit = |tb: &Testbed| {
+        let inv = tb.inventory();
+        let out = fixture::hapki()
+            .args(["audit", "--inventory", inv.to_str().unwrap(), "--output", "json", "--bundle"])
+            .arg(&bundle)
+            .arg("--trust")
+            .arg(fx.allowed())
+            .arg("--decrypt-key")
+            .arg(fx.signer())
+            .output()
+            .unwrap();
+        let v: serde_json::Value =
+            serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", text(&out)));
+        v["problems"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|p| p["file"].as_str().is_some_and(|f| dests.iter().any(|d| d == f)))
+            .map(|p| {
+                (
+                    p["node"].as_str().unwrap().to_string(),
+                    p["file"].as_str().unwrap().to_string(),
+                    p["kind"].as_str().unwrap().to_string(),
+                )
+            })
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(audit(&tb), vec![]);
+
+    // One artifact damaged on the worker: audit names it, and only that one is sent again.
+    let w = tb.node("kubenode-1");
+    let conflist = on_node(w, "/etc/cni/net.d/10-flannel.conflist");
+    std::fs::write(&conflist, b"tampered").unwrap();
+    assert_eq!(
+        audit(&tb),
+        vec![(
+            "kubenode-1".to_string(),
+            "/etc/cni/net.d/10-flannel.conflist".to_string(),
+            "drift".to_string()
+        )]
+    );
+    let third = push_inv(&fx, &tb, &bundle, "builtin");
+    assert_eq!(third.status.code(), Some(0), "{}", text(&third));
+    let st = statuses(&third);
+    assert_eq!(st[2], ("kubenode-1".to_string(), "installed".to_string()));
+    assert_eq!(st[0].1, "unchanged");
+    let added = history(w).len() - before[2].0.len();
+    let new_lines = &history(w)[history(w).len() - added..];
+    assert_eq!(new_lines.matches(" artifact=").count(), 1, "{new_lines}");
+    assert!(new_lines.contains("dest=/etc/cni/net.d/10-flannel.conflist"), "{new_lines}");
+    let want = expected_for(&spec, Role::Worker);
+    let (_, bytes, _) = want.iter().find(|(d, _, _)| d.ends_with("10-flannel.conflist")).unwrap();
+    assert_eq!(&std::fs::read(&conflist).unwrap(), bytes);
+}
