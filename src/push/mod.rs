@@ -159,7 +159,42 @@ pub enum Step {
     Done,
 }
 
-fn failed(node: &str, category: Category, message: impl Into<String>) -> NodeResult {
+/// A node whose install script confirmed the install; `stdout` names the backup, if any.
+pub(crate) fn installed(node: &str, reason: String, stdout: &str) -> NodeResult {
+    let backup = stdout.lines().find_map(|l| l.strip_prefix("backup ")).map(str::to_string);
+    NodeResult {
+        node: node.into(),
+        status: NodeStatus::Installed,
+        message: match &backup {
+            Some(b) => format!("{reason}; previous files backed up to {b}"),
+            None => reason,
+        },
+        category: None,
+        backup,
+    }
+}
+
+/// A node whose install script failed: its exit code picks the category, its stderr the message.
+pub(crate) fn install_failed(node: &str, out: &crate::transport::RemoteOutput) -> NodeResult {
+    let category = match out.code {
+        Some(node::install_exit::VERIFY) => Category::Verification,
+        _ => Category::NodesFailed,
+    };
+    let msg = node::stderr_tail(&out.stderr);
+    let msg = if msg.is_empty() {
+        match (&out.code, &out.signal) {
+            (Some(c), _) => format!("the install script failed (exit {c})"),
+            (None, s) => {
+                format!("the install script was killed (signal {})", s.as_deref().unwrap_or("?"))
+            }
+        }
+    } else {
+        msg
+    };
+    failed(node, category, msg)
+}
+
+pub(crate) fn failed(node: &str, category: Category, message: impl Into<String>) -> NodeResult {
     NodeResult {
         node: node.into(),
         status: NodeStatus::Failed,
@@ -279,23 +314,7 @@ fn push_one(
         },
         Plan::Install { reason, .. } => {
             if !out.success() {
-                let category = match out.code {
-                    Some(node::install_exit::VERIFY) => Category::Verification,
-                    _ => Category::NodesFailed,
-                };
-                let msg = node::stderr_tail(&out.stderr);
-                let msg = if msg.is_empty() {
-                    format!(
-                        "the install script failed ({})",
-                        out.code.map_or_else(
-                            || format!("signal {}", out.signal.clone().unwrap_or_default()),
-                            |c| format!("exit {c}")
-                        )
-                    )
-                } else {
-                    msg
-                };
-                return failed(name, category, msg);
+                return install_failed(name, &out);
             }
             let after = exchange.after_facts();
             let stdout = String::from_utf8_lossy(&after);
@@ -306,17 +325,7 @@ fn push_one(
                     "the install script ended without confirming the install",
                 );
             }
-            let backup = stdout.lines().find_map(|l| l.strip_prefix("backup ")).map(str::to_string);
-            NodeResult {
-                node: name.into(),
-                status: NodeStatus::Installed,
-                message: match &backup {
-                    Some(b) => format!("{reason}; previous files backed up to {b}"),
-                    None => reason,
-                },
-                category: None,
-                backup,
-            }
+            installed(name, reason, &stdout)
         }
     }
 }

@@ -426,27 +426,8 @@ fn node_worker(
             ))
         }
     };
-    let code = out.code.unwrap_or(-1);
-    if code != 0 {
-        let category = match code {
-            node::install_exit::VERIFY => Category::Verification,
-            _ => Category::NodesFailed,
-        };
-        let msg = node::stderr_tail(&out.stderr);
-        let msg =
-            if msg.is_empty() { format!("the install script failed (exit {code})") } else { msg };
-        return Some(failed(name, category, msg));
+    if !out.success() {
+        return Some(super::install_failed(name, &out));
     }
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let backup = stdout.lines().find_map(|l| l.strip_prefix("backup ")).map(str::to_string);
-    Some(NodeResult {
-        node: name.into(),
-        status: NodeStatus::Installed,
-        message: match &backup {
-            Some(b) => format!("{reason}; previous files backed up to {b}"),
-            None => reason,
-        },
-        category: None,
-        backup,
-    })
+    Some(super::installed(name, reason, &String::from_utf8_lossy(&out.stdout)))
 }
