@@ -165,16 +165,7 @@ fn read_any_gzip<R: Read>(
     }
     // Only zero padding may follow the end-of-archive blocks; reading to the end also checks
     // the stored stream's framing, CRC-32, length and that nothing follows it.
-    let mut buf = [0u8; 8192];
-    loop {
-        let n = tar.read(&mut buf).map_err(|e| corrupt("after the end of the tar archive", e))?;
-        if n == 0 {
-            break;
-        }
-        if buf[..n].iter().any(|&b| b != 0) {
-            return Err(layout(None, "data after the end of the tar archive"));
-        }
-    }
+    drain_zero_padding(&mut tar)?;
     Ok(raw)
 }
 
@@ -223,16 +214,7 @@ fn read_gzip_with<R: Read>(
     })?;
     // After the end-of-archive blocks only zero padding may follow (GNU tar pads to 10 KiB).
     // Reading to the end also makes flate2 check the gzip trailer (CRC-32 and length).
-    let mut buf = [0u8; 8192];
-    loop {
-        let n = tar.read(&mut buf).map_err(|e| corrupt("after the end of the tar archive", e))?;
-        if n == 0 {
-            break;
-        }
-        if buf[..n].iter().any(|&b| b != 0) {
-            return Err(layout(None, "data after the end of the tar archive"));
-        }
-    }
+    drain_zero_padding(&mut tar)?;
     // flate2 decodes one gzip member; anything after it (a second member, garbage) is left here.
     let left = tar.inner.inner.into_inner();
     if !left.is_empty() {
@@ -635,6 +617,21 @@ impl<R: Read> Read for Capped<R> {
         }
         self.left -= n as u64;
         Ok(n)
+    }
+}
+
+/// Reads to the end of the archive stream, which may hold only zero padding after the
+/// end-of-archive blocks (GNU tar pads to 10 KiB); anything else is a layout error.
+fn drain_zero_padding<R: Read>(tar: &mut R) -> Result<(), BundleError> {
+    let mut buf = [0u8; 8192];
+    loop {
+        let n = tar.read(&mut buf).map_err(|e| corrupt("after the end of the tar archive", e))?;
+        if n == 0 {
+            return Ok(());
+        }
+        if buf[..n].iter().any(|&b| b != 0) {
+            return Err(layout(None, "data after the end of the tar archive"));
+        }
     }
 }
 
