@@ -112,12 +112,6 @@ impl Categorized for BundleError {
     }
 }
 
-/// Reads the eight shared files from a pki directory (a missing one is reported by the
-/// coherence check in [`create`]).
-pub fn read_pki_dir(dir: &Path) -> Result<Vec<PkiFile>, BundleError> {
-    Ok(check::read_dir(dir)?)
-}
-
 /// Knobs of [`open_and_verify`].
 #[derive(Debug, Clone, Copy)]
 pub struct VerifyOptions {

@@ -190,16 +190,7 @@ pub fn create(
     out: &Path,
 ) -> Result<Manifest, BundleError> {
     let (manifest, tgz) = build(files, key, opts)?;
-    let dir = match out.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
-    // tempfile creates the file with mode 0600 from the start.
-    let mut tmp = tempfile::Builder::new()
-        .prefix(".hapki-bundle-")
-        .suffix(".tmp")
-        .tempfile_in(&dir)
-        .map_err(|e| BundleError::io(&dir, e))?;
+    let mut tmp = temp_beside(out)?;
     match protection {
         Protection::Encrypt(r) => {
             crypt::encrypt(&tgz, r, std::io::BufWriter::new(tmp.as_file_mut()))?
@@ -210,12 +201,7 @@ pub fn create(
             tmp.write_all(&tgz).map_err(|e| BundleError::io(out, e))?
         }
     }
-    tmp.as_file().sync_all().map_err(|e| BundleError::io(out, e))?;
-    tmp.persist(out).map_err(|e| BundleError::io(out, e.error))?;
-    if let Ok(d) = std::fs::File::open(&dir) {
-        // Makes the rename itself durable; failing here leaves a complete file, so not an error.
-        let _ = d.sync_all();
-    }
+    persist_durably(tmp, out)?;
     Ok(manifest)
 }
 
@@ -313,15 +299,7 @@ pub fn create_with_artifacts(
     let sig = sign::sign(key, &sums)?;
     let mtime = manifest.created_at.unix_timestamp().max(0) as u64;
 
-    let dir = match out.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
-    let mut tmp = tempfile::Builder::new()
-        .prefix(".hapki-bundle-")
-        .suffix(".tmp")
-        .tempfile_in(&dir)
-        .map_err(|e| BundleError::io(&dir, e))?;
+    let mut tmp = temp_beside(out)?;
     let io = |e: std::io::Error| BundleError::io(out, e);
     {
         let file = std::io::BufWriter::with_capacity(super::CHUNK, tmp.as_file_mut());
@@ -374,12 +352,34 @@ pub fn create_with_artifacts(
         let mut file = sink.finish().map_err(io)?;
         file.flush().map_err(io)?;
     }
-    tmp.as_file().sync_all().map_err(io)?;
+    persist_durably(tmp, out)?;
+    Ok(manifest)
+}
+
+/// A temporary file in `out`'s directory (so the final rename stays on one filesystem), created
+/// with mode 0600 from the start by `tempfile`: a bundle may hold CA keys, even unencrypted.
+fn temp_beside(out: &Path) -> Result<tempfile::NamedTempFile, BundleError> {
+    let dir = match out.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    tempfile::Builder::new()
+        .prefix(".hapki-bundle-")
+        .suffix(".tmp")
+        .tempfile_in(&dir)
+        .map_err(|e| BundleError::io(&dir, e))
+}
+
+/// Flushes `tmp` to disk and renames it to `out`, so `out` is either absent or complete.
+fn persist_durably(tmp: tempfile::NamedTempFile, out: &Path) -> Result<(), BundleError> {
+    tmp.as_file().sync_all().map_err(|e| BundleError::io(out, e))?;
     tmp.persist(out).map_err(|e| BundleError::io(out, e.error))?;
-    if let Ok(d) = std::fs::File::open(&dir) {
+    let dir = out.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    if let Ok(d) = std::fs::File::open(dir) {
+        // Makes the rename itself durable; failing here leaves a complete file, so not an error.
         let _ = d.sync_all();
     }
-    Ok(manifest)
+    Ok(())
 }
 
 fn changed(p: &Path) -> BundleError {

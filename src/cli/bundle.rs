@@ -237,11 +237,10 @@ fn read_from_node(args: &BundleArgs) -> anyhow::Result<(Vec<bundle::PkiFile>, St
     Ok((files, format!("ssh:{user}{}:{}", first.target.host, paths.pki_dir())))
 }
 
+/// The eight files of `--pki-dir` (a missing directory is a usage error, exit 2; a missing file
+/// is reported by the coherence check in `bundle::create`).
 fn read_pki_dir(dir: &std::path::Path) -> anyhow::Result<Vec<bundle::PkiFile>> {
-    if !dir.is_dir() {
-        return Err(usage_error(format!("--pki-dir {}: not a directory", dir.display())));
-    }
-    bundle::read_pki_dir(dir).categorized()
+    hapki::pki::read_dir(dir).categorized()
 }
 
 pub fn verify(args: VerifyArgs) -> anyhow::Result<u8> {
