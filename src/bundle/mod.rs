@@ -128,13 +128,24 @@ impl Default for VerifyOptions {
 }
 
 /// One PKI file of a verified bundle.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct BundleFile {
     /// Relative to the pki directory: `ca.crt`, `etcd/ca.key`.
     pub name: String,
     /// The mode to install it with (kubeadm's).
     pub mode: u32,
     pub bytes: Vec<u8>,
+}
+
+// Hand-written so that `{:?}` anywhere (a log line, a panic message) never shows key bytes.
+impl std::fmt::Debug for BundleFile {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BundleFile")
+            .field("name", &self.name)
+            .field("mode", &self.mode)
+            .field("bytes", &format_args!("<{} bytes>", self.bytes.len()))
+            .finish()
+    }
 }
 
 /// A bundle that passed every check of [`open_and_verify`]. Holds CA private keys: never log

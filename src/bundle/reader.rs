@@ -28,7 +28,7 @@ use super::BundleError;
 use crate::pki::fingerprint::sha256_hex;
 
 /// What a structurally valid, signature-checked bundle holds, before `bundle.json` is read.
-#[derive(Debug, Clone)]
+#[derive(Clone)] // no Debug: it holds key bytes
 pub struct RawBundle {
     pub signer: Signer,
     pub manifest_bytes: Vec<u8>,

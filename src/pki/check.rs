@@ -45,13 +45,24 @@ impl Default for CheckOptions {
 }
 
 /// One file's content, wherever it came from (a directory, a bundle, a node).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct PkiFile {
     /// Name relative to the pki directory (`etcd/ca.key`).
     pub name: String,
     pub bytes: Vec<u8>,
     /// Permission bits (`0o600`); `None` when unknown, e.g. inside a bundle.
     pub mode: Option<u32>,
+}
+
+// Hand-written so that `{:?}` anywhere (a log line, a panic message) never shows key bytes.
+impl std::fmt::Debug for PkiFile {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PkiFile")
+            .field("name", &self.name)
+            .field("mode", &self.mode)
+            .field("bytes", &format_args!("<{} bytes>", self.bytes.len()))
+            .finish()
+    }
 }
 
 /// What one file is and its fingerprints.
@@ -504,5 +515,22 @@ mod tests {
         let e = read_dir(t.path()).unwrap_err();
         assert!(e.to_string().starts_with("sa.pub: is a directory"), "{e}");
         assert_eq!(crate::error::Categorized::category(&e), crate::error::Category::Verification);
+    }
+}
+
+#[cfg(test)]
+mod debug_tests {
+    use super::PkiFile;
+
+    #[test]
+    fn debug_output_never_shows_key_bytes() {
+        let f = PkiFile {
+            name: "ca.key".into(),
+            bytes: b"-----BEGIN RSA PRIVATE KEY-----\nsecret".to_vec(),
+            mode: Some(0o600),
+        };
+        let shown = format!("{f:?}");
+        assert!(!shown.contains("PRIVATE") && !shown.contains("secret"), "{shown}");
+        assert!(shown.contains("<38 bytes>"), "{shown}");
     }
 }

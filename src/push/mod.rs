@@ -22,7 +22,7 @@ use exchange::{DecisionSource, Exchange, FactsSink};
 pub use plan::{plan, Plan};
 
 /// One shared file as it will be installed.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct PayloadFile {
     /// Relative to the pki directory (`etcd/ca.crt`).
     pub name: String,
@@ -30,6 +30,18 @@ pub struct PayloadFile {
     pub bytes: Vec<u8>,
     /// Lowercase hex SHA-256 of `bytes`.
     pub sha256: String,
+}
+
+// Hand-written so that `{:?}` anywhere (a log line, a panic message) never shows key bytes.
+impl std::fmt::Debug for PayloadFile {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PayloadFile")
+            .field("name", &self.name)
+            .field("mode", &self.mode)
+            .field("sha256", &self.sha256)
+            .field("bytes", &format_args!("<{} bytes>", self.bytes.len()))
+            .finish()
+    }
 }
 
 /// What push sends to each node: the signed parts of a verified bundle, so each node can check
