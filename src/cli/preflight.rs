@@ -200,7 +200,11 @@ pub fn join(args: JoinArgs) -> anyhow::Result<u8> {
         .map(|s| JoinNode {
             target: s.target,
             role: s.role,
-            advertise_address: s.advertise_address.or(Some(s.address)),
+            // kubeadm takes only an IP for --apiserver-advertise-address: an inventory address
+            // that is a DNS name is left to kubeadm's own default-route detection.
+            advertise_address: s
+                .advertise_address
+                .or_else(|| s.address.parse::<IpAddr>().is_ok().then_some(s.address)),
         })
         .collect();
     let progress = |node: &str, step: Step| {
