@@ -14,6 +14,15 @@ use ssh2::{BlockDirections, MethodType};
 
 use super::known_hosts::{self, KnownHosts, Verdict};
 use super::ssh_config::SshConfig;
+
+/// Ciphers in order of preference, GCM first where libssh2 would pick ChaCha20-Poly1305. On the
+/// client both cost about the same (libssh2 feeds OpenSSL 16 bytes per call), but on the node
+/// OpenSSH decrypts AES-GCM with AES-NI in whole packets: pushing 1 GiB to three nodes took
+/// 2 s less CPU in all and 20% less wall time. Both are in OpenSSH's default set; the CTR
+/// ciphers keep hapki working against servers that offer neither.
+const CIPHERS: &str =
+    "aes128-gcm@openssh.com,aes256-gcm@openssh.com,chacha20-poly1305@openssh.com,\
+aes128-ctr,aes192-ctr,aes256-ctr";
 use super::{
     local_user, remote_command, LimitedBuf, RemoteOutput, Session, Target, Transport,
     TransportError, STDERR_LIMIT,
@@ -294,6 +303,10 @@ fn handshake(
     sess.set_timeout(timeout.as_millis().min(u128::from(u32::MAX)) as u32);
     sess.method_pref(MethodType::HostKey, prefs)
         .map_err(|e| (Box::new(proto("setting host-key algorithms", e)), false))?;
+    for dir in [MethodType::CryptCs, MethodType::CryptSc] {
+        sess.method_pref(dir, CIPHERS)
+            .map_err(|e| (Box::new(proto("setting ciphers", e)), false))?;
+    }
     if let Err(e) = sess.handshake() {
         let kex = matches!(session_code(&e), Some(ERR_KEX_FAILURE | ERR_KEY_EXCHANGE_FAILURE));
         let err = match session_code(&e) {
