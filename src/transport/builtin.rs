@@ -15,6 +15,12 @@ use ssh2::{BlockDirections, MethodType};
 use super::known_hosts::{self, KnownHosts, Verdict};
 use super::ssh_config::SshConfig;
 
+use super::{
+    local_user, remote_command, LimitedBuf, RemoteOutput, Session, Target, Transport,
+    TransportError, STDERR_LIMIT,
+};
+use crate::inventory::expand_tilde;
+
 /// Ciphers in order of preference, GCM first where libssh2 would pick ChaCha20-Poly1305. On the
 /// client both cost about the same (libssh2 feeds OpenSSL 16 bytes per call), but on the node
 /// OpenSSH decrypts AES-GCM with AES-NI in whole packets: pushing 1 GiB to three nodes took
@@ -23,11 +29,6 @@ use super::ssh_config::SshConfig;
 const CIPHERS: &str =
     "aes128-gcm@openssh.com,aes256-gcm@openssh.com,chacha20-poly1305@openssh.com,\
 aes128-ctr,aes192-ctr,aes256-ctr";
-use super::{
-    local_user, remote_command, LimitedBuf, RemoteOutput, Session, Target, Transport,
-    TransportError, STDERR_LIMIT,
-};
-use crate::inventory::expand_tilde;
 
 /// Asked for the passphrase of an encrypted identity file; `None` skips that key. Prompting
 /// belongs to the binary (only it may read the terminal).
