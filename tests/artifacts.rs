@@ -556,3 +556,89 @@ fn push_installs_by_role_byte_identical_then_sends_nothing() {
     let (_, bytes, _) = want.iter().find(|(d, _, _)| d.ends_with("10-flannel.conflist")).unwrap();
     assert_eq!(&std::fs::read(&conflist).unwrap(), bytes);
 }
+
+/// The set is atomic, not only each file: when one rename fails after others succeeded, every
+/// file this push had put in place — PKI and artifacts — is put back as it was, and a dest whose
+/// directory holds ":" (allowed in a dest) is handled like any other.
+#[test]
+fn a_failed_rename_puts_back_every_file_the_push_had_installed() {
+    let Some(tb) = Testbed::up(2, 0) else { return };
+    let fx = Fixture::new();
+    let d = tempfile::tempdir().unwrap();
+    let spec = format!(
+        r#"
+[[artifacts]]
+source = "new"
+dest = "{TB_ROOT}/dir:with:colons/new"
+
+[[artifacts]]
+source = "replaced"
+dest = "{TB_ROOT}/replaced"
+mode = "0600"
+
+[[artifacts]]
+source = "busy"
+dest = "{TB_ROOT}/zz-busy"
+"#
+    );
+    let spec = spec_dir(
+        d.path(),
+        &spec,
+        &[("new", b"new bytes\n"), ("replaced", b"replacement\n"), ("busy", b"busy, new\n")],
+    );
+    let bundle = bundle_with(&fx, &spec, true, false, "set.bundle");
+    let n = tb.node("kubemaster-2");
+    // Before: one dest holds old bytes (mode 0644), one is a mount point, which rename(2)
+    // refuses (EBUSY) — after the first two renames have happened.
+    tb.ok(
+        &n.name,
+        &format!(
+            "mkdir -p {TB_ROOT} && printf 'old\\n' > {TB_ROOT}/replaced && chmod 0644 {TB_ROOT}/replaced && \
+             printf 'busy, old\\n' > {TB_ROOT}/zz-busy && printf 'mounted\\n' > {TB_ROOT}/.mnt && \
+             mount --bind {TB_ROOT}/.mnt {TB_ROOT}/zz-busy"
+        ),
+    );
+    let replaced = on_node(n, &format!("{TB_ROOT}/replaced"));
+    let ino = std::fs::metadata(&replaced).unwrap().ino();
+    let hist = history(n);
+    let had_pki_dir = n.etc_kubernetes().join("pki").exists();
+    let (addr, port) = (tb.addr(&n.name), tb.port.to_string());
+    let (identity, known_hosts) = (tb.identity(), tb.known_hosts());
+    let push = || {
+        let args = ["--nodes", &addr, "--identity", identity.to_str().unwrap()];
+        let more = ["--known-hosts", known_hosts.to_str().unwrap(), "--port", &port];
+        fx.with_bundle("push", &bundle, &[&args[..], &more[..]].concat())
+    };
+
+    let out = push();
+    tb.ok(&n.name, &format!("umount {TB_ROOT}/zz-busy"));
+    let err = text(&out);
+    assert_eq!(out.status.code(), Some(5), "{err}");
+    assert!(err.contains("zz-busy") && err.contains("put back"), "{err}");
+
+    // Every file as it was: the replaced one is the very same inode, bytes and mode; the new
+    // one (and the directory made for it) gone; the PKI this push had installed gone again.
+    let md = std::fs::metadata(&replaced).unwrap();
+    assert_eq!((md.ino(), md.mode() & 0o7777), (ino, 0o644));
+    assert_eq!(std::fs::read(&replaced).unwrap(), b"old\n");
+    assert_eq!(std::fs::read(on_node(n, &format!("{TB_ROOT}/zz-busy"))).unwrap(), b"busy, old\n");
+    assert!(!on_node(n, &format!("{TB_ROOT}/dir:with:colons")).exists());
+    for f in SHARED {
+        assert!(!n.etc_kubernetes().join("pki").join(f).exists(), "{f} left installed");
+    }
+    assert_eq!(n.etc_kubernetes().join("pki").exists(), had_pki_dir, "pki directory left");
+    assert_eq!(history(n), hist, "a failed push was recorded as installed");
+    assert_no_staging(n);
+
+    // Once the mount is gone the same bundle installs the whole set, ":" directory included.
+    let out = push();
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_eq!(
+        std::fs::read(on_node(n, &format!("{TB_ROOT}/dir:with:colons/new"))).unwrap(),
+        b"new bytes\n"
+    );
+    assert_eq!(std::fs::read(&replaced).unwrap(), b"replacement\n");
+    assert_eq!(std::fs::metadata(&replaced).unwrap().mode() & 0o7777, 0o600);
+    assert!(n.etc_kubernetes().join("pki/ca.key").exists());
+    assert_no_staging(n);
+}

@@ -119,6 +119,7 @@ while [ $# -ge 3 ]; do
         shift 3
         case $after in - | restart-kubelet | daemon-reload | import-images) ;; *) die 1 "unknown after action $after" ;; esac
         case $adest in /*) ;; *) die 1 "artifact dest $adest is not absolute" ;; esac
+        case $adest$owner in *[!A-Za-z0-9/._+@:,=-]*) die 1 "artifact dest $adest or owner $owner has a character outside hapki's alphabet" ;; esac
         [ -z "$checked" ] && check_signed
         want=$(grep "^[0-9a-f]\{64\}  $name\$" "$stage/b/SHA256SUMS") || die 3 "$name is not covered by SHA256SUMS"
         want=${want%% *}
@@ -154,7 +155,8 @@ while [ $# -ge 3 ]; do
         [ "$got" = "$want" ] || die 3 "the staged $adest does not match SHA256SUMS on this node (corrupted in transit?)"
         chown "$owner" "$sd/f" || die 1 "could not chown $adest to $owner (does the user exist on this node?)"
         chmod "$mode" "$sd/f"
-        arts="$arts $name:$sd:$adest:$after"
+        # "|" is outside the dest alphabet (a dest may hold ":").
+        arts="$arts $name|$sd|$adest|$after"
         continue
         ;;
     *) die 1 "unexpected payload part $name" ;;
@@ -167,78 +169,112 @@ IFS= read -r word || word=
 [ "$word" = commit ] || die 3 "the operator did not confirm the bundle (it failed verification there, or the connection was cut); nothing was installed"
 [ -z "$(head -c 1)" ] || die 1 "the upload has trailing bytes"
 
-if [ "$action" != none ]; then
-mkdir -p "$pki/etcd"
-chown 0:0 "$pki" "$pki/etcd"
-chmod 0755 "$pki" "$pki/etcd"
-# Modes and owner are set on the staged copies, so each rename publishes a finished file.
-for p in $parts; do
-    n=${p%%:*} m=${p#*:}
-    chown 0:0 "$stage/b/$n"
-    chmod "$m" "$stage/b/$n"
-done
-
-# Keep whatever is there now, so a failed rename can be undone and --replace leaves a backup.
-bk=$st/backup/$stamp
-mkdir -p "$bk/etcd"
+# Nothing below is visible on the node until the renames; after the first rename, any failure
+# puts back everything this push had renamed (PKI and artifacts alike), so the node ends with
+# the whole bundle or exactly what it had.
+done_list=
+bk=
 had=
-for p in $parts; do
-    n=${p%%:*} rel=${n#pki/}
-    if [ -e "$pki/$rel" ] || [ -L "$pki/$rel" ]; then
-        cp -P -p "$pki/$rel" "$bk/$rel" || die 1 "could not back up $pki/$rel (disk full?)"
-        had="$had $rel"
+pki_new=
+if [ "$action" != none ]; then
+    for x in "$pki" "$pki/etcd"; do [ -d "$x" ] || pki_new="$x $pki_new"; done
+    mkdir -p "$pki/etcd"
+    chown 0:0 "$pki" "$pki/etcd"
+    chmod 0755 "$pki" "$pki/etcd"
+    # Modes and owner are set on the staged copies, so each rename publishes a finished file.
+    for p in $parts; do
+        n=${p%%:*} m=${p#*:}
+        chown 0:0 "$stage/b/$n"
+        chmod "$m" "$stage/b/$n"
+    done
+    # Keep whatever is there now, so a failed rename can be undone and --replace leaves a backup.
+    bk=$st/backup/$stamp
+    mkdir -p "$bk/etcd"
+    had=
+    for p in $parts; do
+        n=${p%%:*} rel=${n#pki/}
+        if [ -e "$pki/$rel" ] || [ -L "$pki/$rel" ]; then
+            cp -P -p "$pki/$rel" "$bk/$rel" || die 1 "could not back up $pki/$rel (disk full?)"
+            had="$had $rel"
+        fi
+    done
+fi
+# What each artifact's dest holds now is kept beside it: a hard link (free, whatever the size),
+# or a copy where the dest cannot be linked.
+for a in $arts; do
+    sd=${a#*|} sd=${sd%%|*} r=${a#*|*|} adest=${r%%|*}
+    if [ -e "$adest" ] || [ -L "$adest" ]; then
+        ln -P "$adest" "$sd/old" 2> /dev/null || cp -P -p "$adest" "$sd/old" ||
+            die 1 "could not keep a copy of $adest to restore on failure (disk full?)"
     fi
 done
 
-done_list=
-rollback() {
-    for r in $done_list; do
+adone=
+rollback() { # (its own variable names: the caller's message still needs $adest)
+    for ra in $adone; do
+        rsd=${ra#*|} rsd=${rsd%%|*} rr=${ra#*|*|} rdest=${rr%%|*}
+        if [ -e "$rsd/old" ] || [ -L "$rsd/old" ]; then
+            mv -fT "$rsd/old" "$rdest"
+        else
+            rm -f "$rdest"
+        fi
+    done
+    for rr in $done_list; do
         case " $had " in
-        *" $r "*) mv -f "$bk/$r" "$pki/$r" ;;
-        *) rm -f "$pki/$r" ;;
+        *" $rr "*) mv -f "$bk/$rr" "$pki/$rr" ;;
+        *) rm -f "$pki/$rr" ;;
         esac
     done
+    for rr in $pki_new; do rmdir "$rr" 2> /dev/null; done
+    return 0
 }
-for p in $parts; do
-    n=${p%%:*} rel=${n#pki/}
-    # rename(2) replaces a symlink at the target itself; it never writes through it.
-    if ! mv -f "$stage/b/$n" "$pki/$rel"; then
+if [ "$action" != none ]; then
+    for p in $parts; do
+        n=${p%%:*} rel=${n#pki/}
+        # rename(2) replaces a symlink at the target itself; it never writes through it.
+        if ! mv -f "$stage/b/$n" "$pki/$rel"; then
+            rollback
+            die 1 "could not install $pki/$rel; the previous files were restored"
+        fi
+        done_list="$done_list $rel"
+    done
+    if ! (cd "$k" && grep ' pki/' "$stage/b/SHA256SUMS" | sha256sum -c --strict --quiet > /dev/null 2>&1); then
         rollback
-        die 1 "could not install $pki/$rel; the previous files were restored"
+        die 3 "the installed files do not match SHA256SUMS; the previous files were restored"
     fi
-    done_list="$done_list $rel"
-done
-
-if ! (cd "$k" && grep ' pki/' "$stage/b/SHA256SUMS" | sha256sum -c --strict --quiet > /dev/null 2>&1); then
-    rollback
-    die 3 "the installed files do not match SHA256SUMS; the previous files were restored"
 fi
-
-if [ "$action" != replace ] || [ -z "$had" ]; then
-    rm -rf "$bk"
-fi
-rmdir "$st/backup" 2>/dev/null || true
-cp "$stage/b/bundle.json" "$st/.last-bundle.json.tmp" && mv -f "$st/.last-bundle.json.tmp" "$st/last-bundle.json"
-printf '%s\n' "$serial" > "$st/.last-serial.tmp" && mv -f "$st/.last-serial.tmp" "$st/last-serial"
-printf '%s serial=%s signer=%s action=%s\n' "$stamp" "$serial" "$principal" "$action" >> "$st/history"
-[ -n "$had" ] && [ "$action" = replace ] && printf 'backup %s\n' "$bk"
-fi
-
 # Artifacts: each rename publishes a finished, verified file with its mode and owner.
+for a in $arts; do
+    sd=${a#*|} sd=${sd%%|*} r=${a#*|*|} adest=${r%%|*}
+    if ! e=$(mv -fT "$sd/f" "$adest" 2>&1); then
+        rollback
+        die 1 "could not install $adest (${e##*: }); every file this push had installed was put back"
+    fi
+    adone="$adone $a"
+done
+# Everything is in place: the point of no return.
+made_dirs=
+
+if [ "$action" != none ]; then
+    if [ "$action" != replace ] || [ -z "$had" ]; then
+        rm -rf "$bk"
+    fi
+    rmdir "$st/backup" 2> /dev/null || true
+    cp "$stage/b/bundle.json" "$st/.last-bundle.json.tmp" && mv -f "$st/.last-bundle.json.tmp" "$st/last-bundle.json"
+    printf '%s\n' "$serial" > "$st/.last-serial.tmp" && mv -f "$st/.last-serial.tmp" "$st/last-serial"
+    printf '%s serial=%s signer=%s action=%s\n' "$stamp" "$serial" "$principal" "$action" >> "$st/history"
+    [ -n "$had" ] && [ "$action" = replace ] && printf 'backup %s\n' "$bk"
+fi
 actions=
 for a in $arts; do
-    name=${a%%:*} r=${a#*:}
-    sd=${r%%:*} r=${r#*:}
-    adest=${r%:*} after=${r##*:}
-    mv -fT "$sd/f" "$adest" || die 1 "could not install $adest (earlier artifacts of this push are in place; push again)"
-    rmdir "$sd"
-    made_dirs=
+    name=${a%%|*} sd=${a#*|} sd=${sd%%|*} r=${a#*|*|} adest=${r%%|*} after=${r#*|}
+    rm -rf "$sd"
     printf '%s serial=%s signer=%s artifact=%s dest=%s sha256=%s\n' "$stamp" "$serial" "$principal" \
         "$name" "$adest" "$(grep "  $name\$" "$stage/b/SHA256SUMS" | cut -c1-64)" >> "$st/history"
     printf 'artifact %s\n' "$adest"
     case $after in
     -) ;;
-    import-images) actions="$actions import-images:$adest" ;;
+    import-images) actions="$actions import-images|$adest" ;;
     *) case " $actions " in *" $after "*) ;; *) actions="$actions $after" ;; esac ;;
     esac
 done
@@ -254,7 +290,7 @@ run_after() { # name, command...
 }
 case " $actions " in *" daemon-reload "*) run_after daemon-reload systemctl daemon-reload ;; esac
 for x in $actions; do
-    case $x in import-images:*) run_after import-images ctr -n k8s.io images import "${x#import-images:}" ;; esac
+    case $x in import-images\|*) run_after import-images ctr -n k8s.io images import "${x#import-images|}" ;; esac
 done
 case " $actions " in *" restart-kubelet "*) run_after restart-kubelet systemctl restart kubelet ;; esac
 printf 'installed\n'
