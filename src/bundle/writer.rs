@@ -248,7 +248,6 @@ pub fn create_with_artifacts(
     protection: &Protection,
     out: &Path,
 ) -> Result<Manifest, BundleError> {
-    use sha2::Digest;
     if artifacts.is_empty() {
         let files = files.ok_or_else(|| {
             BundleError::Usage("nothing to bundle: give --pki-dir, --artifacts, or both".into())
@@ -326,23 +325,11 @@ pub fn create_with_artifacts(
             gz.write_all(tar_header(&m.name, m.size, mtime).map_err(io)?.as_bytes()).map_err(io)?;
             let mut f =
                 std::fs::File::open(&a.source).map_err(|e| BundleError::io(&a.source, e))?;
-            let mut h = sha2::Sha256::new();
-            let mut left = m.size;
-            loop {
-                let n = std::io::Read::read(&mut f, &mut buf)
-                    .map_err(|e| BundleError::io(&a.source, e))?;
-                if n == 0 {
-                    break;
-                }
-                if n as u64 > left {
-                    return Err(changed(&a.source));
-                }
-                h.update(&buf[..n]);
-                gz.write_all(&buf[..n]).map_err(io)?;
-                left -= n as u64;
-            }
-            if left != 0 || hex::encode(h.finalize()) != m.sha256 {
-                return Err(changed(&a.source));
+            match copy_checked(&mut f, m.size, &m.sha256, &mut gz, &mut buf) {
+                Ok(true) => {}
+                Ok(false) => return Err(changed(&a.source)),
+                Err(Copy::Read(e)) => return Err(BundleError::io(&a.source, e)),
+                Err(Copy::Write(e)) => return Err(io(e)),
             }
             gz.write_all(&[0u8; 512][..((512 - m.size % 512) % 512) as usize]).map_err(io)?;
         }
@@ -382,6 +369,39 @@ fn persist_durably(tmp: tempfile::NamedTempFile, out: &Path) -> Result<(), Bundl
     Ok(())
 }
 
+enum Copy {
+    Read(std::io::Error),
+    Write(std::io::Error),
+}
+
+/// Copies `src` to `sink` while hashing it; `Ok(false)` when the bytes are not the `size` bytes
+/// with SHA-256 `sha256` that pass 1 saw (the source changed between the passes). Stops at the
+/// first byte past `size`, so a source that grew is not copied on and on.
+fn copy_checked(
+    src: &mut impl std::io::Read,
+    size: u64,
+    sha256: &str,
+    sink: &mut impl Write,
+    buf: &mut [u8],
+) -> Result<bool, Copy> {
+    use sha2::Digest;
+    let mut h = sha2::Sha256::new();
+    let mut left = size;
+    loop {
+        let n = src.read(buf).map_err(Copy::Read)?;
+        if n == 0 {
+            break;
+        }
+        if n as u64 > left {
+            return Ok(false);
+        }
+        h.update(&buf[..n]);
+        sink.write_all(&buf[..n]).map_err(Copy::Write)?;
+        left -= n as u64;
+    }
+    Ok(left == 0 && hex::encode(h.finalize()) == sha256)
+}
+
 fn changed(p: &Path) -> BundleError {
     BundleError::Usage(format!(
         "{} changed while the bundle was being built; make sure nothing writes to it and run hapki bundle again",
@@ -405,4 +425,31 @@ fn hash_file(p: &Path) -> Result<(String, u64), BundleError> {
         size += n as u64;
     }
     Ok((hex::encode(h.finalize()), size))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Pass 2 against what pass 1 saw: the same bytes pass; the same length with one byte
+    /// changed, a source that grew and one that shrank are all "changed" (the vector is the
+    /// SHA-256 of "kubeadm\n", as `printf 'kubeadm\n' | sha256sum` prints it).
+    #[test]
+    fn pass_two_refuses_a_source_that_changed_since_pass_one() {
+        let real = "668ca42808cc40823f3a0f5db66a9d3013e8d2b93fc0d1237ba056630aecbdf5";
+        let other = crate::pki::fingerprint::sha256_hex(b"kubelet\n");
+        let mut buf = [0u8; 3];
+        let run = |src: &[u8], size: u64, want: &str, buf: &mut [u8]| {
+            let mut out = Vec::new();
+            let ok = copy_checked(&mut &src[..], size, want, &mut out, buf).ok().unwrap();
+            (ok, out)
+        };
+        assert_eq!(run(b"kubeadm\n", 8, real, &mut buf), (true, b"kubeadm\n".to_vec()));
+        assert!(!run(b"kubeadm\n", 8, &other, &mut buf).0);
+        assert!(!run(b"kubeadM\n", 8, real, &mut buf).0);
+        let (ok, out) = run(b"kubeadm\nand more", 8, real, &mut buf);
+        assert!(!ok);
+        assert!(out.len() <= 8, "copied {} bytes past the planned size", out.len());
+        assert!(!run(b"kubead", 8, real, &mut buf).0);
+    }
 }
