@@ -333,20 +333,24 @@ fn keygen_makes_a_key_ssh_keygen_accepts_and_never_overwrites() {
 fn signing_with_a_passphrase_protected_key() {
     let fx = Fixture::new("ec");
     sh("ssh-keygen -q -t ed25519 -N sekret -f locked", fx.dir.path());
+    // Without a controlling terminal (setsid), as from cron or CI: nobody to ask.
+    let bin = assert_cmd::cargo::cargo_bin("hapki");
     let run = |env: Option<&str>| {
-        let mut c = hapki();
-        c.args([
-            "bundle",
-            "--insecure-plaintext",
-            "--sign-key",
-            "locked",
-            "--out",
-            "l.tgz",
-            "--pki-dir",
-        ])
-        .arg(&fx.pki)
-        .current_dir(fx.dir.path())
-        .env_remove("HAPKI_SIGN_KEY_PASSPHRASE");
+        let mut c = assert_cmd::Command::new("setsid");
+        c.arg("-w")
+            .arg(&bin)
+            .args([
+                "bundle",
+                "--insecure-plaintext",
+                "--sign-key",
+                "locked",
+                "--out",
+                "l.tgz",
+                "--pki-dir",
+            ])
+            .arg(&fx.pki)
+            .current_dir(fx.dir.path())
+            .env_remove("HAPKI_SIGN_KEY_PASSPHRASE");
         if let Some(p) = env {
             c.env("HAPKI_SIGN_KEY_PASSPHRASE", p);
         }
@@ -355,4 +359,49 @@ fn signing_with_a_passphrase_protected_key() {
     run(None).code(2).stderr(contains("HAPKI_SIGN_KEY_PASSPHRASE"));
     run(Some("wrong")).code(2).stderr(contains("wrong passphrase"));
     run(Some("sekret")).success();
+
+    // On a terminal (script(1) gives it one, fed from our stdin) hapki asks, without echo.
+    let cmd = format!(
+        "{} bundle --insecure-plaintext --sign-key locked --out t.tgz --pki-dir {}",
+        bin.display(),
+        fx.pki.display()
+    );
+    let typed = |pass: &str| {
+        let mut c = std::process::Command::new("script");
+        c.args(["-q", "-e", "-c", &cmd, "/dev/null"])
+            .current_dir(fx.dir.path())
+            .env_remove("HAPKI_SIGN_KEY_PASSPHRASE")
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped());
+        let mut child = c.spawn().expect("script(1) from util-linux");
+        // Type only once asked (what a person does): input typed earlier is echoed by the
+        // terminal before anyone could turn echo off.
+        use std::io::{Read, Write};
+        let mut out = child.stdout.take().unwrap();
+        let mut screen = Vec::new();
+        let mut b = [0u8; 256];
+        while !String::from_utf8_lossy(&screen).contains("Passphrase for") {
+            match out.read(&mut b).unwrap() {
+                0 => break,
+                n => screen.extend_from_slice(&b[..n]),
+            }
+        }
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        child.stdin.take().unwrap().write_all(format!("{pass}\n").as_bytes()).unwrap();
+        out.read_to_end(&mut screen).unwrap();
+        let code = child.wait().unwrap().code();
+        (code, String::from_utf8_lossy(&screen).into_owned())
+    };
+    let (code, screen) = typed("wrong");
+    assert_eq!(code, Some(2), "{screen}");
+    assert!(
+        screen.contains("Passphrase for locked") && screen.contains("wrong passphrase"),
+        "{screen}"
+    );
+    assert!(!screen.contains("wrong\r"), "the passphrase was echoed: {screen}");
+    let (code, screen) = typed("sekret");
+    assert_eq!(code, Some(0), "{screen}");
+    assert!(!screen.contains("sekret"), "the passphrase was echoed: {screen}");
+    assert!(fx.dir.path().join("t.tgz").exists());
 }

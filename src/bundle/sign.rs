@@ -20,9 +20,13 @@ pub struct Signer {
     pub principal: String,
 }
 
-/// Reads an OpenSSH private key for signing. A passphrase-protected key needs `passphrase`
-/// (the library never prompts); without one the error says how to provide it.
-pub fn load_signing_key(path: &Path, passphrase: Option<&str>) -> Result<PrivateKey, BundleError> {
+/// Reads an OpenSSH private key for signing. For a passphrase-protected key `passphrase` is
+/// asked (only then: the library never prompts, the caller decides how — a terminal prompt, an
+/// environment variable); without one the error says how to provide it.
+pub fn load_signing_key(
+    path: &Path,
+    passphrase: &dyn Fn() -> Option<String>,
+) -> Result<PrivateKey, BundleError> {
     let text = std::fs::read_to_string(path).map_err(|e| BundleError::io(path, e))?;
     let key = PrivateKey::from_openssh(text.trim_end()).map_err(|e| {
         BundleError::Usage(format!(
@@ -33,12 +37,12 @@ pub fn load_signing_key(path: &Path, passphrase: Option<&str>) -> Result<Private
     if !key.is_encrypted() {
         return Ok(key);
     }
-    match passphrase {
-        Some(p) => key.decrypt(p).map_err(|_| {
+    match passphrase() {
+        Some(p) => key.decrypt(p.as_bytes()).map_err(|_| {
             BundleError::Usage(format!("--sign-key {}: wrong passphrase", path.display()))
         }),
         None => Err(BundleError::Usage(format!(
-            "--sign-key {} is passphrase-protected: put the passphrase in the environment variable HAPKI_SIGN_KEY_PASSPHRASE",
+            "--sign-key {} is passphrase-protected: run hapki on a terminal to be asked for it, or put it in the environment variable HAPKI_SIGN_KEY_PASSPHRASE",
             path.display()
         ))),
     }

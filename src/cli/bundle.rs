@@ -50,7 +50,7 @@ pub struct BundleArgs {
     #[arg(long, value_name = "SPEC")]
     pub artifacts: Option<PathBuf>,
     /// OpenSSH private key that signs SHA256SUMS (`hapki keygen` makes one). If it is
-    /// passphrase-protected, set HAPKI_SIGN_KEY_PASSPHRASE.
+    /// passphrase-protected, hapki asks on the terminal, or reads HAPKI_SIGN_KEY_PASSPHRASE.
     #[arg(long, value_name = "FILE")]
     pub sign_key: PathBuf,
     /// age recipient (age1…), SSH public key line, or @FILE of them; repeatable. Required when
@@ -142,8 +142,13 @@ pub fn bundle(args: BundleArgs) -> anyhow::Result<u8> {
         Some(s) => parse_time("--created-at", s)?,
         None => OffsetDateTime::now_utc(),
     };
-    let passphrase = std::env::var(SIGN_PASSPHRASE_ENV).ok();
-    let key = bundle::load_signing_key(&args.sign_key, passphrase.as_deref()).categorized()?;
+    // The environment first (scripts, CI), then the terminal.
+    let passphrase = || {
+        std::env::var(SIGN_PASSPHRASE_ENV)
+            .ok()
+            .or_else(|| super::ssh::prompt_passphrase(&args.sign_key))
+    };
+    let key = bundle::load_signing_key(&args.sign_key, &passphrase).categorized()?;
     let with_pki = args.pki_dir.is_some() || args.from.is_some() || args.inventory.is_some();
     let (files, mut sources) = match &args.pki_dir {
         Some(dir) => {

@@ -136,7 +136,7 @@ impl SshArgs {
 
 /// Reads a passphrase from /dev/tty with echo off. Prompts from parallel connections are
 /// serialised so they never interleave.
-fn prompt_passphrase(path: &Path) -> Option<String> {
+pub(super) fn prompt_passphrase(path: &Path) -> Option<String> {
     // Parallel connections may all want a passphrase: ask one at a time.
     static PROMPT: std::sync::Mutex<()> = std::sync::Mutex::new(());
     let _guard = PROMPT.lock().unwrap_or_else(|p| p.into_inner());
