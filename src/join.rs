@@ -204,19 +204,22 @@ struct Ctx<'a> {
 }
 
 impl Ctx<'_> {
-    fn keep_log(&self, node: &str, text: &str) {
-        if self.opts.dry_run {
-            return;
-        }
+    /// Appends to the node's log. Either way the text is for the node's message: where the
+    /// output is, or that it could not be kept (rather than point at a file that is not there).
+    fn keep_log(&self, node: &str, text: &str) -> Result<String, String> {
         let path = self.opts.run_dir.join(format!("{node}.log"));
         let redacted = redact_text(text, &self.token);
         // Logs are 0600: kubeadm's output names the cluster's internals.
-        let _ = std::fs::OpenOptions::new()
+        let written = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .mode_0600()
-            .open(path)
+            .open(&path)
             .and_then(|mut f| f.write_all(redacted.as_bytes()));
+        match written {
+            Ok(()) => Ok(format!("full output in {}", path.display())),
+            Err(e) => Err(format!("the output could not be kept in {} ({e})", path.display())),
+        }
     }
 
     fn join_one(&self, n: &JoinNode, wait_etcd: bool) -> JoinResult {
@@ -247,34 +250,30 @@ impl Ctx<'_> {
             String::from_utf8_lossy(&out.stdout),
             String::from_utf8_lossy(&out.stderr)
         );
-        self.keep_log(name, &text);
+        let log = self.keep_log(name, &text);
+        let lost = log.as_ref().err().map(|e| format!(" ({e})")).unwrap_or_default();
+        let log = log.unwrap_or_else(|e| e);
         if out.code.unwrap_or(-1) != 0 {
             let tail = redact_text(&kubeadm_error(&out.stderr), &self.token);
             return result(
                 NodeStatus::Failed,
-                format!(
-                    "kubeadm join failed (exit {}): {tail}; full output in {}",
-                    out.code.unwrap_or(-1),
-                    self.opts.run_dir.join(format!("{name}.log")).display()
-                ),
+                format!("kubeadm join failed (exit {}): {tail}; {log}", out.code.unwrap_or(-1)),
             );
         }
         if wait_etcd {
             (self.progress)(name, Step::WaitingForEtcd);
             let addr = n.advertise_address.clone().unwrap_or_else(|| n.target.host.clone());
             if let Err(e) = self.wait_etcd(session.as_mut(), &addr) {
-                self.keep_log(name, &format!("etcd health: {e}\n"));
+                let log = self.keep_log(name, &format!("etcd health: {e}\n")).unwrap_or_else(|e| e);
                 return result(
                     NodeStatus::Failed,
-                    format!("joined, but its etcd member did not become healthy: {e}"),
+                    format!("joined, but its etcd member did not become healthy: {e}; {log}"),
                 );
             }
         }
         (self.progress)(name, Step::Done);
-        result(
-            NodeStatus::Joined,
-            if wait_etcd { "joined; etcd member healthy".into() } else { "joined".into() },
-        )
+        let what = if wait_etcd { "joined; etcd member healthy" } else { "joined" };
+        result(NodeStatus::Joined, format!("{what}{lost}"))
     }
 
     fn wait_etcd(&self, session: &mut dyn Session, addr: &str) -> Result<(), String> {
