@@ -5,7 +5,7 @@ k=$1 st=$2
 IFS= read -r decision || exit 0
 case $decision in
 skip) exit 0 ;;
-install\ * | replace\ *) ;;
+install\ * | replace\ * | none\ *) ;;
 *) printf 'hapki: unexpected decision from the operator\n' >&2; exit 1 ;;
 esac
 # shellcheck disable=SC2086

@@ -40,19 +40,15 @@ pub fn facts_script() -> String {
     format!("{COMMON}{}", include_str!("facts.sh"))
 }
 
-/// The install script alone (its arguments at its top), for pushes whose facts were read by a
-/// separate command (bundles with artifacts, which must know every node's needs first).
-pub fn install_script() -> String {
-    format!("{COMMON}{}", include_str!("install.sh"))
-}
-
 /// The push script: the facts, then one decision line read from stdin (`skip`, or the install
 /// script's arguments), then — for an install — the payload on the rest of stdin. One exec per
 /// node instead of two: on nodes whose login shell is slow to start (a heavy `.bashrc` runs for
-/// every SSH command) that halves the per-node cost.
+/// every SSH command) that halves the per-node cost. Arguments: the kubernetes and state
+/// directories, then the artifact destinations whose state the facts describe.
 pub fn push_script() -> String {
     format!(
-        "{COMMON}facts_main() {{\n{facts}\n}}\nfacts_main \"$1\" \"$2\" \"\" pki\n{decide}{install}",
+        "{COMMON}facts_main() {{\n{facts}\n}}\nhapki_k=$1 hapki_st=$2\nshift 2\n\
+         facts_main \"$hapki_k\" \"$hapki_st\" \"\" pki \"$@\"\nset -- \"$hapki_k\" \"$hapki_st\"\n{decide}{install}",
         facts = include_str!("facts.sh"),
         decide = include_str!("decide.sh"),
         install = include_str!("install.sh"),

@@ -26,24 +26,22 @@ struct State {
     decided: bool,
 }
 
-type Decide = Box<dyn FnMut(&[u8]) -> Vec<u8> + Send>;
+type Decide<'a> = Box<dyn FnMut(&[u8]) -> Vec<u8> + Send + 'a>;
 
-/// Shared between the sink, the source and the caller.
-pub struct Exchange {
+/// Shared between the sink, the source and the caller. `'a`: what the decision borrows (it runs
+/// while the command does, so it may borrow anything that outlives the command).
+pub struct Exchange<'a> {
     state: Mutex<State>,
     ready: Condvar,
-    decide: Mutex<Option<Decide>>,
+    decide: Mutex<Option<Decide<'a>>>,
     /// Give up waiting for facts after this (a node whose facts script died early).
     deadline: Instant,
 }
 
-impl Exchange {
+impl<'a> Exchange<'a> {
     /// `decide` gets the facts output and returns what to send: one decision line, then any
     /// payload. It runs once, on the transport's thread.
-    pub fn new(
-        timeout: Duration,
-        decide: impl FnMut(&[u8]) -> Vec<u8> + Send + 'static,
-    ) -> Arc<Self> {
+    pub fn new(timeout: Duration, decide: impl FnMut(&[u8]) -> Vec<u8> + Send + 'a) -> Arc<Self> {
         Arc::new(Exchange {
             state: Mutex::new(State::default()),
             ready: Condvar::new(),
@@ -69,9 +67,9 @@ impl Exchange {
 }
 
 /// The command's stdout.
-pub struct FactsSink(pub Arc<Exchange>);
+pub struct FactsSink<'a>(pub Arc<Exchange<'a>>);
 
-impl Write for FactsSink {
+impl Write for FactsSink<'_> {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
         let facts = {
             let mut st = self.0.lock();
@@ -117,9 +115,9 @@ fn find_end(out: &[u8], from: usize) -> Option<usize> {
 }
 
 /// The command's stdin: nothing until the decision, then the decision, then end of input.
-pub struct DecisionSource(pub Arc<Exchange>);
+pub struct DecisionSource<'a>(pub Arc<Exchange<'a>>);
 
-impl Read for DecisionSource {
+impl Read for DecisionSource<'_> {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
         let ex = &self.0;
         let mut st = ex.lock();

@@ -2,8 +2,10 @@
 //! to every node at once.
 //!
 //! One thread reads the bundle (decrypt → stored gzip → tar, [`crate::bundle::open_streaming`])
-//! and hashes each byte once; every node has its own worker thread with one SSH session running
-//! the install script, fed through a bounded channel of shared chunks. A slow node throttles
+//! and hashes each byte once; every node has its own worker thread and one SSH exec, as for a
+//! PKI-only push ([`super::exchange`]): the node prints its facts, the worker decides while the
+//! command waits, and the decision, the small parts and then the artifacts follow on the same
+//! stdin, fed through a bounded channel of shared chunks. A slow node throttles
 //! the reader (its channel fills up); a failed node's channel is dropped and the others carry
 //! on. Nodes stage each artifact next to its destination and check it against the signed
 //! `SHA256SUMS` themselves; nothing is moved into place until the reader has verified the whole
@@ -16,8 +18,10 @@ use std::cell::RefCell;
 use std::collections::BTreeSet;
 use std::io::Read;
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver, SyncSender};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use crate::artifacts::Role;
 use crate::bundle::{
@@ -28,6 +32,7 @@ use crate::error::{Categorized, Category};
 use crate::node::{self, facts::NodeFacts, facts::PathKind};
 use crate::transport::{Target, Transport};
 
+use super::exchange::{DecisionSource, Exchange, FactsSink};
 use super::{failed, plan, NodeResult, NodeStatus, Payload, Plan, PushOptions, PushReport, Step};
 
 /// A node push may send something to.
@@ -72,8 +77,7 @@ struct ChannelReader<'a> {
     pos: usize,
     done: bool,
     sent: u64,
-    total: u64,
-    report: &'a (dyn Fn(u64, u64) + Sync),
+    report: &'a (dyn Fn(u64) + Sync),
 }
 
 impl Read for ChannelReader<'_> {
@@ -85,7 +89,7 @@ impl Read for ChannelReader<'_> {
             match self.rx.recv() {
                 Ok(Msg::Data(c)) => {
                     self.sent += c.len() as u64;
-                    (self.report)(self.sent, self.total);
+                    (self.report)(self.sent);
                     self.cur = c;
                 }
                 Ok(Msg::Commit) => {
@@ -317,22 +321,112 @@ fn node_worker(
         }
     };
     progress(name, Event::Step(Step::Inspecting));
+    // One exec: the node prints its facts (the artifact dests' hashes included), the decision
+    // below runs on the transport's thread while the command waits for it, and the decision
+    // line, the small parts and then the streamed artifacts follow on the same stdin.
     let dests: Vec<&str> = mine.iter().map(|(_, a)| a.dest.as_str()).collect();
-    let facts =
-        match node::read_facts_with(session.as_mut(), &opts.paths, node::FactsScope::Pki, &dests) {
-            Ok(f) => f,
-            Err(e) => {
-                not_ready();
-                return Some(failed(name, Category::NodesFailed, e));
+    let pki_dir = opts.paths.pki_dir();
+    let decided: Mutex<Option<Decided>> = Mutex::new(None);
+    let total = AtomicU64::new(0);
+    let exchange = Exchange::new(t.target.connect_timeout + Duration::from_secs(60), |out| {
+        let (d, line) = decide(out, name, pki, &pki_dir, payload, &mine, opts);
+        match &d {
+            Decided::Install { send, bytes, .. } => {
+                total.store(*bytes, Ordering::Relaxed);
+                let _ = ready.send((i, Ready::Send(send.clone())));
+                progress(name, Event::Step(Step::Installing));
             }
-        };
+            Decided::Done(_) => not_ready(),
+        }
+        *decided.lock().unwrap_or_else(|p| p.into_inner()) = Some(d);
+        line
+    });
+    let report =
+        |sent: u64| progress(name, Event::Sending { sent, total: total.load(Ordering::Relaxed) });
+    let chan = ChannelReader {
+        rx: data_rx,
+        cur: Arc::new(Vec::new()),
+        pos: 0,
+        done: false,
+        sent: 0,
+        report: &report,
+    };
+    let mut args = vec![opts.paths.kube_dir.as_str(), opts.paths.state_dir.as_str()];
+    args.extend(dests);
+    let mut stdin = DecisionSource(exchange.clone()).chain(chan);
+    let mut stdout = FactsSink(exchange.clone());
+    let out = session.run_streaming(&node::push_script(), &args, &mut stdin, &mut stdout);
+    drop(stdin);
+    progress(name, Event::Step(Step::Done));
+    let decision = decided.lock().unwrap_or_else(|p| p.into_inner()).take();
+    if decision.is_none() {
+        // The facts never arrived: the reader still waits for this node's word.
+        not_ready();
+    }
+    Some(match (out, decision) {
+        (_, Some(Decided::Done(r))) => r,
+        (Err(e), Some(Decided::Install { .. })) => failed(
+            name,
+            Category::NodesFailed,
+            format!(
+                "{e}; nothing staged was installed unless the node's history says so; push again"
+            ),
+        ),
+        (Err(e), None) => failed(name, Category::NodesFailed, e.to_string()),
+        (Ok(o), None) => failed(
+            name,
+            Category::NodesFailed,
+            format!(
+                "reading the node's state under {pki_dir} failed: {}",
+                node::stderr_tail(&o.stderr)
+            ),
+        ),
+        (Ok(o), Some(Decided::Install { reason, .. })) => {
+            if !o.success() {
+                return Some(super::install_failed(name, &o));
+            }
+            let after = exchange.after_facts();
+            let stdout = String::from_utf8_lossy(&after);
+            if !stdout.lines().any(|l| l == "installed") {
+                return Some(failed(
+                    name,
+                    Category::NodesFailed,
+                    "the install script ended without confirming the install",
+                ));
+            }
+            super::installed(name, reason, &stdout)
+        }
+    })
+}
+
+/// What a node's facts decided.
+enum Decided {
+    /// Nothing to install (unchanged, planned by a dry run, refused, unreadable facts).
+    Done(NodeResult),
+    /// Install: these artifacts (indices), `bytes` in all.
+    Install { send: BTreeSet<usize>, bytes: u64, reason: String },
+}
+
+/// Plans one node from its facts; returns the plan and what to send as the decision (the
+/// install script's arguments and the small parts, or `skip`).
+fn decide(
+    out: &[u8],
+    name: &str,
+    pki: bool,
+    pki_dir: &str,
+    payload: &Payload,
+    mine: &[(usize, &ManifestArtifact)],
+    opts: &PushOptions,
+) -> (Decided, Vec<u8>) {
+    let skip = |r: NodeResult| (Decided::Done(r), b"skip\n".to_vec());
+    let facts = match NodeFacts::parse(out, pki_dir) {
+        Ok(f) => f,
+        Err(e) => return skip(failed(name, Category::NodesFailed, e.to_string())),
+    };
     let (action, mut reason) = if pki {
         match plan(payload, &facts, opts.replace) {
             Plan::Unchanged => ("none", String::new()),
-            Plan::Refuse { category, reason } => {
-                not_ready();
-                return Some(failed(name, category, reason));
-            }
+            Plan::Refuse { category, reason } => return skip(failed(name, category, reason)),
             Plan::Install { replacing, reason } => {
                 (if replacing.is_empty() { "install" } else { "replace" }, reason)
             }
@@ -342,44 +436,25 @@ fn node_worker(
     };
     let send: Vec<(usize, &ManifestArtifact)> =
         mine.iter().copied().filter(|(_, a)| !in_place(a, &facts)).collect();
+    let bytes: u64 = send.iter().map(|(_, a)| a.size).sum();
     if !send.is_empty() {
-        let bytes: u64 = send.iter().map(|(_, a)| a.size).sum();
         let what = format!("{} artifact(s), {bytes} bytes", send.len());
         reason = if reason.is_empty() { what } else { format!("{reason}; {what}") };
     }
+    let done = |status, message: String| {
+        skip(NodeResult { node: name.into(), status, message, category: None, backup: None })
+    };
     if action == "none" && send.is_empty() {
-        not_ready();
-        progress(name, Event::Step(Step::Done));
         let msg = match (pki, mine.is_empty()) {
             (true, true) => "the eight shared files are already in place",
             (true, false) => "the shared files and artifacts are already in place",
             _ => "the artifacts are already in place",
         };
-        return Some(NodeResult {
-            node: name.into(),
-            status: NodeStatus::Unchanged,
-            message: msg.into(),
-            category: None,
-            backup: None,
-        });
+        return done(NodeStatus::Unchanged, msg.into());
     }
     if opts.dry_run {
-        not_ready();
-        progress(name, Event::Step(Step::Done));
-        return Some(NodeResult {
-            node: name.into(),
-            status: NodeStatus::Planned,
-            message: format!("would {reason}"),
-            category: None,
-            backup: None,
-        });
+        return done(NodeStatus::Planned, format!("would {reason}"));
     }
-    let total: u64 = send.iter().map(|(_, a)| a.size).sum();
-    let _ = ready.send((i, Ready::Send(send.iter().map(|(k, _)| *k).collect())));
-    progress(name, Event::Step(Step::Installing));
-
-    let serial = payload.serial.to_string();
-    let token = facts.shared_state_token();
     let (mut parts, small) = payload.parts_for(action != "none");
     for (_, a) in &send {
         parts.extend([
@@ -391,43 +466,20 @@ fn node_worker(
             a.after.map(|x| x.as_str().to_string()).unwrap_or_else(|| "-".into()),
         ]);
     }
-    let mut args: Vec<&str> = vec![
-        &opts.paths.kube_dir,
-        &opts.paths.state_dir,
-        action,
-        &payload.principal,
-        &token,
-        &serial,
-        &opts.stamp,
-    ];
-    args.extend(parts.iter().map(String::as_str));
-    let report = |sent: u64, total: u64| progress(name, Event::Sending { sent, total });
-    let chan = ChannelReader {
-        rx: data_rx,
-        cur: Arc::new(Vec::new()),
-        pos: 0,
-        done: false,
-        sent: 0,
-        total,
-        report: &report,
-    };
-    let mut stdin = std::io::Cursor::new(small).chain(chan);
-    let out = session.run(&node::install_script(), &args, &mut stdin);
-    progress(name, Event::Step(Step::Done));
-    let out = match out {
-        Ok(o) => o,
-        Err(e) => {
-            return Some(failed(
-                name,
-                Category::NodesFailed,
-                format!(
-                "{e}; nothing staged was installed unless the node's history says so; push again"
-            ),
-            ))
-        }
-    };
-    if !out.success() {
-        return Some(super::install_failed(name, &out));
+    let mut line = format!(
+        "{action} {} {} {} {}",
+        payload.principal,
+        facts.shared_state_token(),
+        payload.serial,
+        opts.stamp
+    );
+    for p in parts {
+        line.push(' ');
+        line.push_str(&p);
     }
-    Some(super::installed(name, reason, &String::from_utf8_lossy(&out.stdout)))
+    line.push('\n');
+    let mut bytes_out = line.into_bytes();
+    bytes_out.extend_from_slice(&small);
+    let send = send.iter().map(|(k, _)| *k).collect();
+    (Decided::Install { send, bytes, reason }, bytes_out)
 }
