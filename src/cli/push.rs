@@ -97,12 +97,21 @@ pub fn run(args: PushArgs) -> anyhow::Result<u8> {
                     bar.set_length(total);
                     bar.set_style(
                         indicatif::ProgressStyle::with_template(&format!(
-                            "{{prefix:{width}}} [{{bar:30}}] {{bytes}}/{{total_bytes}} {{binary_bytes_per_sec}} ETA {{eta}}"
+                            "{{prefix:{width}}} [{{bar:30}}] {{bytes}}/{{total_bytes}} {{binary_bytes_per_sec}} ETA {{eta}} {{msg}}"
                         ))
                         .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
                     );
+                    // The rate counts from the first byte, not from when the node connected
+                    // (sending starts only once every node has planned).
+                    bar.set_message("");
+                    bar.reset_elapsed();
+                    bar.reset_eta();
                 }
                 bar.set_position(sent);
+                if sent == total {
+                    // The node hashes what it staged and waits for the whole bundle to verify.
+                    bar.set_message("checking");
+                }
             }
         }
     };
