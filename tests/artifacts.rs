@@ -628,6 +628,7 @@ dest = "{TB_ROOT}/zz-busy"
     }
     assert_eq!(n.etc_kubernetes().join("pki").exists(), had_pki_dir, "pki directory left");
     assert_eq!(history(n), hist, "a failed push was recorded as installed");
+    assert!(!n.state().join("backup").exists(), "an emptied backup directory left behind");
     assert_no_staging(n);
 
     // Once the mount is gone the same bundle installs the whole set, ":" directory included.

@@ -32,7 +32,11 @@ die() { # exit code, message
 }
 astages=
 made_dirs=
+renaming=
 cleanup() {
+    # Cut off (a signal, a lost connection) between the first rename and the last: put back
+    # what this push had renamed before the staged copies (and the kept old files) go.
+    [ -n "$renaming" ] && rollback
     [ -n "$stage" ] && rm -rf "$stage"
     for g in $astages; do rm -rf "$g"; done
     # Directories created for artifacts that were never installed: only empty ones go.
@@ -169,9 +173,9 @@ IFS= read -r word || word=
 [ "$word" = commit ] || die 3 "the operator did not confirm the bundle (it failed verification there, or the connection was cut); nothing was installed"
 [ -z "$(head -c 1)" ] || die 1 "the upload has trailing bytes"
 
-# Nothing below is visible on the node until the renames; after the first rename, any failure
-# puts back everything this push had renamed (PKI and artifacts alike), so the node ends with
-# the whole bundle or exactly what it had.
+# Nothing the bundle carries is visible on the node until the renames; after the first rename,
+# any failure (or signal) puts back everything this push had renamed, PKI and artifacts alike,
+# so the node ends with the whole bundle or exactly what it had.
 done_list=
 bk=
 had=
@@ -210,37 +214,49 @@ for a in $arts; do
 done
 
 adone=
+# Runs at most once in effect: it empties its lists, since a failure calls it and then exits,
+# and the exit trap would call it again. A restore that fails is named in $put_back.
+put_back="every file this push had installed was put back"
 rollback() { # (its own variable names: the caller's message still needs $adest)
+    rb_failed=
     for ra in $adone; do
         rsd=${ra#*|} rsd=${rsd%%|*} rr=${ra#*|*|} rdest=${rr%%|*}
         if [ -e "$rsd/old" ] || [ -L "$rsd/old" ]; then
-            mv -fT "$rsd/old" "$rdest"
+            mv -fT "$rsd/old" "$rdest" || rb_failed="$rb_failed $rdest"
         else
-            rm -f "$rdest"
+            rm -f "$rdest" || rb_failed="$rb_failed $rdest"
         fi
     done
     for rr in $done_list; do
         case " $had " in
-        *" $rr "*) mv -f "$bk/$rr" "$pki/$rr" ;;
-        *) rm -f "$pki/$rr" ;;
+        *" $rr "*) mv -f "$bk/$rr" "$pki/$rr" || rb_failed="$rb_failed $pki/$rr" ;;
+        *) rm -f "$pki/$rr" || rb_failed="$rb_failed $pki/$rr" ;;
         esac
     done
-    for rr in $pki_new; do rmdir "$rr" 2> /dev/null; done
+    for rr in $pki_new; do rmdir "$rr" 2> /dev/null || :; done
+    if [ -n "$rb_failed" ]; then
+        put_back="putting back the previous files FAILED for:$rb_failed (the backup of the PKI is under $st/backup); check them by hand"
+    elif [ -n "$bk" ]; then
+        rm -rf "$bk"
+        rmdir "$st/backup" 2> /dev/null || :
+    fi
+    adone= done_list= pki_new= renaming=
     return 0
 }
+renaming=1
 if [ "$action" != none ]; then
     for p in $parts; do
         n=${p%%:*} rel=${n#pki/}
         # rename(2) replaces a symlink at the target itself; it never writes through it.
         if ! mv -f "$stage/b/$n" "$pki/$rel"; then
             rollback
-            die 1 "could not install $pki/$rel; the previous files were restored"
+            die 1 "could not install $pki/$rel; $put_back"
         fi
         done_list="$done_list $rel"
     done
     if ! (cd "$k" && grep ' pki/' "$stage/b/SHA256SUMS" | sha256sum -c --strict --quiet > /dev/null 2>&1); then
         rollback
-        die 3 "the installed files do not match SHA256SUMS; the previous files were restored"
+        die 3 "the installed files do not match SHA256SUMS; $put_back"
     fi
 fi
 # Artifacts: each rename publishes a finished, verified file with its mode and owner.
@@ -248,12 +264,12 @@ for a in $arts; do
     sd=${a#*|} sd=${sd%%|*} r=${a#*|*|} adest=${r%%|*}
     if ! e=$(mv -fT "$sd/f" "$adest" 2>&1); then
         rollback
-        die 1 "could not install $adest (${e##*: }); every file this push had installed was put back"
+        die 1 "could not install $adest (${e##*: }); $put_back"
     fi
     adone="$adone $a"
 done
 # Everything is in place: the point of no return.
-made_dirs=
+renaming= made_dirs=
 
 if [ "$action" != none ]; then
     if [ "$action" != replace ] || [ -z "$had" ]; then
