@@ -60,6 +60,9 @@ pub enum Event {
 /// a few MiB behind the others (scheduling hiccups) without stalling them.
 const IN_FLIGHT: usize = 32 << 20;
 
+/// How long a node may take to print its facts before its stdin ends (see `node_worker`).
+const FACTS_DEADLINE: Duration = Duration::from_secs(24 * 3600);
+
 fn depth(nodes: usize) -> usize {
     (IN_FLIGHT / bundle::CHUNK / nodes.max(1)).clamp(4, 32)
 }
@@ -328,7 +331,10 @@ fn node_worker(
     let pki_dir = opts.paths.pki_dir();
     let decided: Mutex<Option<Decided>> = Mutex::new(None);
     let total = AtomicU64::new(0);
-    let exchange = Exchange::new(t.target.connect_timeout + Duration::from_secs(60), |out| {
+    // No short deadline for the facts: they hash every artifact already at its destination,
+    // which takes as long as the node's disk needs (minutes for tens of GiB); and stdin must
+    // not end early here, or the worker would wait on a reader that waits on it.
+    let exchange = Exchange::new(FACTS_DEADLINE, |out| {
         let (d, line) = decide(out, name, pki, &pki_dir, payload, &mine, opts);
         match &d {
             Decided::Install { send, bytes, .. } => {
