@@ -64,11 +64,6 @@ fn common_args(t: &Target) -> Result<Vec<String>, TransportError> {
         "LogLevel=ERROR",
         "-o",
         "ServerAliveCountMax=3",
-        // OpenSSH's default cipher set, GCM first: AES-GCM through libcrypto costs a fraction of
-        // ChaCha20-Poly1305 per byte on CPUs with AES-NI, which is what GiB artifacts are
-        // bound by.
-        "-o",
-        "Ciphers=aes128-gcm@openssh.com,aes256-gcm@openssh.com,chacha20-poly1305@openssh.com,aes128-ctr,aes192-ctr,aes256-ctr",
     ]
     .iter()
     .map(|s| s.to_string())
@@ -94,6 +89,39 @@ fn common_args(t: &Target) -> Result<Vec<String>, TransportError> {
     Ok(a)
 }
 
+/// OpenSSH's default cipher set with AES-GCM first: through libcrypto with AES-NI it costs a
+/// fraction of ChaCha20-Poly1305 per byte, which is what pushing GiB artifacts is bound by.
+const GCM_FIRST: &str = "aes128-gcm@openssh.com,aes256-gcm@openssh.com,\
+chacha20-poly1305@openssh.com,aes128-ctr,aes192-ctr,aes256-ctr";
+
+/// The cipher list to ask for, given the effective one (`ssh -G`'s `ciphers` line): GCM first
+/// when the user's configuration offers exactly OpenSSH's default set, in any order. A set that
+/// was narrowed or widened (a crypto policy, a hardened ssh_config) is the site's choice and is
+/// left alone.
+fn gcm_first(effective: &str) -> Option<&'static str> {
+    fn set(s: &str) -> std::collections::BTreeSet<&str> {
+        s.split(',').map(str::trim).collect()
+    }
+    (set(effective) == set(GCM_FIRST)).then_some(GCM_FIRST)
+}
+
+impl OpensshTransport {
+    /// [`gcm_first`] for what `ssh -G` says this target's configuration is; `None` if it cannot
+    /// tell.
+    fn gcm_first(&self, target: &Target) -> Option<&'static str> {
+        let out = Command::new(&self.ssh)
+            .args(common_args(target).ok()?)
+            .arg("-G")
+            .arg(&target.host)
+            .stdin(Stdio::null())
+            .stderr(Stdio::null())
+            .output()
+            .ok()?;
+        let text = String::from_utf8_lossy(&out.stdout);
+        text.lines().find_map(|l| l.strip_prefix("ciphers ")).and_then(gcm_first)
+    }
+}
+
 impl Transport for OpensshTransport {
     fn connect(&self, target: &Target) -> Result<Box<dyn Session>, TransportError> {
         let n = self.counter.fetch_add(1, Ordering::Relaxed);
@@ -104,10 +132,14 @@ impl Transport for OpensshTransport {
             what: "creating a log file".to_owned(),
             source: e,
         })?;
+        let mut master = Command::new(&self.ssh);
+        master.args(common_args(target)?);
+        if let Some(c) = self.gcm_first(target) {
+            master.args(["-o", &format!("Ciphers={c}")]);
+        }
         // The master goes to the background after logging in (-f) and keeps the log file open,
         // so its stderr goes to a file, not a pipe we would wait on forever.
-        let status = Command::new(&self.ssh)
-            .args(common_args(target)?)
+        let status = master
             .args(["-o", "ControlMaster=yes", "-o", "ControlPersist=60", "-f", "-N", "-o"])
             .arg(format!("ControlPath={}", socket.display()))
             .arg(&target.host)
@@ -348,6 +380,36 @@ fn ssh_type_name(upper: &str) -> String {
 mod tests {
     use super::*;
     use std::path::Path;
+
+    /// `ssh -G`'s line under OpenSSH 9.2 with no Ciphers setting, then a FIPS-style policy and
+    /// a hardened config: only the default set is reordered.
+    #[test]
+    fn gcm_first_only_reorders_the_default_set() {
+        let default = "chacha20-poly1305@openssh.com,aes128-ctr,aes192-ctr,aes256-ctr,\
+                       aes128-gcm@openssh.com,aes256-gcm@openssh.com";
+        assert_eq!(gcm_first(default), Some(GCM_FIRST));
+        assert_eq!(gcm_first("aes256-gcm@openssh.com,aes256-ctr,aes128-gcm@openssh.com"), None);
+        assert_eq!(gcm_first("chacha20-poly1305@openssh.com"), None);
+        let widened = format!("{default},aes256-cbc");
+        assert_eq!(gcm_first(&widened), None);
+    }
+
+    /// The system `ssh` (the one the openssh transport runs) reports exactly that default set
+    /// when nothing configures ciphers; if this fails, OpenSSH changed its defaults.
+    #[test]
+    fn the_system_ssh_default_set_is_the_one_reordered() {
+        let Ok(out) = Command::new("ssh")
+            .args(["-F", "/dev/null", "-G", "127.0.0.1"])
+            .stdin(Stdio::null())
+            .output()
+        else {
+            eprintln!("\n*** SKIPPED: no ssh client to ask for its default ciphers ***\n");
+            return;
+        };
+        let text = String::from_utf8_lossy(&out.stdout);
+        let line = text.lines().find_map(|l| l.strip_prefix("ciphers ")).unwrap_or_default();
+        assert_eq!(gcm_first(line), Some(GCM_FIRST), "{line}");
+    }
 
     #[test]
     fn maps_openssh_messages() {
