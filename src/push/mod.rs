@@ -216,6 +216,33 @@ pub(crate) fn failed(node: &str, category: Category, message: impl Into<String>)
     }
 }
 
+/// The decision that makes the node install: the install script's arguments on one line (every
+/// word is from a checked alphabet, so the node splits it safely), then the parts' bytes.
+pub(crate) fn install_decision(
+    action: &str,
+    payload: &Payload,
+    facts: &NodeFacts,
+    opts: &PushOptions,
+    parts: &[String],
+    data: &[u8],
+) -> Vec<u8> {
+    let mut line = format!(
+        "{action} {} {} {} {}",
+        payload.principal,
+        facts.shared_state_token(),
+        payload.serial,
+        opts.stamp
+    );
+    for p in parts {
+        line.push(' ');
+        line.push_str(p);
+    }
+    line.push('\n');
+    let mut bytes = line.into_bytes();
+    bytes.extend_from_slice(data);
+    bytes
+}
+
 /// What the decision made of the node's facts, for the report.
 type Decided = Result<Plan, String>;
 
@@ -253,21 +280,7 @@ fn push_one(
                 Plan::Install { replacing, .. } if !opts.dry_run => {
                     let action = if replacing.is_empty() { "install" } else { "replace" };
                     let (parts, data) = payload.parts();
-                    let mut line = format!(
-                        "{action} {} {} {} {}",
-                        payload.principal,
-                        facts.shared_state_token(),
-                        payload.serial,
-                        opts.stamp
-                    );
-                    for p in parts {
-                        line.push(' ');
-                        line.push_str(&p);
-                    }
-                    line.push('\n');
-                    let mut bytes = line.into_bytes();
-                    bytes.extend_from_slice(&data);
-                    bytes
+                    install_decision(action, &payload, &facts, &opts, &parts, &data)
                 }
                 _ => b"skip\n".to_vec(),
             };

@@ -472,20 +472,7 @@ fn decide(
             a.after.map(|x| x.as_str().to_string()).unwrap_or_else(|| "-".into()),
         ]);
     }
-    let mut line = format!(
-        "{action} {} {} {} {}",
-        payload.principal,
-        facts.shared_state_token(),
-        payload.serial,
-        opts.stamp
-    );
-    for p in parts {
-        line.push(' ');
-        line.push_str(&p);
-    }
-    line.push('\n');
-    let mut bytes_out = line.into_bytes();
-    bytes_out.extend_from_slice(&small);
+    let bytes_out = super::install_decision(action, payload, &facts, opts, &parts, &small);
     let send = send.iter().map(|(k, _)| *k).collect();
     (Decided::Install { send, bytes, reason }, bytes_out)
 }
