@@ -22,7 +22,8 @@ pub enum TransportKind {
     /// libssh2, built in: nothing else to install.
     #[default]
     Builtin,
-    /// The system `ssh` client (ProxyJump, FIDO keys, certificates, ControlMaster).
+    /// The system `ssh` client (ProxyJump, FIDO keys, certificates, ControlMaster); also the
+    /// faster one for multi-GiB artifacts (it encrypts in whole packets).
     Openssh,
 }
 
