@@ -643,3 +643,39 @@ dest = "{TB_ROOT}/zz-busy"
     assert!(n.etc_kubernetes().join("pki/ca.key").exists());
     assert_no_staging(n);
 }
+
+/// A node whose disk fills while it stages an artifact fails alone, with the reason, and keeps
+/// nothing of it; the other node, fed from the same stream, installs the artifact.
+#[test]
+fn a_full_disk_on_one_node_fails_that_node_alone_and_leaves_it_as_it_was() {
+    let Some(tb) = Testbed::up(2, 0) else { return };
+    let fx = Fixture::new();
+    let d = tempfile::tempdir().unwrap();
+    let big: Vec<u8> = (0..3u32 << 20).map(|i| (i.wrapping_mul(2654435761) >> 13) as u8).collect();
+    let spec = format!("[[artifacts]]\nsource = \"big\"\ndest = \"{TB_ROOT}/small/big\"\n");
+    let spec = spec_dir(d.path(), &spec, &[("big", &big)]);
+    let bundle = bundle_with(&fx, &spec, false, false, "big.bundle");
+    // kubemaster-2's destination directory is a 1 MiB tmpfs (in its own mount namespace).
+    tb.ok(
+        "kubemaster-2",
+        &format!("mkdir -p {TB_ROOT}/small && mount -t tmpfs -o size=1m tmpfs {TB_ROOT}/small"),
+    );
+    let out = push_inv(&fx, &tb, &bundle, "builtin");
+    let listing = tb.ok("kubemaster-2", &format!("ls -A {TB_ROOT}/small; umount {TB_ROOT}/small"));
+    assert_eq!(out.status.code(), Some(5), "{}", text(&out));
+    let st = statuses(&out);
+    assert_eq!(st[0], ("kubemaster-1".to_string(), "installed".to_string()));
+    assert_eq!(st[1], ("kubemaster-2".to_string(), "failed".to_string()));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let msg = report["nodes"][1]["message"].as_str().unwrap();
+    assert!(msg.contains("disk full") && msg.contains("/small/big"), "{msg}");
+    assert_eq!(listing.trim(), "", "kubemaster-2 kept something of the failed push");
+    assert_eq!(
+        std::fs::read(on_node(tb.node("kubemaster-1"), &format!("{TB_ROOT}/small/big"))).unwrap(),
+        big
+    );
+    assert!(!history(tb.node("kubemaster-2")).contains("artifact="));
+    for n in &tb.nodes {
+        assert_no_staging(n);
+    }
+}
