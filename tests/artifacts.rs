@@ -679,3 +679,43 @@ fn a_full_disk_on_one_node_fails_that_node_alone_and_leaves_it_as_it_was() {
         assert_no_staging(n);
     }
 }
+
+/// A node whose facts never complete (its shell dies mid-way) fails alone, promptly, with both
+/// transports; the other node installs from the same stream.
+#[test]
+fn a_node_whose_facts_die_fails_alone_without_holding_up_the_push() {
+    let Some(tb) = Testbed::up(2, 0) else { return };
+    let fx = Fixture::new();
+    let d = tempfile::tempdir().unwrap();
+    let spec = format!("[[artifacts]]\nsource = \"f\"\ndest = \"{TB_ROOT}/f\"\n");
+    let spec = spec_dir(d.path(), &spec, &[("f", b"payload\n")]);
+    let bundle = bundle_with(&fx, &spec, false, false, "f.bundle");
+    // kubemaster-2's `id` (the facts ask for the uid) kills the shell that runs it.
+    let n2 = tb.node("kubemaster-2");
+    let id = n2.dir.join("bin/id");
+    std::fs::write(&id, "#!/bin/sh\nkill -KILL $PPID\n").unwrap();
+    std::fs::set_permissions(&id, std::fs::Permissions::from_mode(0o755)).unwrap();
+    for transport in ["builtin", "openssh"] {
+        let inv = tb.inventory();
+        let t0 = std::time::Instant::now();
+        let out = hapki()
+            .arg("push")
+            .arg(&bundle)
+            .arg("--trust")
+            .arg(fx.allowed())
+            .args(["--inventory", inv.to_str().unwrap(), "--transport", transport])
+            .args(["--output", "json"])
+            .timeout(std::time::Duration::from_secs(120))
+            .output()
+            .unwrap();
+        assert!(t0.elapsed() < std::time::Duration::from_secs(60), "{transport}: held up");
+        assert_eq!(out.status.code(), Some(5), "{transport}: {}", text(&out));
+        let st = statuses(&out);
+        assert_eq!(st[1], ("kubemaster-2".to_string(), "failed".to_string()), "{transport}");
+        assert_eq!(st[0].0, "kubemaster-1");
+        assert!(st[0].1 == "installed" || st[0].1 == "unchanged", "{transport}: {st:?}");
+        assert!(!on_node(n2, &format!("{TB_ROOT}/f")).exists(), "{transport}");
+    }
+    let n1 = tb.node("kubemaster-1");
+    assert_eq!(std::fs::read(on_node(n1, &format!("{TB_ROOT}/f"))).unwrap(), b"payload\n");
+}

@@ -215,6 +215,10 @@ impl Session for OpensshSession {
         else {
             return Err(TransportError::Invalid("ssh child has no pipes".to_owned()));
         };
+        // Set once the command's output has ended: input that is still "not ready yet"
+        // (`Interrupted`, see push's exchange) will never be wanted, so the feeder stops.
+        let output_done = std::sync::atomic::AtomicBool::new(false);
+        let output_done = &output_done;
         let (copy_in, copy_out, errbuf) = std::thread::scope(|s| {
             let feeder = s.spawn(move || {
                 // A command that exits without reading all its input closes the pipe: not an error.
@@ -226,7 +230,12 @@ impl Session for OpensshSession {
                     let n = match stdin.read(&mut buf) {
                         Ok(0) => break Ok(total),
                         Ok(n) => n,
-                        Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                        Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {
+                            if output_done.load(std::sync::atomic::Ordering::Acquire) {
+                                break Ok(total);
+                            }
+                            continue;
+                        }
                         Err(e) => break Err(e),
                     };
                     match cin.write_all(&buf[..n]) {
@@ -242,6 +251,7 @@ impl Session for OpensshSession {
                 b.buf
             });
             let out = std::io::copy(&mut cout, stdout);
+            output_done.store(true, std::sync::atomic::Ordering::Release);
             (feeder.join(), out, errs.join())
         });
         let status = child.wait().map_err(|e| io("waiting for ssh", e))?;
