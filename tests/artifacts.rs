@@ -543,6 +543,53 @@ fn push_installs_by_role_byte_identical_then_sends_nothing() {
             "drift".to_string()
         )]
     );
+    // …and the matrix has a row per artifact: the worker's conflist cell marked, its column
+    // empty for the control-plane-only kubeadm config, whose cell on a control plane is the
+    // file's SHA-256 as sha256sum prints it.
+    let inv = tb.inventory();
+    let json = fixture::hapki()
+        .args(["audit", "--inventory", inv.to_str().unwrap(), "--output", "json", "--bundle"])
+        .arg(&bundle)
+        .arg("--trust")
+        .arg(fx.allowed())
+        .arg("--decrypt-key")
+        .arg(fx.signer())
+        .output()
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap();
+    let node = |name: &str| {
+        v["nodes"].as_array().unwrap().iter().find(|n| n["node"] == name).unwrap().clone()
+    };
+    let cfg = "/etc/kubernetes/kubeadm-config.yaml";
+    let src = spec.parent().unwrap().join("config/kubeadm-config.yaml");
+    let sum = std::process::Command::new("sha256sum").arg(&src).output().unwrap();
+    let sum = String::from_utf8_lossy(&sum.stdout)[..64].to_string();
+    assert_eq!(node("kubemaster-1")["artifacts"][cfg]["sha256"], sum.as_str());
+    assert_eq!(node("kubemaster-1")["artifacts"][cfg]["mode"], "0600");
+    assert!(node("kubenode-1")["artifacts"].get(cfg).is_none());
+    let cl = "/etc/cni/net.d/10-flannel.conflist";
+    assert_eq!(node("kubenode-1")["artifacts"][cl]["drift"], true);
+    assert_eq!(node("kubemaster-1")["artifacts"][cl]["drift"], false);
+    let table = fixture::hapki()
+        .args(["audit", "--inventory", inv.to_str().unwrap(), "--bundle"])
+        .arg(&bundle)
+        .arg("--trust")
+        .arg(fx.allowed())
+        .arg("--decrypt-key")
+        .arg(fx.signer())
+        .output()
+        .unwrap();
+    let table = String::from_utf8_lossy(&table.stdout).into_owned();
+    let row =
+        |dest: &str| table.lines().find(|l| l.starts_with(dest)).unwrap_or_default().to_string();
+    let cells =
+        |dest: &str| row(dest).split_whitespace().skip(1).map(str::to_string).collect::<Vec<_>>();
+    // Columns: kubemaster-1, kubemaster-2, kubenode-1.
+    let c = cells(cl);
+    assert_eq!(c.len(), 3, "{table}");
+    assert!(c[2].ends_with('*') && !c[0].ends_with('*'), "{table}");
+    assert_eq!(cells(cfg), vec![sum[..12].to_string(), sum[..12].to_string()], "{table}");
+
     let third = push_inv(&fx, &tb, &bundle, "builtin");
     assert_eq!(third.status.code(), Some(0), "{}", text(&third));
     let st = statuses(&third);

@@ -160,6 +160,10 @@ pub struct NodeAudit {
     pub role: String,
     pub reachable: bool,
     pub files: BTreeMap<String, FileCell>,
+    /// The bundle's artifacts this node's role gets, by destination (only with a reference
+    /// bundle that carries artifacts).
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub artifacts: BTreeMap<String, FileCell>,
     pub certificates: Vec<CertRow>,
     /// Kubeconfig name → its embedded CA equals ca.crt.
     pub kubeconfig_ca_ok: BTreeMap<String, bool>,
@@ -188,6 +192,7 @@ pub fn unreachable(node: &str, role: Role, reason: &str) -> (NodeAudit, Vec<Prob
             role: role.to_string(),
             reachable: false,
             files: BTreeMap::new(),
+            artifacts: BTreeMap::new(),
             certificates: Vec::new(),
             kubeconfig_ca_ok: BTreeMap::new(),
             last_install_serial: None,
@@ -353,8 +358,28 @@ pub fn audit_node(
     }
 
     // Artifacts from the bundle: present, with the signed hash, mode and numeric owner.
+    let mut artifacts = BTreeMap::new();
     for a in reference.artifacts.iter().filter(|a| a.roles.contains(&role)) {
         let st = facts.artifact_dests.get(&a.dest);
+        let present = st.is_some_and(|s| s.kind != PathKind::Missing);
+        artifacts.insert(
+            a.dest.clone(),
+            FileCell {
+                present,
+                sha256: st.filter(|_| present).and_then(|s| s.sha256.clone()),
+                cert_sha256: None,
+                spki_sha256: None,
+                mode: st.filter(|_| present).and_then(|s| mode_str(s.mode)),
+                owner: st
+                    .filter(|_| present)
+                    .and_then(|s| s.uid.zip(s.gid))
+                    .map(|(u, g)| format!("{u}:{g}")),
+                drift: present
+                    && st.is_some_and(|s| {
+                        s.kind != PathKind::File || s.sha256.as_deref() != Some(a.sha256.as_str())
+                    }),
+            },
+        );
         match st {
             Some(st) if st.kind == PathKind::File => {
                 if st.sha256.as_deref() != Some(a.sha256.as_str()) {
@@ -435,6 +460,7 @@ pub fn audit_node(
             role: role.to_string(),
             reachable: true,
             files,
+            artifacts,
             certificates,
             kubeconfig_ca_ok,
             last_install_serial: facts.last_serial,

@@ -3,49 +3,67 @@
 
 use std::fmt::Write;
 
-use super::{AuditReport, Kind};
+use super::{AuditReport, FileCell, Kind};
 use crate::pki::SHARED_FILES;
 
 /// Length of the short fingerprints in the matrix: enough to tell CAs apart at a glance.
 const SHORT: usize = 12;
 
-/// Rows the shared files, columns the nodes, cells short SHA-256 of the file; a `*` marks a
-/// cell that differs from the reference, `-` a missing file, `?` an unreachable node.
+/// Rows the shared files (then the reference bundle's artifacts, by destination), columns the
+/// nodes, cells short SHA-256 of the file; a `*` marks a cell that differs from the reference,
+/// `-` a missing file, `?` an unreachable node, an empty cell an artifact not for that node's
+/// role.
 pub fn matrix(report: &AuditReport) -> String {
     let mut out = String::new();
-    let name_w = SHARED_FILES.iter().map(|f| f.name.len()).max().unwrap_or(10).max(4);
+    let dests: std::collections::BTreeSet<&str> =
+        report.nodes.iter().flat_map(|n| n.artifacts.keys().map(String::as_str)).collect();
+    let name_w = SHARED_FILES
+        .iter()
+        .map(|f| f.name.len())
+        .chain(dests.iter().map(|d| d.len()))
+        .max()
+        .unwrap_or(10)
+        .max(4);
     let col_w = report.nodes.iter().map(|n| n.node.len()).max().unwrap_or(0).max(SHORT + 1);
     let _ = write!(out, "{:name_w$}", "file");
     for n in &report.nodes {
         let _ = write!(out, "  {:col_w$}", n.node);
     }
     out.push('\n');
-    for spec in SHARED_FILES {
-        let _ = write!(out, "{:name_w$}", spec.name);
-        for n in &report.nodes {
-            let cell = if !n.reachable {
-                "?".to_string()
+    let cell = |c: Option<&FileCell>| match c {
+        Some(c) if c.present => {
+            let h = c.sha256.as_deref().unwrap_or("unreadable");
+            let short: String = h.chars().take(SHORT).collect();
+            if c.drift {
+                format!("{short}*")
             } else {
-                match n.files.get(spec.name) {
-                    Some(c) if c.present => {
-                        let h = c.sha256.as_deref().unwrap_or("unreadable");
-                        let short: String = h.chars().take(SHORT).collect();
-                        if c.drift {
-                            format!("{short}*")
-                        } else {
-                            short
-                        }
-                    }
-                    _ => "-".to_string(),
-                }
-            };
-            let _ = write!(out, "  {cell:col_w$}");
+                short
+            }
         }
-        out.push('\n');
+        _ => "-".to_string(),
+    };
+    let rows = SHARED_FILES.iter().map(|f| (f.name, false)).chain(dests.iter().map(|d| (*d, true)));
+    for (name, artifact) in rows {
+        let _ = write!(out, "{name:name_w$}");
+        for n in &report.nodes {
+            let text = if !n.reachable {
+                "?".to_string()
+            } else if artifact {
+                match n.artifacts.get(name) {
+                    Some(c) => cell(Some(c)),
+                    None => String::new(),
+                }
+            } else {
+                cell(n.files.get(name))
+            };
+            let _ = write!(out, "  {text:col_w$}");
+        }
+        let _ = writeln!(out);
     }
+    let blank = if dests.is_empty() { "" } else { ", blank: not for its role" };
     let _ = writeln!(
         out,
-        "\nreference: {} (cells: first {SHORT} hex of the file's SHA-256; * differs, - missing, ? unreachable)",
+        "\nreference: {} (cells: first {SHORT} hex of the file's SHA-256; * differs, - missing, ? unreachable{blank})",
         report.reference
     );
     if report.problems.is_empty() {
