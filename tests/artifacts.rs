@@ -306,6 +306,26 @@ fn push_inv(fx: &Fixture, tb: &Testbed, bundle: &Path, transport: &str) -> std::
     )
 }
 
+fn audit_with(fx: &Fixture, tb: &Testbed, bundle: &Path, output: &str) -> std::process::Output {
+    let inv = tb.inventory();
+    fixture::hapki()
+        .args(["audit", "--inventory", inv.to_str().unwrap(), "--output", output, "--bundle"])
+        .arg(bundle)
+        .arg("--trust")
+        .arg(fx.allowed())
+        .arg("--decrypt-key")
+        .arg(fx.signer())
+        .output()
+        .unwrap()
+}
+
+/// A plaintext bundle of one artifact, `bytes` installed at `dest` on every node.
+fn one_artifact(fx: &Fixture, dir: &Path, dest: &str, bytes: &[u8]) -> PathBuf {
+    let spec = format!("[[artifacts]]\nsource = \"f\"\ndest = \"{dest}\"\n");
+    let spec = spec_dir(dir, &spec, &[("f", bytes)]);
+    bundle_with(fx, &spec, false, false, "one.bundle")
+}
+
 #[test]
 fn stock_tools_check_an_artifacts_bundle_and_builds_are_deterministic() {
     let fx = Fixture::new();
@@ -503,16 +523,7 @@ fn push_installs_by_role_byte_identical_then_sends_nothing() {
     // audit with the bundle covers the artifacts: nothing to say now…
     let dests: Vec<String> = artifacts::load(&spec).unwrap().into_iter().map(|a| a.dest).collect();
     let audit = |tb: &Testbed| {
-        let inv = tb.inventory();
-        let out = fixture::hapki()
-            .args(["audit", "--inventory", inv.to_str().unwrap(), "--output", "json", "--bundle"])
-            .arg(&bundle)
-            .arg("--trust")
-            .arg(fx.allowed())
-            .arg("--decrypt-key")
-            .arg(fx.signer())
-            .output()
-            .unwrap();
+        let out = audit_with(&fx, tb, &bundle, "json");
         let v: serde_json::Value =
             serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", text(&out)));
         v["problems"]
@@ -546,16 +557,7 @@ fn push_installs_by_role_byte_identical_then_sends_nothing() {
     // …and the matrix has a row per artifact: the worker's conflist cell marked, its column
     // empty for the control-plane-only kubeadm config, whose cell on a control plane is the
     // file's SHA-256 as sha256sum prints it.
-    let inv = tb.inventory();
-    let json = fixture::hapki()
-        .args(["audit", "--inventory", inv.to_str().unwrap(), "--output", "json", "--bundle"])
-        .arg(&bundle)
-        .arg("--trust")
-        .arg(fx.allowed())
-        .arg("--decrypt-key")
-        .arg(fx.signer())
-        .output()
-        .unwrap();
+    let json = audit_with(&fx, &tb, &bundle, "json");
     let v: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap();
     let node = |name: &str| {
         v["nodes"].as_array().unwrap().iter().find(|n| n["node"] == name).unwrap().clone()
@@ -570,15 +572,7 @@ fn push_installs_by_role_byte_identical_then_sends_nothing() {
     let cl = "/etc/cni/net.d/10-flannel.conflist";
     assert_eq!(node("kubenode-1")["artifacts"][cl]["drift"], true);
     assert_eq!(node("kubemaster-1")["artifacts"][cl]["drift"], false);
-    let table = fixture::hapki()
-        .args(["audit", "--inventory", inv.to_str().unwrap(), "--bundle"])
-        .arg(&bundle)
-        .arg("--trust")
-        .arg(fx.allowed())
-        .arg("--decrypt-key")
-        .arg(fx.signer())
-        .output()
-        .unwrap();
+    let table = audit_with(&fx, &tb, &bundle, "table");
     let table = String::from_utf8_lossy(&table.stdout).into_owned();
     let row =
         |dest: &str| table.lines().find(|l| l.starts_with(dest)).unwrap_or_default().to_string();
@@ -699,9 +693,7 @@ fn a_full_disk_on_one_node_fails_that_node_alone_and_leaves_it_as_it_was() {
     let fx = Fixture::new();
     let d = tempfile::tempdir().unwrap();
     let big: Vec<u8> = (0..3u32 << 20).map(|i| (i.wrapping_mul(2654435761) >> 13) as u8).collect();
-    let spec = format!("[[artifacts]]\nsource = \"big\"\ndest = \"{TB_ROOT}/small/big\"\n");
-    let spec = spec_dir(d.path(), &spec, &[("big", &big)]);
-    let bundle = bundle_with(&fx, &spec, false, false, "big.bundle");
+    let bundle = one_artifact(&fx, d.path(), &format!("{TB_ROOT}/small/big"), &big);
     // kubemaster-2's destination directory is a 1 MiB tmpfs (in its own mount namespace).
     tb.ok(
         "kubemaster-2",
@@ -734,9 +726,7 @@ fn a_node_whose_facts_die_fails_alone_without_holding_up_the_push() {
     let Some(tb) = Testbed::up(2, 0) else { return };
     let fx = Fixture::new();
     let d = tempfile::tempdir().unwrap();
-    let spec = format!("[[artifacts]]\nsource = \"f\"\ndest = \"{TB_ROOT}/f\"\n");
-    let spec = spec_dir(d.path(), &spec, &[("f", b"payload\n")]);
-    let bundle = bundle_with(&fx, &spec, false, false, "f.bundle");
+    let bundle = one_artifact(&fx, d.path(), &format!("{TB_ROOT}/f"), b"payload\n");
     // kubemaster-2's `id` (the facts ask for the uid) kills the shell that runs it.
     let n2 = tb.node("kubemaster-2");
     let id = n2.dir.join("bin/id");

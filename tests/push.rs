@@ -243,8 +243,12 @@ fn a_node_down_or_cut_off_mid_push_is_failed_partial_free_and_completed_next_tim
             .output()
             .unwrap();
         let sshd = n3.sshd_pid().to_string();
-        for pid in String::from_utf8_lossy(&mine.stdout).split_whitespace().filter(|p| *p != sshd) {
-            let _ = std::process::Command::new("kill").args(["-KILL", pid]).status();
+        let pids = String::from_utf8_lossy(&mine.stdout).into_owned();
+        let pids: Vec<&str> = pids.split_whitespace().filter(|p| *p != sshd).collect();
+        // Frozen first, then killed: killed one by one, the install script could see its
+        // ssh-keygen die first and report a failed verification, which is not this scenario.
+        for sig in ["-STOP", "-KILL"] {
+            let _ = std::process::Command::new("kill").arg(sig).args(&pids).status();
         }
         let out = child.wait_with_output().unwrap();
         assert_eq!(out.status.code(), Some(5), "{transport}: {}", text(&out));
