@@ -328,8 +328,8 @@ pub fn create_with_artifacts(
             match copy_checked(&mut f, m.size, &m.sha256, &mut gz, &mut buf) {
                 Ok(true) => {}
                 Ok(false) => return Err(changed(&a.source)),
-                Err(Copy::Read(e)) => return Err(BundleError::io(&a.source, e)),
-                Err(Copy::Write(e)) => return Err(io(e)),
+                Err(CopyError::Read(e)) => return Err(BundleError::io(&a.source, e)),
+                Err(CopyError::Write(e)) => return Err(io(e)),
             }
             gz.write_all(&[0u8; 512][..((512 - m.size % 512) % 512) as usize]).map_err(io)?;
         }
@@ -369,7 +369,7 @@ fn persist_durably(tmp: tempfile::NamedTempFile, out: &Path) -> Result<(), Bundl
     Ok(())
 }
 
-enum Copy {
+enum CopyError {
     Read(std::io::Error),
     Write(std::io::Error),
 }
@@ -383,12 +383,12 @@ fn copy_checked(
     sha256: &str,
     sink: &mut impl Write,
     buf: &mut [u8],
-) -> Result<bool, Copy> {
+) -> Result<bool, CopyError> {
     use sha2::Digest;
     let mut h = sha2::Sha256::new();
     let mut left = size;
     loop {
-        let n = src.read(buf).map_err(Copy::Read)?;
+        let n = src.read(buf).map_err(CopyError::Read)?;
         if n == 0 {
             break;
         }
@@ -396,7 +396,7 @@ fn copy_checked(
             return Ok(false);
         }
         h.update(&buf[..n]);
-        sink.write_all(&buf[..n]).map_err(Copy::Write)?;
+        sink.write_all(&buf[..n]).map_err(CopyError::Write)?;
         left -= n as u64;
     }
     Ok(left == 0 && hex::encode(h.finalize()) == sha256)

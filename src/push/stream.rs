@@ -329,7 +329,7 @@ fn node_worker(
     // line, the small parts and then the streamed artifacts follow on the same stdin.
     let dests: Vec<&str> = mine.iter().map(|(_, a)| a.dest.as_str()).collect();
     let pki_dir = opts.paths.pki_dir();
-    let decided: Mutex<Option<Decided>> = Mutex::new(None);
+    let decided: Mutex<Option<NodeDecision>> = Mutex::new(None);
     let total = AtomicU64::new(0);
     // No short deadline for the facts: they hash every artifact already at its destination,
     // which takes as long as the node's disk needs (minutes for tens of GiB); and stdin must
@@ -337,12 +337,12 @@ fn node_worker(
     let exchange = Exchange::new(FACTS_DEADLINE, |out| {
         let (d, line) = decide(out, name, pki, &pki_dir, payload, &mine, opts);
         match &d {
-            Decided::Install { send, bytes, .. } => {
+            NodeDecision::Install { send, bytes, .. } => {
                 total.store(*bytes, Ordering::Relaxed);
                 let _ = ready.send((i, Ready::Send(send.clone())));
                 progress(name, Event::Step(Step::Installing));
             }
-            Decided::Done(_) => not_ready(),
+            NodeDecision::Done(_) => not_ready(),
         }
         *decided.lock().unwrap_or_else(|p| p.into_inner()) = Some(d);
         line
@@ -370,8 +370,8 @@ fn node_worker(
         not_ready();
     }
     Some(match (out, decision) {
-        (_, Some(Decided::Done(r))) => r,
-        (Err(e), Some(Decided::Install { .. })) => failed(
+        (_, Some(NodeDecision::Done(r))) => r,
+        (Err(e), Some(NodeDecision::Install { .. })) => failed(
             name,
             Category::NodesFailed,
             format!(
@@ -387,7 +387,7 @@ fn node_worker(
                 node::stderr_tail(&o.stderr)
             ),
         ),
-        (Ok(o), Some(Decided::Install { reason, .. })) => {
+        (Ok(o), Some(NodeDecision::Install { reason, .. })) => {
             if !o.success() {
                 return Some(super::install_failed(name, &o));
             }
@@ -406,7 +406,7 @@ fn node_worker(
 }
 
 /// What a node's facts decided.
-enum Decided {
+enum NodeDecision {
     /// Nothing to install (unchanged, planned by a dry run, refused, unreadable facts).
     Done(NodeResult),
     /// Install: these artifacts (indices), `bytes` in all.
@@ -423,8 +423,8 @@ fn decide(
     payload: &Payload,
     mine: &[(usize, &ManifestArtifact)],
     opts: &PushOptions,
-) -> (Decided, Vec<u8>) {
-    let skip = |r: NodeResult| (Decided::Done(r), b"skip\n".to_vec());
+) -> (NodeDecision, Vec<u8>) {
+    let skip = |r: NodeResult| (NodeDecision::Done(r), b"skip\n".to_vec());
     let facts = match NodeFacts::parse(out, pki_dir) {
         Ok(f) => f,
         Err(e) => return skip(failed(name, Category::NodesFailed, e.to_string())),
@@ -474,5 +474,5 @@ fn decide(
     }
     let bytes_out = super::install_decision(action, payload, &facts, opts, &parts, &small);
     let send = send.iter().map(|(k, _)| *k).collect();
-    (Decided::Install { send, bytes, reason }, bytes_out)
+    (NodeDecision::Install { send, bytes, reason }, bytes_out)
 }
