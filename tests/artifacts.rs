@@ -504,9 +504,21 @@ fn push_installs_by_role_byte_identical_then_sends_nothing() {
         let images: Vec<&String> =
             want.iter().map(|(d, _, _)| d).filter(|d| d.ends_with(".tar")).collect();
         let mut expect = vec!["systemctl daemon-reload".to_string()];
-        expect.extend(images.iter().map(|d| format!("ctr -n k8s.io images import {d}")));
+        // Images are imported from root's staged copy next to the dest, never from the dest.
+        let staged = |d: &str| format!("{}/(staged copy)", &d[..d.rfind('/').unwrap()]);
+        expect.extend(images.iter().map(|d| format!("ctr -n k8s.io images import {}", staged(d))));
         expect.push("systemctl restart kubelet".to_string());
-        assert_eq!(log.lines().collect::<Vec<_>>(), expect, "{}", n.name);
+        let got: Vec<String> = log
+            .lines()
+            .map(|l| match l.strip_prefix("ctr -n k8s.io images import ") {
+                Some(p) if p.ends_with("/img") && p.contains("/.hapki-stage_") => {
+                    let dir = &p[..p.find("/.hapki-stage_").unwrap()];
+                    format!("ctr -n k8s.io images import {dir}/(staged copy)")
+                }
+                _ => l.to_string(),
+            })
+            .collect();
+        assert_eq!(got, expect, "{}", n.name);
         assert_no_staging(n);
     }
 
@@ -697,7 +709,7 @@ fn a_full_disk_on_one_node_fails_that_node_alone_and_leaves_it_as_it_was() {
     // kubemaster-2's destination directory is a 1 MiB tmpfs (in its own mount namespace).
     tb.ok(
         "kubemaster-2",
-        &format!("mkdir -p {TB_ROOT}/small && mount -t tmpfs -o size=1m tmpfs {TB_ROOT}/small"),
+        &format!("mkdir -p {TB_ROOT}/small && mount -t tmpfs -o size=1m,mode=0755 tmpfs {TB_ROOT}/small"),
     );
     let out = push_inv(&fx, &tb, &bundle, "builtin");
     let listing = tb.ok("kubemaster-2", &format!("ls -A {TB_ROOT}/small; umount {TB_ROOT}/small"));

@@ -10,6 +10,7 @@ mod pki;
 mod preflight;
 mod push;
 mod ssh;
+mod trust;
 
 use std::io::IsTerminal;
 use std::process::ExitCode;
@@ -58,6 +59,9 @@ pub enum Command {
     Completions(meta::CompletionsArgs),
     /// Print hapki's man page (roff) to stdout.
     Man(meta::ManArgs),
+    /// Pin the bundle signers' keys on the nodes themselves (/etc/hapki/allowed_signers).
+    #[command(subcommand)]
+    Trust(trust::TrustCommand),
 }
 
 /// How a report is printed: a table for people or one JSON object for scripts.
@@ -138,6 +142,7 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
         Command::Config(cmd) => config::run(cmd),
         Command::Completions(args) => meta::completions(args),
         Command::Man(args) => meta::man(args),
+        Command::Trust(cmd) => trust::run(cmd),
     }
 }
 

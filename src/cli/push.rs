@@ -39,6 +39,10 @@ pub struct PushArgs {
     /// /var/lib/hapki/backup/).
     #[arg(long)]
     pub replace: bool,
+    /// Install even where a node last installed a newer bundle (a higher serial), e.g. to go
+    /// back after a bad release; each node records the downgrade in its history.
+    #[arg(long)]
+    pub allow_downgrade: bool,
     /// Connect and inspect every node, print what would happen, write nothing.
     #[arg(long)]
     pub dry_run: bool,
@@ -68,7 +72,8 @@ pub fn run(args: PushArgs) -> anyhow::Result<u8> {
         ids.load(k).categorized()?;
     }
     let transport = args.ssh.transport()?;
-    let opts = PushOptions::new(args.replace, args.dry_run, args.parallel);
+    let mut opts = PushOptions::new(args.replace, args.dry_run, args.parallel);
+    opts.allow_downgrade = args.allow_downgrade;
 
     // One line per node: its step, then (for artifacts) a byte bar with rate and ETA.
     let multi = stderr_is_tty().then(indicatif::MultiProgress::new);

@@ -45,6 +45,8 @@ pub struct NodeFacts {
     pub time: Option<i64>,
     pub hostname: String,
     pub uid: Option<u32>,
+    /// The login name the script ran as (`$LOGNAME`), when the node says.
+    pub user: Option<String>,
     /// `/etc/kubernetes`, its `pki` and `pki/etcd`.
     pub dirs: Vec<PathState>,
     /// The eight shared files, in [`crate::pki::SHARED_FILES`] order, keyed by relative name.
@@ -172,6 +174,12 @@ impl NodeFacts {
                 "T" => f.time = rest.trim().parse().ok(),
                 "H" => f.hostname = rest.trim().to_string(),
                 "U" => f.uid = rest.trim().parse().ok(),
+                "UN" => {
+                    let name: String = rest.trim().chars().take(64).collect();
+                    let ok = !name.is_empty()
+                        && name.chars().all(|c| c.is_ascii_alphanumeric() || "._@-".contains(c));
+                    f.user = ok.then_some(name);
+                }
                 "D" => f.dirs.push(parse_state(line, rest)?),
                 "S" => {
                     let st = parse_state(line, rest)?;

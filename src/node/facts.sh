@@ -16,6 +16,7 @@ printf 'V 1\n'
 printf 'T %s\n' "$(date +%s)"
 printf 'H %s\n' "$(cat /proc/sys/kernel/hostname 2>/dev/null || hostname)"
 printf 'U %s\n' "$(id -u)"
+printf 'UN %s\n' "${LOGNAME:-${USER:-}}"
 statline D "$k"
 statline D "$pki"
 statline D "$pki/etcd"

@@ -1,31 +1,44 @@
 # hapki node install: stage, verify on the node, install by rename, verify again, record.
-# Runs under a per-node lock; every write before the final renames goes to a 0700 staging
-# directory on the same filesystem as the pki directory, so a failure (disk full, lost
-# connection, bad signature) leaves the installed files exactly as they were.
+# Runs under a per-node lock (flock on $st/push.lock: the kernel drops it when its holder dies);
+# every write before the final renames goes to a 0700 staging directory on the same filesystem
+# as the pki directory, so a failure (disk full, lost connection, bad signature) leaves the
+# installed files exactly as they were.
+#
+# The node is its own trust anchor: when it holds /etc/hapki/allowed_signers (root's, not
+# group/other writable), the signature is checked against that file alone, and only its lines
+# whose namespaces= lists hapki-bundle count. Every instruction it follows is checked against
+# what the signer signed: each artifact's dest, mode, owner and after action must be the ones in
+# the staged bundle.json (whose hash SHA256SUMS covers), and each PKI file gets kubeadm's mode.
 #
 # Artifacts (offline-installer files) are staged one by one, each in a 0700 directory next to
-# its destination (same filesystem), and checked against the signed SHA256SUMS as they arrive;
-# nothing is moved into place before the operator, who verifies the whole bundle while it
-# streams, sends the word "commit" after the last byte. Anything else (a verification failure,
-# a lost connection) removes every staged byte.
+# its destination (same filesystem), after every directory from / down to each destination was
+# found root-owned and not group/other writable (missing ones are created 0755 by root), and
+# checked against the signed SHA256SUMS as they arrive; nothing is moved into place before the
+# operator, who verifies the whole bundle while it streams, sends the word "commit" after the
+# last byte. Anything else (a verification failure, a lost connection) removes every staged byte.
 #
 # $1 kubernetes dir   $2 state dir   $3 action (install|replace|none: leave the PKI alone)
-# $4 signer principal
+# $4 signer principal (used only without a pinned trust file)
 # $5 sha256 of the shared-file state the operator planned against (see shared_state)
-# $6 bundle serial    $7 timestamp for the backup directory
+# $6 bundle serial    $7 this push's id (time and random; names the backup and staging dirs)
+# $8 flags: "-" or "allow-downgrade"
 # then per payload part: NAME LENGTH MODE — or, for artifacts, artifacts/NNNN LENGTH MODE DEST
 # OWNER AFTER (AFTER "-" for none) — parts arrive concatenated on stdin, in order:
 # allowed_signers, bundle.json, SHA256SUMS, SHA256SUMS.sig, pki/..., artifacts/...,
 # then the line "commit".
 set -eu
 umask 077
-k=$1 st=$2 action=$3 principal=$4 expect=$5 serial=$6 stamp=$7
-shift 7
+k=$1 st=$2 action=$3 principal=$4 expect=$5 serial=$6 stamp=$7 flags=$8
+shift 8
 pki=$k/pki
+pinned=/etc/hapki/allowed_signers
+nl='
+'
 case $action in install | replace | none) ;; *) printf 'hapki: bad action\n' >&2; exit 1 ;; esac
 case $principal$expect$serial$stamp in *[!A-Za-z0-9@._-]*) printf 'hapki: bad arguments\n' >&2; exit 1 ;; esac
+case $serial in '' | *[!0-9]*) printf 'hapki: bad serial\n' >&2; exit 1 ;; esac
+case $flags in - | allow-downgrade) ;; *) printf 'hapki: bad flags\n' >&2; exit 1 ;; esac
 stage=
-locked=
 die() { # exit code, message
     printf 'hapki: %s\n' "$2" >&2
     exit "$1"
@@ -41,7 +54,6 @@ cleanup() {
     for g in $astages; do rm -rf "$g"; done
     # Directories created for artifacts that were never installed: only empty ones go.
     for d in $made_dirs; do rmdir "$d" 2>/dev/null; done
-    [ -n "$locked" ] && rm -rf "$st/lock"
     return 0
 }
 trap cleanup EXIT
@@ -49,35 +61,45 @@ trap 'exit 129' HUP
 trap 'exit 130' INT
 trap 'exit 143' TERM
 
-[ -L "$k" ] || [ -L "$pki" ] || [ -L "$pki/etcd" ] || [ -L "$st" ] &&
-    die 77 "$k, $pki, $pki/etcd or $st is a symlink: refusing to write through it"
+[ -L "$k" ] || [ -L "$pki" ] || [ -L "$pki/etcd" ] || [ -L "$st" ] || [ -L "$st/push.lock" ] &&
+    die 77 "$k, $pki, $pki/etcd, $st or $st/push.lock is a symlink: refusing to write through it"
 mkdir -p "$k" "$st"
 chmod 0700 "$st"
-# The lock: mkdir is atomic. Its owner is recorded as pid and start time, so a lock left by a
-# push that was cut off (lost connection, killed session) is recognised as dead and taken
-# over — even when the dead shell lingers as an unreaped zombie or its pid was reused.
-proc_id() { # pid -> "pid starttime", empty if the process is gone or a zombie
-    [ -r "/proc/$1/stat" ] || return 0
-    s=$(cat "/proc/$1/stat" 2>/dev/null) || return 0
-    s=${s##*) }
-    set -- $s
-    [ "$1" = Z ] && return 0
-    shift 19
-    printf '%s' "$1"
+# The lock: flock(1) on a file in the root-only state dir. The kernel releases it when its
+# holder dies, so a push that was cut off never leaves it held; fd 9 is closed for the after
+# actions (a daemon they start must not inherit it).
+command -v flock > /dev/null 2>&1 || die 1 "this node lacks flock(1) (util-linux), which hapki's lock needs"
+exec 9>> "$st/push.lock"
+flock -n 9 || die 75 "another hapki push holds the lock on this node ($st/push.lock); wait for it to end and push again"
+
+# Serials only go up, whatever the bundle carries (PKI, artifacts or both).
+older() { # a b: whether decimal serial a is smaller than b (any length)
+    oa=${1#"${1%%[!0]*}"} ob=${2#"${2%%[!0]*}"}
+    [ ${#oa} -ne ${#ob} ] && { [ ${#oa} -lt ${#ob} ]; return; }
+    while [ -n "$oa" ]; do
+        x=${oa%"${oa#?}"} y=${ob%"${ob#?}"}
+        [ "$x" != "$y" ] && { [ "$x" -lt "$y" ]; return; }
+        oa=${oa#?} ob=${ob#?}
+    done
+    return 1
 }
-me="$$ $(proc_id $$)"
-if ! mkdir "$st/lock" 2>/dev/null; then
-    owner=$(head -c 100 "$st/lock/owner" 2>/dev/null) || owner=
-    opid=${owner%% *}
-    case $opid in '' | *[!0-9]*) opid= ;; esac
-    if [ -n "$opid" ] && [ "$owner" = "$opid $(proc_id "$opid")" ]; then
-        die 75 "another hapki push holds the lock on this node (pid $opid); wait for it, or remove $st/lock if no push is running"
-    fi
-    rm -rf "$st/lock"
-    mkdir "$st/lock" || die 75 "could not take the lock $st/lock"
+last=
+if [ -f "$st/last-serial" ]; then IFS= read -r last < "$st/last-serial" || :; fi
+case $last in *[!0-9]*) last= ;; esac
+downgrade=
+if [ -n "$last" ] && older "$serial" "$last"; then
+    [ "$flags" = allow-downgrade ] ||
+        die 3 "bundle serial $serial is older than serial $last installed on this node (downgrade refused); push a newer bundle, or add --allow-downgrade if going back is deliberate"
+    downgrade=1
 fi
-locked=1
-printf '%s\n' "$me" > "$st/lock/owner"
+
+# This node's staging next to artifacts carries the node's name and this push's id: on a
+# destination directory shared by several nodes (NFS) only this node's own, older staging
+# (dead, since this node's lock is ours) is ever removed, never another node's live push.
+hid=
+IFS= read -r hid < /proc/sys/kernel/hostname 2> /dev/null || hid=
+case $hid in '' | *[!A-Za-z0-9.-]*) hid=node ;; esac
+sprefix=.hapki-stage_${hid}_
 
 # Staging left by an interrupted push goes first; we hold the lock, so nobody else is staging.
 for g in "$k"/.hapki-stage.*; do
@@ -91,13 +113,48 @@ stage=$(mktemp -d "$k/.hapki-stage.XXXXXX")
 mkdir -p "$stage/b/pki/etcd"
 parts=
 arts=
-checked=
+# Owner and mode of each path, one stat for all: "uid mode path" lines.
+root_only() { # paths... -> fails naming the first that is not root's or is group/other writable
+    [ $# -gt 0 ] || return 0
+    ro=$(stat -c '%u %a %n' -- "$@") || { ro_bad="$1 (cannot stat)"; return 1; }
+    while IFS=' ' read -r ou om on; do
+        case ${om#"${om%??}"} in *[2367]*) ro_bad="$on is writable by group or others (mode $om)"; return 1 ;; esac
+        [ "$ou" = 0 ] || { ro_bad="$on is owned by uid $ou, not root"; return 1; }
+    done <<RO
+$ro
+RO
+}
+# The trust file: the node's own pinned one when present (only its hapki-bundle lines), else the
+# line the operator sent for the key it verified.
+trust_file() { # -> $tf
+    tf=$stage/allowed_signers
+    [ ! -e "$pinned" ] && [ ! -L "$pinned" ] && return
+    { [ -L "${pinned%/*}" ] || [ -L "$pinned" ] || [ ! -f "$pinned" ]; } &&
+        die 3 "$pinned (or its directory) is not a regular file: fix it (hapki trust install) and push again"
+    root_only "${pinned%/*}" "$pinned" ||
+        die 3 "$ro_bad: the pinned trust file must be root's and not group/other writable (chown root:root; chmod 0644 $pinned, 0755 ${pinned%/*})"
+    awk '/^[ \t]*(#|$)/ { next }
+        $1 !~ /"/ && $2 ~ /(^|,)namespaces="[^" ]*"(,|$)/ {
+            ns = $2; sub(/.*namespaces="/, "", ns); sub(/".*/, "", ns)
+            n = split(ns, l, ","); for (i = 1; i <= n; i++) if (l[i] == "hapki-bundle") { print; next }
+        }' "$pinned" > "$stage/pinned" || die 3 "could not read $pinned"
+    [ -s "$stage/pinned" ] ||
+        die 3 "$pinned has no line whose namespaces= lists hapki-bundle, so no key may sign bundles for this node; add namespaces=\"hapki-bundle\" to the signer's line"
+    tf=$stage/pinned
+}
 # The signature and the small entries are checked before the first artifact byte is read, so a
 # bad bundle costs no transfer.
 check_signed() {
-    (cd "$stage/b" && ssh-keygen -Y verify -f "$stage/allowed_signers" -I "$principal" -n hapki-bundle \
+    trust_file
+    if [ "$tf" = "$stage/pinned" ]; then
+        p=$(cd "$stage/b" && ssh-keygen -Y find-principals -s SHA256SUMS.sig -f "$tf" 2> /dev/null) ||
+            die 3 "the bundle is not signed by a key that $pinned trusts for hapki-bundle"
+        principal=${p%%"$nl"*}
+        principal=${principal%%,*}
+    fi
+    (cd "$stage/b" && ssh-keygen -Y verify -f "$tf" -I "$principal" -n hapki-bundle \
         -s SHA256SUMS.sig < SHA256SUMS > /dev/null 2>&1) ||
-        die 3 "the bundle signature does not verify on this node (ssh-keygen -Y verify failed)"
+        die 3 "the bundle signature does not verify on this node against $tf (ssh-keygen -Y verify failed)"
     n_list=bundle.json
     for p in $parts; do n_list="$n_list ${p%%:*}"; done
     for n in $n_list; do
@@ -106,69 +163,146 @@ check_signed() {
     done > "$stage/small.sums"
     (cd "$stage/b" && sha256sum -c --strict --quiet "$stage/small.sums" > /dev/null 2>&1) ||
         die 3 "a staged file does not match SHA256SUMS on this node (corrupted in transit?)"
-    checked=1
+}
+# What the signed bundle.json says of each artifact, one "name dest mode owner after" line each.
+# bundle.json is hapki's canonical pretty JSON; anything else yields no line, so no artifact
+# matches and nothing is installed.
+signed_artifacts() {
+    awk 'function bad() { err = 1; exit 1 }
+        s == 0 && $0 == "  \"artifacts\": [" { if (seen++) bad(); s = 1; next }
+        s == 1 && $0 == "    {" { s = 2; f["name"] = f["dest"] = f["mode"] = f["owner"] = ""; f["after"] = "-"; got = ""; next }
+        s == 1 && ($0 == "  ]" || $0 == "  ],") { s = 0; next }
+        s == 2 && ($0 == "    }" || $0 == "    },") {
+            if (f["name"] == "" || f["dest"] == "" || f["mode"] == "" || f["owner"] == "") bad()
+            print f["name"], f["dest"], f["mode"], f["owner"], f["after"]; s = 1; next
+        }
+        s == 2 && /^      "(name|dest|mode|owner|after)":/ {
+            if ($0 !~ /^      "[a-z]+": "[A-Za-z0-9\/._+@:,=-]+",?$/) bad()
+            key = $0; sub(/^      "/, "", key); sub(/".*/, "", key)
+            v = $0; sub(/^      "[a-z]+": "/, "", v); sub(/",?$/, "", v)
+            if (index(got, " " key " ")) bad()
+            got = got " " key " "; f[key] = v; next
+        }
+        END { if (err || s != 0) exit 1 }' "$stage/b/bundle.json"
+}
+# Every artifact instruction must be the signed one, and every directory down to each dest
+# root's alone; missing directories are then created (0755, root) before anything is staged.
+check_artifacts() { # the artifact argument words
+    signed=$(signed_artifacts) || die 3 "the signed bundle.json is not in hapki's format; nothing was installed"
+    signed=$nl$signed$nl
+    dirs=
+    while [ $# -gt 0 ]; do
+        [ $# -ge 6 ] || die 1 "artifact part $1 lacks its length, mode, dest, owner and action"
+        name=$1 len=$2 mode=$3 adest=$4 owner=$5 after=$6
+        shift 6
+        case $name in artifacts/[0-9][0-9][0-9][0-9]*) ;; *) die 1 "unexpected payload part $name" ;; esac
+        case $name$len$mode in *..* | *[!A-Za-z0-9/._-]*) die 1 "bad payload part $name" ;; esac
+        case $len$mode in *[!0-9]*) die 1 "bad payload part $name" ;; esac
+        case $after in - | restart-kubelet | daemon-reload | import-images) ;; *) die 1 "unknown after action $after" ;; esac
+        case $adest in /*) ;; *) die 1 "artifact dest $adest is not absolute" ;; esac
+        case $adest$owner in *[!A-Za-z0-9/._+@:,=-]*) die 1 "artifact dest $adest or owner $owner has a character outside hapki's alphabet" ;; esac
+        case $signed in
+        *"$nl$name $adest $mode $owner $after$nl"*) ;;
+        *) die 3 "the operator asked to install $name at $adest (mode $mode, owner $owner, after $after), which the signed bundle.json does not say; nothing was installed" ;;
+        esac
+        want=$(grep "^[0-9a-f]\{64\}  $name\$" "$stage/b/SHA256SUMS") || die 3 "$name is not covered by SHA256SUMS"
+        arts="$arts $name|${want%% *}|$len|$mode|$adest|$owner|$after"
+        d=${adest%/*}
+        case " $dirs " in *" $d "*) ;; *) dirs="$dirs $d" ;; esac
+    done
+    # Each directory from / down: existing ones are checked in one stat; a symlink is refused
+    # (its target's directories would be another chain).
+    chain=/
+    for d in $dirs; do
+        sub=
+        rest=${d#/}
+        while [ -n "$rest" ]; do
+            sub=$sub/${rest%%/*}
+            case $rest in */*) rest=${rest#*/} ;; *) rest= ;; esac
+            [ -L "$sub" ] && die 77 "$sub is a symlink on the way to an artifact dest; refusing this node: write the real path in the dest"
+            [ -e "$sub" ] || break
+            [ -d "$sub" ] || die 1 "$sub is not a directory (it is on the way to an artifact dest); move it away and push again"
+            case " $chain " in *" $sub "*) ;; *) chain="$chain $sub" ;; esac
+        done
+    done
+    # shellcheck disable=SC2086
+    root_only $chain ||
+        die 77 "$ro_bad: hapki installs artifacts as root only through directories that root alone can change; refusing this node (fix: chown root:root and chmod go-w that directory, or pick another dest)"
+    for d in $dirs; do
+        [ -d "$d" ] && continue
+        # Remember the directories created here (outermost first), to remove them if the push
+        # does not complete.
+        top=$d new=
+        while [ ! -e "$top" ] && [ ! -L "$top" ]; do new="$top $new" top=${top%/*}; done
+        umask 022
+        mkdir -p "$d" || die 1 "could not create $d"
+        umask 077
+        for x in $new; do made_dirs="$x $made_dirs"; done
+    done
+}
+stage_artifact() { # name|sha256|len|mode|dest|owner|after
+    r=$1
+    name=${r%%|*} r=${r#*|} want=${r%%|*} r=${r#*|} len=${r%%|*} r=${r#*|} mode=${r%%|*} r=${r#*|}
+    adest=${r%%|*} r=${r#*|} owner=${r%%|*} after=${r#*|}
+    d=${adest%/*}
+    [ -n "$d" ] || d=/
+    [ -L "$adest" ] && [ -d "$adest" ] && die 77 "$adest is a symlink to a directory: refusing to replace it"
+    [ -d "$adest" ] && [ ! -L "$adest" ] && die 1 "$adest is a directory; move it away and push again"
+    # This node's staging left by an interrupted push (not this push's own) goes first.
+    for g in "$d/$sprefix"*; do
+        [ -d "$g" ] || continue
+        case $g in "$d/$sprefix$stamp".*) continue ;; esac
+        rm -rf "$g"
+    done
+    sd=$(mktemp -d "$d/$sprefix$stamp.XXXXXX") || die 1 "could not stage in $d"
+    astages="$astages $sd"
+    # dd with 128 KiB blocks (cat's size) costs a fraction of head's 8 KiB reads on GiB
+    # payloads, and a third of the kernel time of 1 MiB blocks, which overflow the CPU
+    # cache between the pipe read and the file write (measured: 1.0 s against 3-4 s of
+    # system time per GiB). With count_bytes it never reads past this part (the next part
+    # follows on the same stdin).
+    dd of="$sd/f" bs=128k count="$len" iflag=count_bytes,fullblock status=none ||
+        die 1 "could not stage $adest (disk full?)"
+    [ "$(stat -c %s "$sd/f")" -eq "$len" ] || die 1 "staging $adest came out short (disk full or truncated upload)"
+    got=$(hashf "$sd/f") || die 1 "could not hash the staged $adest"
+    [ "$got" = "$want" ] || die 3 "the staged $adest does not match SHA256SUMS on this node (corrupted in transit?)"
+    # The staged file is reachable only through root's directories: owner and mode are set
+    # on it there, never through a path anyone else could swap (-h: not through a link).
+    chown -h "$owner" "$sd/f" || die 1 "could not chown $adest to $owner (does the user exist on this node?)"
+    chmod "$mode" "$sd/f"
+    # Images are imported from a root-only copy, never from the dest.
+    [ "$after" = import-images ] && ln "$sd/f" "$sd/img"
+    # "|" is outside the dest alphabet (a dest may hold ":").
+    astaged="$astaged $name|$sd|$adest|$after"
 }
 while [ $# -ge 3 ]; do
     name=$1 len=$2 mode=$3
+    case $name in artifacts/*) break ;; esac
     shift 3
     case $name$len$mode in *..* | *[!A-Za-z0-9/._-]*) die 1 "bad payload part $name" ;; esac
     case $len$mode in *[!0-9]*) die 1 "bad payload part $name" ;; esac
     case $name in
     allowed_signers) dest=$stage/allowed_signers ;;
     bundle.json | SHA256SUMS | SHA256SUMS.sig) dest=$stage/b/$name ;;
-    pki/*) dest=$stage/b/$name parts="$parts $name:$mode" ;;
-    artifacts/[0-9][0-9][0-9][0-9]*)
-        [ $# -ge 3 ] || die 1 "artifact part $name lacks its dest, owner and action"
-        adest=$1 owner=$2 after=$3
-        shift 3
-        case $after in - | restart-kubelet | daemon-reload | import-images) ;; *) die 1 "unknown after action $after" ;; esac
-        case $adest in /*) ;; *) die 1 "artifact dest $adest is not absolute" ;; esac
-        case $adest$owner in *[!A-Za-z0-9/._+@:,=-]*) die 1 "artifact dest $adest or owner $owner has a character outside hapki's alphabet" ;; esac
-        [ -z "$checked" ] && check_signed
-        want=$(grep "^[0-9a-f]\{64\}  $name\$" "$stage/b/SHA256SUMS") || die 3 "$name is not covered by SHA256SUMS"
-        want=${want%% *}
-        d=${adest%/*}
-        [ -n "$d" ] || d=/
-        if [ ! -d "$d" ]; then
-            # Remember the directories created here (outermost first), to remove them if the
-            # push does not complete.
-            top=$d new=
-            while [ ! -e "$top" ] && [ ! -L "$top" ]; do new="$top $new" top=${top%/*}; done
-            mkdir -p "$d" || die 1 "could not create $d for $adest"
-            for x in $new; do made_dirs="$x $made_dirs"; done
-        fi
-        [ -L "$adest" ] && [ -d "$adest" ] && die 77 "$adest is a symlink to a directory: refusing to replace it"
-        [ -d "$adest" ] && [ ! -L "$adest" ] && die 1 "$adest is a directory; move it away and push again"
-        # Staging left by an interrupted push (not this push's own) goes first.
-        for g in "$d"/.hapki-stage.*; do
-            [ -d "$g" ] || continue
-            case " $stage $astages " in *" $g "*) continue ;; esac
-            rm -rf "$g"
-        done
-        sd=$(mktemp -d "$d/.hapki-stage.XXXXXX") || die 1 "could not stage in $d"
-        astages="$astages $sd"
-        # dd with 128 KiB blocks (cat's size) costs a fraction of head's 8 KiB reads on GiB
-        # payloads, and a third of the kernel time of 1 MiB blocks, which overflow the CPU
-        # cache between the pipe read and the file write (measured: 1.0 s against 3-4 s of
-        # system time per GiB). With count_bytes it never reads past this part (the next part
-        # follows on the same stdin).
-        dd of="$sd/f" bs=128k count="$len" iflag=count_bytes,fullblock status=none ||
-            die 1 "could not stage $adest (disk full?)"
-        [ "$(stat -c %s "$sd/f")" -eq "$len" ] || die 1 "staging $adest came out short (disk full or truncated upload)"
-        got=$(hashf "$sd/f") || die 1 "could not hash the staged $adest"
-        [ "$got" = "$want" ] || die 3 "the staged $adest does not match SHA256SUMS on this node (corrupted in transit?)"
-        chown "$owner" "$sd/f" || die 1 "could not chown $adest to $owner (does the user exist on this node?)"
-        chmod "$mode" "$sd/f"
-        # "|" is outside the dest alphabet (a dest may hold ":").
-        arts="$arts $name|$sd|$adest|$after"
-        continue
+    pki/*)
+        case " $SHARED " in *" ${name#pki/} "*) ;; *) die 3 "$name is not one of kubeadm's shared files" ;; esac
+        # kubeadm's fixed modes: certificates 0644, keys (sa.pub too) 0600.
+        case $name in *.crt) m=0644 ;; *) m=0600 ;; esac
+        [ "$mode" = "$m" ] || die 3 "the operator asked for mode $mode on $name; kubeadm's is $m; nothing was installed"
+        dest=$stage/b/$name parts="$parts $name:$mode"
         ;;
     *) die 1 "unexpected payload part $name" ;;
     esac
     head -c "$len" > "$dest" || die 1 "could not stage $name (disk full?)"
     [ "$(wc -c < "$dest")" -eq "$len" ] || die 1 "staging $name came out short (disk full or truncated upload)"
 done
-[ -z "$checked" ] && check_signed
+check_signed
+astaged=
+if [ $# -gt 0 ]; then
+    check_artifacts "$@"
+    for a in $arts; do stage_artifact "$a"; done
+fi
+arts=$astaged
 IFS= read -r word || word=
 [ "$word" = commit ] || die 3 "the operator did not confirm the bundle (it failed verification there, or the connection was cut); nothing was installed"
 [ -z "$(head -c 1)" ] || die 1 "the upload has trailing bytes"
@@ -192,8 +326,11 @@ if [ "$action" != none ]; then
         chmod "$m" "$stage/b/$n"
     done
     # Keep whatever is there now, so a failed rename can be undone and --replace leaves a backup.
-    bk=$st/backup/$stamp
-    mkdir -p "$bk/etcd"
+    # Each push its own, fresh backup directory (mktemp: unique whatever the push id says); no
+    # later push ever deletes it.
+    mkdir -p "$st/backup"
+    bk=$(mktemp -d "$st/backup/$stamp.XXXXXX") || die 1 "could not create a backup directory under $st/backup (disk full?)"
+    mkdir "$bk/etcd"
     had=
     for p in $parts; do
         n=${p%%:*} rel=${n#pki/}
@@ -240,7 +377,7 @@ rollback() { # (its own variable names: the caller's message still needs $adest)
         rm -rf "$bk"
         rmdir "$st/backup" 2> /dev/null || :
     fi
-    adone= done_list= pki_new= renaming=
+    adone='' done_list='' pki_new='' renaming=''
     return 0
 }
 renaming=1
@@ -269,38 +406,45 @@ for a in $arts; do
     adone="$adone $a"
 done
 # Everything is in place: the point of no return.
-renaming= made_dirs=
+renaming='' made_dirs=''
 
+# Every install records its serial (PKI, artifacts or both): the next push checks it.
+printf '%s\n' "$serial" > "$st/.last-serial.tmp" && mv -f "$st/.last-serial.tmp" "$st/last-serial"
+[ -n "$downgrade" ] &&
+    printf '%s downgrade from=%s to=%s signer=%s (--allow-downgrade)\n' "$stamp" "$last" "$serial" "$principal" >> "$st/history"
 if [ "$action" != none ]; then
     if [ "$action" != replace ] || [ -z "$had" ]; then
         rm -rf "$bk"
     fi
     rmdir "$st/backup" 2> /dev/null || true
     cp "$stage/b/bundle.json" "$st/.last-bundle.json.tmp" && mv -f "$st/.last-bundle.json.tmp" "$st/last-bundle.json"
-    printf '%s\n' "$serial" > "$st/.last-serial.tmp" && mv -f "$st/.last-serial.tmp" "$st/last-serial"
     printf '%s serial=%s signer=%s action=%s\n' "$stamp" "$serial" "$principal" "$action" >> "$st/history"
-    [ -n "$had" ] && [ "$action" = replace ] && printf 'backup %s\n' "$bk"
+    if [ -n "$had" ] && [ "$action" = replace ]; then
+        # Kept until pruned by hand (see the README): rm -rf it once it is no longer needed.
+        printf '%s backup=%s\n' "$stamp" "$bk" >> "$st/history"
+        printf 'backup %s\n' "$bk"
+    fi
 fi
+# The staging directories (each holding the root-only copy of an image to import) go when
+# the script exits.
 actions=
 for a in $arts; do
     name=${a%%|*} sd=${a#*|} sd=${sd%%|*} r=${a#*|*|} adest=${r%%|*} after=${r#*|}
-    rm -rf "$sd"
     printf '%s serial=%s signer=%s artifact=%s dest=%s sha256=%s\n' "$stamp" "$serial" "$principal" \
         "$name" "$adest" "$(grep "  $name\$" "$stage/b/SHA256SUMS" | cut -c1-64)" >> "$st/history"
     printf 'artifact %s\n' "$adest"
     case $after in
     -) ;;
-    import-images) actions="$actions import-images|$adest" ;;
+    import-images) actions="$actions import-images|$sd/img" ;;
     *) case " $actions " in *" $after "*) ;; *) actions="$actions $after" ;; esac ;;
     esac
 done
-astages=
 # The post-install actions, from the fixed set only, in a fixed order.
 run_after() { # name, command...
     n=$1
     shift
     command -v "$1" > /dev/null 2>&1 || die 78 "files installed, but the after action $n needs $1, which this node lacks"
-    "$@" > /dev/null 2>&1 || die 78 "files installed, but the after action $n failed ($*)"
+    "$@" > /dev/null 2>&1 9>&- || die 78 "files installed, but the after action $n failed ($*)"
     printf '%s after=%s\n' "$stamp" "$n" >> "$st/history"
     printf 'after %s\n' "$n"
 }

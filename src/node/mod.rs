@@ -7,6 +7,7 @@
 //! material only ever travels on stdin, never in an argument (arguments are visible in `ps`).
 
 pub mod facts;
+pub mod trust;
 
 /// Default location of kubeadm's files on a node.
 pub const KUBE_DIR: &str = "/etc/kubernetes";

@@ -143,8 +143,13 @@ pub struct PushOptions {
     pub dry_run: bool,
     pub parallel: usize,
     pub paths: node::NodePaths,
-    /// Names the backup directory on each node (`/var/lib/hapki/backup/<stamp>`).
+    /// This push's id: the UTC time and random bits. Names the backup directory on each node
+    /// (`/var/lib/hapki/backup/<stamp>`, unique, so no later push touches it) and the staging
+    /// directories next to artifacts (so a node removes only its own dead ones).
     pub stamp: String,
+    /// Install a bundle older than what a node last installed (`--allow-downgrade`); the node
+    /// records it in its history.
+    pub allow_downgrade: bool,
 }
 
 impl PushOptions {
@@ -152,12 +157,14 @@ impl PushOptions {
         let stamp = time::OffsetDateTime::now_utc()
             .format(time::macros::format_description!("[year][month][day]T[hour][minute][second]Z"))
             .unwrap_or_else(|_| "backup".into());
+        let stamp = format!("{stamp}-{:08x}", rand::random::<u32>());
         PushOptions {
             replace,
             dry_run,
             parallel: parallel.max(1),
             paths: node::NodePaths::default(),
             stamp,
+            allow_downgrade: false,
         }
     }
 }
@@ -227,11 +234,12 @@ pub(crate) fn install_decision(
     data: &[u8],
 ) -> Vec<u8> {
     let mut line = format!(
-        "{action} {} {} {} {}",
+        "{action} {} {} {} {} {}",
         payload.principal,
         facts.shared_state_token(),
         payload.serial,
-        opts.stamp
+        opts.stamp,
+        if opts.allow_downgrade { "allow-downgrade" } else { "-" }
     );
     for p in parts {
         line.push(' ');
@@ -275,7 +283,7 @@ fn push_one(
                     return b"skip\n".to_vec();
                 }
             };
-            let plan = plan(&payload, &facts, opts.replace);
+            let plan = plan(&payload, &facts, opts.replace, opts.allow_downgrade);
             let send = match &plan {
                 Plan::Install { replacing, .. } if !opts.dry_run => {
                     let action = if replacing.is_empty() { "install" } else { "replace" };

@@ -23,8 +23,37 @@ fn refuse(category: Category, reason: impl Into<String>) -> Plan {
     Plan::Refuse { category, reason: reason.into() }
 }
 
-/// Decides what to do on a node. `replace` is the operator's `--replace`.
-pub fn plan(payload: &Payload, facts: &NodeFacts, replace: bool) -> Plan {
+/// Whether a bundle of `serial` may go on a node that last installed `facts.last_serial`: a
+/// refusal naming both serials unless `allow_downgrade` (the operator's `--allow-downgrade`).
+pub fn downgrade_refusal(serial: u64, facts: &NodeFacts, allow_downgrade: bool) -> Option<Plan> {
+    let last = facts.last_serial.filter(|last| *last > serial && !allow_downgrade)?;
+    Some(refuse(
+        Category::Verification,
+        format!(
+            "bundle serial {serial} is older than serial {last} already installed here (downgrade refused); push a newer bundle, or add --allow-downgrade if going back is deliberate"
+        ),
+    ))
+}
+
+/// A shared file the login user cannot read: hapki cannot compare it, so it must not call it
+/// different (and suggest --replace).
+fn unreadable(facts: &NodeFacts) -> Option<Plan> {
+    let (name, _) =
+        facts.shared.iter().find(|(_, st)| st.kind == PathKind::File && st.sha256.is_none())?;
+    let who = match (&facts.user, facts.uid) {
+        (Some(u), _) => u.clone(),
+        (None, Some(uid)) => format!("uid {uid}"),
+        (None, None) => "the login user".into(),
+    };
+    Some(refuse(
+        Category::NodesFailed,
+        format!("cannot read {name} as {who}: log in as root or add --become"),
+    ))
+}
+
+/// Decides what to do on a node. `replace` is the operator's `--replace`, `allow_downgrade`
+/// their `--allow-downgrade`.
+pub fn plan(payload: &Payload, facts: &NodeFacts, replace: bool, allow_downgrade: bool) -> Plan {
     if let Some(d) = facts.dirs.iter().find(|d| d.kind == PathKind::Symlink) {
         return refuse(
             Category::NodesFailed,
@@ -41,16 +70,11 @@ pub fn plan(payload: &Payload, facts: &NodeFacts, replace: bool) -> Plan {
             format!("{} is not a directory; move it away and push again", d.path),
         );
     }
-    if let Some(last) = facts.last_serial {
-        if last > payload.serial {
-            return refuse(
-                Category::Verification,
-                format!(
-                    "bundle serial {} is older than serial {last} already installed here (rollback refused); build a new bundle",
-                    payload.serial
-                ),
-            );
-        }
+    if let Some(refused) = downgrade_refusal(payload.serial, facts, allow_downgrade) {
+        return refused;
+    }
+    if let Some(refused) = unreadable(facts) {
+        return refused;
     }
 
     let mut missing = Vec::new();
@@ -181,7 +205,7 @@ mod tests {
     #[test]
     fn empty_node_gets_an_install() {
         let p = payload();
-        let plan = plan(&p, &NodeFacts::default(), false);
+        let plan = plan(&p, &NodeFacts::default(), false, false);
         assert_eq!(plan, Plan::Install { replacing: vec![], reason: "install".into() });
     }
 
@@ -189,10 +213,10 @@ mod tests {
     fn identical_node_is_unchanged_and_wrong_mode_is_fixed() {
         let p = payload();
         let mut f = installed(&p);
-        assert_eq!(plan(&p, &f, false), Plan::Unchanged);
+        assert_eq!(plan(&p, &f, false, false), Plan::Unchanged);
         f.shared.get_mut("ca.key").unwrap().mode = Some(0o644);
         assert!(
-            matches!(plan(&p, &f, false), Plan::Install { replacing, .. } if replacing.is_empty())
+            matches!(plan(&p, &f, false, false), Plan::Install { replacing, .. } if replacing.is_empty())
         );
     }
 
@@ -202,10 +226,10 @@ mod tests {
         let mut f = installed(&p);
         f.shared.get_mut("ca.crt").unwrap().sha256 = Some("b".repeat(64));
         assert!(
-            matches!(plan(&p, &f, false), Plan::Refuse { category: Category::NodesFailed, reason } if reason.contains("ca.crt") && reason.contains("--replace"))
+            matches!(plan(&p, &f, false, false), Plan::Refuse { category: Category::NodesFailed, reason } if reason.contains("ca.crt") && reason.contains("--replace"))
         );
         assert!(
-            matches!(plan(&p, &f, true), Plan::Install { replacing, .. } if replacing == vec!["ca.crt".to_string()])
+            matches!(plan(&p, &f, true, false), Plan::Install { replacing, .. } if replacing == vec!["ca.crt".to_string()])
         );
     }
 
@@ -214,14 +238,14 @@ mod tests {
         let p = payload();
         let mut f = installed(&p);
         f.shared.insert("ca.key".into(), state(PathKind::Symlink, 0o777, None));
-        assert!(matches!(plan(&p, &f, false), Plan::Refuse { .. }));
+        assert!(matches!(plan(&p, &f, false, false), Plan::Refuse { .. }));
         let mut f = NodeFacts::default();
         f.dirs.push(PathState {
             path: "/etc/kubernetes/pki".into(),
             ..state(PathKind::Symlink, 0o777, None)
         });
         assert!(
-            matches!(plan(&p, &f, true), Plan::Refuse { reason, .. } if reason.contains("symlink"))
+            matches!(plan(&p, &f, true, false), Plan::Refuse { reason, .. } if reason.contains("symlink"))
         );
     }
 
@@ -231,10 +255,25 @@ mod tests {
         let mut f = installed(&p);
         f.last_serial = Some(101);
         assert!(matches!(
-            plan(&p, &f, true),
+            plan(&p, &f, true, false),
             Plan::Refuse { category: Category::Verification, .. }
         ));
+        assert!(
+            matches!(plan(&p, &f, true, true), Plan::Install { .. } | Plan::Unchanged),
+            "--allow-downgrade lets it through"
+        );
         f.last_serial = Some(100);
-        assert_eq!(plan(&p, &f, false), Plan::Unchanged);
+        assert_eq!(plan(&p, &f, false, false), Plan::Unchanged);
+    }
+
+    #[test]
+    fn an_unreadable_key_names_the_user_and_the_fix_not_replace() {
+        let p = payload();
+        let mut f = installed(&p);
+        f.shared.get_mut("ca.key").unwrap().sha256 = None;
+        f.user = Some("hapki-test".into());
+        assert!(
+            matches!(plan(&p, &f, true, false), Plan::Refuse { category: Category::NodesFailed, reason } if reason == "cannot read ca.key as hapki-test: log in as root or add --become")
+        );
     }
 }

@@ -429,8 +429,13 @@ fn decide(
         Ok(f) => f,
         Err(e) => return skip(failed(name, Category::NodesFailed, e.to_string())),
     };
+    if let Some(Plan::Refuse { category, reason }) =
+        super::plan::downgrade_refusal(payload.serial, &facts, opts.allow_downgrade)
+    {
+        return skip(failed(name, category, reason));
+    }
     let (action, mut reason) = if pki {
-        match plan(payload, &facts, opts.replace) {
+        match plan(payload, &facts, opts.replace, opts.allow_downgrade) {
             Plan::Unchanged => ("none", String::new()),
             Plan::Refuse { category, reason } => return skip(failed(name, category, reason)),
             Plan::Install { replacing, reason } => {
