@@ -709,7 +709,9 @@ fn a_full_disk_on_one_node_fails_that_node_alone_and_leaves_it_as_it_was() {
     // kubemaster-2's destination directory is a 1 MiB tmpfs (in its own mount namespace).
     tb.ok(
         "kubemaster-2",
-        &format!("mkdir -p {TB_ROOT}/small && mount -t tmpfs -o size=1m,mode=0755 tmpfs {TB_ROOT}/small"),
+        &format!(
+            "mkdir -p {TB_ROOT}/small && mount -t tmpfs -o size=1m,mode=0755 tmpfs {TB_ROOT}/small"
+        ),
     );
     let out = push_inv(&fx, &tb, &bundle, "builtin");
     let listing = tb.ok("kubemaster-2", &format!("ls -A {TB_ROOT}/small; umount {TB_ROOT}/small"));

@@ -164,11 +164,12 @@ check_signed() {
     (cd "$stage/b" && sha256sum -c --strict --quiet "$stage/small.sums" > /dev/null 2>&1) ||
         die 3 "a staged file does not match SHA256SUMS on this node (corrupted in transit?)"
 }
-# What the signed bundle.json says of each artifact, one "name dest mode owner after" line each.
-# bundle.json is hapki's canonical pretty JSON; anything else yields no line, so no artifact
-# matches and nothing is installed.
-signed_artifacts() {
+# What the signed bundle.json says: "serial N", then one "name dest mode owner after" line per
+# artifact. bundle.json is hapki's canonical pretty JSON; anything else yields no serial or no
+# artifact line, so nothing matches and nothing is installed.
+signed_meta() {
     awk 'function bad() { err = 1; exit 1 }
+        s == 0 && /^  "serial": [0-9]+,$/ { if (serial != "") bad(); serial = $2; sub(/,/, "", serial); print "serial", serial; next }
         s == 0 && $0 == "  \"artifacts\": [" { if (seen++) bad(); s = 1; next }
         s == 1 && $0 == "    {" { s = 2; f["name"] = f["dest"] = f["mode"] = f["owner"] = ""; f["after"] = "-"; got = ""; next }
         s == 1 && ($0 == "  ]" || $0 == "  ],") { s = 0; next }
@@ -188,8 +189,7 @@ signed_artifacts() {
 # Every artifact instruction must be the signed one, and every directory down to each dest
 # root's alone; missing directories are then created (0755, root) before anything is staged.
 check_artifacts() { # the artifact argument words
-    signed=$(signed_artifacts) || die 3 "the signed bundle.json is not in hapki's format; nothing was installed"
-    signed=$nl$signed$nl
+    signed=$nl$meta$nl
     dirs=
     while [ $# -gt 0 ]; do
         [ $# -ge 6 ] || die 1 "artifact part $1 lacks its length, mode, dest, owner and action"
@@ -297,6 +297,18 @@ while [ $# -ge 3 ]; do
     [ "$(wc -c < "$dest")" -eq "$len" ] || die 1 "staging $name came out short (disk full or truncated upload)"
 done
 check_signed
+# The serial the operator named (and the node checked against its last one) must be the
+# signed one; a PKI install carries all eight shared files.
+meta=$(signed_meta) || die 3 "the signed bundle.json is not in hapki's format; nothing was installed"
+case $meta in
+"serial $serial$nl"* | "serial $serial") ;;
+*) die 3 "the operator named serial $serial, which is not the signed bundle.json's; nothing was installed" ;;
+esac
+if [ "$action" != none ]; then
+    np=0
+    for p in $parts; do np=$((np + 1)); done
+    [ "$np" = 8 ] || die 3 "a PKI install needs all eight shared files; the operator sent $np; nothing was installed"
+fi
 astaged=
 if [ $# -gt 0 ]; then
     check_artifacts "$@"

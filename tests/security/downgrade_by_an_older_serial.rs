@@ -45,6 +45,7 @@ fn serial_100_after_serial_200_is_refused_and_the_newer_binary_stays() {
     let [name, d, mode, owner, after] = p.signed(0);
     let i =
         Instr { name, dest: d, mode, owner, after, bytes: b"kubelet v1 (vulnerable)\n".to_vec() };
+    let i2 = i.clone();
     let out = run_node_script(&tb, "kubemaster-1", &p, 100, "-", &[], &[i]);
     assert_eq!(out.code, Some(3), "{}", stderr(&out));
     assert!(
@@ -52,6 +53,11 @@ fn serial_100_after_serial_200_is_refused_and_the_newer_binary_stays() {
         "{}",
         stderr(&out)
     );
+    assert_eq!(std::fs::read(on_node(n, &dest)).unwrap(), b"kubelet v2 (fixed)\n");
+    // A compromised operator side that names a newer serial than the bundle's own.
+    let out = run_node_script(&tb, "kubemaster-1", &p, 300, "-", &[], &[i2]);
+    assert_eq!(out.code, Some(3), "{}", stderr(&out));
+    assert!(stderr(&out).contains("not the signed bundle.json's"), "{}", stderr(&out));
     assert_eq!(std::fs::read(on_node(n, &dest)).unwrap(), b"kubelet v2 (fixed)\n");
 
     // The deliberate case: installed, and recorded in the node's history.

@@ -107,6 +107,7 @@ impl Parts {
 }
 
 /// One artifact instruction as the node script takes it.
+#[derive(Clone)]
 pub struct Instr {
     pub name: String,
     pub dest: String,
