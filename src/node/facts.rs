@@ -266,7 +266,7 @@ mod tests {
         let cert =
             base64::engine::general_purpose::STANDARD.encode(b"-----BEGIN CERTIFICATE-----\n");
         let out = format!(
-            "V 1\nT 1700000000\nH kubemaster-2\nU 0\n\
+            "V 1\nT 1700000000\nH kubemaster-2\nU 0\nUN hapki-test\n\
              D dir 755 0 0 4096 - /etc/kubernetes/pki\n\
              S file 644 0 0 1107 {h} /etc/kubernetes/pki/ca.crt\n\
              S missing - - - - - /etc/kubernetes/pki/etcd/ca.key\n\
@@ -277,6 +277,9 @@ mod tests {
         );
         let f = NodeFacts::parse(out.as_bytes(), "/etc/kubernetes/pki").unwrap();
         assert_eq!(f.hostname, "kubemaster-2");
+        assert_eq!(f.user.as_deref(), Some("hapki-test"));
+        let odd = NodeFacts::parse(b"V 1\nUN \x1b[2Jx\nZ\n", "/p").unwrap();
+        assert_eq!(odd.user, None, "a login name outside the safe alphabet is dropped");
         assert_eq!(f.shared["ca.crt"].mode, Some(0o644));
         assert_eq!(f.shared["ca.crt"].sha256.as_deref(), Some("a".repeat(64).as_str()));
         assert_eq!(f.shared["etcd/ca.key"].kind, PathKind::Missing);
