@@ -101,6 +101,40 @@ IFS= read -r hid < /proc/sys/kernel/hostname 2> /dev/null || hid=
 case $hid in '' | *[!A-Za-z0-9.-]*) hid=node ;; esac
 sprefix=.hapki-stage_${hid}_
 
+# Owner and mode of each path, one stat for all: "uid mode path" lines.
+root_only() { # paths... -> fails naming the first that is not root's or is group/other writable
+    [ $# -gt 0 ] || return 0
+    ro=$(stat -c '%u %a %n' -- "$@") || { ro_bad="$1 (cannot stat)"; return 1; }
+    while IFS=' ' read -r ou om on; do
+        case ${om#"${om%??}"} in *[2367]*) ro_bad="$on is writable by group or others (mode $om)"; return 1 ;; esac
+        [ "$ou" = 0 ] || { ro_bad="$on is owned by uid $ou, not root"; return 1; }
+    done <<RO
+$ro
+RO
+}
+# Adds every existing directory from / down to $1 to $chain (a symlink is refused: its target's
+# directories would be another chain); $2 names what the directory is on the way to.
+add_chain() {
+    sub=
+    rest=${1#/}
+    while [ -n "$rest" ]; do
+        sub=$sub/${rest%%/*}
+        case $rest in */*) rest=${rest#*/} ;; *) rest= ;; esac
+        [ -L "$sub" ] && die 77 "$sub is a symlink on the way to $2; refusing this node: use the real path"
+        [ -e "$sub" ] || break
+        [ -d "$sub" ] || die 1 "$sub is not a directory (it is on the way to $2); move it away and push again"
+        case " $chain " in *" $sub "*) ;; *) chain="$chain $sub" ;; esac
+    done
+}
+# The PKI staging (private keys) and the state dir: root's alone all the way down, as for
+# artifacts, or another user could swap the staging directory under root.
+chain=/
+add_chain "$k" "$k"
+add_chain "$st" "$st"
+# shellcheck disable=SC2086
+root_only $chain ||
+    die 77 "$ro_bad: hapki writes keys as root only through directories that root alone can change; refusing this node (fix: chown root:root and chmod go-w that directory)"
+
 # Staging left by an interrupted push goes first; we hold the lock, so nobody else is staging.
 for g in "$k"/.hapki-stage.*; do
     [ -d "$g" ] && rm -rf "$g"
@@ -113,17 +147,6 @@ stage=$(mktemp -d "$k/.hapki-stage.XXXXXX")
 mkdir -p "$stage/b/pki/etcd"
 parts=
 arts=
-# Owner and mode of each path, one stat for all: "uid mode path" lines.
-root_only() { # paths... -> fails naming the first that is not root's or is group/other writable
-    [ $# -gt 0 ] || return 0
-    ro=$(stat -c '%u %a %n' -- "$@") || { ro_bad="$1 (cannot stat)"; return 1; }
-    while IFS=' ' read -r ou om on; do
-        case ${om#"${om%??}"} in *[2367]*) ro_bad="$on is writable by group or others (mode $om)"; return 1 ;; esac
-        [ "$ou" = 0 ] || { ro_bad="$on is owned by uid $ou, not root"; return 1; }
-    done <<RO
-$ro
-RO
-}
 # The trust file: the node's own pinned one when present (only its hapki-bundle lines), else the
 # line the operator sent for the key it verified.
 trust_file() { # -> $tf
@@ -210,21 +233,9 @@ check_artifacts() { # the artifact argument words
         d=${adest%/*}
         case " $dirs " in *" $d "*) ;; *) dirs="$dirs $d" ;; esac
     done
-    # Each directory from / down: existing ones are checked in one stat; a symlink is refused
-    # (its target's directories would be another chain).
+    # Each directory from / down: existing ones are checked in one stat.
     chain=/
-    for d in $dirs; do
-        sub=
-        rest=${d#/}
-        while [ -n "$rest" ]; do
-            sub=$sub/${rest%%/*}
-            case $rest in */*) rest=${rest#*/} ;; *) rest= ;; esac
-            [ -L "$sub" ] && die 77 "$sub is a symlink on the way to an artifact dest; refusing this node: write the real path in the dest"
-            [ -e "$sub" ] || break
-            [ -d "$sub" ] || die 1 "$sub is not a directory (it is on the way to an artifact dest); move it away and push again"
-            case " $chain " in *" $sub "*) ;; *) chain="$chain $sub" ;; esac
-        done
-    done
+    for d in $dirs; do add_chain "$d" "an artifact dest"; done
     # shellcheck disable=SC2086
     root_only $chain ||
         die 77 "$ro_bad: hapki installs artifacts as root only through directories that root alone can change; refusing this node (fix: chown root:root and chmod go-w that directory, or pick another dest)"

@@ -15,6 +15,7 @@ mod backup_deleted_by_a_later_push;
 mod concurrent_pushes_share_the_lock;
 mod downgrade_by_an_older_serial;
 mod pinned_trust_file_on_the_node;
+mod pki_staging_in_a_user_directory;
 mod shared_dest_staging_deleted;
 mod tampered_install_instructions;
 mod unreadable_keys_without_become;
