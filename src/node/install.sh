@@ -64,6 +64,40 @@ trap 'exit 143' TERM
 [ -L "$k" ] || [ -L "$pki" ] || [ -L "$pki/etcd" ] || [ -L "$st" ] || [ -L "$st/push.lock" ] &&
     die 77 "$k, $pki, $pki/etcd, $st or $st/push.lock is a symlink: refusing to write through it"
 mkdir -p "$k" "$st"
+# Owner and mode of each path, one stat for all: "uid mode path" lines.
+root_only() { # paths... -> fails naming the first that is not root's or is group/other writable
+    [ $# -gt 0 ] || return 0
+    ro=$(stat -c '%u %a %n' -- "$@") || { ro_bad="$1 (cannot stat)"; return 1; }
+    while IFS=' ' read -r ou om on; do
+        case ${om#"${om%??}"} in *[2367]*) ro_bad="$on is writable by group or others (mode $om)"; return 1 ;; esac
+        [ "$ou" = 0 ] || { ro_bad="$on is owned by uid $ou, not root"; return 1; }
+    done <<RO
+$ro
+RO
+}
+# Adds every existing directory from / down to $1 to $chain (a symlink is refused: its target's
+# directories would be another chain); $2 names what the directory is on the way to.
+add_chain() {
+    sub=
+    rest=${1#/}
+    while [ -n "$rest" ]; do
+        sub=$sub/${rest%%/*}
+        case $rest in */*) rest=${rest#*/} ;; *) rest= ;; esac
+        [ -L "$sub" ] && die 77 "$sub is a symlink on the way to $2; refusing this node: use the real path"
+        [ -e "$sub" ] || break
+        [ -d "$sub" ] || die 1 "$sub is not a directory (it is on the way to $2); move it away and push again"
+        case " $chain " in *" $sub "*) ;; *) chain="$chain $sub" ;; esac
+    done
+}
+# The PKI staging (private keys) and the state dir: root's alone all the way down, as for
+# artifacts, or another user could swap the staging directory under root.
+chain=/
+add_chain "$k" "$k"
+add_chain "$st" "$st"
+# shellcheck disable=SC2086
+root_only $chain ||
+    die 77 "$ro_bad: hapki writes keys as root only through directories that root alone can change; refusing this node (fix: chown root:root and chmod go-w that directory)"
+
 chmod 0700 "$st"
 # The lock: flock(1) on a file in the root-only state dir. The kernel releases it when its
 # holder dies, so a push that was cut off never leaves it held; fd 9 is closed for the after
@@ -100,40 +134,6 @@ hid=
 IFS= read -r hid < /proc/sys/kernel/hostname 2> /dev/null || hid=
 case $hid in '' | *[!A-Za-z0-9.-]*) hid=node ;; esac
 sprefix=.hapki-stage_${hid}_
-
-# Owner and mode of each path, one stat for all: "uid mode path" lines.
-root_only() { # paths... -> fails naming the first that is not root's or is group/other writable
-    [ $# -gt 0 ] || return 0
-    ro=$(stat -c '%u %a %n' -- "$@") || { ro_bad="$1 (cannot stat)"; return 1; }
-    while IFS=' ' read -r ou om on; do
-        case ${om#"${om%??}"} in *[2367]*) ro_bad="$on is writable by group or others (mode $om)"; return 1 ;; esac
-        [ "$ou" = 0 ] || { ro_bad="$on is owned by uid $ou, not root"; return 1; }
-    done <<RO
-$ro
-RO
-}
-# Adds every existing directory from / down to $1 to $chain (a symlink is refused: its target's
-# directories would be another chain); $2 names what the directory is on the way to.
-add_chain() {
-    sub=
-    rest=${1#/}
-    while [ -n "$rest" ]; do
-        sub=$sub/${rest%%/*}
-        case $rest in */*) rest=${rest#*/} ;; *) rest= ;; esac
-        [ -L "$sub" ] && die 77 "$sub is a symlink on the way to $2; refusing this node: use the real path"
-        [ -e "$sub" ] || break
-        [ -d "$sub" ] || die 1 "$sub is not a directory (it is on the way to $2); move it away and push again"
-        case " $chain " in *" $sub "*) ;; *) chain="$chain $sub" ;; esac
-    done
-}
-# The PKI staging (private keys) and the state dir: root's alone all the way down, as for
-# artifacts, or another user could swap the staging directory under root.
-chain=/
-add_chain "$k" "$k"
-add_chain "$st" "$st"
-# shellcheck disable=SC2086
-root_only $chain ||
-    die 77 "$ro_bad: hapki writes keys as root only through directories that root alone can change; refusing this node (fix: chown root:root and chmod go-w that directory)"
 
 # Staging left by an interrupted push goes first; we hold the lock, so nobody else is staging.
 for g in "$k"/.hapki-stage.*; do
