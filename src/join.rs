@@ -4,10 +4,13 @@
 //!
 //! hapki never passes `--certificate-key` (the shared files are already on the nodes) nor
 //! `--discovery-token-unsafe-skip-ca-verification` (the CA hash is always pinned). The token's
-//! secret half never reaches output or logs: every line kept is redacted first.
+//! secret half never reaches output or logs (every line kept is redacted first), nor any
+//! program's argv on any machine: it travels on stdin into a 0600 `JoinConfiguration` on the
+//! node (src/node/join.sh) and kubeadm runs with `--config`. A token hapki minted is deleted
+//! (by its id) when the joins end, whatever their outcome.
 
 use std::io::Write;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
@@ -38,6 +41,12 @@ pub enum JoinError {
     HashMismatch { node: String, kubeadm: String, ours: String },
     #[error("could not write the run directory {path}: {source}")]
     RunDir { path: PathBuf, source: std::io::Error },
+    #[error("the run directory {path} {why}: kubeadm's output must not be readable or replaceable by others; remove it or pass another --run-dir")]
+    UnsafeRunDir { path: PathBuf, why: String },
+    #[error("--kubeadm-arg {arg} is refused: {why}")]
+    RefusedArg { arg: String, why: &'static str },
+    #[error("invalid control-plane endpoint {0:?}: it must be HOST:PORT (letters, digits, '.', '-', ':', '[', ']'); fix control_plane_endpoint in the inventory")]
+    BadEndpoint(String),
 }
 
 impl Categorized for JoinError {
@@ -47,6 +56,8 @@ impl Categorized for JoinError {
             JoinError::HashMismatch { .. } => Category::Verification,
             JoinError::Mint { .. } => Category::NodesFailed,
             JoinError::RunDir { .. } => Category::Unexpected,
+            JoinError::UnsafeRunDir { .. } => Category::Usage,
+            JoinError::RefusedArg { .. } | JoinError::BadEndpoint(_) => Category::Usage,
         }
     }
 }
@@ -78,24 +89,69 @@ pub fn redact_text(text: &str, token: &str) -> String {
     }
 }
 
-/// The `kubeadm join` arguments for one node (without the leading `kubeadm`).
-pub fn join_args(endpoint: &str, token: &str, ca_hash: &str, node: &JoinNode) -> Vec<String> {
-    let mut a = vec![
-        "join".to_string(),
-        endpoint.to_string(),
-        "--token".into(),
-        token.to_string(),
-        "--discovery-token-ca-cert-hash".into(),
-        ca_hash.to_string(),
-    ];
-    if node.role == Role::ControlPlane {
-        a.push("--control-plane".into());
-        if let Some(addr) = &node.advertise_address {
-            a.push("--apiserver-advertise-address".into());
-            a.push(addr.clone());
+/// Why an extra kubeadm argument is refused, if it is: the ones that carry or skip secrets
+/// hapki handles itself, and the config file hapki writes.
+fn refusal(arg: &str) -> Option<&'static str> {
+    let flag = arg.split_once('=').map_or(arg, |(f, _)| f);
+    match flag {
+        "--certificate-key" => Some("hapki pushes the shared certificates; a certificate key would download them from the cluster's kubeadm-certs Secret instead"),
+        "--discovery-token-unsafe-skip-ca-verification" => Some("hapki always pins the cluster CA with the hash it computed; skipping that check lets any server impersonate the cluster"),
+        "--config" => Some("hapki writes the JoinConfiguration itself (the token travels in it, never in argv)"),
+        f if f.contains("token") => Some("a token on a command line is visible to every user in the process list; give it with HAPKI_JOIN_TOKEN or --token-file, or let hapki mint one"),
+        _ => None,
+    }
+}
+
+/// Checks the extra arguments for `kubeadm join` (e.g. `--skip-phases=…`,
+/// `--ignore-preflight-errors=…`): the ones that carry secrets or skip the CA pin are refused.
+pub fn validate_kubeadm_args(args: &[String]) -> Result<(), JoinError> {
+    for a in args {
+        if let Some(why) = refusal(a) {
+            return Err(JoinError::RefusedArg { arg: a.clone(), why });
         }
     }
+    Ok(())
+}
+
+/// Checks the endpoint before it goes into the node's JoinConfiguration.
+pub fn validate_endpoint(endpoint: &str) -> Result<(), JoinError> {
+    let ok = !endpoint.is_empty()
+        && endpoint.bytes().all(|b| b.is_ascii_alphanumeric() || b".-:[]".contains(&b));
+    ok.then_some(()).ok_or_else(|| JoinError::BadEndpoint(endpoint.to_string()))
+}
+
+/// The node script's arguments for one node: endpoint, CA hash, role, advertise address, then
+/// the extra kubeadm arguments. The token is not among them: it goes on stdin.
+pub fn join_args(endpoint: &str, ca_hash: &str, node: &JoinNode, extra: &[String]) -> Vec<String> {
+    let (role, adv) = match node.role {
+        Role::ControlPlane => ("control-plane", node.advertise_address.clone().unwrap_or_default()),
+        Role::Worker => ("worker", String::new()),
+    };
+    let mut a = vec![endpoint.to_string(), ca_hash.to_string(), role.to_string(), adv];
+    a.extend(extra.iter().cloned());
     a
+}
+
+/// What the node runs, for people: the JoinConfiguration's contents (token redacted) and
+/// kubeadm's command line.
+pub fn describe_join(token: &str, args: &[String]) -> String {
+    let [endpoint, hash, role, adv, extra @ ..] = args else { return String::new() };
+    let mut config = format!(
+        "apiServerEndpoint: {endpoint}, token: {}, caCertHashes: [{hash}]",
+        redact_token(token)
+    );
+    if role == "control-plane" {
+        config.push_str(", controlPlane");
+        if !adv.is_empty() {
+            config.push_str(&format!(" (advertiseAddress: {adv})"));
+        }
+    }
+    let mut cmd = format!("kubeadm join --config <0600 JoinConfiguration: {config}>");
+    for e in extra {
+        cmd.push(' ');
+        cmd.push_str(e);
+    }
+    cmd
 }
 
 /// Parses `kubeadm token create --print-join-command` (spacing varies between versions, so it
@@ -122,6 +178,9 @@ pub struct JoinReport {
     pub ok: bool,
     pub discovery_token_ca_cert_hash: String,
     pub token: String,
+    /// For a token hapki minted: whether `kubeadm token delete` removed it after the joins
+    /// (`deleted`, or why not); absent for a token the operator gave.
+    pub token_cleanup: Option<String>,
     pub run_dir: Option<String>,
     pub nodes: Vec<JoinResult>,
 }
@@ -141,6 +200,8 @@ pub struct JoinOptions {
     pub copy_cni_config: bool,
     /// Where kubeadm's output is kept per node (created 0700).
     pub run_dir: PathBuf,
+    /// Extra `kubeadm join` arguments (checked by [`validate_kubeadm_args`]).
+    pub kubeadm_args: Vec<String>,
 }
 
 /// Progress for the binary.
@@ -153,6 +214,9 @@ pub enum Step {
 }
 
 const RUN_KUBEADM: &str = "exec kubeadm \"$@\"";
+
+/// `kubeadm join --config` on the node, the token on stdin (see the script's header).
+const JOIN_SCRIPT: &str = include_str!("node/join.sh");
 
 /// Checks the new member's etcd endpoint with the node's own healthcheck client certificate:
 /// etcdctl when the node has it, else curl.
@@ -192,10 +256,6 @@ mv -f "$tmp" "/etc/cni/net.d/$name"
 
 const RESTART_KUBELET: &str = r#"if command -v systemctl > /dev/null 2>&1 && [ -d /run/systemd/system ]; then systemctl restart kubelet || true; fi"#;
 
-fn shell_join(args: &[String]) -> String {
-    std::iter::once("kubeadm".to_string()).chain(args.iter().cloned()).collect::<Vec<_>>().join(" ")
-}
-
 struct Ctx<'a> {
     transport: &'a dyn Transport,
     opts: &'a JoinOptions,
@@ -209,13 +269,7 @@ impl Ctx<'_> {
     fn keep_log(&self, node: &str, text: &str) -> Result<String, String> {
         let path = self.opts.run_dir.join(format!("{node}.log"));
         let redacted = redact_text(text, &self.token);
-        // Logs are 0600: kubeadm's output names the cluster's internals.
-        let written = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .mode_0600()
-            .open(&path)
-            .and_then(|mut f| f.write_all(redacted.as_bytes()));
+        let written = open_log(&path).and_then(|mut f| f.write_all(redacted.as_bytes()));
         match written {
             Ok(()) => Ok(format!("full output in {}", path.display())),
             Err(e) => Err(format!("the output could not be kept in {} ({e})", path.display())),
@@ -223,8 +277,8 @@ impl Ctx<'_> {
     }
 
     fn join_one(&self, n: &JoinNode, wait_etcd: bool) -> JoinResult {
-        let args = join_args(&self.opts.endpoint, &self.token, &self.opts.ca_hash, n);
-        let shown = redact_text(&shell_join(&args), &self.token);
+        let args = join_args(&self.opts.endpoint, &self.opts.ca_hash, n, &self.opts.kubeadm_args);
+        let shown = redact_text(&describe_join(&self.token, &args), &self.token);
         let name = n.target.name.as_str();
         let result = |status, message: String| JoinResult {
             node: name.to_string(),
@@ -241,7 +295,8 @@ impl Ctx<'_> {
             Err(e) => return result(NodeStatus::Failed, e.to_string()),
         };
         let argv: Vec<&str> = args.iter().map(String::as_str).collect();
-        let out = match session.run(RUN_KUBEADM, &argv, &mut std::io::empty()) {
+        let stdin = format!("{}\n", self.token);
+        let out = match session.run(JOIN_SCRIPT, &argv, &mut stdin.as_bytes()) {
             Ok(o) => o,
             Err(e) => return result(NodeStatus::Failed, e.to_string()),
         };
@@ -308,15 +363,25 @@ fn kubeadm_error(stderr: &[u8]) -> String {
         .collect()
 }
 
-trait Mode0600 {
-    fn mode_0600(&mut self) -> &mut Self;
-}
-
-impl Mode0600 for std::fs::OpenOptions {
-    fn mode_0600(&mut self) -> &mut Self {
-        use std::os::unix::fs::OpenOptionsExt;
-        self.mode(0o600)
+/// Opens a node's log for appending: 0600 when created (kubeadm's output names the cluster's
+/// internals), never through a symlink, and only a regular file of ours.
+fn open_log(path: &Path) -> std::io::Result<std::fs::File> {
+    use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+    let f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(path)?;
+    let m = f.metadata()?;
+    // SAFETY: geteuid has no preconditions.
+    let me = unsafe { libc::geteuid() };
+    if !m.is_file() || m.uid() != me || m.nlink() != 1 || m.mode() & 0o077 != 0 {
+        return Err(std::io::Error::other(
+            "not a private regular file of ours (planted there?); remove it",
+        ));
     }
+    Ok(f)
 }
 
 /// Mints a token on the first master and cross-checks kubeadm's hash against ours.
@@ -355,6 +420,27 @@ fn mint_token(
         }
     }
     Ok(token)
+}
+
+/// Deletes a token hapki minted, by its id only (the secret never goes on a command line).
+fn delete_token(transport: &dyn Transport, first: &Target, token: &str) -> String {
+    let id = token.split_once('.').map_or(token, |(id, _)| id);
+    let deleted = transport.connect(first).map_err(|e| e.to_string()).and_then(|mut s| {
+        s.run(RUN_KUBEADM, &["token", "delete", id], &mut std::io::empty())
+            .map_err(|e| e.to_string())
+    });
+    match deleted {
+        Ok(o) if o.success() => "deleted".into(),
+        Ok(o) => format!(
+            "not deleted: {}; delete it with `kubeadm token delete {id}` on {}",
+            node::stderr_tail(&o.stderr),
+            first.name
+        ),
+        Err(e) => format!(
+            "not deleted: {e}; delete it with `kubeadm token delete {id}` on {}",
+            first.name
+        ),
+    }
 }
 
 fn copy_cni(
@@ -402,7 +488,13 @@ pub fn run(
     opts: &JoinOptions,
     progress: &(dyn Fn(&str, Step) + Sync),
 ) -> Result<JoinReport, JoinError> {
+    validate_endpoint(&opts.endpoint)?;
+    validate_kubeadm_args(&opts.kubeadm_args)?;
+    if !opts.dry_run {
+        create_run_dir(&opts.run_dir)?;
+    }
     let first = nodes.iter().find(|n| n.role == Role::ControlPlane);
+    let minted = opts.token.is_none() && !opts.dry_run;
     let token = match (&opts.token, first) {
         (Some(t), _) => {
             validate_token(t)?;
@@ -420,10 +512,27 @@ pub fn run(
             })
         }
     };
-    if !opts.dry_run {
-        create_run_dir(&opts.run_dir)?;
-    }
     let ctx = Ctx { transport, opts, token: token.clone(), progress };
+    let results = join_all(&ctx, nodes, first);
+    let token_cleanup = match first {
+        Some(f) if minted => Some(delete_token(transport, &f.target, &token)),
+        _ => None,
+    };
+    let ok = results.iter().all(|r| matches!(r.status, NodeStatus::Joined | NodeStatus::Planned))
+        && token_cleanup.as_deref().is_none_or(|c| c == "deleted");
+    Ok(JoinReport {
+        ok,
+        discovery_token_ca_cert_hash: opts.ca_hash.clone(),
+        token: redact_token(&token),
+        token_cleanup,
+        run_dir: (!opts.dry_run).then(|| opts.run_dir.display().to_string()),
+        nodes: results,
+    })
+}
+
+/// The control planes but the first one at a time, then the workers in parallel.
+fn join_all(ctx: &Ctx, nodes: &[JoinNode], first: Option<&JoinNode>) -> Vec<JoinResult> {
+    let (opts, transport) = (ctx.opts, ctx.transport);
     let mut results = Vec::new();
     let first_name = first.map(|f| f.target.name.clone());
     let mut failed_cp = false;
@@ -473,23 +582,40 @@ pub fn run(
             )),
         }
     }
-    let ok = results.iter().all(|r| matches!(r.status, NodeStatus::Joined | NodeStatus::Planned));
-    Ok(JoinReport {
-        ok,
-        discovery_token_ca_cert_hash: opts.ca_hash.clone(),
-        token: redact_token(&token),
-        run_dir: (!opts.dry_run).then(|| opts.run_dir.display().to_string()),
-        nodes: results,
-    })
+    results
 }
 
-fn create_run_dir(path: &std::path::Path) -> Result<(), JoinError> {
-    use std::os::unix::fs::DirBuilderExt;
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(path)
-        .map_err(|source| JoinError::RunDir { path: path.to_path_buf(), source })
+/// Creates the run directory 0700, or accepts an existing one only if it is a real directory
+/// (not a link) of ours that nobody else can write to.
+fn create_run_dir(path: &Path) -> Result<(), JoinError> {
+    use std::os::unix::fs::{DirBuilderExt, MetadataExt};
+    let unsafe_dir = |why: String| JoinError::UnsafeRunDir { path: path.to_path_buf(), why };
+    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(parent)
+            .map_err(|source| JoinError::RunDir { path: parent.to_path_buf(), source })?;
+    }
+    match std::fs::DirBuilder::new().mode(0o700).create(path) {
+        Ok(()) => return Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+        Err(source) => return Err(JoinError::RunDir { path: path.to_path_buf(), source }),
+    }
+    let m = std::fs::symlink_metadata(path)
+        .map_err(|source| JoinError::RunDir { path: path.to_path_buf(), source })?;
+    // SAFETY: geteuid has no preconditions.
+    let me = unsafe { libc::geteuid() };
+    if m.file_type().is_symlink() {
+        return Err(unsafe_dir("is a symbolic link".into()));
+    }
+    if !m.is_dir() {
+        return Err(unsafe_dir("exists and is not a directory".into()));
+    }
+    if m.uid() != me {
+        return Err(unsafe_dir(format!("is owned by uid {}, not by you (uid {me})", m.uid())));
+    }
+    if m.mode() & 0o022 != 0 {
+        return Err(unsafe_dir(format!("is writable by others (mode {:o})", m.mode() & 0o7777)));
+    }
+    Ok(())
 }
 
 #[cfg(test)]

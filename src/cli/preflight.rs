@@ -42,10 +42,20 @@ pub struct JoinArgs {
     /// The inventory (required: join needs roles and the control-plane endpoint).
     #[arg(long, value_name = "FILE", required = true)]
     pub inventory: PathBuf,
-    /// Bootstrap token (abcdef.0123456789abcdef); default: minted on the first master with
-    /// `kubeadm token create --ttl 1h`.
+    /// Bootstrap token (abcdef.0123456789abcdef). On a command line it is visible to every
+    /// user of this machine: prefer the HAPKI_JOIN_TOKEN environment variable or --token-file.
+    /// Default: minted on the first master with `kubeadm token create --ttl 1h` and deleted
+    /// when the joins end.
     #[arg(long, value_name = "TOKEN", env = "HAPKI_JOIN_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
+    /// Read the bootstrap token from FILE (its first line).
+    #[arg(long, value_name = "FILE", conflicts_with = "token")]
+    pub token_file: Option<PathBuf>,
+    /// An extra argument for `kubeadm join`, passed beside `--config` (repeatable), e.g.
+    /// `--kubeadm-arg=--skip-phases=addon/kube-proxy`; `--certificate-key`, token flags,
+    /// `--config` and `--discovery-token-unsafe-skip-ca-verification` are refused.
+    #[arg(long, value_name = "ARG", allow_hyphen_values = true)]
+    pub kubeadm_arg: Vec<String>,
     #[command(flatten)]
     pub reference: BundleRefArgs,
     /// Print the exact commands (token secret redacted) after preflight, run nothing.
@@ -134,6 +144,13 @@ pub fn preflight(args: PreflightArgs) -> anyhow::Result<u8> {
     Ok(if report.ok { 0 } else { 6 })
 }
 
+/// The token's first line; the file is read once, and never echoed.
+fn read_token_file(path: &std::path::Path) -> anyhow::Result<String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| usage_error(format!("cannot read --token-file {}: {e}", path.display())))?;
+    Ok(text.lines().next().unwrap_or("").trim().to_string())
+}
+
 pub fn join(args: JoinArgs) -> anyhow::Result<u8> {
     let nodes = NodeArgs { nodes: None, inventory: Some(args.inventory.clone()) };
     let (inv, selected) = nodes.all(&args.ssh)?;
@@ -144,9 +161,15 @@ pub fn join(args: JoinArgs) -> anyhow::Result<u8> {
             args.inventory.display()
         ))
     })?;
-    if let Some(t) = &args.token {
+    let token = match &args.token_file {
+        Some(f) => Some(read_token_file(f)?),
+        None => args.token.clone(),
+    };
+    if let Some(t) = &token {
         join::validate_token(t).categorized()?;
     }
+    join::validate_kubeadm_args(&args.kubeadm_arg).categorized()?;
+    join::validate_endpoint(&endpoint).categorized()?;
     let (reference, bundle_hash) = reference(&args.reference)?;
     let transport = args.ssh.transport()?;
     let mut report = preflight::run(
@@ -186,7 +209,7 @@ pub fn join(args: JoinArgs) -> anyhow::Result<u8> {
     });
     let opts = JoinOptions {
         endpoint,
-        token: args.token.clone(),
+        token,
         ca_hash,
         dry_run: args.dry_run,
         parallel: args.parallel,
@@ -194,6 +217,7 @@ pub fn join(args: JoinArgs) -> anyhow::Result<u8> {
         etcd_timeout: std::time::Duration::from_secs(args.etcd_timeout.as_secs()),
         copy_cni_config: args.copy_cni_config,
         run_dir,
+        kubeadm_args: args.kubeadm_arg.clone(),
     };
     let join_nodes: Vec<JoinNode> = selected
         .into_iter()
@@ -224,6 +248,9 @@ pub fn join(args: JoinArgs) -> anyhow::Result<u8> {
                 if args.dry_run && !n.command.is_empty() {
                     println!("    {}", n.command);
                 }
+            }
+            if let Some(c) = &report.token_cleanup {
+                println!("minted token: {c}");
             }
             if let Some(d) = &report.run_dir {
                 println!("kubeadm output kept in {d}/");
