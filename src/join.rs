@@ -587,7 +587,7 @@ fn join_all(ctx: &Ctx, nodes: &[JoinNode], first: Option<&JoinNode>) -> Vec<Join
 
 /// Creates the run directory 0700, or accepts an existing one only if it is a real directory
 /// (not a link) of ours that nobody else can write to.
-fn create_run_dir(path: &Path) -> Result<(), JoinError> {
+pub fn create_run_dir(path: &Path) -> Result<(), JoinError> {
     use std::os::unix::fs::{DirBuilderExt, MetadataExt};
     let unsafe_dir = |why: String| JoinError::UnsafeRunDir { path: path.to_path_buf(), why };
     if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
@@ -621,6 +621,44 @@ fn create_run_dir(path: &Path) -> Result<(), JoinError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn logs_are_never_opened_through_a_link_or_as_a_shared_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let target = dir.path().join("target");
+        std::fs::write(&target, b"x").unwrap();
+        let link = dir.path().join("n.log");
+        std::os::unix::fs::symlink(&target, &link).unwrap();
+        assert!(open_log(&link).is_err());
+        assert_eq!(std::fs::read(&target).unwrap(), b"x");
+        let loose = dir.path().join("loose.log");
+        std::fs::write(&loose, b"").unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&loose, std::fs::Permissions::from_mode(0o644)).unwrap();
+        assert!(open_log(&loose).is_err(), "a log others can read is not reused");
+        let fresh = dir.path().join("fresh.log");
+        open_log(&fresh).unwrap();
+        let mode = std::fs::metadata(&fresh).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
+
+    #[test]
+    fn secret_carrying_kubeadm_args_are_refused() {
+        for bad in [
+            "--certificate-key=abc",
+            "--certificate-key",
+            "--token=abcdef.0123456789abcdef",
+            "--discovery-token=x",
+            "--tls-bootstrap-token",
+            "--discovery-token-unsafe-skip-ca-verification",
+            "--config=/tmp/x",
+        ] {
+            assert!(validate_kubeadm_args(&[bad.to_string()]).is_err(), "{bad}");
+        }
+        let ok =
+            ["--skip-phases=control-plane-join/etcd", "--ignore-preflight-errors=all", "--v=5"];
+        assert!(validate_kubeadm_args(&ok.map(String::from)).is_ok());
+    }
 
     #[test]
     fn token_format() {

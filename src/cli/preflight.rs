@@ -144,6 +144,14 @@ pub fn preflight(args: PreflightArgs) -> anyhow::Result<u8> {
     Ok(if report.ok { 0 } else { 6 })
 }
 
+/// `./hapki-join-<UTC time>`.
+fn default_run_dir() -> PathBuf {
+    let stamp = time::OffsetDateTime::now_utc()
+        .format(time::macros::format_description!("[year][month][day]T[hour][minute][second]Z"))
+        .unwrap_or_else(|_| "run".into());
+    PathBuf::from(format!("hapki-join-{stamp}"))
+}
+
 /// The token's first line; the file is read once, and never echoed.
 fn read_token_file(path: &std::path::Path) -> anyhow::Result<String> {
     let text = std::fs::read_to_string(path)
@@ -170,6 +178,11 @@ pub fn join(args: JoinArgs) -> anyhow::Result<u8> {
     }
     join::validate_kubeadm_args(&args.kubeadm_arg).categorized()?;
     join::validate_endpoint(&endpoint).categorized()?;
+    let run_dir = args.run_dir.clone().unwrap_or_else(default_run_dir);
+    if !args.dry_run {
+        // Before any node is touched: a run directory others could write to is refused here.
+        join::create_run_dir(&run_dir).categorized()?;
+    }
     let (reference, bundle_hash) = reference(&args.reference)?;
     let transport = args.ssh.transport()?;
     let mut report = preflight::run(
@@ -201,12 +214,6 @@ pub fn join(args: JoinArgs) -> anyhow::Result<u8> {
             hapki::pki::parse::parse_certificate("ca.crt", pem).categorized()?.discovery_hash()
         }
     };
-    let run_dir = args.run_dir.clone().unwrap_or_else(|| {
-        let stamp = time::OffsetDateTime::now_utc()
-            .format(time::macros::format_description!("[year][month][day]T[hour][minute][second]Z"))
-            .unwrap_or_else(|_| "run".into());
-        PathBuf::from(format!("hapki-join-{stamp}"))
-    });
     let opts = JoinOptions {
         endpoint,
         token,
