@@ -231,11 +231,13 @@ pub fn join(args: JoinArgs) -> anyhow::Result<u8> {
         .map(|s| JoinNode {
             target: s.target,
             role: s.role,
-            // kubeadm takes only an IP for --apiserver-advertise-address: an inventory address
-            // that is a DNS name is left to kubeadm's own default-route detection.
-            advertise_address: s
-                .advertise_address
-                .or_else(|| s.address.parse::<IpAddr>().is_ok().then_some(s.address)),
+            // kubeadm takes only an IP for the advertise address and refuses a loopback one:
+            // an inventory address that is a DNS name or loopback is left to kubeadm's own
+            // default-route detection (etcd's health is still checked at the address).
+            advertise_address: s.advertise_address.or_else(|| {
+                let ip = s.address.parse::<IpAddr>().ok()?;
+                (!ip.is_loopback()).then_some(s.address)
+            }),
         })
         .collect();
     let progress = |node: &str, step: Step| {
