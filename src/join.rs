@@ -107,7 +107,9 @@ fn refusal(arg: &str) -> Option<&'static str> {
 pub fn validate_kubeadm_args(args: &[String]) -> Result<(), JoinError> {
     for a in args {
         if let Some(why) = refusal(a) {
-            return Err(JoinError::RefusedArg { arg: a.clone(), why });
+            // The flag only: its value may be the very secret being kept out of sight.
+            let flag = a.split_once('=').map_or(a.as_str(), |(f, _)| f);
+            return Err(JoinError::RefusedArg { arg: flag.to_string(), why });
         }
     }
     Ok(())
@@ -412,6 +414,8 @@ fn mint_token(
     validate_token(&token).map_err(|_| mint("kubeadm printed a malformed token".into()))?;
     if let Some(h) = hash {
         if h != ca_hash {
+            // Nothing will join with it: it must not stay valid for its hour.
+            delete_token(transport, first, &token);
             return Err(JoinError::HashMismatch {
                 node: first.name.clone(),
                 kubeadm: h,

@@ -197,3 +197,47 @@ fn push_then_join_builds_a_healthy_three_member_etcd_without_a_certificate_key()
         .unwrap();
     assert_eq!(audit.status.code(), Some(0), "{}", text(&audit));
 }
+
+/// The flags that carry a secret or skip the CA pin are refused before any node is contacted,
+/// each with the reason (exit 2); `--token-file` supplies the token (a malformed one is named
+/// without its secret). No testbed: nothing may be reached.
+#[test]
+fn kubeadm_args_that_carry_secrets_are_refused_with_the_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let inv = dir.path().join("inv.toml");
+    std::fs::write(
+        &inv,
+        "[cluster]\ncontrol_plane_endpoint = \"kubeapi.test:6443\"\n\n[[nodes]]\nname = \"m1\"\n\
+         address = \"127.0.0.1\"\nrole = \"control-plane\"\nport = 1\n",
+    )
+    .unwrap();
+    for (arg, why) in [
+        ("--certificate-key=0123", "kubeadm-certs"),
+        ("--token=abcdef.0123456789abcdef", "process list"),
+        ("--discovery-token-unsafe-skip-ca-verification", "pins the cluster CA"),
+        ("--config=/tmp/x", "JoinConfiguration"),
+    ] {
+        let out = hapki()
+            .args(["join", "--inventory"])
+            .arg(&inv)
+            .arg(format!("--kubeadm-arg={arg}"))
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2), "{arg}: {}", text(&out));
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("refused") && err.contains(why), "{arg}: {err}");
+        assert!(!err.contains("0123456789abcdef"), "the secret was echoed: {err}");
+    }
+    let token = dir.path().join("token");
+    std::fs::write(&token, "abcdef.NOTVALIDSECRET!!\n").unwrap();
+    let out = hapki()
+        .args(["join", "--inventory"])
+        .arg(&inv)
+        .arg("--token-file")
+        .arg(&token)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(text(&out).contains("invalid bootstrap token"), "{}", text(&out));
+    assert!(!text(&out).contains("NOTVALIDSECRET"), "{}", text(&out));
+}
