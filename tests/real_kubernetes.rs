@@ -146,23 +146,25 @@ fn bundle_and_push(tb: &Testbed, fx: &Fixture) -> std::path::PathBuf {
 /// pods are started (and the skipped etcd phase done) once its kubeadm has finished.
 fn join(tb: &Testbed, fx: &Fixture, pods: &Pods, bundle: &Path, host: &str) -> Value {
     let run = fx.path("join-run");
-    let mut child = hapki_process()
-        .args(["join", "--inventory"])
-        .arg(tb.inventory())
-        .arg("--bundle")
-        .arg(bundle)
-        .arg("--trust")
-        .arg(fx.allowed())
-        .arg("--decrypt-key")
-        .arg(fx.signer())
-        .args(["--output", "json", "--etcd-timeout", "3m", "--run-dir"])
-        .arg(&run)
-        .arg(format!("--kubeadm-arg={SKIP_PHASES}"))
-        .arg(format!("--kubeadm-arg={IGNORE_PREFLIGHT}"))
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child = Running(Some(
+        hapki_process()
+            .args(["join", "--inventory"])
+            .arg(tb.inventory())
+            .arg("--bundle")
+            .arg(bundle)
+            .arg("--trust")
+            .arg(fx.allowed())
+            .arg("--decrypt-key")
+            .arg(fx.signer())
+            .args(["--output", "json", "--etcd-timeout", "3m", "--run-dir"])
+            .arg(&run)
+            .arg(format!("--kubeadm-arg={SKIP_PHASES}"))
+            .arg(format!("--kubeadm-arg={IGNORE_PREFLIGHT}"))
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    ));
     let m1_addr = tb.node("kubemaster-1").address.clone();
     for name in ["kubemaster-2", "kubemaster-3"] {
         let log = run.join(format!("{name}.log"));
@@ -171,7 +173,7 @@ fn join(tb: &Testbed, fx: &Fixture, pods: &Pods, bundle: &Path, host: &str) -> V
             if t.contains("This node has joined the cluster") {
                 return Some(true);
             }
-            child.try_wait().unwrap().map(|_| false)
+            child.0.as_mut().unwrap().try_wait().unwrap().map(|_| false)
         });
         if !joined {
             break;
@@ -194,7 +196,7 @@ fn join(tb: &Testbed, fx: &Fixture, pods: &Pods, bundle: &Path, host: &str) -> V
             &format!("{} register {name} {} {host}", real_kube::runner().display(), n.address),
         );
     }
-    let out = child.wait_with_output().unwrap();
+    let out = child.0.take().unwrap().wait_with_output().unwrap();
     if out.status.code() != Some(0) {
         let mut logs = String::new();
         for e in std::fs::read_dir(&run).into_iter().flatten().flatten() {
@@ -205,6 +207,18 @@ fn join(tb: &Testbed, fx: &Fixture, pods: &Pods, bundle: &Path, host: &str) -> V
         panic!("join failed: {}\n{logs}", text(&out));
     }
     serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// A running `hapki join`, killed if the test fails while it runs.
+struct Running(Option<std::process::Child>);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.0.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
 }
 
 /// A ServiceAccount token issued through API server 1 (TokenRequest, signed with sa.key).
@@ -357,6 +371,10 @@ fn real_kubeadm_builds_an_ha_control_plane_from_the_pushed_pki() {
         openssl::openssl_discovery_hash(&fx.pki().join("ca.crt")).as_str()
     );
     assert_eq!(report["token_cleanup"], "deleted");
+    for n in report["nodes"].as_array().unwrap() {
+        let m = n["message"].as_str().unwrap();
+        assert!(m.contains("etcd member healthy"), "hapki's etcd wait: {m}");
+    }
     let id = report["token"].as_str().unwrap().split('.').next().unwrap().to_string();
     let tokens = tb.ok("kubemaster-1", "kubeadm token list");
     assert!(!tokens.contains(&id), "the minted token {id} is still listed:\n{tokens}");
