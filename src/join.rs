@@ -222,39 +222,13 @@ const JOIN_SCRIPT: &str = include_str!("node/join.sh");
 
 /// Checks the new member's etcd endpoint with the node's own healthcheck client certificate:
 /// etcdctl when the node has it, else curl.
-const ETCD_HEALTH: &str = r#"set -u
-addr=$1 pki=$2
-case $addr in *:*) url="https://[$addr]:2379" ;; *) url="https://$addr:2379" ;; esac
-if command -v etcdctl > /dev/null 2>&1; then
-    ETCDCTL_API=3 etcdctl --endpoints="$url" --cacert="$pki/etcd/ca.crt" \
-        --cert="$pki/etcd/healthcheck-client.crt" --key="$pki/etcd/healthcheck-client.key" \
-        --command-timeout=3s endpoint health
-elif command -v curl > /dev/null 2>&1; then
-    curl -fsS --max-time 3 --cacert "$pki/etcd/ca.crt" --cert "$pki/etcd/healthcheck-client.crt" \
-        --key "$pki/etcd/healthcheck-client.key" "$url/health" | grep -q '"health": *"true"'
-else
-    echo "neither etcdctl nor curl on the node: cannot check etcd health" >&2
-    exit 2
-fi
-"#;
+const ETCD_HEALTH: &str = include_str!("node/join_etcd_health.sh");
 
 /// Reads the first master's CNI config (file names and contents; public configuration).
-const READ_CNI: &str = r#"set -u
-for f in /etc/cni/net.d/*; do
-    [ -f "$f" ] && [ ! -L "$f" ] || continue
-    printf 'F %s %s\n' "${f##*/}" "$(head -c 65536 "$f" | base64 -w0)"
-done
-"#;
+const READ_CNI: &str = include_str!("node/join_read_cni.sh");
 
 /// Writes one CNI config file atomically (content on stdin) and restarts kubelet if systemd runs.
-const WRITE_CNI: &str = r#"set -eu
-name=$1
-mkdir -p /etc/cni/net.d
-tmp=$(mktemp /etc/cni/net.d/.hapki.XXXXXX)
-cat > "$tmp"
-chmod 0644 "$tmp"
-mv -f "$tmp" "/etc/cni/net.d/$name"
-"#;
+const WRITE_CNI: &str = include_str!("node/join_write_cni.sh");
 
 const RESTART_KUBELET: &str = r#"if command -v systemctl > /dev/null 2>&1 && [ -d /run/systemd/system ]; then systemctl restart kubelet || true; fi"#;
 
