@@ -221,12 +221,22 @@ impl Drop for Running {
     }
 }
 
-/// A ServiceAccount token issued through API server 1 (TokenRequest, signed with sa.key).
+/// A ServiceAccount token issued through API server 1 (a TokenRequest, signed with sa.key).
 fn service_account_token(tb: &Testbed) -> String {
     let addr = &tb.node("kubemaster-1").address;
     let k = format!("kubectl --kubeconfig /etc/kubernetes/admin.conf --server https://{addr}:6443");
     tb.ok("kubemaster-1", &format!("{k} -n default create serviceaccount hapki-probe"));
-    tb.ok("kubemaster-1", &format!("{k} -n default create token hapki-probe")).trim().to_string()
+    let request = r#"{"apiVersion":"authentication.k8s.io/v1","kind":"TokenRequest","spec":{}}"#;
+    let out = tb.ssh_stdin(
+        "kubemaster-1",
+        &format!(
+            "{k} create --raw /api/v1/namespaces/default/serviceaccounts/hapki-probe/token -f -"
+        ),
+        request.as_bytes(),
+    );
+    assert!(out.status.success(), "TokenRequest: {}", text(&out));
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    v["status"]["token"].as_str().expect("a token in the TokenRequest's status").to_string()
 }
 
 /// The user API server `node` sees behind `token`, by a TokenReview on that server.

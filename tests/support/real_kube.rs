@@ -1,5 +1,5 @@
-//! Real upstream Kubernetes v1.20.2 (kubeadm, kube-apiserver, kube-controller-manager built by
-//! scripts/kubernetes) on testbed nodes, with tests/support/static-pods standing in for the
+//! Real upstream Kubernetes v1.20.2 (kubeadm, kube-apiserver, kube-controller-manager and
+//! kubectl, built by scripts/kubernetes) on testbed nodes, with tests/support/static-pods standing in for the
 //! kubelet and container runtime.
 //!
 //! Include it after `testbed` (it uses it by that name):
@@ -13,7 +13,8 @@ use std::time::{Duration, Instant};
 use crate::testbed::{must_run, TbNode, Testbed};
 
 pub const VERSION: &str = "v1.20.2";
-const BINARIES: [&str; 3] = ["kubeadm", "kube-apiserver", "kube-controller-manager"];
+/// kubectl: the client matching the servers (Debian 12 ships no newer one).
+const BINARIES: [&str; 4] = ["kubeadm", "kube-apiserver", "kube-controller-manager", "kubectl"];
 
 /// The cache scripts/kubernetes fills (`HAPKI_KUBE_CACHE` overrides it, as for the script).
 pub fn cache_dir() -> PathBuf {
