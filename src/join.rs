@@ -620,6 +620,76 @@ mod tests {
         assert_eq!(mode & 0o777, 0o600);
     }
 
+    /// The node script with a fake `kubeadm` that reports `version` and copies the config it
+    /// is given: (exit code, the config, its mode as `stat` reports it, kubeadm's argv).
+    fn run_join_script(version: &str, role: &str) -> (i32, String, String, String) {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let fake = dir.path().join("kubeadm");
+        let out = dir.path().join("seen");
+        std::fs::write(
+            &fake,
+            format!(
+                "#!/bin/sh\ncase $1 in version) echo {version} ;; join) shift; \
+                 cp \"$2\" {o}.yaml; stat -c %a \"$2\" > {o}.mode; echo \"$*\" > {o}.argv ;; esac\n",
+                o = out.display()
+            ),
+        )
+        .unwrap();
+        std::fs::set_permissions(&fake, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let path =
+            format!("{}:{}", dir.path().display(), std::env::var("PATH").unwrap_or_default());
+        let mut child = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(JOIN_SCRIPT)
+            .args(["hapki", "kubeapi.test:6443", &format!("sha256:{}", "ab".repeat(32)), role])
+            .args(["10.0.0.2", "--skip-phases=addon/kube-proxy"])
+            .env("PATH", path)
+            .stdin(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        child.stdin.take().unwrap().write_all(b"abcdef.0123456789abcdef\n").unwrap();
+        let code = child.wait().unwrap().code().unwrap_or(-1);
+        let read = |ext: &str| {
+            std::fs::read_to_string(out.with_extension(ext)).unwrap_or_default().trim().to_string()
+        };
+        (code, read("yaml"), read("mode"), read("argv"))
+    }
+
+    #[test]
+    fn join_configuration_version_follows_the_nodes_kubeadm() {
+        for (version, api) in [
+            ("v1.15.0", "v1beta2"),
+            ("v1.20.2", "v1beta2"),
+            ("v1.21.14", "v1beta2"),
+            ("v1.22.0", "v1beta3"),
+            ("v1.30.4", "v1beta3"),
+            ("v1.31.2", "v1beta4"),
+            ("v1.34.1", "v1beta4"),
+        ] {
+            let (code, yaml, mode, argv) = run_join_script(version, "control-plane");
+            assert_eq!(code, 0, "{version}");
+            assert!(
+                yaml.starts_with(&format!("apiVersion: kubeadm.k8s.io/{api}\n")),
+                "{version}: {yaml}"
+            );
+            assert_eq!(mode, "600", "{version}");
+            assert!(yaml.contains("token: \"abcdef.0123456789abcdef\""), "{yaml}");
+            assert!(yaml.contains("advertiseAddress: \"10.0.0.2\""), "{yaml}");
+            assert!(
+                argv.starts_with("--config ") && argv.ends_with(" --skip-phases=addon/kube-proxy")
+            );
+            assert!(!argv.contains("0123456789abcdef"), "{argv}");
+        }
+        let (code, yaml, _, _) = run_join_script("v1.14.10", "worker");
+        assert_eq!(code, 2, "kubeadm 1.14 is refused");
+        assert!(yaml.is_empty());
+        let (code, yaml, _, _) = run_join_script("v1.20.2", "worker");
+        assert_eq!(code, 0);
+        assert!(!yaml.contains("controlPlane"), "{yaml}");
+    }
+
     #[test]
     fn secret_carrying_kubeadm_args_are_refused() {
         for bad in [
