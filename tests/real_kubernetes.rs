@@ -21,8 +21,11 @@ mod real_kube;
 #[path = "support/testbed.rs"]
 mod testbed;
 
+use std::collections::HashSet;
 use std::path::Path;
 use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use fixture::{hapki, hapki_process, text, Fixture};
@@ -142,10 +145,58 @@ fn bundle_and_push(tb: &Testbed, fx: &Fixture) -> std::path::PathBuf {
     bundle
 }
 
+/// Every distinct argv of every process on this machine (the nodes' processes included: they
+/// share the PID namespace) until stopped.
+struct ProcScan {
+    stop: Arc<AtomicBool>,
+    thread: std::thread::JoinHandle<HashSet<String>>,
+}
+
+impl ProcScan {
+    fn start() -> ProcScan {
+        let stop = Arc::new(AtomicBool::new(false));
+        let s = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let mut seen = HashSet::new();
+            while !s.load(Ordering::Relaxed) {
+                for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+                    if let Ok(raw) = std::fs::read(e.path().join("cmdline")) {
+                        seen.insert(String::from_utf8_lossy(&raw).replace('\0', " "));
+                    }
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            seen
+        });
+        ProcScan { stop, thread }
+    }
+
+    fn finish(self) -> HashSet<String> {
+        self.stop.store(true, Ordering::Relaxed);
+        self.thread.join().unwrap()
+    }
+}
+
+/// The secrets of every bootstrap token the cluster holds now (the one hapki minted included).
+fn bootstrap_secrets(tb: &Testbed) -> Vec<String> {
+    use base64::Engine;
+    let out = tb.ok(
+        "kubemaster-1",
+        "kubectl --kubeconfig /etc/kubernetes/admin.conf -n kube-system get secrets \
+         --field-selector type=bootstrap.kubernetes.io/token \
+         -o jsonpath='{range .items[*]}{.data.token-secret}{\"\\n\"}{end}'",
+    );
+    let b64 = base64::engine::general_purpose::STANDARD;
+    out.split_whitespace().map(|l| String::from_utf8(b64.decode(l).unwrap()).unwrap()).collect()
+}
+
 /// `hapki join` with real kubeadm; meanwhile, as a kubelet would, each joined node's static
-/// pods are started (and the skipped etcd phase done) once its kubeadm has finished.
+/// pods are started (and the skipped etcd phase done) once its kubeadm has finished. A scan of
+/// every process's argv runs throughout: no bootstrap token secret may ever appear in one.
 fn join(tb: &Testbed, fx: &Fixture, pods: &Pods, bundle: &Path, host: &str) -> Value {
     let run = fx.path("join-run");
+    let scan = ProcScan::start();
+    let mut secrets = Vec::new();
     let mut child = Running(Some(
         hapki_process()
             .args(["join", "--inventory"])
@@ -178,6 +229,9 @@ fn join(tb: &Testbed, fx: &Fixture, pods: &Pods, bundle: &Path, host: &str) -> V
         if !joined {
             break;
         }
+        if secrets.is_empty() {
+            secrets = bootstrap_secrets(tb);
+        }
         let n = tb.node(name);
         tb.ok(
             name,
@@ -197,6 +251,16 @@ fn join(tb: &Testbed, fx: &Fixture, pods: &Pods, bundle: &Path, host: &str) -> V
         );
     }
     let out = child.0.take().unwrap().wait_with_output().unwrap();
+    let seen = scan.finish();
+    assert!(
+        seen.iter().any(|a| a.contains("kubeadm join --config")),
+        "the process scan never saw kubeadm join run: it proves nothing"
+    );
+    assert!(secrets.len() >= 2, "the minted token's secret was not read: {}", secrets.len());
+    for secret in &secrets {
+        let leaks: Vec<&String> = seen.iter().filter(|a| a.contains(secret.as_str())).collect();
+        assert!(leaks.is_empty(), "a bootstrap token secret in a process's argv: {leaks:?}");
+    }
     if out.status.code() != Some(0) {
         let mut logs = String::new();
         for e in std::fs::read_dir(&run).into_iter().flatten().flatten() {
