@@ -4,10 +4,13 @@
 //!
 //! hapki never passes `--certificate-key` (the shared files are already on the nodes) nor
 //! `--discovery-token-unsafe-skip-ca-verification` (the CA hash is always pinned). The token's
-//! secret half never reaches output or logs: every line kept is redacted first.
+//! secret half never reaches output or logs (every line kept is redacted first), nor any
+//! program's argv on any machine: it travels on stdin into a 0600 `JoinConfiguration` on the
+//! node (src/node/join.sh) and kubeadm runs with `--config`. A token hapki minted is deleted
+//! (by its id) when the joins end, whatever their outcome.
 
 use std::io::Write;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
@@ -38,6 +41,12 @@ pub enum JoinError {
     HashMismatch { node: String, kubeadm: String, ours: String },
     #[error("could not write the run directory {path}: {source}")]
     RunDir { path: PathBuf, source: std::io::Error },
+    #[error("the run directory {path} {why}: kubeadm's output must not be readable or replaceable by others; remove it or pass another --run-dir")]
+    UnsafeRunDir { path: PathBuf, why: String },
+    #[error("--kubeadm-arg {arg} is refused: {why}")]
+    RefusedArg { arg: String, why: &'static str },
+    #[error("invalid control-plane endpoint {0:?}: it must be HOST:PORT (letters, digits, '.', '-', ':', '[', ']'); fix control_plane_endpoint in the inventory")]
+    BadEndpoint(String),
 }
 
 impl Categorized for JoinError {
@@ -47,6 +56,8 @@ impl Categorized for JoinError {
             JoinError::HashMismatch { .. } => Category::Verification,
             JoinError::Mint { .. } => Category::NodesFailed,
             JoinError::RunDir { .. } => Category::Unexpected,
+            JoinError::UnsafeRunDir { .. } => Category::Usage,
+            JoinError::RefusedArg { .. } | JoinError::BadEndpoint(_) => Category::Usage,
         }
     }
 }
@@ -78,24 +89,71 @@ pub fn redact_text(text: &str, token: &str) -> String {
     }
 }
 
-/// The `kubeadm join` arguments for one node (without the leading `kubeadm`).
-pub fn join_args(endpoint: &str, token: &str, ca_hash: &str, node: &JoinNode) -> Vec<String> {
-    let mut a = vec![
-        "join".to_string(),
-        endpoint.to_string(),
-        "--token".into(),
-        token.to_string(),
-        "--discovery-token-ca-cert-hash".into(),
-        ca_hash.to_string(),
-    ];
-    if node.role == Role::ControlPlane {
-        a.push("--control-plane".into());
-        if let Some(addr) = &node.advertise_address {
-            a.push("--apiserver-advertise-address".into());
-            a.push(addr.clone());
+/// Why an extra kubeadm argument is refused, if it is: the ones that carry or skip secrets
+/// hapki handles itself, and the config file hapki writes.
+fn refusal(arg: &str) -> Option<&'static str> {
+    let flag = arg.split_once('=').map_or(arg, |(f, _)| f);
+    match flag {
+        "--certificate-key" => Some("hapki pushes the shared certificates; a certificate key would download them from the cluster's kubeadm-certs Secret instead"),
+        "--discovery-token-unsafe-skip-ca-verification" => Some("hapki always pins the cluster CA with the hash it computed; skipping that check lets any server impersonate the cluster"),
+        "--config" => Some("hapki writes the JoinConfiguration itself (the token travels in it, never in argv)"),
+        f if f.contains("token") => Some("a token on a command line is visible to every user in the process list; give it with HAPKI_JOIN_TOKEN or --token-file, or let hapki mint one"),
+        _ => None,
+    }
+}
+
+/// Checks the extra arguments for `kubeadm join` (e.g. `--skip-phases=…`,
+/// `--ignore-preflight-errors=…`): the ones that carry secrets or skip the CA pin are refused.
+pub fn validate_kubeadm_args(args: &[String]) -> Result<(), JoinError> {
+    for a in args {
+        if let Some(why) = refusal(a) {
+            // The flag only: its value may be the very secret being kept out of sight.
+            let flag = a.split_once('=').map_or(a.as_str(), |(f, _)| f);
+            return Err(JoinError::RefusedArg { arg: flag.to_string(), why });
         }
     }
+    Ok(())
+}
+
+/// Checks the endpoint before it goes into the node's JoinConfiguration.
+pub fn validate_endpoint(endpoint: &str) -> Result<(), JoinError> {
+    let ok = !endpoint.is_empty()
+        && endpoint.bytes().all(|b| b.is_ascii_alphanumeric() || b".-:[]".contains(&b));
+    ok.then_some(()).ok_or_else(|| JoinError::BadEndpoint(endpoint.to_string()))
+}
+
+/// The node script's arguments for one node: endpoint, CA hash, role, advertise address, then
+/// the extra kubeadm arguments. The token is not among them: it goes on stdin.
+pub fn join_args(endpoint: &str, ca_hash: &str, node: &JoinNode, extra: &[String]) -> Vec<String> {
+    let (role, adv) = match node.role {
+        Role::ControlPlane => ("control-plane", node.advertise_address.clone().unwrap_or_default()),
+        Role::Worker => ("worker", String::new()),
+    };
+    let mut a = vec![endpoint.to_string(), ca_hash.to_string(), role.to_string(), adv];
+    a.extend(extra.iter().cloned());
     a
+}
+
+/// What the node runs, for people: the JoinConfiguration's contents (token redacted) and
+/// kubeadm's command line.
+pub fn describe_join(token: &str, args: &[String]) -> String {
+    let [endpoint, hash, role, adv, extra @ ..] = args else { return String::new() };
+    let mut config = format!(
+        "apiServerEndpoint: {endpoint}, token: {}, caCertHashes: [{hash}]",
+        redact_token(token)
+    );
+    if role == "control-plane" {
+        config.push_str(", controlPlane");
+        if !adv.is_empty() {
+            config.push_str(&format!(" (advertiseAddress: {adv})"));
+        }
+    }
+    let mut cmd = format!("kubeadm join --config <0600 JoinConfiguration: {config}>");
+    for e in extra {
+        cmd.push(' ');
+        cmd.push_str(e);
+    }
+    cmd
 }
 
 /// Parses `kubeadm token create --print-join-command` (spacing varies between versions, so it
@@ -122,6 +180,9 @@ pub struct JoinReport {
     pub ok: bool,
     pub discovery_token_ca_cert_hash: String,
     pub token: String,
+    /// For a token hapki minted: whether `kubeadm token delete` removed it after the joins
+    /// (`deleted`, or why not); absent for a token the operator gave.
+    pub token_cleanup: Option<String>,
     pub run_dir: Option<String>,
     pub nodes: Vec<JoinResult>,
 }
@@ -141,6 +202,8 @@ pub struct JoinOptions {
     pub copy_cni_config: bool,
     /// Where kubeadm's output is kept per node (created 0700).
     pub run_dir: PathBuf,
+    /// Extra `kubeadm join` arguments (checked by [`validate_kubeadm_args`]).
+    pub kubeadm_args: Vec<String>,
 }
 
 /// Progress for the binary.
@@ -154,47 +217,20 @@ pub enum Step {
 
 const RUN_KUBEADM: &str = "exec kubeadm \"$@\"";
 
+/// `kubeadm join --config` on the node, the token on stdin (see the script's header).
+const JOIN_SCRIPT: &str = include_str!("node/join.sh");
+
 /// Checks the new member's etcd endpoint with the node's own healthcheck client certificate:
 /// etcdctl when the node has it, else curl.
-const ETCD_HEALTH: &str = r#"set -u
-addr=$1 pki=$2
-case $addr in *:*) url="https://[$addr]:2379" ;; *) url="https://$addr:2379" ;; esac
-if command -v etcdctl > /dev/null 2>&1; then
-    ETCDCTL_API=3 etcdctl --endpoints="$url" --cacert="$pki/etcd/ca.crt" \
-        --cert="$pki/etcd/healthcheck-client.crt" --key="$pki/etcd/healthcheck-client.key" \
-        --command-timeout=3s endpoint health
-elif command -v curl > /dev/null 2>&1; then
-    curl -fsS --max-time 3 --cacert "$pki/etcd/ca.crt" --cert "$pki/etcd/healthcheck-client.crt" \
-        --key "$pki/etcd/healthcheck-client.key" "$url/health" | grep -q '"health": *"true"'
-else
-    echo "neither etcdctl nor curl on the node: cannot check etcd health" >&2
-    exit 2
-fi
-"#;
+const ETCD_HEALTH: &str = include_str!("node/join_etcd_health.sh");
 
 /// Reads the first master's CNI config (file names and contents; public configuration).
-const READ_CNI: &str = r#"set -u
-for f in /etc/cni/net.d/*; do
-    [ -f "$f" ] && [ ! -L "$f" ] || continue
-    printf 'F %s %s\n' "${f##*/}" "$(head -c 65536 "$f" | base64 -w0)"
-done
-"#;
+const READ_CNI: &str = include_str!("node/join_read_cni.sh");
 
 /// Writes one CNI config file atomically (content on stdin) and restarts kubelet if systemd runs.
-const WRITE_CNI: &str = r#"set -eu
-name=$1
-mkdir -p /etc/cni/net.d
-tmp=$(mktemp /etc/cni/net.d/.hapki.XXXXXX)
-cat > "$tmp"
-chmod 0644 "$tmp"
-mv -f "$tmp" "/etc/cni/net.d/$name"
-"#;
+const WRITE_CNI: &str = include_str!("node/join_write_cni.sh");
 
 const RESTART_KUBELET: &str = r#"if command -v systemctl > /dev/null 2>&1 && [ -d /run/systemd/system ]; then systemctl restart kubelet || true; fi"#;
-
-fn shell_join(args: &[String]) -> String {
-    std::iter::once("kubeadm".to_string()).chain(args.iter().cloned()).collect::<Vec<_>>().join(" ")
-}
 
 struct Ctx<'a> {
     transport: &'a dyn Transport,
@@ -209,13 +245,7 @@ impl Ctx<'_> {
     fn keep_log(&self, node: &str, text: &str) -> Result<String, String> {
         let path = self.opts.run_dir.join(format!("{node}.log"));
         let redacted = redact_text(text, &self.token);
-        // Logs are 0600: kubeadm's output names the cluster's internals.
-        let written = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .mode_0600()
-            .open(&path)
-            .and_then(|mut f| f.write_all(redacted.as_bytes()));
+        let written = open_log(&path).and_then(|mut f| f.write_all(redacted.as_bytes()));
         match written {
             Ok(()) => Ok(format!("full output in {}", path.display())),
             Err(e) => Err(format!("the output could not be kept in {} ({e})", path.display())),
@@ -223,8 +253,8 @@ impl Ctx<'_> {
     }
 
     fn join_one(&self, n: &JoinNode, wait_etcd: bool) -> JoinResult {
-        let args = join_args(&self.opts.endpoint, &self.token, &self.opts.ca_hash, n);
-        let shown = redact_text(&shell_join(&args), &self.token);
+        let args = join_args(&self.opts.endpoint, &self.opts.ca_hash, n, &self.opts.kubeadm_args);
+        let shown = redact_text(&describe_join(&self.token, &args), &self.token);
         let name = n.target.name.as_str();
         let result = |status, message: String| JoinResult {
             node: name.to_string(),
@@ -241,7 +271,8 @@ impl Ctx<'_> {
             Err(e) => return result(NodeStatus::Failed, e.to_string()),
         };
         let argv: Vec<&str> = args.iter().map(String::as_str).collect();
-        let out = match session.run(RUN_KUBEADM, &argv, &mut std::io::empty()) {
+        let stdin = format!("{}\n", self.token);
+        let out = match session.run(JOIN_SCRIPT, &argv, &mut stdin.as_bytes()) {
             Ok(o) => o,
             Err(e) => return result(NodeStatus::Failed, e.to_string()),
         };
@@ -308,15 +339,25 @@ fn kubeadm_error(stderr: &[u8]) -> String {
         .collect()
 }
 
-trait Mode0600 {
-    fn mode_0600(&mut self) -> &mut Self;
-}
-
-impl Mode0600 for std::fs::OpenOptions {
-    fn mode_0600(&mut self) -> &mut Self {
-        use std::os::unix::fs::OpenOptionsExt;
-        self.mode(0o600)
+/// Opens a node's log for appending: 0600 when created (kubeadm's output names the cluster's
+/// internals), never through a symlink, and only a regular file of ours.
+fn open_log(path: &Path) -> std::io::Result<std::fs::File> {
+    use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+    let f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(path)?;
+    let m = f.metadata()?;
+    // SAFETY: geteuid has no preconditions.
+    let me = unsafe { libc::geteuid() };
+    if !m.is_file() || m.uid() != me || m.nlink() != 1 || m.mode() & 0o077 != 0 {
+        return Err(std::io::Error::other(
+            "not a private regular file of ours (planted there?); remove it",
+        ));
     }
+    Ok(f)
 }
 
 /// Mints a token on the first master and cross-checks kubeadm's hash against ours.
@@ -347,6 +388,8 @@ fn mint_token(
     validate_token(&token).map_err(|_| mint("kubeadm printed a malformed token".into()))?;
     if let Some(h) = hash {
         if h != ca_hash {
+            // Nothing will join with it: it must not stay valid for its hour.
+            delete_token(transport, first, &token);
             return Err(JoinError::HashMismatch {
                 node: first.name.clone(),
                 kubeadm: h,
@@ -355,6 +398,27 @@ fn mint_token(
         }
     }
     Ok(token)
+}
+
+/// Deletes a token hapki minted, by its id only (the secret never goes on a command line).
+fn delete_token(transport: &dyn Transport, first: &Target, token: &str) -> String {
+    let id = token.split_once('.').map_or(token, |(id, _)| id);
+    let deleted = transport.connect(first).map_err(|e| e.to_string()).and_then(|mut s| {
+        s.run(RUN_KUBEADM, &["token", "delete", id], &mut std::io::empty())
+            .map_err(|e| e.to_string())
+    });
+    match deleted {
+        Ok(o) if o.success() => "deleted".into(),
+        Ok(o) => format!(
+            "not deleted: {}; delete it with `kubeadm token delete {id}` on {}",
+            node::stderr_tail(&o.stderr),
+            first.name
+        ),
+        Err(e) => format!(
+            "not deleted: {e}; delete it with `kubeadm token delete {id}` on {}",
+            first.name
+        ),
+    }
 }
 
 fn copy_cni(
@@ -402,7 +466,13 @@ pub fn run(
     opts: &JoinOptions,
     progress: &(dyn Fn(&str, Step) + Sync),
 ) -> Result<JoinReport, JoinError> {
+    validate_endpoint(&opts.endpoint)?;
+    validate_kubeadm_args(&opts.kubeadm_args)?;
+    if !opts.dry_run {
+        create_run_dir(&opts.run_dir)?;
+    }
     let first = nodes.iter().find(|n| n.role == Role::ControlPlane);
+    let minted = opts.token.is_none() && !opts.dry_run;
     let token = match (&opts.token, first) {
         (Some(t), _) => {
             validate_token(t)?;
@@ -420,10 +490,27 @@ pub fn run(
             })
         }
     };
-    if !opts.dry_run {
-        create_run_dir(&opts.run_dir)?;
-    }
     let ctx = Ctx { transport, opts, token: token.clone(), progress };
+    let results = join_all(&ctx, nodes, first);
+    let token_cleanup = match first {
+        Some(f) if minted => Some(delete_token(transport, &f.target, &token)),
+        _ => None,
+    };
+    let ok = results.iter().all(|r| matches!(r.status, NodeStatus::Joined | NodeStatus::Planned))
+        && token_cleanup.as_deref().is_none_or(|c| c == "deleted");
+    Ok(JoinReport {
+        ok,
+        discovery_token_ca_cert_hash: opts.ca_hash.clone(),
+        token: redact_token(&token),
+        token_cleanup,
+        run_dir: (!opts.dry_run).then(|| opts.run_dir.display().to_string()),
+        nodes: results,
+    })
+}
+
+/// The control planes but the first one at a time, then the workers in parallel.
+fn join_all(ctx: &Ctx, nodes: &[JoinNode], first: Option<&JoinNode>) -> Vec<JoinResult> {
+    let (opts, transport) = (ctx.opts, ctx.transport);
     let mut results = Vec::new();
     let first_name = first.map(|f| f.target.name.clone());
     let mut failed_cp = false;
@@ -473,28 +560,153 @@ pub fn run(
             )),
         }
     }
-    let ok = results.iter().all(|r| matches!(r.status, NodeStatus::Joined | NodeStatus::Planned));
-    Ok(JoinReport {
-        ok,
-        discovery_token_ca_cert_hash: opts.ca_hash.clone(),
-        token: redact_token(&token),
-        run_dir: (!opts.dry_run).then(|| opts.run_dir.display().to_string()),
-        nodes: results,
-    })
+    results
 }
 
-fn create_run_dir(path: &std::path::Path) -> Result<(), JoinError> {
-    use std::os::unix::fs::DirBuilderExt;
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(path)
-        .map_err(|source| JoinError::RunDir { path: path.to_path_buf(), source })
+/// Creates the run directory 0700, or accepts an existing one only if it is a real directory
+/// (not a link) of ours that nobody else can write to.
+pub fn create_run_dir(path: &Path) -> Result<(), JoinError> {
+    use std::os::unix::fs::{DirBuilderExt, MetadataExt};
+    let unsafe_dir = |why: String| JoinError::UnsafeRunDir { path: path.to_path_buf(), why };
+    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(parent)
+            .map_err(|source| JoinError::RunDir { path: parent.to_path_buf(), source })?;
+    }
+    match std::fs::DirBuilder::new().mode(0o700).create(path) {
+        Ok(()) => return Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+        Err(source) => return Err(JoinError::RunDir { path: path.to_path_buf(), source }),
+    }
+    let m = std::fs::symlink_metadata(path)
+        .map_err(|source| JoinError::RunDir { path: path.to_path_buf(), source })?;
+    // SAFETY: geteuid has no preconditions.
+    let me = unsafe { libc::geteuid() };
+    if m.file_type().is_symlink() {
+        return Err(unsafe_dir("is a symbolic link".into()));
+    }
+    if !m.is_dir() {
+        return Err(unsafe_dir("exists and is not a directory".into()));
+    }
+    if m.uid() != me {
+        return Err(unsafe_dir(format!("is owned by uid {}, not by you (uid {me})", m.uid())));
+    }
+    if m.mode() & 0o022 != 0 {
+        return Err(unsafe_dir(format!("is writable by others (mode {:o})", m.mode() & 0o7777)));
+    }
+    Ok(())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn logs_are_never_opened_through_a_link_or_as_a_shared_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let target = dir.path().join("target");
+        std::fs::write(&target, b"x").unwrap();
+        let link = dir.path().join("n.log");
+        std::os::unix::fs::symlink(&target, &link).unwrap();
+        assert!(open_log(&link).is_err());
+        assert_eq!(std::fs::read(&target).unwrap(), b"x");
+        let loose = dir.path().join("loose.log");
+        std::fs::write(&loose, b"").unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&loose, std::fs::Permissions::from_mode(0o644)).unwrap();
+        assert!(open_log(&loose).is_err(), "a log others can read is not reused");
+        let fresh = dir.path().join("fresh.log");
+        open_log(&fresh).unwrap();
+        let mode = std::fs::metadata(&fresh).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
+
+    /// The node script with a fake `kubeadm` that reports `version` and copies the config it
+    /// is given: (exit code, the config, its mode as `stat` reports it, kubeadm's argv).
+    fn run_join_script(version: &str, role: &str) -> (i32, String, String, String) {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let fake = dir.path().join("kubeadm");
+        let out = dir.path().join("seen");
+        std::fs::write(
+            &fake,
+            format!(
+                "#!/bin/sh\ncase $1 in version) echo {version} ;; join) shift; \
+                 cp \"$2\" {o}.yaml; stat -c %a \"$2\" > {o}.mode; echo \"$*\" > {o}.argv ;; esac\n",
+                o = out.display()
+            ),
+        )
+        .unwrap();
+        std::fs::set_permissions(&fake, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let path =
+            format!("{}:{}", dir.path().display(), std::env::var("PATH").unwrap_or_default());
+        let mut child = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(JOIN_SCRIPT)
+            .args(["hapki", "kubeapi.test:6443", &format!("sha256:{}", "ab".repeat(32)), role])
+            .args(["10.0.0.2", "--skip-phases=addon/kube-proxy"])
+            .env("PATH", path)
+            .stdin(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        child.stdin.take().unwrap().write_all(b"abcdef.0123456789abcdef\n").unwrap();
+        let code = child.wait().unwrap().code().unwrap_or(-1);
+        let read = |ext: &str| {
+            std::fs::read_to_string(out.with_extension(ext)).unwrap_or_default().trim().to_string()
+        };
+        (code, read("yaml"), read("mode"), read("argv"))
+    }
+
+    #[test]
+    fn join_configuration_version_follows_the_nodes_kubeadm() {
+        for (version, api) in [
+            ("v1.15.0", "v1beta2"),
+            ("v1.20.2", "v1beta2"),
+            ("v1.21.14", "v1beta2"),
+            ("v1.22.0", "v1beta3"),
+            ("v1.30.4", "v1beta3"),
+            ("v1.31.2", "v1beta4"),
+            ("v1.34.1", "v1beta4"),
+        ] {
+            let (code, yaml, mode, argv) = run_join_script(version, "control-plane");
+            assert_eq!(code, 0, "{version}");
+            assert!(
+                yaml.starts_with(&format!("apiVersion: kubeadm.k8s.io/{api}\n")),
+                "{version}: {yaml}"
+            );
+            assert_eq!(mode, "600", "{version}");
+            assert!(yaml.contains("token: \"abcdef.0123456789abcdef\""), "{yaml}");
+            assert!(yaml.contains("advertiseAddress: \"10.0.0.2\""), "{yaml}");
+            assert!(
+                argv.starts_with("--config ") && argv.ends_with(" --skip-phases=addon/kube-proxy")
+            );
+            assert!(!argv.contains("0123456789abcdef"), "{argv}");
+        }
+        let (code, yaml, _, _) = run_join_script("v1.14.10", "worker");
+        assert_eq!(code, 2, "kubeadm 1.14 is refused");
+        assert!(yaml.is_empty());
+        let (code, yaml, _, _) = run_join_script("v1.20.2", "worker");
+        assert_eq!(code, 0);
+        assert!(!yaml.contains("controlPlane"), "{yaml}");
+    }
+
+    #[test]
+    fn secret_carrying_kubeadm_args_are_refused() {
+        for bad in [
+            "--certificate-key=abc",
+            "--certificate-key",
+            "--token=abcdef.0123456789abcdef",
+            "--discovery-token=x",
+            "--tls-bootstrap-token",
+            "--discovery-token-unsafe-skip-ca-verification",
+            "--config=/tmp/x",
+        ] {
+            assert!(validate_kubeadm_args(&[bad.to_string()]).is_err(), "{bad}");
+        }
+        let ok =
+            ["--skip-phases=control-plane-join/etcd", "--ignore-preflight-errors=all", "--v=5"];
+        assert!(validate_kubeadm_args(&ok.map(String::from)).is_ok());
+    }
 
     #[test]
     fn token_format() {

@@ -3,6 +3,10 @@
 
 #[path = "support/cli.rs"]
 mod cli;
+#[path = "support/real_kube.rs"]
+mod real_kube;
+#[path = "support/testbed.rs"]
+mod testbed;
 
 use cli::hapki;
 use serde_json::Value;
@@ -217,4 +221,61 @@ fn table_output_names_problem_fields() {
         "{text}"
     );
     assert!(text.contains("1 problem, 1 warning"), "{text}");
+}
+
+/// The real kubeadm v1.20.2 (scripts/kubernetes) as the independent judge: a v1beta2 config
+/// hapki finds clean, kubeadm loads and validates offline (`kubeadm config images list
+/// --config`, which lists the images from the pinned repository and version); one kubeadm
+/// itself rejects, hapki flags too. (kubeadm 1.20 reads only v1beta2: the v1beta3/v1beta4
+/// cases above have no real binary to ask here.)
+#[test]
+fn real_kubeadm_1_20_agrees_with_config_check() {
+    let Some(cache) = real_kube::cache() else { return };
+    let good = GOOD_V1BETA2;
+    let (code, r) = check(good);
+    assert_eq!(code, 0, "{r:#}");
+    let (ok, out) = real_kubeadm_images(&cache, good);
+    assert!(ok, "kubeadm refused a config hapki passed: {out}");
+    assert!(out.contains("registry.local:5000/k8s/kube-apiserver:v1.20.2"), "{out}");
+
+    let bad = good.replace("10.244.0.0/16", "10.244.0.0/33");
+    let (code, r) = check(&bad);
+    assert_eq!(code, 6, "{r:#}");
+    assert!(fields(&r, "problems").contains(&"ClusterConfiguration.networking.podSubnet".into()));
+    let (ok, out) = real_kubeadm_images(&cache, &bad);
+    assert!(!ok && out.contains("podSubnet"), "kubeadm accepted a /33 pod subnet: {out}");
+}
+
+const GOOD_V1BETA2: &str = r#"---
+apiVersion: kubeadm.k8s.io/v1beta2
+kind: InitConfiguration
+localAPIEndpoint:
+  advertiseAddress: 192.168.122.11
+  bindPort: 6443
+---
+apiVersion: kubeadm.k8s.io/v1beta2
+kind: ClusterConfiguration
+kubernetesVersion: v1.20.2
+controlPlaneEndpoint: kubeapi.test.huatai.me:6443
+imageRepository: registry.local:5000/k8s
+networking:
+  podSubnet: 10.244.0.0/16
+etcd:
+  local:
+    dataDir: /var/lib/etcd
+"#;
+
+/// `kubeadm config images list --config FILE` with the real kubeadm: (success, output).
+fn real_kubeadm_images(cache: &std::path::Path, yaml: &str) -> (bool, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("kubeadm.yaml");
+    std::fs::write(&path, yaml).unwrap();
+    let out = std::process::Command::new(cache.join("kubeadm"))
+        .args(["config", "images", "list", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    let text =
+        format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    (out.status.success(), text)
 }

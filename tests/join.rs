@@ -61,9 +61,10 @@ fn push_then_join_builds_a_healthy_three_member_etcd_without_a_certificate_key()
     assert_eq!(dry.status.code(), Some(0), "{}", text(&dry));
     let dry_text = text(&dry);
     assert!(
-        dry_text.contains("--control-plane") && dry_text.contains("abcdef.<redacted>"),
+        dry_text.contains("controlPlane") && dry_text.contains("abcdef.<redacted>"),
         "{dry_text}"
     );
+    assert!(dry_text.contains("kubeadm join --config"), "{dry_text}");
     assert!(!dry_text.contains("0123456789abcdef"), "the token secret leaked: {dry_text}");
     assert!(read_log(&tb.dir).iter().all(|l| l.sub != "join"), "dry run joined something");
 
@@ -123,9 +124,9 @@ fn push_then_join_builds_a_healthy_three_member_etcd_without_a_certificate_key()
         vec![("kubemaster-2", "joined"), ("kubemaster-3", "joined"), ("kubenode-1", "joined")]
     );
 
-    // The stand-in's log: control-plane joins never overlap, each with --control-plane and the
-    // right hash and never --certificate-key; the worker without --control-plane; the first
-    // master never joined.
+    // The stand-in's log: control-plane joins never overlap, each a 0600 JoinConfiguration of
+    // the version kubeadm 1.31 reads, with controlPlane and the right hash, never a token or
+    // --certificate-key in argv; the worker without controlPlane; the first master never joined.
     let log = read_log(&tb.dir);
     let joins: Vec<&LogLine> = log.iter().filter(|l| l.sub == "join").collect();
     let cps: Vec<&&LogLine> = joins.iter().filter(|l| l.node.starts_with("kubemaster")).collect();
@@ -135,14 +136,17 @@ fn push_then_join_builds_a_healthy_three_member_etcd_without_a_certificate_key()
     );
     for l in &joins {
         assert!(l.ok, "{} failed: {}", l.node, l.argv);
-        assert!(l.argv.contains(&format!("--discovery-token-ca-cert-hash {hash}")), "{}", l.argv);
+        assert!(l.argv.contains(&format!("caCertHashes={hash}")), "{}", l.argv);
+        assert!(l.argv.contains("[config mode=600 kubeadm.k8s.io/v1beta4 "), "{}", l.argv);
         assert!(
-            !l.argv.contains("--certificate-key") && !l.argv.contains("unsafe-skip"),
+            !l.argv.contains("--certificate-key")
+                && !l.argv.contains("unsafe-skip")
+                && !l.argv.contains("--token"),
             "{}",
             l.argv
         );
         assert_eq!(
-            l.argv.contains("--control-plane"),
+            l.argv.contains("control-plane=yes"),
             l.node.starts_with("kubemaster"),
             "{}",
             l.argv
@@ -150,12 +154,20 @@ fn push_then_join_builds_a_healthy_three_member_etcd_without_a_certificate_key()
     }
     assert!(cps[0].end <= cps[1].start, "control-plane joins overlapped");
     assert!(!joins.iter().any(|l| l.node == "kubemaster-1"), "the first master was joined");
-    // Secrets never reach the kept output.
+    // The token hapki minted was deleted when the joins ended (the stand-in keeps deleted
+    // tokens aside for this check), and its secret reached neither the kept output nor hapki's.
+    let deleted = std::fs::read_to_string(tb.dir.join("cluster/tokens.deleted")).unwrap();
+    let (id, secret) =
+        deleted.split_whitespace().next().zip(deleted.split_whitespace().nth(1)).unwrap();
+    assert_eq!(secret.len(), 16, "{deleted}");
+    assert_eq!(report["token"], format!("{id}.<redacted>").as_str());
+    assert_eq!(report["token_cleanup"], "deleted");
+    let live = std::fs::read_to_string(tb.dir.join("cluster/tokens")).unwrap();
+    assert!(!live.contains(id), "the minted token is still valid: {live}");
+    assert!(!text(&out).contains(secret), "the token secret leaked into hapki's output");
     for e in std::fs::read_dir(&run_dir).unwrap().flatten() {
         let t = std::fs::read_to_string(e.path()).unwrap();
-        let token_line = log.iter().find(|l| l.sub == "join").unwrap();
-        assert!(!t.contains(".<redacted>") || !token_line.argv.is_empty());
-        assert!(!t.lines().any(|l| l.contains("--token") && !l.contains("<redacted>")), "{t}");
+        assert!(!t.contains(secret), "the token secret leaked into {}: {t}", e.path().display());
     }
 
     // A real three-member mutual-TLS etcd from the distributed etcd CA.
@@ -184,4 +196,48 @@ fn push_then_join_builds_a_healthy_three_member_etcd_without_a_certificate_key()
         .output()
         .unwrap();
     assert_eq!(audit.status.code(), Some(0), "{}", text(&audit));
+}
+
+/// The flags that carry a secret or skip the CA pin are refused before any node is contacted,
+/// each with the reason (exit 2); `--token-file` supplies the token (a malformed one is named
+/// without its secret). No testbed: nothing may be reached.
+#[test]
+fn kubeadm_args_that_carry_secrets_are_refused_with_the_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let inv = dir.path().join("inv.toml");
+    std::fs::write(
+        &inv,
+        "[cluster]\ncontrol_plane_endpoint = \"kubeapi.test:6443\"\n\n[[nodes]]\nname = \"m1\"\n\
+         address = \"127.0.0.1\"\nrole = \"control-plane\"\nport = 1\n",
+    )
+    .unwrap();
+    for (arg, why) in [
+        ("--certificate-key=0123", "kubeadm-certs"),
+        ("--token=abcdef.0123456789abcdef", "process list"),
+        ("--discovery-token-unsafe-skip-ca-verification", "pins the cluster CA"),
+        ("--config=/tmp/x", "JoinConfiguration"),
+    ] {
+        let out = hapki()
+            .args(["join", "--inventory"])
+            .arg(&inv)
+            .arg(format!("--kubeadm-arg={arg}"))
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2), "{arg}: {}", text(&out));
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("refused") && err.contains(why), "{arg}: {err}");
+        assert!(!err.contains("0123456789abcdef"), "the secret was echoed: {err}");
+    }
+    let token = dir.path().join("token");
+    std::fs::write(&token, "abcdef.NOTVALIDSECRET!!\n").unwrap();
+    let out = hapki()
+        .args(["join", "--inventory"])
+        .arg(&inv)
+        .arg("--token-file")
+        .arg(&token)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(text(&out).contains("invalid bootstrap token"), "{}", text(&out));
+    assert!(!text(&out).contains("NOTVALIDSECRET"), "{}", text(&out));
 }

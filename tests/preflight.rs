@@ -6,6 +6,8 @@
 mod cluster;
 #[path = "support/fixture.rs"]
 mod fixture;
+#[path = "support/real_kube.rs"]
+mod real_kube;
 #[path = "support/testbed.rs"]
 mod testbed;
 
@@ -32,12 +34,19 @@ fn fake_binaries(tb: &Testbed, version: &str) {
     }
 }
 
+/// The shared files on every control plane, CNI config on the workers, and kubeadm: the real
+/// v1.20.2 (scripts/kubernetes) whose `kubeadm version -o short` preflight reads, with a
+/// kubelet reporting the same version; the version-only fakes where the real one is not
+/// built and the tests may skip it.
 fn ready_cluster(fx: &Fixture, tb: &Testbed) {
     cluster::push_to(fx, tb, &fx.bundle(), &cluster::control_planes(tb), &[]);
     for w in tb.nodes.iter().filter(|n| !n.control_plane) {
         std::fs::write(w.dir.join("cni/10-flannel.conflist"), "{\"name\":\"cbr0\"}\n").unwrap();
     }
-    fake_binaries(tb, "v1.31.2");
+    match real_kube::cache() {
+        Some(cache) => real_kube::install(tb, &cache),
+        None => fake_binaries(tb, "v1.31.2"),
+    }
 }
 
 fn preflight(tb: &Testbed) -> (Option<i32>, Vec<(String, String, String)>, String) {

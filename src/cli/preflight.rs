@@ -42,10 +42,20 @@ pub struct JoinArgs {
     /// The inventory (required: join needs roles and the control-plane endpoint).
     #[arg(long, value_name = "FILE", required = true)]
     pub inventory: PathBuf,
-    /// Bootstrap token (abcdef.0123456789abcdef); default: minted on the first master with
-    /// `kubeadm token create --ttl 1h`.
+    /// Bootstrap token (abcdef.0123456789abcdef). On a command line it is visible to every
+    /// user of this machine: prefer the HAPKI_JOIN_TOKEN environment variable or --token-file.
+    /// Default: minted on the first master with `kubeadm token create --ttl 1h` and deleted
+    /// when the joins end.
     #[arg(long, value_name = "TOKEN", env = "HAPKI_JOIN_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
+    /// Read the bootstrap token from FILE (its first line).
+    #[arg(long, value_name = "FILE", conflicts_with = "token")]
+    pub token_file: Option<PathBuf>,
+    /// An extra argument for `kubeadm join`, passed beside `--config` (repeatable), e.g.
+    /// `--kubeadm-arg=--skip-phases=addon/kube-proxy`; `--certificate-key`, token flags,
+    /// `--config` and `--discovery-token-unsafe-skip-ca-verification` are refused.
+    #[arg(long, value_name = "ARG", allow_hyphen_values = true)]
+    pub kubeadm_arg: Vec<String>,
     #[command(flatten)]
     pub reference: BundleRefArgs,
     /// Print the exact commands (token secret redacted) after preflight, run nothing.
@@ -134,6 +144,21 @@ pub fn preflight(args: PreflightArgs) -> anyhow::Result<u8> {
     Ok(if report.ok { 0 } else { 6 })
 }
 
+/// `./hapki-join-<UTC time>`.
+fn default_run_dir() -> PathBuf {
+    let stamp = time::OffsetDateTime::now_utc()
+        .format(time::macros::format_description!("[year][month][day]T[hour][minute][second]Z"))
+        .unwrap_or_else(|_| "run".into());
+    PathBuf::from(format!("hapki-join-{stamp}"))
+}
+
+/// The token's first line; the file is read once, and never echoed.
+fn read_token_file(path: &std::path::Path) -> anyhow::Result<String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| usage_error(format!("cannot read --token-file {}: {e}", path.display())))?;
+    Ok(text.lines().next().unwrap_or("").trim().to_string())
+}
+
 pub fn join(args: JoinArgs) -> anyhow::Result<u8> {
     let nodes = NodeArgs { nodes: None, inventory: Some(args.inventory.clone()) };
     let (inv, selected) = nodes.all(&args.ssh)?;
@@ -144,8 +169,19 @@ pub fn join(args: JoinArgs) -> anyhow::Result<u8> {
             args.inventory.display()
         ))
     })?;
-    if let Some(t) = &args.token {
+    let token = match &args.token_file {
+        Some(f) => Some(read_token_file(f)?),
+        None => args.token.clone(),
+    };
+    if let Some(t) = &token {
         join::validate_token(t).categorized()?;
+    }
+    join::validate_kubeadm_args(&args.kubeadm_arg).categorized()?;
+    join::validate_endpoint(&endpoint).categorized()?;
+    let run_dir = args.run_dir.clone().unwrap_or_else(default_run_dir);
+    if !args.dry_run {
+        // Before any node is touched: a run directory others could write to is refused here.
+        join::create_run_dir(&run_dir).categorized()?;
     }
     let (reference, bundle_hash) = reference(&args.reference)?;
     let transport = args.ssh.transport()?;
@@ -178,15 +214,9 @@ pub fn join(args: JoinArgs) -> anyhow::Result<u8> {
             hapki::pki::parse::parse_certificate("ca.crt", pem).categorized()?.discovery_hash()
         }
     };
-    let run_dir = args.run_dir.clone().unwrap_or_else(|| {
-        let stamp = time::OffsetDateTime::now_utc()
-            .format(time::macros::format_description!("[year][month][day]T[hour][minute][second]Z"))
-            .unwrap_or_else(|_| "run".into());
-        PathBuf::from(format!("hapki-join-{stamp}"))
-    });
     let opts = JoinOptions {
         endpoint,
-        token: args.token.clone(),
+        token,
         ca_hash,
         dry_run: args.dry_run,
         parallel: args.parallel,
@@ -194,17 +224,20 @@ pub fn join(args: JoinArgs) -> anyhow::Result<u8> {
         etcd_timeout: std::time::Duration::from_secs(args.etcd_timeout.as_secs()),
         copy_cni_config: args.copy_cni_config,
         run_dir,
+        kubeadm_args: args.kubeadm_arg.clone(),
     };
     let join_nodes: Vec<JoinNode> = selected
         .into_iter()
         .map(|s| JoinNode {
             target: s.target,
             role: s.role,
-            // kubeadm takes only an IP for --apiserver-advertise-address: an inventory address
-            // that is a DNS name is left to kubeadm's own default-route detection.
-            advertise_address: s
-                .advertise_address
-                .or_else(|| s.address.parse::<IpAddr>().is_ok().then_some(s.address)),
+            // kubeadm takes only an IP for the advertise address and refuses a loopback one:
+            // an inventory address that is a DNS name or loopback is left to kubeadm's own
+            // default-route detection (etcd's health is still checked at the address).
+            advertise_address: s.advertise_address.or_else(|| {
+                let ip = s.address.parse::<IpAddr>().ok()?;
+                (!ip.is_loopback()).then_some(s.address)
+            }),
         })
         .collect();
     let progress = |node: &str, step: Step| {
@@ -224,6 +257,9 @@ pub fn join(args: JoinArgs) -> anyhow::Result<u8> {
                 if args.dry_run && !n.command.is_empty() {
                     println!("    {}", n.command);
                 }
+            }
+            if let Some(c) = &report.token_cleanup {
+                println!("minted token: {c}");
             }
             if let Some(d) = &report.run_dir {
                 println!("kubeadm output kept in {d}/");

@@ -2,18 +2,26 @@
 //! performs its attack for real (on the testbed where a node is involved, as an unprivileged
 //! local user where the attacker is one) and checks what an independent source says.
 
+#[path = "../support/cluster.rs"]
+mod cluster;
 #[path = "../support/fixture.rs"]
 mod fixture;
+#[path = "../support/standin.rs"]
+mod standin;
 #[path = "../support/testbed.rs"]
 mod testbed;
 
 /// Shared by the node-side attacks: bundles, pushes, and running the node script by hand.
 mod hand_run;
+/// Shared by the join attacks: a stand-in cluster with its first master initialised.
+mod join_common;
 
 mod artifact_staging_swap;
 mod backup_deleted_by_a_later_push;
 mod concurrent_pushes_share_the_lock;
 mod downgrade_by_an_older_serial;
+mod join_run_dir_planted_symlink;
+mod join_token_in_process_list;
 mod pinned_trust_file_on_the_node;
 mod pki_staging_in_a_user_directory;
 mod shared_dest_staging_deleted;

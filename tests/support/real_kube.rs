@@ -1,0 +1,191 @@
+//! Real upstream Kubernetes v1.20.2 (kubeadm, kube-apiserver, kube-controller-manager and
+//! kubectl, built by scripts/kubernetes) on testbed nodes, with tests/support/static-pods standing in for the
+//! kubelet and container runtime.
+//!
+//! Include it after `testbed` (it uses it by that name):
+//! `#[path = "support/real_kube.rs"] mod real_kube;`.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use crate::testbed::{must_run, TbNode, Testbed};
+
+pub const VERSION: &str = "v1.20.2";
+/// kubectl: the client matching the servers (Debian 12 ships no newer one).
+const BINARIES: [&str; 4] = ["kubeadm", "kube-apiserver", "kube-controller-manager", "kubectl"];
+
+/// The cache scripts/kubernetes fills (`HAPKI_KUBE_CACHE` overrides it, as for the script).
+pub fn cache_dir() -> PathBuf {
+    std::env::var_os("HAPKI_KUBE_CACHE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(format!("/var/cache/hapki/kubernetes-{VERSION}")))
+}
+
+/// The cache when it holds all three programs. Otherwise says so loudly and returns `None`
+/// (the test skips), or panics under CI/HAPKI_REQUIRE_TESTBED: a machine that must run the
+/// tests must have built them.
+pub fn cache() -> Option<PathBuf> {
+    let dir = cache_dir();
+    if BINARIES.iter().all(|b| dir.join(b).is_file()) {
+        return Some(dir);
+    }
+    let why = format!(
+        "real Kubernetes {VERSION} is not built in {}: run scripts/kubernetes (as root, ~10 min once)",
+        dir.display()
+    );
+    if must_run() {
+        panic!("real-Kubernetes tests cannot run: {why}");
+    }
+    eprintln!("\n*** SKIPPED: {why} ***\n");
+    None
+}
+
+/// The runner script, run inside a node.
+pub fn runner() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/support/static-pods")
+}
+
+/// The real programs first on every node's PATH, and a kubelet that only knows its version
+/// (hapki's and kubeadm's preflight ask it; nothing else of a kubelet is run).
+pub fn install(tb: &Testbed, cache: &Path) {
+    for n in &tb.nodes {
+        let bin = n.dir.join("bin");
+        std::fs::create_dir_all(&bin).unwrap();
+        for b in BINARIES {
+            let link = bin.join(b);
+            let _ = std::fs::remove_file(&link);
+            std::os::unix::fs::symlink(cache.join(b), &link).unwrap();
+        }
+        let kubelet = bin.join("kubelet");
+        std::fs::write(
+            &kubelet,
+            format!(
+                "#!/bin/sh\n# kubelet stand-in: its version only (preflight checks ask it)\n\
+                 case ${{1:-}} in --version | version) echo 'Kubernetes {VERSION}' ;; \
+                 *) echo 'kubelet stand-in: only --version' >&2; exit 1 ;; esac\n"
+            ),
+        )
+        .unwrap();
+        std::fs::set_permissions(&kubelet, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+            .unwrap();
+    }
+}
+
+/// This machine's non-loopback IPv4 address: kubeadm 1.20 refuses loopback advertise
+/// addresses, so it gets this one as a value only (nothing binds it; every process runs on
+/// its node's 127.0.K.N).
+pub fn host_ip() -> String {
+    let out = Command::new("ip").args(["-4", "-o", "addr", "show", "scope", "global"]).output();
+    let text = out.map(|o| String::from_utf8_lossy(&o.stdout).into_owned()).unwrap_or_default();
+    text.split_whitespace()
+        .skip_while(|w| *w != "inet")
+        .nth(1)
+        .and_then(|cidr| cidr.split('/').next())
+        .map(str::to_string)
+        .expect("the real-Kubernetes tests need one non-loopback IPv4 address on this machine (kubeadm 1.20 refuses loopback advertise addresses)")
+}
+
+/// Where the runner keeps a node's pids and logs (seen from the host and the node alike).
+pub fn run_dir(n: &TbNode) -> PathBuf {
+    n.dir.join("static-pods")
+}
+
+/// Stops every process the runner started on the testbed's nodes when dropped, pass or fail
+/// (before the testbed itself goes down: declare it after the `Testbed`).
+pub struct Pods<'a> {
+    pub tb: &'a Testbed,
+}
+
+impl Pods<'_> {
+    /// Starts `components` (manifest names) on `node`, `extra` replacing or adding flags.
+    pub fn start(&self, node: &str, components: &[&str], extra: &[&str]) {
+        let n = self.tb.node(node);
+        let host = host_ip();
+        for c in components {
+            let mut cmd = format!(
+                "{} start {} {host} {} {c}",
+                runner().display(),
+                n.address,
+                run_dir(n).display()
+            );
+            if !extra.is_empty() {
+                cmd += &format!(" -- {}", extra.join(" "));
+            }
+            self.tb.ok(node, &cmd);
+        }
+    }
+
+    /// Stops one component on `node`.
+    pub fn stop(&self, node: &str, component: &str) {
+        let n = self.tb.node(node);
+        self.tb
+            .ok(node, &format!("{} stop {} {component}", runner().display(), run_dir(n).display()));
+    }
+
+    /// The last lines of every runner log of `node`, for failure messages.
+    pub fn logs(&self, node: &str) -> String {
+        let dir = run_dir(self.tb.node(node));
+        let mut out = String::new();
+        for e in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+            if e.path().extension().is_some_and(|x| x == "log") {
+                let t = std::fs::read_to_string(e.path()).unwrap_or_default();
+                let tail: Vec<&str> = t.lines().rev().take(8).collect();
+                out += &format!("--- {}\n{}\n", e.path().display(), tail.join("\n"));
+            }
+        }
+        out
+    }
+}
+
+impl Drop for Pods<'_> {
+    fn drop(&mut self) {
+        for n in &self.tb.nodes {
+            for e in std::fs::read_dir(run_dir(n)).into_iter().flatten().flatten() {
+                let p = e.path();
+                if p.extension().is_none_or(|x| x != "pid") {
+                    continue;
+                }
+                let Some(pid) =
+                    std::fs::read_to_string(&p).ok().and_then(|s| s.trim().parse::<i32>().ok())
+                else {
+                    continue;
+                };
+                // Only a process still running the recorded program (pids are reused).
+                let argv0 = std::fs::read_to_string(p.with_extension("argv")).unwrap_or_default();
+                let prog = argv0.lines().next().unwrap_or("-").to_string();
+                let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+                if !prog.is_empty() && cmdline.starts_with(prog.as_bytes()) {
+                    // SAFETY: signalling a pid the runner recorded, checked to run the program.
+                    unsafe { libc::kill(pid, libc::SIGKILL) };
+                }
+            }
+        }
+    }
+}
+
+/// Polls `f` every 500 ms until it returns `Some`, or panics with `what` after `limit`.
+pub fn wait_for<T>(what: &str, limit: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out after {limit:?} waiting for {what}");
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
+/// `curl` against an API server from this machine: (HTTP status, body).
+pub fn curl(args: &[&str], url: &str) -> (u16, String) {
+    let out = Command::new("curl")
+        .args(["-sS", "--max-time", "10", "-o", "-", "-w", "\n%{http_code}"])
+        .args(args)
+        .arg(url)
+        .output()
+        .expect("run curl (apt-get install -y curl)");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (body, code) = text.rsplit_once('\n').unwrap_or(("", "0"));
+    (code.trim().parse().unwrap_or(0), body.to_string())
+}
