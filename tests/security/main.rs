@@ -5,3 +5,4 @@
 mod bundle;
 
 mod tar_header_fields;
+mod unscoped_trust_line;
