@@ -11,10 +11,14 @@ use std::io::{ErrorKind, Read, Write};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
+use crate::transport::CapExceeded;
+
 /// The end-of-facts record the facts script prints last.
 const END: &[u8] = b"Z\n";
 /// How long stdin waits for the decision in one call before yielding to the transport.
 const POLL: Duration = Duration::from_millis(5);
+/// Cap on what the command may print after its facts (the install's report: a few lines).
+pub const AFTER_FACTS_MAX: usize = 1024 * 1024;
 
 #[derive(Default)]
 struct State {
@@ -73,9 +77,18 @@ impl Write for FactsSink<'_> {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
         let facts = {
             let mut st = self.0.lock();
+            // Checked before anything is kept: a node that floods fails at once, and costs at
+            // most the cap.
+            let (what, cap) = match st.facts_end {
+                None => ("the facts", crate::node::facts::MAX_FACTS_OUTPUT),
+                Some(e) => ("the install's report", e + AFTER_FACTS_MAX),
+            };
+            if buf.len() > cap.saturating_sub(st.stdout.len()) {
+                return Err(CapExceeded::error(what, (cap - st.facts_end.unwrap_or(0)) as u64));
+            }
             let from = st.stdout.len().saturating_sub(END.len());
             st.stdout.extend_from_slice(buf);
-            if st.facts_end.is_some() || st.stdout.len() > crate::node::facts::MAX_FACTS_OUTPUT {
+            if st.facts_end.is_some() {
                 return Ok(buf.len());
             }
             let end = find_end(&st.stdout, from);
@@ -165,6 +178,31 @@ mod tests {
         assert_eq!(&buf[..5], b"skip\n");
         assert_eq!(src.read(&mut buf).unwrap(), 0, "then end of input");
         assert_eq!(ex.after_facts(), b"installed\n");
+    }
+
+    #[test]
+    fn output_past_the_caps_is_refused_before_it_is_kept() {
+        let cap = crate::node::facts::MAX_FACTS_OUTPUT;
+        let ex = Exchange::new(Duration::from_secs(5), |_| b"skip\n".to_vec());
+        let mut sink = FactsSink(ex.clone());
+        let line = vec![b'y'; 64 * 1024];
+        let mut sent = 0;
+        let err = loop {
+            match sink.write(&line) {
+                Ok(n) => sent += n,
+                Err(e) => break e,
+            }
+            assert!(sent <= cap, "kept past the facts cap");
+        };
+        assert!(err.to_string().contains("the facts"), "{err}");
+        assert!(ex.lock().stdout.len() <= cap);
+        // After the facts, the install's report has its own cap.
+        let ex = Exchange::new(Duration::from_secs(5), |_| b"skip\n".to_vec());
+        let mut sink = FactsSink(ex.clone());
+        sink.write_all(b"V 1\nZ\n").unwrap();
+        let err = (0..100).find_map(|_| sink.write(&line).err()).expect("no cap after the facts");
+        assert!(err.to_string().contains("report"), "{err}");
+        assert!(ex.after_facts().len() <= AFTER_FACTS_MAX);
     }
 
     #[test]

@@ -38,6 +38,9 @@ pub struct Target {
     pub become_: bool,
     /// How often to probe an idle connection; three unanswered probes mean the node is gone.
     pub keepalive: Duration,
+    /// A command that sends and receives nothing for this long is ended (a hung script or
+    /// login); every byte either way resets it.
+    pub idle_timeout: Duration,
 }
 
 impl Target {
@@ -53,6 +56,7 @@ impl Target {
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
             become_: false,
             keepalive: DEFAULT_KEEPALIVE,
+            idle_timeout: DEFAULT_IDLE_TIMEOUT,
         }
     }
 }
@@ -62,11 +66,19 @@ pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Keepalive probe interval (OpenSSH's ServerAliveInterval); a node is declared gone after
 /// three unanswered probes, as with ServerAliveCountMax=3.
 pub const DEFAULT_KEEPALIVE: Duration = Duration::from_secs(5);
-/// At most this much stderr is kept from a remote command (the first bytes: the error a script
-/// prints before it gives up is what matters).
+/// `--idle-timeout` default: generous, because a node's facts hash every artifact already at its
+/// destination before printing it (minutes for tens of GiB), and a node of a streaming push may
+/// wait for the slowest node's facts before its data flows.
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(15 * 60);
+/// At most this much stderr is kept from a remote command (the last bytes: the error a script
+/// prints as it gives up is what matters).
 pub const STDERR_LIMIT: usize = 64 * 1024;
-/// At most this much stdout is captured by [`Session::run`]; use [`Session::run_streaming`] for more.
-pub const STDOUT_LIMIT: usize = 256 * 1024 * 1024;
+/// A command whose stderr exceeds this is ended at once and fails: it is read while it arrives,
+/// so a node that floods it costs nothing but this count.
+pub const STDERR_MAX: u64 = 4 * 1024 * 1024;
+/// At most this much stdout is captured by [`Session::run`] (facts are at most 8 MiB); more ends
+/// the command at once and fails it. [`Session::run_streaming`]'s sink sets its own caps.
+pub const STDOUT_LIMIT: usize = 16 * 1024 * 1024;
 
 /// Opens sessions to nodes. Implementations are shared across the threads of a parallel run.
 pub trait Transport: Send + Sync {
@@ -99,13 +111,6 @@ pub trait Session: Send {
     ) -> Result<RemoteOutput, TransportError> {
         let mut out = LimitedBuf::new(STDOUT_LIMIT);
         let mut res = self.run_streaming(script, args, stdin, &mut out)?;
-        if out.overflowed {
-            return Err(TransportError::Io {
-                host: self.target().host.clone(),
-                what: format!("remote output exceeds {STDOUT_LIMIT} bytes"),
-                source: std::io::Error::other("output too large"),
-            });
-        }
         res.stdout = out.buf;
         Ok(res)
     }
@@ -193,6 +198,10 @@ pub enum TransportError {
     Protocol { host: String, what: String, message: String },
     #[error("{host}: {what} failed on the node ({status}){}", if stderr.is_empty() { String::new() } else { format!(": {stderr}") })]
     RemoteFailed { host: String, what: String, status: String, stderr: String },
+    #[error("{host}: the node sent more than {cap} bytes on {stream}, over hapki's cap; the command was ended and the node fails (a login script that prints, or a hostile node)")]
+    TooMuchOutput { host: String, stream: String, cap: u64 },
+    #[error("{host}: the command sent and received nothing for {}s; it was ended (a hung script or login on the node); check the node, or raise --idle-timeout", after.as_secs())]
+    Idle { host: String, after: Duration },
     #[error("{host}: {what}: {source}")]
     Io { host: String, what: String, source: std::io::Error },
     #[error("{0}")]
@@ -228,6 +237,8 @@ impl Categorized for TransportError {
             | TransportError::Timeout { .. }
             | TransportError::Auth { .. }
             | TransportError::Protocol { .. }
+            | TransportError::TooMuchOutput { .. }
+            | TransportError::Idle { .. }
             | TransportError::RemoteFailed { .. } => Category::NodesFailed,
             TransportError::Io { .. } | TransportError::Invalid(_) => Category::Unexpected,
         }
@@ -337,26 +348,98 @@ where
         .collect()
 }
 
-/// A `Write` that keeps at most `limit` bytes and remembers whether more came.
+/// A sink's refusal of more output: carried inside the `io::Error` a sink returns, so that the
+/// transport reports [`TransportError::TooMuchOutput`] and ends the command at once.
+#[derive(Debug)]
+pub struct CapExceeded {
+    /// Which output: `stdout`, `stderr`, `the facts`.
+    pub stream: String,
+    pub cap: u64,
+}
+
+impl fmt::Display for CapExceeded {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "more than {} bytes on {}", self.cap, self.stream)
+    }
+}
+
+impl std::error::Error for CapExceeded {}
+
+impl CapExceeded {
+    /// The `io::Error` a sink returns when `stream` goes past `cap`.
+    pub fn error(stream: &str, cap: u64) -> std::io::Error {
+        std::io::Error::other(CapExceeded { stream: stream.to_owned(), cap })
+    }
+}
+
+/// The error for a failed write of the command's output: [`TransportError::TooMuchOutput`] when
+/// the sink refused more, else an I/O error.
+pub(crate) fn output_error(host: &str, e: std::io::Error) -> TransportError {
+    match e.get_ref().and_then(|x| x.downcast_ref::<CapExceeded>()) {
+        Some(c) => TransportError::TooMuchOutput {
+            host: host.to_owned(),
+            stream: c.stream.clone(),
+            cap: c.cap,
+        },
+        None => TransportError::Io {
+            host: host.to_owned(),
+            what: "writing the command's output".to_owned(),
+            source: e,
+        },
+    }
+}
+
+/// A `Write` that keeps at most `limit` bytes and refuses more ([`CapExceeded`]).
 pub(crate) struct LimitedBuf {
     pub(crate) buf: Vec<u8>,
     limit: usize,
-    pub(crate) overflowed: bool,
 }
 
 impl LimitedBuf {
     pub(crate) fn new(limit: usize) -> LimitedBuf {
-        LimitedBuf { buf: Vec::new(), limit, overflowed: false }
+        LimitedBuf { buf: Vec::new(), limit }
     }
 }
 
 impl Write for LimitedBuf {
     fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
-        let room = self.limit.saturating_sub(self.buf.len());
-        if data.len() > room {
-            self.overflowed = true;
+        if data.len() > self.limit.saturating_sub(self.buf.len()) {
+            return Err(CapExceeded::error("stdout", self.limit as u64));
         }
-        self.buf.extend_from_slice(&data[..data.len().min(room)]);
+        self.buf.extend_from_slice(data);
+        Ok(data.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// A command's stderr: keeps the last [`STDERR_LIMIT`] bytes, refuses more than [`STDERR_MAX`]
+/// in all ([`CapExceeded`]).
+pub(crate) struct StderrBuf {
+    buf: std::collections::VecDeque<u8>,
+    total: u64,
+}
+
+impl StderrBuf {
+    pub(crate) fn new() -> StderrBuf {
+        StderrBuf { buf: std::collections::VecDeque::new(), total: 0 }
+    }
+    pub(crate) fn into_vec(self) -> Vec<u8> {
+        self.buf.into()
+    }
+}
+
+impl Write for StderrBuf {
+    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        self.total += data.len() as u64;
+        if self.total > STDERR_MAX {
+            return Err(CapExceeded::error("stderr", STDERR_MAX));
+        }
+        let keep = &data[data.len().saturating_sub(STDERR_LIMIT)..];
+        let excess = (self.buf.len() + keep.len()).saturating_sub(STDERR_LIMIT);
+        self.buf.drain(..excess);
+        self.buf.extend(keep);
         Ok(data.len())
     }
     fn flush(&mut self) -> std::io::Result<()> {

@@ -9,13 +9,15 @@
 use std::io::{Read, Write};
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::mpsc::RecvTimeoutError;
+use std::time::{Duration, Instant};
 
 use super::builtin::{probe_host_key, unknown_host_error};
 use super::known_hosts;
 use super::{
-    remote_command, LimitedBuf, RemoteOutput, Session, Target, Transport, TransportError,
-    STDERR_LIMIT,
+    output_error, remote_command, RemoteOutput, Session, StderrBuf, Target, Transport,
+    TransportError,
 };
 
 /// The system-`ssh` transport. Holds a private 0700 directory for the control sockets.
@@ -166,8 +168,9 @@ struct OpensshSession {
     target: Target,
 }
 
-impl Drop for OpensshSession {
-    fn drop(&mut self) {
+impl OpensshSession {
+    /// Asks the control master to exit (closing every pipe it holds and the connection).
+    fn exit_master(&self) {
         let _ = Command::new(&self.ssh)
             .arg("-o")
             .arg(format!("ControlPath={}", self.socket.display()))
@@ -177,6 +180,12 @@ impl Drop for OpensshSession {
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .status();
+    }
+}
+
+impl Drop for OpensshSession {
+    fn drop(&mut self) {
+        self.exit_master();
     }
 }
 
@@ -217,8 +226,31 @@ impl Session for OpensshSession {
         };
         // Set once the command's output has ended: input that is still "not ready yet"
         // (`Interrupted`, see push's exchange) will never be wanted, so the feeder stops.
-        let output_done = std::sync::atomic::AtomicBool::new(false);
+        let output_done = AtomicBool::new(false);
         let output_done = &output_done;
+        // Ends the ssh client, and with it the command on the node, at once: a sink refused
+        // more output, or nothing moved either way for idle_timeout. The child is reaped only
+        // after the scope, so its pid cannot have been reused meanwhile.
+        // The master holds copies of the client's pipes (the mux passes them over), so the
+        // master is told to exit too: that closes them, and the connection, at once.
+        let pid = child.id() as libc::pid_t;
+        let killed = AtomicBool::new(false);
+        let kill = &|| {
+            if killed.swap(true, Ordering::AcqRel) {
+                return;
+            }
+            // SAFETY: signalling our own child, not yet reaped (see above).
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+            self.exit_master();
+        };
+        let started = Instant::now();
+        let last_byte = AtomicU64::new(0);
+        let touch = || last_byte.store(started.elapsed().as_millis() as u64, Ordering::Relaxed);
+        let (touch, last_byte) = (&touch, &last_byte);
+        let idle_hit = AtomicBool::new(false);
+        let idle_hit = &idle_hit;
+        let idle = self.target.idle_timeout;
+        let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
         let (copy_in, copy_out, errbuf) = std::thread::scope(|s| {
             let feeder = s.spawn(move || {
                 // A command that exits without reading all its input closes the pipe: not an error.
@@ -231,7 +263,7 @@ impl Session for OpensshSession {
                         Ok(0) => break Ok(total),
                         Ok(n) => n,
                         Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {
-                            if output_done.load(std::sync::atomic::Ordering::Acquire) {
+                            if output_done.load(Ordering::Acquire) {
                                 break Ok(total);
                             }
                             continue;
@@ -239,29 +271,58 @@ impl Session for OpensshSession {
                         Err(e) => break Err(e),
                     };
                     match cin.write_all(&buf[..n]) {
-                        Ok(()) => total += n as u64,
+                        Ok(()) => {
+                            total += n as u64;
+                            touch();
+                        }
                         Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => break Ok(total),
                         Err(e) => break Err(e),
                     }
                 }
             });
             let errs = s.spawn(move || {
-                let mut b = LimitedBuf::new(STDERR_LIMIT);
-                let _ = std::io::copy(&mut cerr, &mut b);
-                b.buf
+                let mut b = StderrBuf::new();
+                let r = pump(&mut cerr, &mut b, touch);
+                if r.is_err() {
+                    kill();
+                }
+                (b.into_vec(), r)
             });
-            let out = std::io::copy(&mut cout, stdout);
-            output_done.store(true, std::sync::atomic::Ordering::Release);
-            (feeder.join(), out, errs.join())
+            s.spawn(move || loop {
+                let quiet = started
+                    .elapsed()
+                    .saturating_sub(Duration::from_millis(last_byte.load(Ordering::Relaxed)));
+                if quiet >= idle {
+                    idle_hit.store(true, Ordering::Release);
+                    kill();
+                    break;
+                }
+                if let Err(RecvTimeoutError::Timeout) = done_rx.recv_timeout(idle - quiet) {
+                    continue;
+                }
+                break;
+            });
+            let out = pump(&mut cout, stdout, touch);
+            if out.is_err() {
+                kill();
+            }
+            output_done.store(true, Ordering::Release);
+            let joined = (feeder.join(), out, errs.join());
+            drop(done_tx);
+            joined
         });
         let status = child.wait().map_err(|e| io("waiting for ssh", e))?;
-        let errbuf = errbuf.unwrap_or_default();
+        let (errbuf, err_res) = errbuf.unwrap_or_else(|_| (Vec::new(), Ok(())));
+        copy_out.map_err(|e| e.into_transport(&host))?;
+        err_res.map_err(|e| e.into_transport(&host))?;
+        if idle_hit.load(Ordering::Acquire) {
+            return Err(TransportError::Idle { host: host.clone(), after: idle });
+        }
         match copy_in {
             Ok(Ok(_)) => {}
             Ok(Err(e)) => return Err(io("sending the input", e)),
             Err(_) => return Err(TransportError::Invalid("input thread panicked".to_owned())),
         }
-        copy_out.map_err(|e| io("writing the command's output", e))?;
         use std::os::unix::process::ExitStatusExt;
         if status.code() == Some(255) {
             let text = String::from_utf8_lossy(&errbuf);
@@ -271,6 +332,45 @@ impl Session for OpensshSession {
         }
         let signal = status.signal().map(|s| format!("{s}"));
         Ok(RemoteOutput { code: status.code(), signal, stdout: Vec::new(), stderr: errbuf })
+    }
+}
+
+/// Why pumping one of the command's outputs stopped.
+#[derive(Debug)]
+enum PumpError {
+    Read(std::io::Error),
+    Write(std::io::Error),
+}
+
+impl PumpError {
+    fn into_transport(self, host: &str) -> TransportError {
+        match self {
+            PumpError::Read(e) => TransportError::Io {
+                host: host.to_owned(),
+                what: "reading the command's output".to_owned(),
+                source: e,
+            },
+            PumpError::Write(e) => output_error(host, e),
+        }
+    }
+}
+
+/// Copies `from` to `to` until end of input, calling `touch` for every chunk.
+fn pump(
+    from: &mut dyn Read,
+    to: &mut dyn Write,
+    touch: &(dyn Fn() + Sync),
+) -> Result<(), PumpError> {
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let n = match from.read(&mut buf) {
+            Ok(0) => return Ok(()),
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(PumpError::Read(e)),
+        };
+        touch();
+        to.write_all(&buf[..n]).map_err(PumpError::Write)?;
     }
 }
 

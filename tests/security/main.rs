@@ -3,6 +3,13 @@
 
 #[path = "../support/bundle.rs"]
 mod bundle;
+#[path = "../support/cluster.rs"]
+mod cluster;
+#[path = "../support/fixture.rs"]
+mod fixture;
+#[path = "../support/testbed.rs"]
+mod testbed;
 
+mod hostile_node_flood;
 mod tar_header_fields;
 mod unscoped_trust_line;
