@@ -2,7 +2,8 @@
 //! or stderr, or hangs silent. Before the fix hapki's memory grew without bound (facts appended
 //! before their 8 MiB cap was checked; `audit` captured up to 256 MiB per node) and the command
 //! never ended. Now every byte a node sends is capped while it is read, so the flooding node
-//! fails at once, named, and the others are served as if it were not there; a silent one ends at
+//! fails at once, named, and the 18 other push targets (19 audited nodes) are served as if it
+//! were not there; a silent one ends at
 //! `--idle-timeout`. hapki's peak RSS (VmHWM from /proc: a resource figure) stays under 64 MiB.
 //! Both transports, `push` and `audit`.
 
@@ -156,8 +157,8 @@ fn assert_audit(m: &Measured, expect: &str, label: &str) {
 }
 
 #[test]
-fn a_node_flooding_stdout_or_stderr_fails_alone_at_once_and_memory_stays_bounded() {
-    let Some(tb) = Testbed::up(6, 0) else { return };
+fn one_node_of_twenty_flooding_stdout_or_stderr_fails_alone_at_once_and_memory_stays_bounded() {
+    let Some(tb) = Testbed::up(20, 0) else { return };
     let fx = Fixture::new();
     let bundle = fx.bundle();
     let n = tb.node(HOSTILE);
