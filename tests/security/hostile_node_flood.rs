@@ -1,11 +1,10 @@
 //! Attack: a hostile node floods the operator. Its login prints without end (`yes`) on stdout
 //! or stderr, or hangs silent. Before the fix hapki's memory grew without bound (facts appended
 //! before their 8 MiB cap was checked; `audit` captured up to 256 MiB per node) and the command
-//! never ended. Now every byte a node sends is capped while it is read, so the flooding node
-//! fails at once, named, and the 18 other push targets (19 audited nodes) are served as if it
-//! were not there; a silent one ends at
-//! `--idle-timeout`. hapki's peak RSS (VmHWM from /proc: a resource figure) stays under 64 MiB.
-//! Both transports, `push` and `audit`.
+//! never ended. Now every byte a node sends is capped while it is read, so the flooding node of
+//! twenty fails at once, named, and the other nineteen are served as if it were not there (push
+//! targets all but the first master); a silent one ends at `--idle-timeout`. hapki's peak RSS
+//! (VmHWM from /proc: a resource figure) stays under 64 MiB. Both transports, `push` and `audit`.
 
 use std::io::Read;
 use std::os::unix::fs::PermissionsExt;
