@@ -377,6 +377,15 @@ impl Transport for BuiltinTransport {
         let types = kh.key_types(&r.host, r.port);
         let methods: Vec<&str> =
             types.iter().flat_map(|t| known_hosts::host_key_methods(t).iter().copied()).collect();
+        if methods.is_empty() {
+            if let Some(line) = kh.cert_authority_line(&r.host, r.port) {
+                return Err(TransportError::HostCertificates {
+                    host: known_hosts::lookup_name(&r.host, r.port),
+                    known_hosts: target.known_hosts.clone(),
+                    line,
+                });
+            }
+        }
         let prefs =
             if methods.is_empty() { DEFAULT_HOST_KEY_PREFS.to_owned() } else { methods.join(",") };
         let timeout = target.connect_timeout;

@@ -186,6 +186,8 @@ pub enum TransportError {
         /// known_hosts line numbers of the keys the node should have had.
         lines: Vec<usize>,
     },
+    #[error("{host}: {} line {line} vouches for this host's keys with an @cert-authority (SSH host certificates), which the built-in transport does not check; use --transport openssh, or add the node's own host key to that file", known_hosts.display())]
+    HostCertificates { host: String, known_hosts: PathBuf, line: usize },
     #[error("{host}: host key {fingerprint} is marked @revoked in {} line {line}; the node must get a new host key", known_hosts.display())]
     HostKeyRevoked { host: String, fingerprint: String, known_hosts: PathBuf, line: usize },
     #[error("{host}: cannot connect: {reason}; check that the node is up and its sshd listens on that address and port")]
@@ -232,7 +234,8 @@ impl Categorized for TransportError {
         match self {
             TransportError::HostKeyUnknown { .. }
             | TransportError::HostKeyChanged { .. }
-            | TransportError::HostKeyRevoked { .. } => Category::HostKey,
+            | TransportError::HostKeyRevoked { .. }
+            | TransportError::HostCertificates { .. } => Category::HostKey,
             TransportError::Unreachable { .. }
             | TransportError::Timeout { .. }
             | TransportError::Auth { .. }

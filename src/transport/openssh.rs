@@ -2,12 +2,15 @@
 //! (ProxyJump bastions, FIDO keys, SSH certificates, their full `~/.ssh/config`).
 //!
 //! Always `BatchMode=yes` (never a prompt) and `StrictHostKeyChecking=yes` against the given
-//! known_hosts, with `UpdateHostKeys=no` so the file is never modified. One ControlMaster
+//! known_hosts and nothing else (no global known_hosts files, no `KnownHostsCommand`, no
+//! `CheckHostIP`: the built-in transport trusts exactly the same keys), with `UpdateHostKeys=no`
+//! so the file is never modified. `@cert-authority` lines in it work here (SSH host
+//! certificates); the built-in transport refuses them by name. One ControlMaster
 //! connection per session: the host key is checked and the login done once, and every command
 //! after that is multiplexed over it.
 
 use std::io::{Read, Write};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc::RecvTimeoutError;
@@ -25,6 +28,8 @@ pub struct OpensshTransport {
     ssh: PathBuf,
     control_dir: tempfile::TempDir,
     counter: AtomicUsize,
+    /// Whether this `ssh` knows `KnownHostsCommand` (OpenSSH 8.5+), so it can be turned off.
+    khc: bool,
 }
 
 impl OpensshTransport {
@@ -44,11 +49,28 @@ impl OpensshTransport {
                 what: "creating a control directory".to_owned(),
                 source: e,
             })?;
-        Ok(OpensshTransport { ssh: ssh.into(), control_dir, counter: AtomicUsize::new(0) })
+        let ssh = ssh.into();
+        let khc = knows_known_hosts_command(&ssh);
+        Ok(OpensshTransport { ssh, control_dir, counter: AtomicUsize::new(0), khc })
     }
 }
 
-fn common_args(t: &Target) -> Result<Vec<String>, TransportError> {
+/// Whether `ssh` accepts `-o KnownHostsCommand=none` (an older one refuses the whole command
+/// line over an unknown option, and has no such command to turn off).
+fn knows_known_hosts_command(ssh: &Path) -> bool {
+    Command::new(ssh)
+        .args(["-F", "/dev/null", "-o", "KnownHostsCommand=none", "-G", "127.0.0.1"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// The options every `ssh` run gets. Host keys: exactly the given known_hosts file is trusted,
+/// as the built-in transport trusts it: no global files (`/etc/ssh/ssh_known_hosts`, `…2`), no
+/// `KnownHostsCommand` (`khc`: when this ssh has it), no IP-address entries, never an update.
+fn common_args(t: &Target, khc: bool) -> Result<Vec<String>, TransportError> {
     if t.host.starts_with('-') || t.host.is_empty() {
         return Err(TransportError::Invalid(format!(
             "refusing host {:?}: not a host name",
@@ -63,6 +85,10 @@ fn common_args(t: &Target) -> Result<Vec<String>, TransportError> {
         "-o",
         "UpdateHostKeys=no",
         "-o",
+        "GlobalKnownHostsFile=none",
+        "-o",
+        "CheckHostIP=no",
+        "-o",
         "LogLevel=ERROR",
         "-o",
         "ServerAliveCountMax=3",
@@ -70,6 +96,10 @@ fn common_args(t: &Target) -> Result<Vec<String>, TransportError> {
     .iter()
     .map(|s| s.to_string())
     .collect();
+    if khc {
+        a.push("-o".into());
+        a.push("KnownHostsCommand=none".into());
+    }
     a.push("-o".into());
     a.push(format!("UserKnownHostsFile={}", t.known_hosts.display()));
     a.push("-o".into());
@@ -112,7 +142,7 @@ impl OpensshTransport {
     /// tell.
     fn gcm_first(&self, target: &Target) -> Option<&'static str> {
         let out = Command::new(&self.ssh)
-            .args(common_args(target).ok()?)
+            .args(common_args(target, self.khc).ok()?)
             .arg("-G")
             .arg(&target.host)
             .stdin(Stdio::null())
@@ -135,7 +165,7 @@ impl Transport for OpensshTransport {
             source: e,
         })?;
         let mut master = Command::new(&self.ssh);
-        master.args(common_args(target)?);
+        master.args(common_args(target, self.khc)?);
         if let Some(c) = self.gcm_first(target) {
             master.args(["-o", &format!("Ciphers={c}")]);
         }
@@ -158,7 +188,12 @@ impl Transport for OpensshTransport {
             let stderr = std::fs::read_to_string(&log).unwrap_or_default();
             return Err(map_failure(target, &stderr));
         }
-        Ok(Box::new(OpensshSession { ssh: self.ssh.clone(), socket, target: target.clone() }))
+        Ok(Box::new(OpensshSession {
+            ssh: self.ssh.clone(),
+            socket,
+            target: target.clone(),
+            khc: self.khc,
+        }))
     }
 }
 
@@ -166,6 +201,7 @@ struct OpensshSession {
     ssh: PathBuf,
     socket: PathBuf,
     target: Target,
+    khc: bool,
 }
 
 impl OpensshSession {
@@ -209,7 +245,7 @@ impl Session for OpensshSession {
             source: e,
         };
         let mut child = Command::new(&self.ssh)
-            .args(common_args(&self.target)?)
+            .args(common_args(&self.target, self.khc)?)
             .args(["-o", "ControlMaster=no", "-o"])
             .arg(format!("ControlPath={}", self.socket.display()))
             .arg(&self.target.host)

@@ -10,6 +10,7 @@ mod fixture;
 #[path = "../support/testbed.rs"]
 mod testbed;
 
+mod host_key_outside_known_hosts;
 mod hostile_node_flood;
 mod tar_header_fields;
 mod unscoped_trust_line;
