@@ -455,7 +455,8 @@ impl BuiltinSession {
         TransportError::Protocol {
             host: self.display.clone(),
             what: what.to_owned(),
-            message: e.message().to_owned(),
+            // libssh2 may quote what the server sent (a disconnect reason).
+            message: super::escape_node_text(e.message(), false),
         }
     }
 
@@ -634,7 +635,8 @@ impl Session for BuiltinSession {
         } else {
             Some(ch.exit_status().map_err(|e| self.proto("reading the exit status", &e))?)
         };
-        Ok(RemoteOutput { code, signal, stdout: Vec::new(), stderr: errbuf.into_vec() })
+        let stderr = super::escape_stderr(&errbuf.into_vec());
+        Ok(RemoteOutput { code, signal, stdout: Vec::new(), stderr })
     }
 }
 

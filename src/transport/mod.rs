@@ -450,6 +450,39 @@ impl Write for StderrBuf {
     }
 }
 
+/// Makes text that came from a node safe to print: every control character (C0 but `\n` when
+/// `keep_newlines`, DEL, C1) and every bidirectional-override or invisible formatting character
+/// becomes a visible escape (`\x1b`, `\r`, `\u{202e}`), so a node cannot move the cursor,
+/// rewrite a line hapki printed, retitle the terminal or reorder what is read. The one function
+/// for node text, applied where it enters hapki's types (a command's stderr, facts fields,
+/// node messages), so every printer is covered.
+pub fn escape_node_text(s: &str, keep_newlines: bool) -> String {
+    let unsafe_char = |c: char| {
+        (c.is_control() && !(keep_newlines && c == '\n'))
+            || matches!(c, '\u{200b}'..='\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2060}'..='\u{206f}' | '\u{feff}')
+    };
+    if !s.chars().any(unsafe_char) {
+        return s.to_owned();
+    }
+    let mut out = String::with_capacity(s.len() + 8);
+    for c in s.chars() {
+        match c {
+            c if !unsafe_char(c) => out.push(c),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if (c as u32) < 0x80 => out.push_str(&format!("\\x{:02x}", c as u32)),
+            c => out.push_str(&format!("\\u{{{:x}}}", c as u32)),
+        }
+    }
+    out
+}
+
+/// [`escape_node_text`] of a command's raw stderr, lines kept.
+pub(crate) fn escape_stderr(raw: &[u8]) -> Vec<u8> {
+    escape_node_text(&String::from_utf8_lossy(raw), true).into_bytes()
+}
+
 /// The user ssh logs in as when none is configured: the local user, as ssh does.
 pub(crate) fn local_user() -> String {
     std::env::var("USER")
@@ -514,6 +547,21 @@ mod tests {
         );
         assert!(remote_command("true", &["a\0b"], false).is_err());
         assert!(remote_command("true", &[], true).unwrap().starts_with("sudo -n sh -c "));
+    }
+
+    #[test]
+    fn node_text_is_escaped_to_printable() {
+        let hostile = "ok\x1b[2K\rinstalled\x08\x08\x1b]0;t\x07\u{9b}31m\u{202e}gnp.exe\tend";
+        let e = escape_node_text(hostile, false);
+        assert!(!e.chars().any(|c| c.is_control()), "{e:?}");
+        assert_eq!(
+            e,
+            "ok\\x1b[2K\\rinstalled\\x08\\x08\\x1b]0;t\\x07\\u{9b}31m\\u{202e}gnp.exe\\tend"
+        );
+        assert_eq!(escape_node_text("a\nb\rc", true), "a\nb\\rc");
+        assert_eq!(escape_node_text("a\nb", false), "a\\nb");
+        assert_eq!(escape_node_text("plain ünïcödé", false), "plain ünïcödé");
+        assert_eq!(escape_stderr(b"x\xff\x1b\n"), "x\u{fffd}\\x1b\n".as_bytes());
     }
 
     #[test]

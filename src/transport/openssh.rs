@@ -185,7 +185,8 @@ impl Transport for OpensshTransport {
                 source: e,
             })?;
         if !status.success() {
-            let stderr = std::fs::read_to_string(&log).unwrap_or_default();
+            let stderr = std::fs::read(&log).unwrap_or_default();
+            let stderr = String::from_utf8_lossy(&super::escape_stderr(&stderr)).into_owned();
             return Err(map_failure(target, &stderr));
         }
         Ok(Box::new(OpensshSession {
@@ -349,6 +350,7 @@ impl Session for OpensshSession {
         });
         let status = child.wait().map_err(|e| io("waiting for ssh", e))?;
         let (errbuf, err_res) = errbuf.unwrap_or_else(|_| (Vec::new(), Ok(())));
+        let errbuf = super::escape_stderr(&errbuf);
         copy_out.map_err(|e| e.into_transport(&host))?;
         err_res.map_err(|e| e.into_transport(&host))?;
         if idle_hit.load(Ordering::Acquire) {

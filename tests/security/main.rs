@@ -13,4 +13,5 @@ mod testbed;
 mod host_key_outside_known_hosts;
 mod hostile_node_flood;
 mod tar_header_fields;
+mod terminal_escapes_from_nodes;
 mod unscoped_trust_line;
