@@ -1,5 +1,8 @@
 //! The attacks hapki holds against, one module each, named after the attack. Each module says
 //! what the attacker does and what hapki must do instead; each test performs the attack for real.
+// bundle.rs and fixture.rs each include cli.rs for themselves (as every test binary does); this
+// one binary uses both.
+#![allow(clippy::duplicate_mod)]
 
 #[path = "../support/bundle.rs"]
 mod bundle;
