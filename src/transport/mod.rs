@@ -478,9 +478,11 @@ pub fn escape_node_text(s: &str, keep_newlines: bool) -> String {
     out
 }
 
-/// [`escape_node_text`] of a command's raw stderr, lines kept.
+/// [`escape_node_text`] of a command's raw stderr, lines kept (a CRLF line end, as ssh's own
+/// warnings have, is a line end, not a `\r` to show).
 pub(crate) fn escape_stderr(raw: &[u8]) -> Vec<u8> {
-    escape_node_text(&String::from_utf8_lossy(raw), true).into_bytes()
+    let text = String::from_utf8_lossy(raw).replace("\r\n", "\n");
+    escape_node_text(&text, true).into_bytes()
 }
 
 /// The user ssh logs in as when none is configured: the local user, as ssh does.
@@ -562,6 +564,7 @@ mod tests {
         assert_eq!(escape_node_text("a\nb", false), "a\\nb");
         assert_eq!(escape_node_text("plain ünïcödé", false), "plain ünïcödé");
         assert_eq!(escape_stderr(b"x\xff\x1b\n"), "x\u{fffd}\\x1b\n".as_bytes());
+        assert_eq!(escape_stderr(b"a\r\nb\rc\r"), b"a\nb\\rc\\r");
     }
 
     #[test]
