@@ -80,8 +80,8 @@ impl Write for FactsSink<'_> {
             // Checked before anything is kept: a node that floods fails at once, and costs at
             // most the cap.
             let (what, cap) = match st.facts_end {
-                None => ("the facts", crate::node::facts::MAX_FACTS_OUTPUT),
-                Some(e) => ("the install's report", e + AFTER_FACTS_MAX),
+                None => ("facts (stdout)", crate::node::facts::MAX_FACTS_OUTPUT),
+                Some(e) => ("install report (stdout)", e + AFTER_FACTS_MAX),
             };
             if buf.len() > cap.saturating_sub(st.stdout.len()) {
                 return Err(CapExceeded::error(what, (cap - st.facts_end.unwrap_or(0)) as u64));
@@ -194,7 +194,7 @@ mod tests {
             }
             assert!(sent <= cap, "kept past the facts cap");
         };
-        assert!(err.to_string().contains("the facts"), "{err}");
+        assert!(err.to_string().contains("facts"), "{err}");
         assert!(ex.lock().stdout.len() <= cap);
         // After the facts, the install's report has its own cap.
         let ex = Exchange::new(Duration::from_secs(5), |_| b"skip\n".to_vec());

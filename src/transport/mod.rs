@@ -200,7 +200,7 @@ pub enum TransportError {
     Protocol { host: String, what: String, message: String },
     #[error("{host}: {what} failed on the node ({status}){}", if stderr.is_empty() { String::new() } else { format!(": {stderr}") })]
     RemoteFailed { host: String, what: String, status: String, stderr: String },
-    #[error("{host}: the node sent more than {cap} bytes on {stream}, over hapki's cap; the command was ended and the node fails (a login script that prints, or a hostile node)")]
+    #[error("{host}: the node sent more than {cap} bytes of {stream}, over hapki's cap; the command was ended and the node fails (a login script that prints, or a hostile node)")]
     TooMuchOutput { host: String, stream: String, cap: u64 },
     #[error("{host}: the command sent and received nothing for {}s; it was ended (a hung script or login on the node); check the node, or raise --idle-timeout", after.as_secs())]
     Idle { host: String, after: Duration },
@@ -355,7 +355,7 @@ where
 /// transport reports [`TransportError::TooMuchOutput`] and ends the command at once.
 #[derive(Debug)]
 pub struct CapExceeded {
-    /// Which output: `stdout`, `stderr`, `the facts`.
+    /// Which output: `stdout`, `stderr`, `facts (stdout)`…
     pub stream: String,
     pub cap: u64,
 }
