@@ -38,8 +38,10 @@ pub struct Exchange<'a> {
     state: Mutex<State>,
     ready: Condvar,
     decide: Mutex<Option<Decide<'a>>>,
-    /// Give up waiting for facts after this (a node whose facts script died early).
+    /// Give up waiting for facts after this (a node whose facts script died early, or one
+    /// that trickles them).
     deadline: Instant,
+    timeout: Duration,
 }
 
 impl<'a> Exchange<'a> {
@@ -51,6 +53,7 @@ impl<'a> Exchange<'a> {
             ready: Condvar::new(),
             decide: Mutex::new(Some(Box::new(decide))),
             deadline: Instant::now() + timeout,
+            timeout,
         })
     }
 
@@ -85,6 +88,14 @@ impl Write for FactsSink<'_> {
             };
             if buf.len() > cap.saturating_sub(st.stdout.len()) {
                 return Err(CapExceeded::error(what, (cap - st.facts_end.unwrap_or(0)) as u64));
+            }
+            // Facts still coming past the deadline (a node trickling under the cap) end the
+            // command too; a silent node is ended by the transport's idle timeout.
+            if st.facts_end.is_none() && Instant::now() >= self.0.deadline {
+                return Err(std::io::Error::other(format!(
+                    "the node's facts did not end within {}s",
+                    self.0.timeout.as_secs()
+                )));
             }
             let from = st.stdout.len().saturating_sub(END.len());
             st.stdout.extend_from_slice(buf);
@@ -203,6 +214,22 @@ mod tests {
         let err = (0..100).find_map(|_| sink.write(&line).err()).expect("no cap after the facts");
         assert!(err.to_string().contains("report"), "{err}");
         assert!(ex.after_facts().len() <= AFTER_FACTS_MAX);
+    }
+
+    #[test]
+    fn facts_trickling_past_the_deadline_are_refused() {
+        let ex = Exchange::new(Duration::from_millis(30), |_| b"skip\n".to_vec());
+        let mut sink = FactsSink(ex.clone());
+        sink.write_all(b"V 1\n").unwrap();
+        std::thread::sleep(Duration::from_millis(40));
+        let err = sink.write(b"H x\n").unwrap_err();
+        assert!(err.to_string().contains("did not end within"), "{err}");
+        // Once the facts ended, the install's report is not held to that deadline.
+        let ex = Exchange::new(Duration::from_millis(30), |_| b"skip\n".to_vec());
+        let mut sink = FactsSink(ex.clone());
+        sink.write_all(b"V 1\nZ\n").unwrap();
+        std::thread::sleep(Duration::from_millis(40));
+        sink.write_all(b"installed\n").unwrap();
     }
 
     #[test]
