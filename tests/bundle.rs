@@ -213,8 +213,10 @@ fn a_trust_line_limited_to_other_namespaces_or_expired_is_refused() {
 #[test]
 fn a_signature_in_another_namespace_is_rejected() {
     let fx = Fixture::new("ec");
-    let entries = fx.entries(&fx.plaintext("b.tgz"));
-    let mut raws: Vec<Raw> = entries.iter().map(|(n, d)| Raw::file(n, d)).collect();
+    let b = fx.plaintext("b.tgz");
+    let (entries, mtime) = (fx.entries(&b), bundle_mtime(&b));
+    let mut raws: Vec<Raw> =
+        entries.iter().map(|(n, d)| Raw { mtime, ..Raw::file(n, d) }).collect();
     raws[2].data = fx.ssh_sign(&raws[1].data, "file");
     std::fs::write(fx.path("ns.tgz"), gzip(&raw_tar(&raws))).unwrap();
     fx.verify(&fx.path("ns.tgz")).code(3).stderr(contains("namespace"));

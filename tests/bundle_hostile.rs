@@ -216,7 +216,9 @@ const CASES: &[Case] = &[
 /// The raw entries of a genuine bundle, with SHA256SUMS re-signed by ssh-keygen.
 fn genuine(fx: &Fixture) -> Vec<Raw> {
     let b = fx.plaintext("genuine.tgz");
-    let mut v: Vec<Raw> = fx.entries(&b).iter().map(|(n, d)| Raw::file(n, d)).collect();
+    let mtime = bundle_mtime(&b);
+    let mut v: Vec<Raw> =
+        fx.entries(&b).iter().map(|(n, d)| Raw { mtime, ..Raw::file(n, d) }).collect();
     let sums = sums_for(&v);
     assert_eq!(sums, v[1].data, "the test's SHA256SUMS must be hapki's");
     v[2].data = fx.ssh_sign(&sums, "hapki-bundle");

@@ -19,6 +19,7 @@ use crate::node::facts::{NodeFacts, PathKind};
 use crate::pki::chain::{self, ChainCheck};
 use crate::pki::fingerprint::sha256_hex;
 use crate::pki::{parse, FileKind, SHARED_FILES};
+use crate::transport::escape_node_text;
 
 /// Problem kinds, named as in the interface's JSON.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
@@ -201,7 +202,7 @@ pub fn unreachable(node: &str, role: Role, reason: &str) -> (NodeAudit, Vec<Prob
             node: node.into(),
             file: None,
             kind: Kind::Unreachable,
-            message: format!("{reason}; the other nodes were audited"),
+            message: escape_node_text(&format!("{reason}; the other nodes were audited"), false),
         }],
     )
 }
@@ -216,6 +217,7 @@ pub fn audit_node(
 ) -> (NodeAudit, Vec<Problem>) {
     let mut problems = Vec::new();
     let mut p = |file: Option<&str>, kind: Kind, message: String| {
+        let message = escape_node_text(&message, false);
         problems.push(Problem { node: node.into(), file: file.map(str::to_string), kind, message })
     };
     let mut files = BTreeMap::new();

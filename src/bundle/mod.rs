@@ -254,6 +254,17 @@ fn check_contents(
             manifest.signer, raw.signer.fingerprint
         )));
     }
+    // hapki's writer stamps every tar header with created_at; the reader checked they agree.
+    let stamped = manifest.created_at.unix_timestamp().max(0) as u64;
+    if raw.mtime != stamped {
+        return Err(BundleError::Layout {
+            entry: Some(format::MANIFEST.to_string()),
+            reason: format!(
+                "has a tar header mtime ({}) that is not bundle.json's created_at ({stamped}): the archive was altered after signing; make a new bundle with `hapki bundle`",
+                raw.mtime
+            ),
+        });
+    }
     let names: Vec<&str> = manifest.files.iter().map(|f| f.name.as_str()).collect();
     let want: Vec<&str> = if raw.files.is_empty() {
         Vec::new()

@@ -44,6 +44,9 @@ pub struct RawBundle {
     pub artifacts: Vec<(String, u64, String)>,
     /// Whether the whole archive was read (false when the head check asked to stop early).
     pub complete: bool,
+    /// The mtime every tar header carries (hapki's writer stamps `created_at` on each entry;
+    /// the caller checks it against `bundle.json`, which the signature covers).
+    pub mtime: u64,
 }
 
 /// What a bundle reader tells its caller about artifact bytes as they stream past.
@@ -282,7 +285,9 @@ fn read_tar_with<R: Read>(
         encrypted: false,
         artifacts: Vec::new(),
         complete: true,
+        mtime: 0,
     };
+    let mut mtime: Option<u64> = None;
     let mut signed = false;
     let mut head_done = false;
     let mut hashes: Vec<(String, String)> = Vec::new();
@@ -344,6 +349,10 @@ fn read_tar_with<R: Read>(
                 &format!("has mode {:04o}, expected {want:04o}", h.mode),
             ));
         }
+        // The signature covers the entries' bytes, not their headers: every header byte must be
+        // the one hapki's writer makes (owner 0:0 root/root, mode, type, one mtime, padding).
+        raw.mtime = *mtime.get_or_insert(h.mtime);
+        check_header_bytes(&block, &name, h.size, raw.mtime)?;
         if let Some(index) = format::artifact_index(&name) {
             if !signed {
                 return Err(layout(Some(&name), "comes before the signature"));
@@ -366,6 +375,7 @@ fn read_tar_with<R: Read>(
         r.read_exact(&mut data).map_err(|e| truncated(&name, e))?;
         let pad = (BLOCK - data.len() % BLOCK) % BLOCK;
         r.read_exact(&mut block[..pad]).map_err(|e| truncated(&name, e))?;
+        check_zero_padding(&block[..pad], &name)?;
 
         match name.as_str() {
             MANIFEST => raw.manifest_bytes = data,
@@ -435,7 +445,64 @@ fn stream_entry<R: Read>(
     }
     let pad = ((BLOCK as u64 - size % BLOCK as u64) % BLOCK as u64) as usize;
     r.read_exact(&mut buf[..pad]).map_err(|e| truncated(name, e))?;
+    check_zero_padding(&buf[..pad], name)?;
     Ok(hex::encode(hasher.finalize()))
+}
+
+fn check_zero_padding(pad: &[u8], name: &str) -> Result<(), BundleError> {
+    if pad.iter().any(|&b| b != 0) {
+        return Err(layout(
+            Some(name),
+            "has non-zero bytes in the tar padding after its data (altered after signing); make a new bundle with `hapki bundle`",
+        ));
+    }
+    Ok(())
+}
+
+/// The ustar header fields, by offset, for naming the one that differs.
+const HEADER_FIELDS: &[(usize, usize, &str)] = &[
+    (0, 100, "name"),
+    (100, 108, "mode"),
+    (108, 116, "uid"),
+    (116, 124, "gid"),
+    (124, 136, "size"),
+    (136, 148, "mtime"),
+    (156, 157, "type"),
+    (157, 257, "link name"),
+    (257, 263, "magic"),
+    (263, 265, "version"),
+    (265, 297, "owner name (uname)"),
+    (297, 329, "group name (gname)"),
+    (329, 337, "device major"),
+    (337, 345, "device minor"),
+    (345, 500, "name prefix"),
+    (500, 512, "padding"),
+    (148, 156, "checksum"),
+];
+
+/// Compares a whole 512-byte header with the one hapki's writer makes for this entry.
+fn check_header_bytes(
+    block: &[u8; BLOCK],
+    name: &str,
+    size: u64,
+    mtime: u64,
+) -> Result<(), BundleError> {
+    let want = super::writer::tar_header(name, size, mtime)
+        .map_err(|_| layout(Some(name), "has a tar header hapki's writer cannot make"))?;
+    let want = want.as_bytes();
+    if block[..] == want[..] {
+        return Ok(());
+    }
+    let field = HEADER_FIELDS
+        .iter()
+        .find(|(a, b, _)| block[*a..*b] != want[*a..*b])
+        .map_or("header", |(_, _, f)| *f);
+    Err(layout(
+        Some(name),
+        &format!(
+            "has a tar header whose {field} is not what hapki writes (owner 0:0 root/root, kubeadm's mode, one mtime, zero padding): the archive was altered after signing; make a new bundle with `hapki bundle`"
+        ),
+    ))
 }
 
 fn check_hex(hashes: &[(String, String)], name: &str, got: &str) -> Result<(), BundleError> {
@@ -475,6 +542,7 @@ struct Header {
     name: String,
     mode: u32,
     size: u64,
+    mtime: u64,
     typeflag: u8,
 }
 
@@ -503,7 +571,9 @@ impl Header {
             octal(&b[100..108]).ok_or_else(|| layout(Some(&name), "has an unreadable mode"))?;
         let size =
             octal(&b[124..136]).ok_or_else(|| layout(Some(&name), "has an unreadable size"))?;
-        Ok(Header { name, mode: (mode & 0o7777) as u32, size, typeflag: b[156] })
+        let mtime =
+            octal(&b[136..148]).ok_or_else(|| layout(Some(&name), "has an unreadable mtime"))?;
+        Ok(Header { name, mode: (mode & 0o7777) as u32, size, mtime, typeflag: b[156] })
     }
 
     fn non_regular(&self) -> Option<&'static str> {

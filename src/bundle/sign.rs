@@ -65,7 +65,8 @@ pub fn fingerprint(key: &PrivateKey) -> String {
 }
 
 /// Checks the armored signature `sig` over `sums` against `trust`: the signer's key must be on a
-/// line that allows namespace `hapki-bundle` at `now`, and the signature must verify.
+/// line that allows namespace `hapki-bundle` at `now` (listing it in `namespaces=`, or matching
+/// one of `trust.principals`), and the signature must verify.
 pub fn verify(
     sums: &[u8],
     sig: &[u8],
@@ -85,7 +86,7 @@ pub fn verify(
     let mut refusals = Vec::new();
     let mut matched = None;
     for line in trust.lines_for(sig.public_key()) {
-        match line.allows(NAMESPACE, now) {
+        match line.allows(NAMESPACE, now, &trust.principals) {
             Ok(()) => {
                 matched = Some(line);
                 break;

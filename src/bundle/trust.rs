@@ -30,6 +30,9 @@ pub struct AllowedSigner {
 #[derive(Debug, Clone, Default)]
 pub struct AllowedSigners {
     pub signers: Vec<AllowedSigner>,
+    /// `--principal`: when given, a line must match one of these (like `ssh-keygen -I`), and
+    /// may then lack `namespaces=`; when empty, a line must list `hapki-bundle` in `namespaces=`.
+    pub principals: Vec<String>,
     /// Lines that were understood but can never authorize a bundle (`cert-authority`), with why.
     pub ignored: Vec<String>,
 }
@@ -40,8 +43,17 @@ impl AllowedSigner {
         self.key.fingerprint(HashAlg::Sha256).to_string()
     }
 
-    /// Whether this line authorizes a signature in `namespace` at `now`.
-    pub fn allows(&self, namespace: &str, now: OffsetDateTime) -> Result<(), String> {
+    /// Whether this line authorizes a signature in `namespace` at `now`, as `ssh-keygen -Y verify
+    /// -n NAMESPACE -I PRINCIPAL` decides it for one of `principals`. Without `principals`
+    /// (no `--principal`), only a line whose `namespaces=` lists `namespace` does: a line without
+    /// the option trusts its key for anything (a developer's git-signing key, say), which is not
+    /// a decision to let it sign root keys.
+    pub fn allows(
+        &self,
+        namespace: &str,
+        now: OffsetDateTime,
+        principals: &[String],
+    ) -> Result<(), String> {
         if let Some(ns) = &self.namespaces {
             if !ns.iter().any(|n| n == namespace) {
                 return Err(format!(
@@ -50,6 +62,20 @@ impl AllowedSigner {
                     ns.join(",")
                 ));
             }
+        }
+        if principals.is_empty() && self.namespaces.is_none() {
+            return Err(format!(
+                "allowed_signers line {} has no namespaces= option, so it does not single this key out for bundles; add namespaces=\"{namespace}\" to that line, or name its principal with --principal (as ssh-keygen -Y verify -I does)",
+                self.line
+            ));
+        }
+        if !principals.is_empty() && !principals.iter().any(|p| self.matches_principal(p)) {
+            return Err(format!(
+                "allowed_signers line {} is for principals {:?}, not --principal {}",
+                self.line,
+                self.principals,
+                principals.join(",")
+            ));
         }
         if self.valid_after.is_some_and(|t| now < t) {
             return Err(format!(
@@ -64,6 +90,36 @@ impl AllowedSigner {
             ));
         }
         Ok(())
+    }
+
+    /// Whether `principal` matches the line's principals field as OpenSSH's
+    /// `match_pattern_list` does: comma-separated `*`/`?` patterns, a `!` pattern that matches
+    /// vetoes the line.
+    pub fn matches_principal(&self, principal: &str) -> bool {
+        let mut found = false;
+        for pat in self.principals.split(',') {
+            let (negated, pat) = match pat.strip_prefix('!') {
+                Some(p) => (true, p),
+                None => (false, pat),
+            };
+            if wildcard(pat.as_bytes(), principal.as_bytes()) {
+                if negated {
+                    return false;
+                }
+                found = true;
+            }
+        }
+        found
+    }
+}
+
+/// `*` (any run) and `?` (any one byte) glob matching, as OpenSSH's `match_pattern`.
+fn wildcard(pat: &[u8], s: &[u8]) -> bool {
+    match pat.split_first() {
+        None => s.is_empty(),
+        Some((b'*', rest)) => (0..=s.len()).any(|i| wildcard(rest, &s[i..])),
+        Some((b'?', rest)) => !s.is_empty() && wildcard(rest, &s[1..]),
+        Some((c, rest)) => s.first() == Some(c) && wildcard(rest, &s[1..]),
     }
 }
 
@@ -138,6 +194,12 @@ impl AllowedSigners {
     pub fn from_file(path: &std::path::Path) -> Result<Self, String> {
         let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
         Self::parse(&text).map_err(|e| format!("allowed_signers file {}: {e}", path.display()))
+    }
+
+    /// Sets the `--principal` names a trusting line must match (see [`AllowedSigner::allows`]).
+    pub fn with_principals(mut self, principals: Vec<String>) -> Self {
+        self.principals = principals;
+        self
     }
 
     /// The lines whose key is `key`.
@@ -243,15 +305,39 @@ mod tests {
         assert_eq!(t.signers[1].namespaces.as_deref().unwrap(), ["hapki-bundle", "git"]);
         assert_eq!(t.signers[1].valid_after.unwrap().year(), 2020);
         let now = time::macros::datetime!(2025-01-01 0:00 UTC);
-        assert!(t.signers[1].allows("hapki-bundle", now).is_ok());
-        assert!(t.signers[1].allows("file", now).is_err());
-        assert!(t.signers[1].allows("git", time::macros::datetime!(2031-01-01 0:00 UTC)).is_err());
-        assert!(t.signers[1].allows("git", time::macros::datetime!(2019-01-01 0:00 UTC)).is_err());
+        assert!(t.signers[1].allows("hapki-bundle", now, &[]).is_ok());
+        assert!(t.signers[1].allows("file", now, &[]).is_err());
+        let (late, early) = (
+            time::macros::datetime!(2031-01-01 0:00 UTC),
+            time::macros::datetime!(2019-01-01 0:00 UTC),
+        );
+        assert!(t.signers[1].allows("git", late, &[]).is_err());
+        assert!(t.signers[1].allows("git", early, &[]).is_err());
+        // No namespaces=: only under a named principal.
+        assert!(t.signers[0].allows("hapki-bundle", now, &[]).is_err());
+        let ops = ["ops@example.com".to_string()];
+        assert!(t.signers[0].allows("hapki-bundle", now, &ops).is_ok());
+        assert!(t.signers[0].allows("hapki-bundle", now, &["dev@x".to_string()]).is_err());
+        assert!(t.signers[1].allows("hapki-bundle", now, &ops).is_err());
         // What `ssh-keygen -l` prints for the key above.
         assert_eq!(
             t.signers[0].fingerprint(),
             "SHA256:Q2/C805U+nq6Xn2AHWNcdSXUtnQfk8CbsIc/8tT5FXI"
         );
+    }
+
+    #[test]
+    fn principal_patterns_match_as_openssh() {
+        let line =
+            |p: &str| AllowedSigners::parse(&format!("{p} {ED}\n")).unwrap().signers[0].clone();
+        assert!(line("ops").matches_principal("ops"));
+        assert!(!line("ops").matches_principal("op"));
+        assert!(line("a,ops").matches_principal("ops"));
+        assert!(line("*@example.com").matches_principal("ops@example.com"));
+        assert!(!line("*@example.com").matches_principal("ops@example.org"));
+        assert!(line("op?").matches_principal("ops"));
+        assert!(!line("*,!ops").matches_principal("ops"));
+        assert!(line("*,!ops").matches_principal("dev"));
     }
 
     #[test]

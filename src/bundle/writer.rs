@@ -156,8 +156,8 @@ pub fn tar_gz(entries: &[(String, &[u8])], mtime: u64) -> std::io::Result<Vec<u8
     gzip(&tar.into_inner()?)
 }
 
-/// The one header shape a bundle entry has.
-fn tar_header(name: &str, size: u64, mtime: u64) -> std::io::Result<tar::Header> {
+/// The one header shape a bundle entry has; the reader requires exactly these 512 bytes.
+pub(crate) fn tar_header(name: &str, size: u64, mtime: u64) -> std::io::Result<tar::Header> {
     let mut h = tar::Header::new_ustar();
     h.set_path(name)?;
     h.set_mode(format::entry_mode(name));

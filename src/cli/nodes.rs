@@ -126,6 +126,11 @@ pub struct BundleRefArgs {
     /// OpenSSH allowed_signers file trusted for --bundle.
     #[arg(long, value_name = "ALLOWED_SIGNERS", requires = "bundles")]
     pub trust: Option<PathBuf>,
+    /// Trust only allowed_signers lines for this principal, as `ssh-keygen -Y verify -I` does
+    /// (such a line then needs no namespaces= option); repeatable. Without it, only lines whose
+    /// namespaces= lists hapki-bundle are trusted.
+    #[arg(long, value_name = "PRINCIPAL", requires = "trust")]
+    pub principal: Vec<String>,
     /// age identity or SSH private key that decrypts --bundle; repeatable.
     #[arg(long, value_name = "FILE")]
     pub decrypt_key: Vec<PathBuf>,
@@ -139,7 +144,7 @@ impl BundleRefArgs {
             .trust
             .as_deref()
             .ok_or_else(|| usage_error("--bundle needs --trust ALLOWED_SIGNERS to verify it"))?;
-        Ok(Some((path.clone(), open_verified(path, trust, &self.decrypt_key)?)))
+        Ok(Some((path.clone(), open_verified(path, trust, &self.principal, &self.decrypt_key)?)))
     }
 }
 
@@ -147,10 +152,12 @@ impl BundleRefArgs {
 pub fn open_verified(
     path: &Path,
     trust: &Path,
+    principals: &[String],
     decrypt_keys: &[PathBuf],
 ) -> anyhow::Result<VerifiedBundle> {
-    let trust_set =
-        AllowedSigners::from_file(trust).map_err(|e| usage_error(format!("--trust: {e}")))?;
+    let trust_set = AllowedSigners::from_file(trust)
+        .map_err(|e| usage_error(format!("--trust: {e}")))?
+        .with_principals(principals.to_vec());
     for note in &trust_set.ignored {
         eprintln!("hapki: note: --trust {}: {note}", trust.display());
     }

@@ -32,6 +32,11 @@ pub struct PushArgs {
     /// OpenSSH allowed_signers file naming the keys trusted to sign bundles.
     #[arg(long, value_name = "ALLOWED_SIGNERS")]
     pub trust: PathBuf,
+    /// Trust only allowed_signers lines for this principal, as `ssh-keygen -Y verify -I` does
+    /// (such a line then needs no namespaces= option); repeatable. Without it, only lines whose
+    /// namespaces= lists hapki-bundle are trusted.
+    #[arg(long, value_name = "PRINCIPAL")]
+    pub principal: Vec<String>,
     /// age identity file or SSH private key that decrypts the bundle; repeatable.
     #[arg(long, value_name = "FILE")]
     pub decrypt_key: Vec<PathBuf>,
@@ -63,7 +68,8 @@ pub fn run(args: PushArgs) -> anyhow::Result<u8> {
         ));
     }
     let trust = AllowedSigners::from_file(&args.trust)
-        .map_err(|e| super::usage_error(format!("--trust: {e}")))?;
+        .map_err(|e| super::usage_error(format!("--trust: {e}")))?
+        .with_principals(args.principal.clone());
     for note in &trust.ignored {
         eprintln!("hapki: note: --trust {}: {note}", args.trust.display());
     }

@@ -48,6 +48,11 @@ pub struct SshArgs {
     /// Give up on a node that does not answer within this long (e.g. 10s, 2m).
     #[arg(long, value_name = "DURATION", default_value = "10s")]
     pub connect_timeout: hapki::duration::Duration,
+    /// End a node's command that sends and receives nothing for this long (a hung script or
+    /// login); every byte resets it. Generous by default: a node hashes large artifacts already
+    /// in place before it answers.
+    #[arg(long, value_name = "DURATION", default_value = "15m")]
+    pub idle_timeout: hapki::duration::Duration,
     /// SSH implementation.
     #[arg(long, value_enum, default_value_t)]
     pub transport: TransportKind,
@@ -64,6 +69,7 @@ impl SshArgs {
         t.connect_timeout = std::time::Duration::from_secs(self.connect_timeout.as_secs().max(1));
         t.become_ = self.become_;
         t.keepalive = DEFAULT_KEEPALIVE;
+        t.idle_timeout = std::time::Duration::from_secs(self.idle_timeout.as_secs().max(1));
         t
     }
 

@@ -131,7 +131,7 @@ fn parse_state(line: usize, rest: &str) -> Result<PathState, FactsError> {
     let gid = next("gid")?;
     let size = next("size")?;
     let sha = next("sha256")?;
-    let path = next("path")?.to_string();
+    let path = esc(next("path")?);
     let num = |s: &str| s.parse::<u64>().ok();
     Ok(PathState {
         path,
@@ -146,7 +146,13 @@ fn parse_state(line: usize, rest: &str) -> Result<PathState, FactsError> {
 }
 
 fn words(s: &str) -> Vec<String> {
-    s.split_whitespace().map(str::to_string).collect()
+    s.split_whitespace().map(esc).collect()
+}
+
+/// Node text as hapki may print it (control characters escaped): every text field of the facts
+/// goes through here. The raw `S` lines are kept as they are, for the install's CAS token.
+fn esc(s: &str) -> String {
+    crate::transport::escape_node_text(s, false)
 }
 
 impl NodeFacts {
@@ -172,7 +178,7 @@ impl NodeFacts {
                 }
                 "V" => {}
                 "T" => f.time = rest.trim().parse().ok(),
-                "H" => f.hostname = rest.trim().to_string(),
+                "H" => f.hostname = esc(rest.trim()),
                 "U" => f.uid = rest.trim().parse().ok(),
                 "UN" => {
                     let name: String = rest.trim().chars().take(64).collect();
@@ -206,7 +212,7 @@ impl NodeFacts {
                 "A" => {
                     let (name, data) = rest.split_once(' ').unwrap_or((rest, "-"));
                     if data.trim() != "-" {
-                        f.kubeconfig_ca.insert(name.to_string(), b64(line, data)?);
+                        f.kubeconfig_ca.insert(esc(name), b64(line, data)?);
                     }
                 }
                 "M" => {
@@ -216,19 +222,19 @@ impl NodeFacts {
                 "E" => f.etcd_data_entries = (!raw.trim().eq("E")).then(|| words(rest)),
                 "C" => f.cni_entries = (!raw.trim().eq("C")).then(|| words(rest)),
                 "P" => f.proc_net_tcp.push(b64(line, rest)?),
-                "KA" => f.kubeadm_version = Some(rest.trim().to_string()).filter(|s| !s.is_empty()),
-                "KL" => f.kubelet_version = Some(rest.trim().to_string()).filter(|s| !s.is_empty()),
+                "KA" => f.kubeadm_version = Some(esc(rest.trim())).filter(|s| !s.is_empty()),
+                "KL" => f.kubelet_version = Some(esc(rest.trim())).filter(|s| !s.is_empty()),
                 "L" => f.last_serial = rest.trim().parse().ok(),
                 "R" => f.last_bundle_json = Some(b64(line, rest)?),
-                "W" => f.lock_owner = Some(rest.trim().to_string()),
-                "G" => f.stale_staging.push(rest.trim().to_string()),
+                "W" => f.lock_owner = Some(esc(rest.trim())),
+                "G" => f.stale_staging.push(esc(rest.trim())),
                 "AF" => {
                     let st = parse_state(line, rest)?;
                     f.artifact_dests.insert(st.path.clone(), st);
                 }
                 "PK" => {
                     if let Some((name, h)) = rest.split_once(' ') {
-                        f.public_key_sha256.insert(name.to_string(), h.trim().to_string());
+                        f.public_key_sha256.insert(esc(name), esc(h.trim()));
                     }
                 }
                 "N" => f.endpoint_addresses = Some(words(rest)),

@@ -11,10 +11,14 @@ use std::io::{ErrorKind, Read, Write};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
+use crate::transport::CapExceeded;
+
 /// The end-of-facts record the facts script prints last.
 const END: &[u8] = b"Z\n";
 /// How long stdin waits for the decision in one call before yielding to the transport.
 const POLL: Duration = Duration::from_millis(5);
+/// Cap on what the command may print after its facts (the install's report: a few lines).
+pub const AFTER_FACTS_MAX: usize = 1024 * 1024;
 
 #[derive(Default)]
 struct State {
@@ -34,8 +38,10 @@ pub struct Exchange<'a> {
     state: Mutex<State>,
     ready: Condvar,
     decide: Mutex<Option<Decide<'a>>>,
-    /// Give up waiting for facts after this (a node whose facts script died early).
+    /// Give up waiting for facts after this (a node whose facts script died early, or one
+    /// that trickles them).
     deadline: Instant,
+    timeout: Duration,
 }
 
 impl<'a> Exchange<'a> {
@@ -47,6 +53,7 @@ impl<'a> Exchange<'a> {
             ready: Condvar::new(),
             decide: Mutex::new(Some(Box::new(decide))),
             deadline: Instant::now() + timeout,
+            timeout,
         })
     }
 
@@ -73,9 +80,26 @@ impl Write for FactsSink<'_> {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
         let facts = {
             let mut st = self.0.lock();
+            // Checked before anything is kept: a node that floods fails at once, and costs at
+            // most the cap.
+            let (what, cap) = match st.facts_end {
+                None => ("facts (stdout)", crate::node::facts::MAX_FACTS_OUTPUT),
+                Some(e) => ("install report (stdout)", e + AFTER_FACTS_MAX),
+            };
+            if buf.len() > cap.saturating_sub(st.stdout.len()) {
+                return Err(CapExceeded::error(what, (cap - st.facts_end.unwrap_or(0)) as u64));
+            }
+            // Facts still coming past the deadline (a node trickling under the cap) end the
+            // command too; a silent node is ended by the transport's idle timeout.
+            if st.facts_end.is_none() && Instant::now() >= self.0.deadline {
+                return Err(std::io::Error::other(format!(
+                    "the node's facts did not end within {}s",
+                    self.0.timeout.as_secs()
+                )));
+            }
             let from = st.stdout.len().saturating_sub(END.len());
             st.stdout.extend_from_slice(buf);
-            if st.facts_end.is_some() || st.stdout.len() > crate::node::facts::MAX_FACTS_OUTPUT {
+            if st.facts_end.is_some() {
                 return Ok(buf.len());
             }
             let end = find_end(&st.stdout, from);
@@ -165,6 +189,47 @@ mod tests {
         assert_eq!(&buf[..5], b"skip\n");
         assert_eq!(src.read(&mut buf).unwrap(), 0, "then end of input");
         assert_eq!(ex.after_facts(), b"installed\n");
+    }
+
+    #[test]
+    fn output_past_the_caps_is_refused_before_it_is_kept() {
+        let cap = crate::node::facts::MAX_FACTS_OUTPUT;
+        let ex = Exchange::new(Duration::from_secs(5), |_| b"skip\n".to_vec());
+        let mut sink = FactsSink(ex.clone());
+        let line = vec![b'y'; 64 * 1024];
+        let mut sent = 0;
+        let err = loop {
+            match sink.write(&line) {
+                Ok(n) => sent += n,
+                Err(e) => break e,
+            }
+            assert!(sent <= cap, "kept past the facts cap");
+        };
+        assert!(err.to_string().contains("facts"), "{err}");
+        assert!(ex.lock().stdout.len() <= cap);
+        // After the facts, the install's report has its own cap.
+        let ex = Exchange::new(Duration::from_secs(5), |_| b"skip\n".to_vec());
+        let mut sink = FactsSink(ex.clone());
+        sink.write_all(b"V 1\nZ\n").unwrap();
+        let err = (0..100).find_map(|_| sink.write(&line).err()).expect("no cap after the facts");
+        assert!(err.to_string().contains("report"), "{err}");
+        assert!(ex.after_facts().len() <= AFTER_FACTS_MAX);
+    }
+
+    #[test]
+    fn facts_trickling_past_the_deadline_are_refused() {
+        let ex = Exchange::new(Duration::from_millis(30), |_| b"skip\n".to_vec());
+        let mut sink = FactsSink(ex.clone());
+        sink.write_all(b"V 1\n").unwrap();
+        std::thread::sleep(Duration::from_millis(40));
+        let err = sink.write(b"H x\n").unwrap_err();
+        assert!(err.to_string().contains("did not end within"), "{err}");
+        // Once the facts ended, the install's report is not held to that deadline.
+        let ex = Exchange::new(Duration::from_millis(30), |_| b"skip\n".to_vec());
+        let mut sink = FactsSink(ex.clone());
+        sink.write_all(b"V 1\nZ\n").unwrap();
+        std::thread::sleep(Duration::from_millis(40));
+        sink.write_all(b"installed\n").unwrap();
     }
 
     #[test]

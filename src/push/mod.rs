@@ -217,7 +217,8 @@ pub(crate) fn failed(node: &str, category: Category, message: impl Into<String>)
     NodeResult {
         node: node.into(),
         status: NodeStatus::Failed,
-        message: message.into(),
+        // Node text (stderr tails, facts) is escaped where it enters; this is the last line.
+        message: crate::transport::escape_node_text(&message.into(), false),
         category: Some(category),
         backup: None,
     }

@@ -16,8 +16,8 @@ use super::known_hosts::{self, KnownHosts, Verdict};
 use super::ssh_config::SshConfig;
 
 use super::{
-    local_user, remote_command, LimitedBuf, RemoteOutput, Session, Target, Transport,
-    TransportError, STDERR_LIMIT,
+    local_user, output_error, remote_command, RemoteOutput, Session, StderrBuf, Target, Transport,
+    TransportError,
 };
 use crate::inventory::expand_tilde;
 
@@ -377,6 +377,15 @@ impl Transport for BuiltinTransport {
         let types = kh.key_types(&r.host, r.port);
         let methods: Vec<&str> =
             types.iter().flat_map(|t| known_hosts::host_key_methods(t).iter().copied()).collect();
+        if methods.is_empty() {
+            if let Some(line) = kh.cert_authority_line(&r.host, r.port) {
+                return Err(TransportError::HostCertificates {
+                    host: known_hosts::lookup_name(&r.host, r.port),
+                    known_hosts: target.known_hosts.clone(),
+                    line,
+                });
+            }
+        }
         let prefs =
             if methods.is_empty() { DEFAULT_HOST_KEY_PREFS.to_owned() } else { methods.join(",") };
         let timeout = target.connect_timeout;
@@ -446,7 +455,8 @@ impl BuiltinSession {
         TransportError::Protocol {
             host: self.display.clone(),
             what: what.to_owned(),
-            message: e.message().to_owned(),
+            // libssh2 may quote what the server sent (a disconnect reason).
+            message: super::escape_node_text(e.message(), false),
         }
     }
 
@@ -510,8 +520,10 @@ impl Session for BuiltinSession {
         let mut stdin_done = false;
         let mut eof_sent = false;
         let mut readbuf = vec![0u8; 64 * 1024];
-        let mut errbuf = LimitedBuf::new(STDERR_LIMIT);
+        let mut errbuf = StderrBuf::new();
         let mut last_inbound = Instant::now();
+        // Every byte either way resets it; a flood is stopped by the sinks' caps instead.
+        let mut last_progress = Instant::now();
         let io_err = |what: &str, e: std::io::Error| TransportError::Io {
             host: self.display.clone(),
             what: what.to_owned(),
@@ -571,7 +583,7 @@ impl Session for BuiltinSession {
                             progress = true;
                             last_inbound = Instant::now();
                             if let Err(e) = sink.write_all(&readbuf[..n]) {
-                                failed = Some(io_err("writing the command's output", e));
+                                failed = Some(output_error(&self.display, e));
                                 break;
                             }
                         }
@@ -593,8 +605,17 @@ impl Session for BuiltinSession {
             if ch.eof() {
                 break Ok(());
             }
+            if progress {
+                last_progress = Instant::now();
+            } else if last_progress.elapsed() >= self.target.idle_timeout {
+                break Err(TransportError::Idle {
+                    host: self.display.clone(),
+                    after: self.target.idle_timeout,
+                });
+            }
             if !progress {
-                let ka = self.target.keepalive.max(Duration::from_millis(100));
+                let left = self.target.idle_timeout.saturating_sub(last_progress.elapsed());
+                let ka = self.target.keepalive.min(left).max(Duration::from_millis(100));
                 if self.wait_socket(ka) {
                     last_inbound = Instant::now();
                 } else if last_inbound.elapsed() >= self.dead_after() {
@@ -614,7 +635,8 @@ impl Session for BuiltinSession {
         } else {
             Some(ch.exit_status().map_err(|e| self.proto("reading the exit status", &e))?)
         };
-        Ok(RemoteOutput { code, signal, stdout: Vec::new(), stderr: errbuf.buf })
+        let stderr = super::escape_stderr(&errbuf.into_vec());
+        Ok(RemoteOutput { code, signal, stdout: Vec::new(), stderr })
     }
 }
 

@@ -17,6 +17,8 @@ struct Entry {
     key_type: String,
     blob: Vec<u8>,
     revoked: bool,
+    /// `@cert-authority`: the key signs host certificates; it is no host's own key.
+    cert_authority: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -98,7 +100,7 @@ impl KnownHosts {
     /// stops a server from steering us to a type we have no key for.
     pub fn key_types(&self, host: &str, port: u16) -> Vec<String> {
         let mut types: Vec<String> = Vec::new();
-        for e in self.matching(host, port).filter(|e| !e.revoked) {
+        for e in self.matching(host, port).filter(|e| !e.revoked && !e.cert_authority) {
             if !types.contains(&e.key_type) {
                 types.push(e.key_type.clone());
             }
@@ -111,7 +113,7 @@ impl KnownHosts {
     pub fn check(&self, host: &str, port: u16, blob: &[u8]) -> Verdict {
         let key_type = blob_key_type(blob).unwrap_or_default();
         let mut same_type_lines = Vec::new();
-        for e in self.matching(host, port) {
+        for e in self.matching(host, port).filter(|e| !e.cert_authority) {
             if e.revoked {
                 if e.blob == blob {
                     return Verdict::Revoked { line: e.line };
@@ -130,6 +132,14 @@ impl KnownHosts {
         } else {
             Verdict::Changed { lines: same_type_lines }
         }
+    }
+}
+
+impl KnownHosts {
+    /// The first `@cert-authority` line for this host, if any: its keys are vouched for by SSH
+    /// host certificates, which only the OpenSSH backend checks.
+    pub fn cert_authority_line(&self, host: &str, port: u16) -> Option<usize> {
+        self.matching(host, port).find(|e| e.cert_authority).map(|e| e.line)
     }
 }
 
@@ -163,11 +173,13 @@ fn parse_line(line: usize, raw: &str) -> Option<Entry> {
     }
     let mut fields = l.split_whitespace();
     let mut first = fields.next()?;
-    let mut revoked = false;
+    let (mut revoked, mut cert_authority) = (false, false);
     if let Some(marker) = first.strip_prefix('@') {
         match marker {
             "revoked" => revoked = true,
-            // Certificate authorities are the OpenSSH backend's business.
+            // Kept only to be refused by name: checking host certificates is the OpenSSH
+            // backend's business.
+            "cert-authority" => cert_authority = true,
             _ => return None,
         }
         first = fields.next()?;
@@ -192,7 +204,7 @@ fn parse_line(line: usize, raw: &str) -> Option<Entry> {
                 .collect(),
         )
     };
-    Some(Entry { line, hosts, key_type, blob, revoked })
+    Some(Entry { line, hosts, key_type, blob, revoked, cert_authority })
 }
 
 impl HostField {
@@ -321,6 +333,12 @@ mod tests {
         assert_eq!(khs.key_types("10.0.0.3", 22), ["ecdsa-sha2-nistp256"]);
         assert_eq!(khs.key_types("10.0.0.9", 22), ["ssh-ed25519"]);
         assert!(khs.key_types("10.0.0.7", 22).is_empty());
+        // The CA line is found for any host (to refuse it by name), never as a host key.
+        assert_eq!(khs.cert_authority_line("10.0.0.7", 22), Some(7));
+        assert_eq!(
+            khs.cert_authority_line("10.0.0.7", 22).map(|_| khs.check("10.0.0.7", 22, &b1)),
+            Some(Verdict::Unknown)
+        );
     }
 
     #[test]

@@ -38,6 +38,9 @@ pub struct Target {
     pub become_: bool,
     /// How often to probe an idle connection; three unanswered probes mean the node is gone.
     pub keepalive: Duration,
+    /// A command that sends and receives nothing for this long is ended (a hung script or
+    /// login); every byte either way resets it.
+    pub idle_timeout: Duration,
 }
 
 impl Target {
@@ -53,6 +56,7 @@ impl Target {
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
             become_: false,
             keepalive: DEFAULT_KEEPALIVE,
+            idle_timeout: DEFAULT_IDLE_TIMEOUT,
         }
     }
 }
@@ -62,11 +66,19 @@ pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Keepalive probe interval (OpenSSH's ServerAliveInterval); a node is declared gone after
 /// three unanswered probes, as with ServerAliveCountMax=3.
 pub const DEFAULT_KEEPALIVE: Duration = Duration::from_secs(5);
-/// At most this much stderr is kept from a remote command (the first bytes: the error a script
-/// prints before it gives up is what matters).
+/// `--idle-timeout` default: generous, because a node's facts hash every artifact already at its
+/// destination before printing it (minutes for tens of GiB), and a node of a streaming push may
+/// wait for the slowest node's facts before its data flows.
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(15 * 60);
+/// At most this much stderr is kept from a remote command (the last bytes: the error a script
+/// prints as it gives up is what matters).
 pub const STDERR_LIMIT: usize = 64 * 1024;
-/// At most this much stdout is captured by [`Session::run`]; use [`Session::run_streaming`] for more.
-pub const STDOUT_LIMIT: usize = 256 * 1024 * 1024;
+/// A command whose stderr exceeds this is ended at once and fails: it is read while it arrives,
+/// so a node that floods it costs nothing but this count.
+pub const STDERR_MAX: u64 = 4 * 1024 * 1024;
+/// At most this much stdout is captured by [`Session::run`] (facts are at most 8 MiB); more ends
+/// the command at once and fails it. [`Session::run_streaming`]'s sink sets its own caps.
+pub const STDOUT_LIMIT: usize = 16 * 1024 * 1024;
 
 /// Opens sessions to nodes. Implementations are shared across the threads of a parallel run.
 pub trait Transport: Send + Sync {
@@ -99,13 +111,6 @@ pub trait Session: Send {
     ) -> Result<RemoteOutput, TransportError> {
         let mut out = LimitedBuf::new(STDOUT_LIMIT);
         let mut res = self.run_streaming(script, args, stdin, &mut out)?;
-        if out.overflowed {
-            return Err(TransportError::Io {
-                host: self.target().host.clone(),
-                what: format!("remote output exceeds {STDOUT_LIMIT} bytes"),
-                source: std::io::Error::other("output too large"),
-            });
-        }
         res.stdout = out.buf;
         Ok(res)
     }
@@ -181,6 +186,8 @@ pub enum TransportError {
         /// known_hosts line numbers of the keys the node should have had.
         lines: Vec<usize>,
     },
+    #[error("{host}: {} line {line} vouches for this host's keys with an @cert-authority (SSH host certificates), which the built-in transport does not check; use --transport openssh, or add the node's own host key to that file", known_hosts.display())]
+    HostCertificates { host: String, known_hosts: PathBuf, line: usize },
     #[error("{host}: host key {fingerprint} is marked @revoked in {} line {line}; the node must get a new host key", known_hosts.display())]
     HostKeyRevoked { host: String, fingerprint: String, known_hosts: PathBuf, line: usize },
     #[error("{host}: cannot connect: {reason}; check that the node is up and its sshd listens on that address and port")]
@@ -193,6 +200,10 @@ pub enum TransportError {
     Protocol { host: String, what: String, message: String },
     #[error("{host}: {what} failed on the node ({status}){}", if stderr.is_empty() { String::new() } else { format!(": {stderr}") })]
     RemoteFailed { host: String, what: String, status: String, stderr: String },
+    #[error("{host}: the node sent more than {cap} bytes of {stream}, over hapki's cap; the command was ended and the node fails (a login script that prints, or a hostile node)")]
+    TooMuchOutput { host: String, stream: String, cap: u64 },
+    #[error("{host}: the command sent and received nothing for {}s; it was ended (a hung script or login on the node); check the node, or raise --idle-timeout", after.as_secs())]
+    Idle { host: String, after: Duration },
     #[error("{host}: {what}: {source}")]
     Io { host: String, what: String, source: std::io::Error },
     #[error("{0}")]
@@ -223,11 +234,14 @@ impl Categorized for TransportError {
         match self {
             TransportError::HostKeyUnknown { .. }
             | TransportError::HostKeyChanged { .. }
-            | TransportError::HostKeyRevoked { .. } => Category::HostKey,
+            | TransportError::HostKeyRevoked { .. }
+            | TransportError::HostCertificates { .. } => Category::HostKey,
             TransportError::Unreachable { .. }
             | TransportError::Timeout { .. }
             | TransportError::Auth { .. }
             | TransportError::Protocol { .. }
+            | TransportError::TooMuchOutput { .. }
+            | TransportError::Idle { .. }
             | TransportError::RemoteFailed { .. } => Category::NodesFailed,
             TransportError::Io { .. } | TransportError::Invalid(_) => Category::Unexpected,
         }
@@ -337,31 +351,138 @@ where
         .collect()
 }
 
-/// A `Write` that keeps at most `limit` bytes and remembers whether more came.
+/// A sink's refusal of more output: carried inside the `io::Error` a sink returns, so that the
+/// transport reports [`TransportError::TooMuchOutput`] and ends the command at once.
+#[derive(Debug)]
+pub struct CapExceeded {
+    /// Which output: `stdout`, `stderr`, `facts (stdout)`…
+    pub stream: String,
+    pub cap: u64,
+}
+
+impl fmt::Display for CapExceeded {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "more than {} bytes on {}", self.cap, self.stream)
+    }
+}
+
+impl std::error::Error for CapExceeded {}
+
+impl CapExceeded {
+    /// The `io::Error` a sink returns when `stream` goes past `cap`.
+    pub fn error(stream: &str, cap: u64) -> std::io::Error {
+        std::io::Error::other(CapExceeded { stream: stream.to_owned(), cap })
+    }
+}
+
+/// The error for a failed write of the command's output: [`TransportError::TooMuchOutput`] when
+/// the sink refused more, else an I/O error.
+pub(crate) fn output_error(host: &str, e: std::io::Error) -> TransportError {
+    match e.get_ref().and_then(|x| x.downcast_ref::<CapExceeded>()) {
+        Some(c) => TransportError::TooMuchOutput {
+            host: host.to_owned(),
+            stream: c.stream.clone(),
+            cap: c.cap,
+        },
+        None => TransportError::Io {
+            host: host.to_owned(),
+            what: "writing the command's output".to_owned(),
+            source: e,
+        },
+    }
+}
+
+/// A `Write` that keeps at most `limit` bytes and refuses more ([`CapExceeded`]).
 pub(crate) struct LimitedBuf {
     pub(crate) buf: Vec<u8>,
     limit: usize,
-    pub(crate) overflowed: bool,
 }
 
 impl LimitedBuf {
     pub(crate) fn new(limit: usize) -> LimitedBuf {
-        LimitedBuf { buf: Vec::new(), limit, overflowed: false }
+        LimitedBuf { buf: Vec::new(), limit }
     }
 }
 
 impl Write for LimitedBuf {
     fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
-        let room = self.limit.saturating_sub(self.buf.len());
-        if data.len() > room {
-            self.overflowed = true;
+        if data.len() > self.limit.saturating_sub(self.buf.len()) {
+            return Err(CapExceeded::error("stdout", self.limit as u64));
         }
-        self.buf.extend_from_slice(&data[..data.len().min(room)]);
+        self.buf.extend_from_slice(data);
         Ok(data.len())
     }
     fn flush(&mut self) -> std::io::Result<()> {
         Ok(())
     }
+}
+
+/// A command's stderr: keeps the last [`STDERR_LIMIT`] bytes, refuses more than [`STDERR_MAX`]
+/// in all ([`CapExceeded`]).
+pub(crate) struct StderrBuf {
+    buf: std::collections::VecDeque<u8>,
+    total: u64,
+}
+
+impl StderrBuf {
+    pub(crate) fn new() -> StderrBuf {
+        StderrBuf { buf: std::collections::VecDeque::new(), total: 0 }
+    }
+    pub(crate) fn into_vec(self) -> Vec<u8> {
+        self.buf.into()
+    }
+}
+
+impl Write for StderrBuf {
+    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        self.total += data.len() as u64;
+        if self.total > STDERR_MAX {
+            return Err(CapExceeded::error("stderr", STDERR_MAX));
+        }
+        let keep = &data[data.len().saturating_sub(STDERR_LIMIT)..];
+        let excess = (self.buf.len() + keep.len()).saturating_sub(STDERR_LIMIT);
+        self.buf.drain(..excess);
+        self.buf.extend(keep);
+        Ok(data.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Makes text that came from a node safe to print: every control character (C0 but `\n` when
+/// `keep_newlines`, DEL, C1) and every bidirectional-override or invisible formatting character
+/// becomes a visible escape (`\x1b`, `\r`, `\u{202e}`), so a node cannot move the cursor,
+/// rewrite a line hapki printed, retitle the terminal or reorder what is read. The one function
+/// for node text, applied where it enters hapki's types (a command's stderr, facts fields,
+/// node messages), so every printer is covered.
+pub fn escape_node_text(s: &str, keep_newlines: bool) -> String {
+    let unsafe_char = |c: char| {
+        (c.is_control() && !(keep_newlines && c == '\n'))
+            || matches!(c, '\u{200b}'..='\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2060}'..='\u{206f}' | '\u{feff}')
+    };
+    if !s.chars().any(unsafe_char) {
+        return s.to_owned();
+    }
+    let mut out = String::with_capacity(s.len() + 8);
+    for c in s.chars() {
+        match c {
+            c if !unsafe_char(c) => out.push(c),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if (c as u32) < 0x80 => out.push_str(&format!("\\x{:02x}", c as u32)),
+            c => out.push_str(&format!("\\u{{{:x}}}", c as u32)),
+        }
+    }
+    out
+}
+
+/// [`escape_node_text`] of a command's raw stderr, lines kept (a CRLF line end, as ssh's own
+/// warnings have, is a line end, not a `\r` to show).
+pub(crate) fn escape_stderr(raw: &[u8]) -> Vec<u8> {
+    let text = String::from_utf8_lossy(raw).replace("\r\n", "\n");
+    escape_node_text(&text, true).into_bytes()
 }
 
 /// The user ssh logs in as when none is configured: the local user, as ssh does.
@@ -428,6 +549,22 @@ mod tests {
         );
         assert!(remote_command("true", &["a\0b"], false).is_err());
         assert!(remote_command("true", &[], true).unwrap().starts_with("sudo -n sh -c "));
+    }
+
+    #[test]
+    fn node_text_is_escaped_to_printable() {
+        let hostile = "ok\x1b[2K\rinstalled\x08\x08\x1b]0;t\x07\u{9b}31m\u{202e}gnp.exe\tend";
+        let e = escape_node_text(hostile, false);
+        assert!(!e.chars().any(|c| c.is_control()), "{e:?}");
+        assert_eq!(
+            e,
+            "ok\\x1b[2K\\rinstalled\\x08\\x08\\x1b]0;t\\x07\\u{9b}31m\\u{202e}gnp.exe\\tend"
+        );
+        assert_eq!(escape_node_text("a\nb\rc", true), "a\nb\\rc");
+        assert_eq!(escape_node_text("a\nb", false), "a\\nb");
+        assert_eq!(escape_node_text("plain ünïcödé", false), "plain ünïcödé");
+        assert_eq!(escape_stderr(b"x\xff\x1b\n"), "x\u{fffd}\\x1b\n".as_bytes());
+        assert_eq!(escape_stderr(b"a\r\nb\rc\r"), b"a\nb\\rc\\r");
     }
 
     #[test]

@@ -2,20 +2,25 @@
 //! (ProxyJump bastions, FIDO keys, SSH certificates, their full `~/.ssh/config`).
 //!
 //! Always `BatchMode=yes` (never a prompt) and `StrictHostKeyChecking=yes` against the given
-//! known_hosts, with `UpdateHostKeys=no` so the file is never modified. One ControlMaster
+//! known_hosts and nothing else (no global known_hosts files, no `KnownHostsCommand`, no
+//! `CheckHostIP`: the built-in transport trusts exactly the same keys), with `UpdateHostKeys=no`
+//! so the file is never modified. `@cert-authority` lines in it work here (SSH host
+//! certificates); the built-in transport refuses them by name. One ControlMaster
 //! connection per session: the host key is checked and the login done once, and every command
 //! after that is multiplexed over it.
 
 use std::io::{Read, Write};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::mpsc::RecvTimeoutError;
+use std::time::{Duration, Instant};
 
 use super::builtin::{probe_host_key, unknown_host_error};
 use super::known_hosts;
 use super::{
-    remote_command, LimitedBuf, RemoteOutput, Session, Target, Transport, TransportError,
-    STDERR_LIMIT,
+    output_error, remote_command, RemoteOutput, Session, StderrBuf, Target, Transport,
+    TransportError,
 };
 
 /// The system-`ssh` transport. Holds a private 0700 directory for the control sockets.
@@ -23,6 +28,8 @@ pub struct OpensshTransport {
     ssh: PathBuf,
     control_dir: tempfile::TempDir,
     counter: AtomicUsize,
+    /// Whether this `ssh` knows `KnownHostsCommand` (OpenSSH 8.5+), so it can be turned off.
+    khc: bool,
 }
 
 impl OpensshTransport {
@@ -42,11 +49,28 @@ impl OpensshTransport {
                 what: "creating a control directory".to_owned(),
                 source: e,
             })?;
-        Ok(OpensshTransport { ssh: ssh.into(), control_dir, counter: AtomicUsize::new(0) })
+        let ssh = ssh.into();
+        let khc = knows_known_hosts_command(&ssh);
+        Ok(OpensshTransport { ssh, control_dir, counter: AtomicUsize::new(0), khc })
     }
 }
 
-fn common_args(t: &Target) -> Result<Vec<String>, TransportError> {
+/// Whether `ssh` accepts `-o KnownHostsCommand=none` (an older one refuses the whole command
+/// line over an unknown option, and has no such command to turn off).
+fn knows_known_hosts_command(ssh: &Path) -> bool {
+    Command::new(ssh)
+        .args(["-F", "/dev/null", "-o", "KnownHostsCommand=none", "-G", "127.0.0.1"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// The options every `ssh` run gets. Host keys: exactly the given known_hosts file is trusted,
+/// as the built-in transport trusts it: no global files (`/etc/ssh/ssh_known_hosts`, `…2`), no
+/// `KnownHostsCommand` (`khc`: when this ssh has it), no IP-address entries, never an update.
+fn common_args(t: &Target, khc: bool) -> Result<Vec<String>, TransportError> {
     if t.host.starts_with('-') || t.host.is_empty() {
         return Err(TransportError::Invalid(format!(
             "refusing host {:?}: not a host name",
@@ -61,6 +85,10 @@ fn common_args(t: &Target) -> Result<Vec<String>, TransportError> {
         "-o",
         "UpdateHostKeys=no",
         "-o",
+        "GlobalKnownHostsFile=none",
+        "-o",
+        "CheckHostIP=no",
+        "-o",
         "LogLevel=ERROR",
         "-o",
         "ServerAliveCountMax=3",
@@ -68,6 +96,10 @@ fn common_args(t: &Target) -> Result<Vec<String>, TransportError> {
     .iter()
     .map(|s| s.to_string())
     .collect();
+    if khc {
+        a.push("-o".into());
+        a.push("KnownHostsCommand=none".into());
+    }
     a.push("-o".into());
     a.push(format!("UserKnownHostsFile={}", t.known_hosts.display()));
     a.push("-o".into());
@@ -110,7 +142,7 @@ impl OpensshTransport {
     /// tell.
     fn gcm_first(&self, target: &Target) -> Option<&'static str> {
         let out = Command::new(&self.ssh)
-            .args(common_args(target).ok()?)
+            .args(common_args(target, self.khc).ok()?)
             .arg("-G")
             .arg(&target.host)
             .stdin(Stdio::null())
@@ -133,7 +165,7 @@ impl Transport for OpensshTransport {
             source: e,
         })?;
         let mut master = Command::new(&self.ssh);
-        master.args(common_args(target)?);
+        master.args(common_args(target, self.khc)?);
         if let Some(c) = self.gcm_first(target) {
             master.args(["-o", &format!("Ciphers={c}")]);
         }
@@ -153,10 +185,16 @@ impl Transport for OpensshTransport {
                 source: e,
             })?;
         if !status.success() {
-            let stderr = std::fs::read_to_string(&log).unwrap_or_default();
+            let stderr = std::fs::read(&log).unwrap_or_default();
+            let stderr = String::from_utf8_lossy(&super::escape_stderr(&stderr)).into_owned();
             return Err(map_failure(target, &stderr));
         }
-        Ok(Box::new(OpensshSession { ssh: self.ssh.clone(), socket, target: target.clone() }))
+        Ok(Box::new(OpensshSession {
+            ssh: self.ssh.clone(),
+            socket,
+            target: target.clone(),
+            khc: self.khc,
+        }))
     }
 }
 
@@ -164,10 +202,12 @@ struct OpensshSession {
     ssh: PathBuf,
     socket: PathBuf,
     target: Target,
+    khc: bool,
 }
 
-impl Drop for OpensshSession {
-    fn drop(&mut self) {
+impl OpensshSession {
+    /// Asks the control master to exit (closing every pipe it holds and the connection).
+    fn exit_master(&self) {
         let _ = Command::new(&self.ssh)
             .arg("-o")
             .arg(format!("ControlPath={}", self.socket.display()))
@@ -177,6 +217,12 @@ impl Drop for OpensshSession {
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .status();
+    }
+}
+
+impl Drop for OpensshSession {
+    fn drop(&mut self) {
+        self.exit_master();
     }
 }
 
@@ -200,7 +246,7 @@ impl Session for OpensshSession {
             source: e,
         };
         let mut child = Command::new(&self.ssh)
-            .args(common_args(&self.target)?)
+            .args(common_args(&self.target, self.khc)?)
             .args(["-o", "ControlMaster=no", "-o"])
             .arg(format!("ControlPath={}", self.socket.display()))
             .arg(&self.target.host)
@@ -217,8 +263,31 @@ impl Session for OpensshSession {
         };
         // Set once the command's output has ended: input that is still "not ready yet"
         // (`Interrupted`, see push's exchange) will never be wanted, so the feeder stops.
-        let output_done = std::sync::atomic::AtomicBool::new(false);
+        let output_done = AtomicBool::new(false);
         let output_done = &output_done;
+        // Ends the ssh client, and with it the command on the node, at once: a sink refused
+        // more output, or nothing moved either way for idle_timeout. The child is reaped only
+        // after the scope, so its pid cannot have been reused meanwhile.
+        // The master holds copies of the client's pipes (the mux passes them over), so the
+        // master is told to exit too: that closes them, and the connection, at once.
+        let pid = child.id() as libc::pid_t;
+        let killed = AtomicBool::new(false);
+        let kill = &|| {
+            if killed.swap(true, Ordering::AcqRel) {
+                return;
+            }
+            // SAFETY: signalling our own child, not yet reaped (see above).
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+            self.exit_master();
+        };
+        let started = Instant::now();
+        let last_byte = AtomicU64::new(0);
+        let touch = || last_byte.store(started.elapsed().as_millis() as u64, Ordering::Relaxed);
+        let (touch, last_byte) = (&touch, &last_byte);
+        let idle_hit = AtomicBool::new(false);
+        let idle_hit = &idle_hit;
+        let idle = self.target.idle_timeout;
+        let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
         let (copy_in, copy_out, errbuf) = std::thread::scope(|s| {
             let feeder = s.spawn(move || {
                 // A command that exits without reading all its input closes the pipe: not an error.
@@ -231,7 +300,7 @@ impl Session for OpensshSession {
                         Ok(0) => break Ok(total),
                         Ok(n) => n,
                         Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {
-                            if output_done.load(std::sync::atomic::Ordering::Acquire) {
+                            if output_done.load(Ordering::Acquire) {
                                 break Ok(total);
                             }
                             continue;
@@ -239,29 +308,59 @@ impl Session for OpensshSession {
                         Err(e) => break Err(e),
                     };
                     match cin.write_all(&buf[..n]) {
-                        Ok(()) => total += n as u64,
+                        Ok(()) => {
+                            total += n as u64;
+                            touch();
+                        }
                         Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => break Ok(total),
                         Err(e) => break Err(e),
                     }
                 }
             });
             let errs = s.spawn(move || {
-                let mut b = LimitedBuf::new(STDERR_LIMIT);
-                let _ = std::io::copy(&mut cerr, &mut b);
-                b.buf
+                let mut b = StderrBuf::new();
+                let r = pump(&mut cerr, &mut b, touch);
+                if r.is_err() {
+                    kill();
+                }
+                (b.into_vec(), r)
             });
-            let out = std::io::copy(&mut cout, stdout);
-            output_done.store(true, std::sync::atomic::Ordering::Release);
-            (feeder.join(), out, errs.join())
+            s.spawn(move || loop {
+                let quiet = started
+                    .elapsed()
+                    .saturating_sub(Duration::from_millis(last_byte.load(Ordering::Relaxed)));
+                if quiet >= idle {
+                    idle_hit.store(true, Ordering::Release);
+                    kill();
+                    break;
+                }
+                if let Err(RecvTimeoutError::Timeout) = done_rx.recv_timeout(idle - quiet) {
+                    continue;
+                }
+                break;
+            });
+            let out = pump(&mut cout, stdout, touch);
+            if out.is_err() {
+                kill();
+            }
+            output_done.store(true, Ordering::Release);
+            let joined = (feeder.join(), out, errs.join());
+            drop(done_tx);
+            joined
         });
         let status = child.wait().map_err(|e| io("waiting for ssh", e))?;
-        let errbuf = errbuf.unwrap_or_default();
+        let (errbuf, err_res) = errbuf.unwrap_or_else(|_| (Vec::new(), Ok(())));
+        let errbuf = super::escape_stderr(&errbuf);
+        copy_out.map_err(|e| e.into_transport(&host))?;
+        err_res.map_err(|e| e.into_transport(&host))?;
+        if idle_hit.load(Ordering::Acquire) {
+            return Err(TransportError::Idle { host: host.clone(), after: idle });
+        }
         match copy_in {
             Ok(Ok(_)) => {}
             Ok(Err(e)) => return Err(io("sending the input", e)),
             Err(_) => return Err(TransportError::Invalid("input thread panicked".to_owned())),
         }
-        copy_out.map_err(|e| io("writing the command's output", e))?;
         use std::os::unix::process::ExitStatusExt;
         if status.code() == Some(255) {
             let text = String::from_utf8_lossy(&errbuf);
@@ -271,6 +370,45 @@ impl Session for OpensshSession {
         }
         let signal = status.signal().map(|s| format!("{s}"));
         Ok(RemoteOutput { code: status.code(), signal, stdout: Vec::new(), stderr: errbuf })
+    }
+}
+
+/// Why pumping one of the command's outputs stopped.
+#[derive(Debug)]
+enum PumpError {
+    Read(std::io::Error),
+    Write(std::io::Error),
+}
+
+impl PumpError {
+    fn into_transport(self, host: &str) -> TransportError {
+        match self {
+            PumpError::Read(e) => TransportError::Io {
+                host: host.to_owned(),
+                what: "reading the command's output".to_owned(),
+                source: e,
+            },
+            PumpError::Write(e) => output_error(host, e),
+        }
+    }
+}
+
+/// Copies `from` to `to` until end of input, calling `touch` for every chunk.
+fn pump(
+    from: &mut dyn Read,
+    to: &mut dyn Write,
+    touch: &(dyn Fn() + Sync),
+) -> Result<(), PumpError> {
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let n = match from.read(&mut buf) {
+            Ok(0) => return Ok(()),
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(PumpError::Read(e)),
+        };
+        touch();
+        to.write_all(&buf[..n]).map_err(PumpError::Write)?;
     }
 }
 

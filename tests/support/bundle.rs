@@ -70,7 +70,7 @@ impl Fixture {
         let pki = make_pki(dir.path(), alg);
         let d = dir.path();
         sh("ssh-keygen -q -t ed25519 -N '' -C signer -f signer", d);
-        sh("echo \"ops@example.com $(cut -d' ' -f1,2 signer.pub)\" > allowed_signers", d);
+        sh("echo \"ops@example.com namespaces=\\\"hapki-bundle\\\" $(cut -d' ' -f1,2 signer.pub)\" > allowed_signers", d);
         sh("age-keygen -o age.key 2>/dev/null", d);
         let rec = sh("age-keygen -y age.key", d);
         Fixture {
@@ -160,6 +160,8 @@ pub struct Raw {
     pub mode: u32,
     pub link: Vec<u8>,
     pub data: Vec<u8>,
+    /// hapki stamps every header with the bundle's `created_at` ([`bundle_mtime`]).
+    pub mtime: u64,
 }
 
 impl Raw {
@@ -171,6 +173,7 @@ impl Raw {
             mode,
             link: vec![],
             data: data.to_vec(),
+            mtime: 1_700_000_000,
         }
     }
 }
@@ -184,7 +187,9 @@ pub fn raw_tar(entries: &[Raw]) -> Vec<u8> {
         h.set_mode(e.mode);
         h.set_uid(0);
         h.set_gid(0);
-        h.set_mtime(1_700_000_000);
+        h.set_mtime(e.mtime);
+        h.set_username("root").unwrap();
+        h.set_groupname("root").unwrap();
         h.set_size(e.data.len() as u64);
         h.set_entry_type(tar::EntryType::new(e.typeflag));
         let old = h.as_old_mut();
@@ -199,6 +204,14 @@ pub fn raw_tar(entries: &[Raw]) -> Vec<u8> {
     }
     out.resize(out.len() + 1024, 0);
     out
+}
+
+/// The mtime of a plaintext bundle's first tar header, read with the `tar` crate.
+pub fn bundle_mtime(bundle: &Path) -> u64 {
+    let f = std::fs::File::open(bundle).unwrap();
+    let mut a = tar::Archive::new(flate2::read::GzDecoder::new(f));
+    let first = a.entries().unwrap().next().unwrap().unwrap();
+    first.header().mtime().unwrap()
 }
 
 pub fn gzip(data: &[u8]) -> Vec<u8> {
