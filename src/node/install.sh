@@ -477,6 +477,17 @@ case " $actions " in *" daemon-reload "*) run_after daemon-reload systemctl daem
 # Each image the import created is then labelled io.cri-containerd.pinned=pinned, which the CRI
 # plugin of containerd >= 1.7 reports to the kubelet as pinned (spared by its image GC). A failed
 # import fails the node, naming the archive and its images, and the history records it.
+# What a failed import left under the archive's names is unusable (not all of its content is
+# there): removed, so containerd never lists a broken image as if it were present.
+drop_incomplete() { # names
+    [ -n "$1" ] || return 0
+    ctr -n k8s.io images check 2> /dev/null 9>&- | awk -v names=" $1 " \
+        'NR > 1 && index(names, " " $1 " ") && / incomplete / { print $1 }' |
+        while IFS= read -r n; do
+            case $n in -* | *[!A-Za-z0-9._/:@-]*) continue ;; esac
+            ctr -n k8s.io images rm "$n" > /dev/null 2>&1 9>&- || :
+        done
+}
 import_images() { # staged copy, dest
     command -v ctr > /dev/null 2>&1 ||
         die 78 "files installed, but importing $2 needs ctr (containerd), which this node lacks"
@@ -485,6 +496,7 @@ import_images() { # staged copy, dest
     if ! io=$(ctr -n k8s.io images import --all-platforms "$1" 2>&1 9>&-); then
         io=$(printf '%s' "$io" | tail -n 1 | tr -cd '[:print:]' | cut -c1-300)
         printf '%s after=import-images FAILED dest=%s images=%s\n' "$stamp" "$2" "$(printf '%s' "${names:--}" | tr ' ' ,)" >> "$st/history"
+        drop_incomplete "$names"
         die 78 "files installed, but containerd could not import $2 (images: ${names:-none named}): $io"
     fi
     got=$(printf '%s\n' "$io" | sed -n 's/^unpacking \([^ ]*\) (sha256:[0-9a-f]*)\.\.\..*$/\1/p' | tr '\n' ' ')
