@@ -88,9 +88,10 @@ fn bundle(fx: &Fixture, spec: &Path, out: &str) -> PathBuf {
     path
 }
 
-fn push(fx: &Fixture, tb: &Testbed, b: &Path) -> Output {
+fn push(fx: &Fixture, tb: &Testbed, b: &Path, transport: &str) -> Output {
     let inv = tb.inventory();
-    fx.with_bundle("push", b, &["--inventory", inv.to_str().unwrap(), "--output", "json"])
+    let args = ["--inventory", inv.to_str().unwrap(), "--output", "json", "--transport", transport];
+    fx.with_bundle("push", b, &args)
 }
 
 fn audit(fx: &Fixture, tb: &Testbed, b: &Path) -> Output {
@@ -167,7 +168,7 @@ fn images_land_with_their_digests_pinned_audited_and_repaired_per_node() {
     );
     let b = bundle(&fx, &s, "images.bundle");
 
-    let out = push(&fx, &tb, &b);
+    let out = push(&fx, &tb, &b, "openssh");
     assert!(out.status.success(), "push: {}", text(&out));
     let st = statuses(&out);
     for n in &tb.nodes {
@@ -222,7 +223,7 @@ fn images_land_with_their_digests_pinned_audited_and_repaired_per_node() {
 
     // Push again: only the broken nodes re-import, the intact one is left alone.
     let before: Vec<usize> = tb.nodes.iter().map(|n| imports_in_history(&tb, &n.name)).collect();
-    let out = push(&fx, &tb, &b);
+    let out = push(&fx, &tb, &b, "builtin");
     assert!(out.status.success(), "push: {}", text(&out));
     let st = statuses(&out);
     assert_eq!(st["kubemaster-1"].0, "unchanged", "{:?}", st);
@@ -253,7 +254,7 @@ fn images_land_with_their_digests_pinned_audited_and_repaired_per_node() {
         ],
     );
     let b2 = bundle(&fx, &s, "bad.bundle");
-    let out = push(&fx, &tb, &b2);
+    let out = push(&fx, &tb, &b2, "openssh");
     assert_eq!(out.status.code(), Some(5), "some nodes failed: {}", text(&out));
     let st = statuses(&out);
     let (status, msg) = &st["kubenode-1"];
@@ -270,5 +271,9 @@ fn images_land_with_their_digests_pinned_audited_and_repaired_per_node() {
             && l.contains("k8s.gcr.io/coredns:1.7.0")),
         "the history does not say so:\n{h}"
     );
-    assert!(!node_images(&tb, "kubenode-1").contains_key(KUBEADM_1_20_2[6]), "{msg}\n{}", tb.ok("kubenode-1", "ctr -n k8s.io images ls; ctr -n k8s.io content ls"));
+    assert!(
+        !node_images(&tb, "kubenode-1").contains_key(KUBEADM_1_20_2[6]),
+        "{msg}\n{}",
+        tb.ok("kubenode-1", "ctr -n k8s.io images ls; ctr -n k8s.io content ls")
+    );
 }
