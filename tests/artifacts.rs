@@ -237,12 +237,10 @@ fn on_node(n: &TbNode, dest: &str) -> PathBuf {
 /// A stand-in `systemctl` on a node that logs what it was asked to do (images go to the node's
 /// real containerd: `Testbed::up_with(.., &["--containerd"])`).
 fn after_standins(n: &TbNode) {
-    for tool in ["systemctl"] {
-        let p = n.dir.join("bin").join(tool);
-        std::fs::write(&p, format!("#!/bin/sh\necho \"{tool} $*\" >> {TB_ROOT}/after.log\n"))
-            .unwrap();
-        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
-    }
+    let p = n.dir.join("bin/systemctl");
+    std::fs::write(&p, format!("#!/bin/sh\necho \"systemctl $*\" >> {TB_ROOT}/after.log\n"))
+        .unwrap();
+    std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
 }
 
 /// The spec's image stand-ins replaced by real OCI archives (one image each), named like
