@@ -490,9 +490,18 @@ pub fn images_on_node(
 }
 
 /// Whether every image of the archive at `dest` is in the node's containerd, with its digest,
-/// pinned.
+/// pinned. An archive whose index names no image (a docker-archive without index.json) cannot
+/// be checked: its signed hash alone says it is in place, as for any other file.
 pub fn images_in_place(facts: &crate::node::facts::NodeFacts, dest: &str) -> bool {
-    images_on_node(facts, dest).is_ok_and(|v| v.iter().all(|(_, s)| *s == ImageState::Present))
+    let Some(Ok(imgs)) = facts.image_index.get(dest).map(|i| archive_images(i)) else {
+        return true;
+    };
+    match &facts.runtime_images {
+        Some(Some(ls)) => image_states(&imgs, &parse_ctr_images(ls))
+            .iter()
+            .all(|(_, s)| *s == ImageState::Present),
+        _ => false,
+    }
 }
 
 #[cfg(test)]
@@ -588,5 +597,28 @@ mod tests {
                 ImageState::Missing
             ]
         );
+    }
+
+    #[test]
+    fn an_archive_is_in_place_once_containerd_holds_its_images() {
+        use crate::node::facts::NodeFacts;
+        let d = format!("sha256:{}", "c".repeat(64));
+        let idx = format!(
+            r#"{{"manifests":[{{"digest":"{d}","annotations":{{"io.containerd.image.name":"k8s.gcr.io/pause:3.2"}}}}]}}"#
+        );
+        let mut f = NodeFacts::default();
+        f.image_index.insert("/i.tar".into(), idx.into_bytes());
+        assert!(!images_in_place(&f, "/i.tar"), "containerd did not answer");
+        let ls = |labels: &str| {
+            format!("REF TYPE DIGEST SIZE PLATFORMS LABELS\nk8s.gcr.io/pause:3.2 t {d} 1 B linux/amd64 {labels}\n")
+        };
+        f.runtime_images = Some(Some(ls("-")));
+        assert!(!images_in_place(&f, "/i.tar"), "unpinned");
+        f.runtime_images = Some(Some(ls(PINNED_LABEL)));
+        assert!(images_in_place(&f, "/i.tar"));
+        // Nothing named to check (a docker-archive): the hash decides, as for any file.
+        f.image_index.insert("/d.tar".into(), b"".to_vec());
+        f.runtime_images = Some(None);
+        assert!(images_in_place(&f, "/d.tar"));
     }
 }

@@ -180,7 +180,9 @@ pub struct NodeAudit {
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub artifacts: BTreeMap<String, FileCell>,
     /// Each image the bundle's image archives name for this node → `present`, `missing`,
-    /// `unpinned`, `digest sha256:…` (the other digest containerd holds) or `unknown`.
+    /// `unpinned`, `digest sha256:…` (the other digest containerd holds); keyed by the archive's
+    /// dest instead, `unknown` (containerd did not answer) or `unchecked` (its index names no
+    /// image).
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub images: BTreeMap<String, String>,
     pub certificates: Vec<CertRow>,
@@ -500,7 +502,7 @@ fn audit_images(
     reference: &Reference,
     problems: &mut Vec<Problem>,
 ) -> BTreeMap<String, String> {
-    use crate::artifacts::{images_on_node, After, ImageState};
+    use crate::artifacts::{archive_images, images_on_node, After, ImageState};
     let mut images = BTreeMap::new();
     let archives = reference
         .artifacts
@@ -516,6 +518,13 @@ fn audit_images(
         let mut p = |kind: Kind, message: String| {
             problems.push(Problem { node: node.into(), file: Some(a.dest.clone()), kind, message })
         };
+        let readable = facts.image_index.get(&a.dest).is_some_and(|i| archive_images(i).is_ok());
+        if !readable {
+            // No image names to check (e.g. a docker-archive without index.json): the signed
+            // hash above is all there is to say.
+            images.insert(a.dest.clone(), "unchecked".into());
+            continue;
+        }
         let states = match images_on_node(facts, &a.dest) {
             Ok(s) => s,
             Err(e) => {

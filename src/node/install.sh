@@ -491,7 +491,8 @@ drop_incomplete() { # names
 import_images() { # staged copy, dest
     command -v ctr > /dev/null 2>&1 ||
         die 78 "files installed, but importing $2 needs ctr (containerd), which this node lacks"
-    names=$(tar -xOf "$1" --occurrence=1 index.json 2> /dev/null | grep -o '"io.containerd.image.name":"[^"]*"' | cut -d'"' -f4 | tr '\n' ' ')
+    names=$(tar -xOf "$1" --occurrence=1 index.json 2> /dev/null | grep -o '"io.containerd.image.name":"[^"]*"' |
+        cut -d'"' -f4 | tr -cd 'A-Za-z0-9._/:@\n-' | tr '\n' ' ')
     names=${names% }
     if ! io=$(ctr -n k8s.io images import --all-platforms "$1" 2>&1 9>&-); then
         io=$(printf '%s' "$io" | tail -n 1 | tr -cd '[:print:]' | cut -c1-300)
@@ -502,8 +503,8 @@ import_images() { # staged copy, dest
     got=$(printf '%s\n' "$io" | sed -n 's/^unpacking \([^ ]*\) (sha256:[0-9a-f]*)\.\.\..*$/\1/p' | tr '\n' ' ')
     got=${got% }
     [ -n "$got" ] || die 78 "files installed, but importing $2 created no named image (the archive's index.json names none)"
+    case " $got" in *" -"* | *[!A-Za-z0-9._/:@\ -]*) die 78 "importing $2 created an image named outside hapki's alphabet" ;; esac
     for n in $got; do
-        case $n in -* | *[!A-Za-z0-9._/:@-]*) die 78 "importing $2 created an image named outside hapki's alphabet: $n" ;; esac
         ctr -n k8s.io images label "$n" io.cri-containerd.pinned=pinned > /dev/null 2>&1 9>&- ||
             die 78 "files installed and $n imported, but labelling it pinned failed"
     done
