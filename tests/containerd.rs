@@ -221,6 +221,25 @@ fn images_land_with_their_digests_pinned_audited_and_repaired_per_node() {
         text(&out)
     );
 
+    // The matrix for people: one row per image, a cell per node.
+    let table = hapki()
+        .args(["audit", "--inventory", tb.inventory().to_str().unwrap(), "--bundle"])
+        .arg(&b)
+        .arg("--trust")
+        .arg(fx.allowed())
+        .arg("--decrypt-key")
+        .arg(fx.signer())
+        .output()
+        .unwrap();
+    let table = String::from_utf8_lossy(&table.stdout).into_owned();
+    let row = |img: &str| {
+        let l = table.lines().find(|l| l.starts_with(img)).unwrap_or_else(|| panic!("{table}"));
+        l.split_whitespace().skip(1).map(str::to_string).collect::<Vec<_>>()
+    };
+    assert_eq!(row("k8s.gcr.io/pause:3.2"), ["present", "present", "present", "missing"]);
+    assert_eq!(row("k8s.gcr.io/etcd:3.4.13-0"), ["present", "unpinned", "present"], "{table}");
+    assert_eq!(row("k8s.gcr.io/kube-proxy:v1.20.2")[2], "digest", "{table}");
+
     // Push again: only the broken nodes re-import, the intact one is left alone.
     let before: Vec<usize> = tb.nodes.iter().map(|n| imports_in_history(&tb, &n.name)).collect();
     let out = push(&fx, &tb, &b, "builtin");
