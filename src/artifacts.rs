@@ -40,7 +40,8 @@ pub const MAX_ARTIFACTS: usize = 2000;
 pub enum After {
     /// `systemctl daemon-reload` (a unit file or drop-in changed).
     DaemonReload,
-    /// `ctr -n k8s.io images import DEST` (an image archive).
+    /// `ctr -n k8s.io images import --platform linux/ARCH` of the staged copy of DEST (an image
+    /// archive), every image it names then pinned.
     ImportImages,
     /// `systemctl restart kubelet` (the kubelet binary or its config changed).
     RestartKubelet,

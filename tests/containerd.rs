@@ -18,7 +18,7 @@ use std::path::{Path, PathBuf};
 use std::process::Output;
 
 use fixture::{hapki, text, Fixture};
-use images::{index_digests, oci_archive, KUBEADM_1_20_2};
+use images::{index_digests, oci_archive, oci_archive_with, KUBEADM_1_20_2};
 use testbed::Testbed;
 
 const PINNED: &str = "io.cri-containerd.pinned=pinned";
@@ -159,7 +159,9 @@ fn images_land_with_their_digests_pinned_audited_and_repaired_per_node() {
         [KUBEADM_1_20_2[0], KUBEADM_1_20_2[1], KUBEADM_1_20_2[2], KUBEADM_1_20_2[5]],
         [KUBEADM_1_20_2[3], KUBEADM_1_20_2[4]],
     );
-    let cp = oci_archive(&work, &work.join("control-plane.tar"), &cp_names, false);
+    // kube-apiserver as `ctr images export` writes an image pulled for one platform: a
+    // multi-platform index whose archive holds only linux/amd64 (this machine's) content.
+    let cp = oci_archive_with(&work, &work.join("control-plane.tar"), &cp_names, false, true);
     let nd = oci_archive(&work, &work.join("node.tar"), &node_names, false);
     assert_eq!(index_digests(&cp).len(), 4);
     let s = spec(

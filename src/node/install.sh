@@ -473,7 +473,10 @@ run_after() { # name, command...
 }
 case " $actions " in *" daemon-reload "*) run_after daemon-reload systemctl daemon-reload ;; esac
 # An image archive goes into containerd's k8s.io namespace from the root-only staged copy (never
-# from the dest), all platforms, so every manifest keeps the digest the archive's index gives it.
+# from the dest), each image under the digest the archive's index gives it. Only the node's own
+# platform, named strictly: an archive that `ctr images export` wrote for one platform lists the
+# others in its image index without their content, and containerd 1.6 then fails both
+# --all-platforms and its default (which also matches linux/386 on amd64).
 # Each image the import created is then labelled io.cri-containerd.pinned=pinned, which the CRI
 # plugin of containerd >= 1.7 reports to the kubelet as pinned (spared by its image GC). A failed
 # import fails the node, naming the archive and its images, and the history records it.
@@ -494,7 +497,13 @@ import_images() { # staged copy, dest
     names=$(tar -xOf "$1" --occurrence=1 index.json 2> /dev/null | grep -o '"io.containerd.image.name":"[^"]*"' |
         cut -d'"' -f4 | tr -cd 'A-Za-z0-9._/:@\n-' | tr '\n' ' ')
     names=${names% }
-    if ! io=$(ctr -n k8s.io images import --all-platforms "$1" 2>&1 9>&-); then
+    case $(uname -m) in
+    x86_64) pf=linux/amd64 ;;
+    aarch64 | arm64) pf=linux/arm64 ;;
+    armv7l) pf=linux/arm/v7 ;;
+    *) pf=linux/$(uname -m) ;;
+    esac
+    if ! io=$(ctr -n k8s.io images import --platform "$pf" "$1" 2>&1 9>&-); then
         io=$(printf '%s' "$io" | tail -n 1 | tr -cd '[:print:]' | cut -c1-300)
         printf '%s after=import-images FAILED dest=%s images=%s\n' "$stamp" "$2" "$(printf '%s' "${names:--}" | tr ' ' ,)" >> "$st/history"
         drop_incomplete "$names"

@@ -30,6 +30,19 @@ fn run(c: &mut Command) {
 /// With `truncate_layer`, the first image's layer blob is cut in half before tarring: a
 /// well-formed archive that containerd cannot import.
 pub fn oci_archive(work: &Path, out: &Path, names: &[&str], truncate_layer: bool) -> PathBuf {
+    oci_archive_with(work, out, names, truncate_layer, false)
+}
+
+/// [`oci_archive`]; with `partial_index`, the first image is a multi-platform image index
+/// (linux/amd64, linux/arm64, linux/386) whose archive holds the amd64 content only: what
+/// `ctr images export` writes for an image pulled for one platform.
+pub fn oci_archive_with(
+    work: &Path,
+    out: &Path,
+    names: &[&str],
+    truncate_layer: bool,
+    partial_index: bool,
+) -> PathBuf {
     let stem = out.file_name().unwrap().to_string_lossy().replace('.', "_");
     let layout = work.join(format!("layout-{stem}"));
     let _ = std::fs::remove_dir_all(&layout);
@@ -57,6 +70,9 @@ pub fn oci_archive(work: &Path, out: &Path, names: &[&str], truncate_layer: bool
             "org.opencontainers.image.ref.name": name.rsplit(':').next().unwrap(),
         });
     }
+    if partial_index {
+        wrap_in_partial_index(&layout, &mut index);
+    }
     std::fs::write(&index_path, serde_json::to_vec(&index).unwrap()).unwrap();
     if truncate_layer {
         let layer = first_layer(&layout, &index);
@@ -71,6 +87,44 @@ pub fn oci_archive(work: &Path, out: &Path, names: &[&str], truncate_layer: bool
         "blobs",
     ]));
     out.to_path_buf()
+}
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(bytes))
+}
+
+/// Replaces the first manifest of `index` by an image index naming it for linux/amd64 and two
+/// other platforms whose content the archive lacks.
+fn wrap_in_partial_index(layout: &Path, index: &mut serde_json::Value) {
+    let m = index["manifests"][0].clone();
+    let absent = |arch: &str| {
+        serde_json::json!({
+            "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "digest": format!("sha256:{}", sha256_hex(format!("absent {arch}").as_bytes())),
+            "size": 500,
+            "platform": {"architecture": arch, "os": "linux"},
+        })
+    };
+    let list = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.index.v1+json",
+        "manifests": [
+            {"mediaType": m["mediaType"], "digest": m["digest"], "size": m["size"],
+             "platform": {"architecture": "amd64", "os": "linux"}},
+            absent("arm64"),
+            absent("386"),
+        ],
+    });
+    let bytes = serde_json::to_vec(&list).unwrap();
+    let digest = format!("sha256:{}", sha256_hex(&bytes));
+    std::fs::write(blob(layout, &digest), &bytes).unwrap();
+    index["manifests"][0] = serde_json::json!({
+        "mediaType": "application/vnd.oci.image.index.v1+json",
+        "digest": digest,
+        "size": bytes.len(),
+        "annotations": m["annotations"],
+    });
 }
 
 fn blob(layout: &Path, digest: &str) -> PathBuf {
