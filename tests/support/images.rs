@@ -34,8 +34,8 @@ pub fn oci_archive(work: &Path, out: &Path, names: &[&str], truncate_layer: bool
 }
 
 /// [`oci_archive`]; with `partial_index`, the first image is a multi-platform image index
-/// (linux/amd64, linux/arm64, linux/386) whose archive holds the amd64 content only: what
-/// `ctr images export` writes for an image pulled for one platform.
+/// (this machine's platform and two others) whose archive holds this platform's content only:
+/// what `ctr images export` writes for an image pulled for one platform.
 pub fn oci_archive_with(
     work: &Path,
     out: &Path,
@@ -94,8 +94,8 @@ fn sha256_hex(bytes: &[u8]) -> String {
     hex::encode(sha2::Sha256::digest(bytes))
 }
 
-/// Replaces the first manifest of `index` by an image index naming it for linux/amd64 and two
-/// other platforms whose content the archive lacks.
+/// Replaces the first manifest of `index` by an image index naming it for this machine's
+/// platform and two other platforms whose content the archive lacks.
 fn wrap_in_partial_index(layout: &Path, index: &mut serde_json::Value) {
     let m = index["manifests"][0].clone();
     let absent = |arch: &str| {
@@ -106,15 +106,23 @@ fn wrap_in_partial_index(layout: &Path, index: &mut serde_json::Value) {
             "platform": {"architecture": arch, "os": "linux"},
         })
     };
+    // This machine's platform holds the content (umoci builds for it); two others are absent.
+    let here = match std::env::consts::ARCH {
+        "x86_64" => "amd64",
+        "aarch64" => "arm64",
+        other => other,
+    };
+    let mut manifests = vec![serde_json::json!({
+        "mediaType": m["mediaType"], "digest": m["digest"], "size": m["size"],
+        "platform": {"architecture": here, "os": "linux"},
+    })];
+    manifests.extend(
+        ["amd64", "arm64", "386"].iter().filter(|a| **a != here).take(2).map(|a| absent(a)),
+    );
     let list = serde_json::json!({
         "schemaVersion": 2,
         "mediaType": "application/vnd.oci.image.index.v1+json",
-        "manifests": [
-            {"mediaType": m["mediaType"], "digest": m["digest"], "size": m["size"],
-             "platform": {"architecture": "amd64", "os": "linux"}},
-            absent("arm64"),
-            absent("386"),
-        ],
+        "manifests": manifests,
     });
     let bytes = serde_json::to_vec(&list).unwrap();
     let digest = format!("sha256:{}", sha256_hex(&bytes));
