@@ -18,7 +18,7 @@
 //! hashed: a dest is one of a small safe alphabet, so it can be passed to the node script and
 //! written into `SHA256SUMS`-adjacent records without quoting surprises.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::path::{Component, Path, PathBuf};
 
@@ -40,7 +40,8 @@ pub const MAX_ARTIFACTS: usize = 2000;
 pub enum After {
     /// `systemctl daemon-reload` (a unit file or drop-in changed).
     DaemonReload,
-    /// `ctr -n k8s.io images import DEST` (an image archive).
+    /// `ctr -n k8s.io images import --platform linux/ARCH` of the staged copy of DEST (an image
+    /// archive), every image it names then pinned.
     ImportImages,
     /// `systemctl restart kubelet` (the kubelet binary or its config changed).
     RestartKubelet,
@@ -375,6 +376,135 @@ fn resolve_source(base: &Path, s: &str) -> Result<PathBuf, String> {
     Ok(base.join(p))
 }
 
+/// The label containerd's CRI plugin (1.7 and later) reports to the kubelet as a pinned image,
+/// which the kubelet's image garbage collection never removes.
+pub const PINNED_LABEL: &str = "io.cri-containerd.pinned=pinned";
+
+/// One image an archive's `index.json` names: what `ctr images import` creates.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ArchiveImage {
+    /// `io.containerd.image.name`, e.g. `k8s.gcr.io/pause:3.2`.
+    pub name: String,
+    /// The manifest (or index) digest, `sha256:<hex>`.
+    pub digest: String,
+}
+
+/// The images an OCI archive's `index.json` names (by `io.containerd.image.name`, the name
+/// `ctr images import` gives them). An error says why the index cannot be read.
+pub fn archive_images(index_json: &[u8]) -> Result<Vec<ArchiveImage>, String> {
+    let v: serde_json::Value = serde_json::from_slice(index_json)
+        .map_err(|e| format!("its index.json is not JSON ({e})"))?;
+    let manifests = v
+        .get("manifests")
+        .and_then(|m| m.as_array())
+        .ok_or("its index.json has no manifests list")?;
+    let mut out = Vec::new();
+    for m in manifests {
+        let name = m.pointer("/annotations/io.containerd.image.name").and_then(|n| n.as_str());
+        let digest = m.get("digest").and_then(|d| d.as_str());
+        if let (Some(name), Some(digest)) = (name, digest) {
+            out.push(ArchiveImage { name: name.into(), digest: digest.into() });
+        }
+    }
+    if out.is_empty() {
+        return Err("its index.json names no image (no io.containerd.image.name annotation)".into());
+    }
+    Ok(out)
+}
+
+/// An image as containerd lists it (`ctr images ls`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RuntimeImage {
+    pub digest: String,
+    pub pinned: bool,
+}
+
+/// Parses `ctr -n k8s.io images ls` (columns REF TYPE DIGEST SIZE PLATFORMS LABELS; SIZE is
+/// two words, LABELS the last, comma-separated or `-`).
+pub fn parse_ctr_images(text: &str) -> BTreeMap<String, RuntimeImage> {
+    let mut out = BTreeMap::new();
+    for line in text.lines().skip(1) {
+        let w: Vec<&str> = line.split_whitespace().collect();
+        if w.len() < 4 || !w[2].starts_with("sha256:") {
+            continue;
+        }
+        let labels = w.last().copied().unwrap_or("-");
+        let pinned = labels.split(',').any(|l| l == PINNED_LABEL);
+        out.insert(w[0].to_string(), RuntimeImage { digest: w[2].to_string(), pinned });
+    }
+    out
+}
+
+/// How an image an archive names stands in the node's containerd.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ImageState {
+    Present,
+    Missing,
+    /// Present under the name, with this other digest.
+    Digest(String),
+    Unpinned,
+}
+
+/// Each image of `archive` against what containerd lists.
+pub fn image_states(
+    archive: &[ArchiveImage],
+    runtime: &BTreeMap<String, RuntimeImage>,
+) -> Vec<(ArchiveImage, ImageState)> {
+    archive
+        .iter()
+        .map(|a| {
+            let st = match runtime.get(&a.name) {
+                None => ImageState::Missing,
+                Some(r) if r.digest != a.digest => ImageState::Digest(r.digest.clone()),
+                Some(r) if !r.pinned => ImageState::Unpinned,
+                Some(_) => ImageState::Present,
+            };
+            (a.clone(), st)
+        })
+        .collect()
+}
+
+/// How the facts script is asked about an artifact destination: `@/path` for an image archive
+/// (its index and containerd's images are described too), the path itself otherwise.
+pub fn facts_arg(dest: &str, after: Option<After>) -> String {
+    match after {
+        Some(After::ImportImages) => format!("@{dest}"),
+        _ => dest.to_string(),
+    }
+}
+
+/// The images the archive at `dest` names, each with its state in the node's containerd; an
+/// error when that cannot be told (the archive's index unreadable, containerd not answering).
+pub fn images_on_node(
+    facts: &crate::node::facts::NodeFacts,
+    dest: &str,
+) -> Result<Vec<(ArchiveImage, ImageState)>, String> {
+    let idx = facts.image_index.get(dest).ok_or_else(|| format!("{dest} is not there"))?;
+    let imgs = archive_images(idx).map_err(|e| format!("{dest}: {e}"))?;
+    match &facts.runtime_images {
+        Some(Some(ls)) => Ok(image_states(&imgs, &parse_ctr_images(ls))),
+        _ => Err(
+            "containerd does not answer on this node (ctr -n k8s.io images ls failed); start it"
+                .into(),
+        ),
+    }
+}
+
+/// Whether every image of the archive at `dest` is in the node's containerd, with its digest,
+/// pinned. An archive whose index names no image (a docker-archive without index.json) cannot
+/// be checked: its signed hash alone says it is in place, as for any other file.
+pub fn images_in_place(facts: &crate::node::facts::NodeFacts, dest: &str) -> bool {
+    let Some(Ok(imgs)) = facts.image_index.get(dest).map(|i| archive_images(i)) else {
+        return true;
+    };
+    match &facts.runtime_images {
+        Some(Some(ls)) => image_states(&imgs, &parse_ctr_images(ls))
+            .iter()
+            .all(|(_, s)| *s == ImageState::Present),
+        _ => false,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -422,5 +552,74 @@ mod tests {
         assert!(check_owner("root:$(id)").is_err());
         assert_eq!(After::parse("import-images"), Some(After::ImportImages));
         assert_eq!(After::parse("systemctl restart kubelet"), None);
+    }
+
+    #[test]
+    fn archive_index_and_ctr_listing() {
+        let d = format!("sha256:{}", "a".repeat(64));
+        let idx = format!(
+            r#"{{"schemaVersion":2,"manifests":[{{"digest":"{d}","annotations":{{"io.containerd.image.name":"k8s.gcr.io/pause:3.2"}}}},{{"digest":"{d}"}}]}}"#
+        );
+        let imgs = archive_images(idx.as_bytes()).unwrap();
+        assert_eq!(
+            imgs,
+            vec![ArchiveImage { name: "k8s.gcr.io/pause:3.2".into(), digest: d.clone() }]
+        );
+        assert!(archive_images(b"{}").is_err());
+        assert!(archive_images(b"not json").is_err());
+        assert!(archive_images(br#"{"manifests":[{"digest":"sha256:1"}]}"#).is_err());
+        let ls = format!(
+            "REF TYPE DIGEST SIZE PLATFORMS LABELS\n\
+             k8s.gcr.io/pause:3.2 application/vnd.oci.image.manifest.v1+json {d} 734.0 B linux/amd64 a=b,io.cri-containerd.pinned=pinned\n\
+             k8s.gcr.io/etcd:3.4.13-0 application/vnd.oci.image.manifest.v1+json {d} 734.0 B linux/amd64 -\n"
+        );
+        let rt = parse_ctr_images(&ls);
+        assert!(rt["k8s.gcr.io/pause:3.2"].pinned);
+        assert!(!rt["k8s.gcr.io/etcd:3.4.13-0"].pinned);
+        let want =
+            |name: &str, digest: &str| ArchiveImage { name: name.into(), digest: digest.into() };
+        let other = format!("sha256:{}", "b".repeat(64));
+        let st = image_states(
+            &[
+                want("k8s.gcr.io/pause:3.2", &d),
+                want("k8s.gcr.io/etcd:3.4.13-0", &d),
+                want("k8s.gcr.io/pause:3.2", &other),
+                want("k8s.gcr.io/coredns:1.7.0", &d),
+            ],
+            &rt,
+        );
+        let states: Vec<ImageState> = st.into_iter().map(|(_, s)| s).collect();
+        assert_eq!(
+            states,
+            vec![
+                ImageState::Present,
+                ImageState::Unpinned,
+                ImageState::Digest(d),
+                ImageState::Missing
+            ]
+        );
+    }
+
+    #[test]
+    fn an_archive_is_in_place_once_containerd_holds_its_images() {
+        use crate::node::facts::NodeFacts;
+        let d = format!("sha256:{}", "c".repeat(64));
+        let idx = format!(
+            r#"{{"manifests":[{{"digest":"{d}","annotations":{{"io.containerd.image.name":"k8s.gcr.io/pause:3.2"}}}}]}}"#
+        );
+        let mut f = NodeFacts::default();
+        f.image_index.insert("/i.tar".into(), idx.into_bytes());
+        assert!(!images_in_place(&f, "/i.tar"), "containerd did not answer");
+        let ls = |labels: &str| {
+            format!("REF TYPE DIGEST SIZE PLATFORMS LABELS\nk8s.gcr.io/pause:3.2 t {d} 1 B linux/amd64 {labels}\n")
+        };
+        f.runtime_images = Some(Some(ls("-")));
+        assert!(!images_in_place(&f, "/i.tar"), "unpinned");
+        f.runtime_images = Some(Some(ls(PINNED_LABEL)));
+        assert!(images_in_place(&f, "/i.tar"));
+        // Nothing named to check (a docker-archive): the hash decides, as for any file.
+        f.image_index.insert("/d.tar".into(), b"".to_vec());
+        f.runtime_images = Some(None);
+        assert!(images_in_place(&f, "/d.tar"));
     }
 }

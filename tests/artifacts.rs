@@ -154,6 +154,8 @@ fn hostile_specs_are_refused_naming_the_problem() {
 
 #[path = "support/fixture.rs"]
 mod fixture;
+#[path = "support/images.rs"]
+mod images;
 #[path = "support/testbed.rs"]
 mod testbed;
 
@@ -232,13 +234,27 @@ fn on_node(n: &TbNode, dest: &str) -> PathBuf {
     }
 }
 
-/// Stand-in `systemctl` and `ctr` on a node that log what they were asked to do.
+/// A stand-in `systemctl` on a node that logs what it was asked to do (images go to the node's
+/// real containerd: `Testbed::up_with(.., &["--containerd"])`).
 fn after_standins(n: &TbNode) {
-    for tool in ["systemctl", "ctr"] {
-        let p = n.dir.join("bin").join(tool);
-        std::fs::write(&p, format!("#!/bin/sh\necho \"{tool} $*\" >> {TB_ROOT}/after.log\n"))
-            .unwrap();
-        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let p = n.dir.join("bin/systemctl");
+    std::fs::write(&p, format!("#!/bin/sh\necho \"systemctl $*\" >> {TB_ROOT}/after.log\n"))
+        .unwrap();
+    std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
+}
+
+/// The spec's image stand-ins replaced by real OCI archives (one image each), named like
+/// kubeadm 1.20.2's.
+fn real_images(spec: &Path) {
+    let dir = spec.parent().unwrap();
+    let work = dir.join("oci-work");
+    for (f, name) in [
+        ("images/control-plane/kube-apiserver.tar", "k8s.gcr.io/kube-apiserver:v1.20.2"),
+        ("images/control-plane/etcd.tar", "k8s.gcr.io/etcd:3.4.13-0"),
+        ("images/node/kube-proxy.tar", "k8s.gcr.io/kube-proxy:v1.20.2"),
+        ("images/node/pause.tar", "k8s.gcr.io/pause:3.2"),
+    ] {
+        images::oci_archive(&work, &dir.join(f), &[name], false);
     }
 }
 
@@ -449,10 +465,11 @@ fn a_flipped_byte_in_one_artifact_rejects_the_bundle_and_nothing_is_installed_an
 
 #[test]
 fn push_installs_by_role_byte_identical_then_sends_nothing() {
-    let Some(tb) = Testbed::up(2, 1) else { return };
+    let Some(tb) = Testbed::up_with(2, 1, &["--containerd"]) else { return };
     let fx = Fixture::new();
     let d = tempfile::tempdir().unwrap();
     let spec = standin_spec(d.path());
+    real_images(&spec);
     for n in &tb.nodes {
         after_standins(n);
     }
@@ -503,22 +520,16 @@ fn push_installs_by_role_byte_identical_then_sends_nothing() {
         let log = after_log(n);
         let images: Vec<&String> =
             want.iter().map(|(d, _, _)| d).filter(|d| d.ends_with(".tar")).collect();
-        let mut expect = vec!["systemctl daemon-reload".to_string()];
-        // Images are imported from root's staged copy next to the dest, never from the dest.
-        let staged = |d: &str| format!("{}/(staged copy)", &d[..d.rfind('/').unwrap()]);
-        expect.extend(images.iter().map(|d| format!("ctr -n k8s.io images import {}", staged(d))));
-        expect.push("systemctl restart kubelet".to_string());
-        let got: Vec<String> = log
-            .lines()
-            .map(|l| match l.strip_prefix("ctr -n k8s.io images import ") {
-                Some(p) if p.ends_with("/img") && p.contains("/.hapki-stage_") => {
-                    let dir = &p[..p.find("/.hapki-stage_").unwrap()];
-                    format!("ctr -n k8s.io images import {dir}/(staged copy)")
-                }
-                _ => l.to_string(),
-            })
-            .collect();
+        let expect = ["systemctl daemon-reload", "systemctl restart kubelet"];
+        let got: Vec<&str> = log.lines().collect();
         assert_eq!(got, expect, "{}", n.name);
+        // Each image archive imported into the node's containerd, pinned (tests/containerd.rs
+        // checks the digests).
+        for d in &images {
+            let name = images::index_digests(&on_node(n, d)).remove(0).0;
+            let line = format!("after=import-images dest={d} images={name} pinned");
+            assert!(h.lines().any(|l| l.ends_with(&line)), "{}: no {line}:\n{h}", n.name);
+        }
         assert_no_staging(n);
     }
 

@@ -36,6 +36,9 @@ pub enum Kind {
     KeyOnWorker,
     Unreachable,
     Unreadable,
+    ImageMissing,
+    ImageDigest,
+    ImageUnpinned,
 }
 
 impl Kind {
@@ -52,6 +55,9 @@ impl Kind {
             Kind::KeyOnWorker => "key-on-worker",
             Kind::Unreachable => "unreachable",
             Kind::Unreadable => "unreadable",
+            Kind::ImageMissing => "image-missing",
+            Kind::ImageDigest => "image-digest",
+            Kind::ImageUnpinned => "image-unpinned",
         }
     }
 }
@@ -81,6 +87,15 @@ impl Reference {
     /// The artifact destinations a node of `role` should hold.
     pub fn artifact_dests(&self, role: Role) -> Vec<&str> {
         self.artifacts.iter().filter(|a| a.roles.contains(&role)).map(|a| a.dest.as_str()).collect()
+    }
+
+    /// [`Reference::artifact_dests`] as the facts script takes them (image archives marked).
+    pub fn facts_args(&self, role: Role) -> Vec<String> {
+        self.artifacts
+            .iter()
+            .filter(|a| a.roles.contains(&role))
+            .map(|a| crate::artifacts::facts_arg(&a.dest, a.after))
+            .collect()
     }
 }
 
@@ -165,6 +180,12 @@ pub struct NodeAudit {
     /// bundle that carries artifacts).
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub artifacts: BTreeMap<String, FileCell>,
+    /// Each image the bundle's image archives name for this node → `present`, `missing`,
+    /// `unpinned`, `digest sha256:…` (the other digest containerd holds); keyed by the archive's
+    /// dest instead, `unknown` (containerd did not answer) or `unchecked` (its index names no
+    /// image).
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub images: BTreeMap<String, String>,
     pub certificates: Vec<CertRow>,
     /// Kubeconfig name → its embedded CA equals ca.crt.
     pub kubeconfig_ca_ok: BTreeMap<String, bool>,
@@ -194,6 +215,7 @@ pub fn unreachable(node: &str, role: Role, reason: &str) -> (NodeAudit, Vec<Prob
             reachable: false,
             files: BTreeMap::new(),
             artifacts: BTreeMap::new(),
+            images: BTreeMap::new(),
             certificates: Vec::new(),
             kubeconfig_ca_ok: BTreeMap::new(),
             last_install_serial: None,
@@ -456,6 +478,7 @@ pub fn audit_node(
         }
     }
 
+    let images = audit_images(node, role, facts, reference, &mut problems);
     (
         NodeAudit {
             node: node.into(),
@@ -463,12 +486,84 @@ pub fn audit_node(
             reachable: true,
             files,
             artifacts,
+            images,
             certificates,
             kubeconfig_ca_ok,
             last_install_serial: facts.last_serial,
         },
         problems,
     )
+}
+
+/// The images of the bundle's image archives for this node's role, each as containerd holds
+/// it; an archive that is itself missing or different is already a problem of its own.
+fn audit_images(
+    node: &str,
+    role: Role,
+    facts: &NodeFacts,
+    reference: &Reference,
+    problems: &mut Vec<Problem>,
+) -> BTreeMap<String, String> {
+    use crate::artifacts::{archive_images, images_on_node, After, ImageState};
+    let mut images = BTreeMap::new();
+    let archives = reference
+        .artifacts
+        .iter()
+        .filter(|a| a.roles.contains(&role) && a.after == Some(After::ImportImages));
+    for a in archives {
+        let intact = facts.artifact_dests.get(&a.dest).is_some_and(|s| {
+            s.kind == PathKind::File && s.sha256.as_deref() == Some(a.sha256.as_str())
+        });
+        if !intact {
+            continue;
+        }
+        let mut p = |kind: Kind, message: String| {
+            problems.push(Problem { node: node.into(), file: Some(a.dest.clone()), kind, message })
+        };
+        let readable = facts.image_index.get(&a.dest).is_some_and(|i| archive_images(i).is_ok());
+        if !readable {
+            // No image names to check (e.g. a docker-archive without index.json): the signed
+            // hash above is all there is to say.
+            images.insert(a.dest.clone(), "unchecked".into());
+            continue;
+        }
+        let states = match images_on_node(facts, &a.dest) {
+            Ok(s) => s,
+            Err(e) => {
+                images.insert(a.dest.clone(), "unknown".into());
+                p(
+                    Kind::ImageMissing,
+                    format!("cannot tell whether the images of {} are in containerd: {e}", a.dest),
+                );
+                continue;
+            }
+        };
+        for (img, st) in states {
+            let (cell, kind, message) = match &st {
+                ImageState::Present => ("present".to_string(), None, String::new()),
+                ImageState::Missing => (
+                    "missing".into(),
+                    Some(Kind::ImageMissing),
+                    format!("{} (from {}) is not in containerd's k8s.io namespace; push the bundle again", img.name, a.dest),
+                ),
+                ImageState::Digest(d) => (
+                    format!("digest {d}"),
+                    Some(Kind::ImageDigest),
+                    format!("{} is {d} in containerd, the bundle's {} says {}; push the bundle again", img.name, a.dest, img.digest),
+                ),
+                ImageState::Unpinned => (
+                    "unpinned".into(),
+                    Some(Kind::ImageUnpinned),
+                    format!("{} is not pinned (io.cri-containerd.pinned=pinned), so the kubelet's image GC may delete it; push the bundle again or ctr -n k8s.io images label {} io.cri-containerd.pinned=pinned", img.name, img.name),
+                ),
+            };
+            if let Some(kind) = kind {
+                p(kind, message);
+            }
+            images.insert(img.name, cell);
+        }
+    }
+    images
 }
 
 /// One node to audit.
@@ -489,7 +584,8 @@ pub fn run(
     paths: &crate::node::NodePaths,
 ) -> AuditReport {
     let gathered = crate::transport::for_each_parallel(targets, parallel.max(1), |t| {
-        let dests = reference.as_ref().map(|r| r.artifact_dests(t.role)).unwrap_or_default();
+        let args = reference.as_ref().map(|r| r.facts_args(t.role)).unwrap_or_default();
+        let dests: Vec<&str> = args.iter().map(String::as_str).collect();
         transport.connect(&t.target).map_err(|e| e.to_string()).and_then(|mut s| {
             crate::node::read_facts_with(s.as_mut(), paths, crate::node::FactsScope::Pki, &dests)
         })

@@ -9,6 +9,25 @@ use crate::pki::SHARED_FILES;
 /// Length of the short fingerprints in the matrix: enough to tell CAs apart at a glance.
 const SHORT: usize = 12;
 
+/// One row per image the bundle's image archives name: how each node's containerd holds it
+/// (`present`, `missing`, `unpinned`, `digest` for another digest; blank: not for its role).
+fn image_rows(out: &mut String, report: &AuditReport, name_w: usize, col_w: usize) {
+    let names: std::collections::BTreeSet<&str> =
+        report.nodes.iter().flat_map(|n| n.images.keys().map(String::as_str)).collect();
+    for name in names {
+        let _ = write!(out, "{name:name_w$}");
+        for n in &report.nodes {
+            let text = match n.images.get(name) {
+                _ if !n.reachable => "?",
+                Some(s) => s.split(' ').next().unwrap_or(""),
+                None => "",
+            };
+            let _ = write!(out, "  {text:col_w$}");
+        }
+        let _ = writeln!(out);
+    }
+}
+
 /// Rows the shared files (then the reference bundle's artifacts, by destination), columns the
 /// nodes, cells short SHA-256 of the file; a `*` marks a cell that differs from the reference,
 /// `-` a missing file, `?` an unreachable node, an empty cell an artifact not for that node's
@@ -21,6 +40,7 @@ pub fn matrix(report: &AuditReport) -> String {
         .iter()
         .map(|f| f.name.len())
         .chain(dests.iter().map(|d| d.len()))
+        .chain(report.nodes.iter().flat_map(|n| n.images.keys().map(String::len)))
         .max()
         .unwrap_or(10)
         .max(4);
@@ -60,6 +80,7 @@ pub fn matrix(report: &AuditReport) -> String {
         }
         let _ = writeln!(out);
     }
+    image_rows(&mut out, report, name_w, col_w);
     let blank = if dests.is_empty() { "" } else { ", blank: not for its role" };
     let _ = writeln!(
         out,

@@ -87,6 +87,11 @@ pub struct NodeFacts {
     /// Each artifact destination asked about (absolute path → state, with its SHA-256 when it
     /// is a regular file).
     pub artifact_dests: BTreeMap<String, PathState>,
+    /// `index.json` of each image-archive destination asked about (`@/path`), by destination.
+    pub image_index: BTreeMap<String, Vec<u8>>,
+    /// `ctr -n k8s.io images ls` on the node: `None` when no image archive was asked about,
+    /// `Some(None)` when ctr or its daemon is not there.
+    pub runtime_images: Option<Option<String>>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -232,6 +237,15 @@ impl NodeFacts {
                     let st = parse_state(line, rest)?;
                     f.artifact_dests.insert(st.path.clone(), st);
                 }
+                "IX" => {
+                    let (dest, data) = rest.split_once(' ').unwrap_or((rest, ""));
+                    f.image_index.insert(dest.to_string(), b64(line, data)?);
+                }
+                "CI" if rest.trim() == "-" => f.runtime_images = Some(None),
+                "CI" => {
+                    let text = String::from_utf8_lossy(&b64(line, rest)?).into_owned();
+                    f.runtime_images = Some(Some(text));
+                }
                 "PK" => {
                     if let Some((name, h)) = rest.split_once(' ') {
                         f.public_key_sha256.insert(esc(name), esc(h.trim()));
@@ -295,6 +309,13 @@ mod tests {
         assert_eq!(f.cni_entries, None);
         assert_eq!(f.last_serial, Some(42));
         assert!(f.kubeconfig_ca.is_empty());
+        assert_eq!(f.runtime_images, None);
+        let img = NodeFacts::parse(b"V 1\nIX /i.tar e30=\nCI -\nZ\n", "/p").unwrap();
+        assert_eq!(img.image_index["/i.tar"], b"{}");
+        assert_eq!(img.runtime_images, Some(None));
+        let img = NodeFacts::parse(b"V 1\nIX /i.tar \nCI eA==\nZ\n", "/p").unwrap();
+        assert_eq!(img.image_index["/i.tar"], b"");
+        assert_eq!(img.runtime_images, Some(Some("x".into())));
     }
 
     #[test]

@@ -78,12 +78,26 @@ if [ "$scope" = join ]; then
         printf 'N %s\n' "$(getent ahosts "$resolve" 2>/dev/null | awk '{print $1}' | sort -u | tr '\n' ' ')"
     fi
 fi
+# A destination written @/path is an image archive: its index.json (IX) is described too, and
+# once, what containerd's k8s.io namespace holds (CI, base64 of `ctr images ls`; "-" when ctr
+# or its daemon is not there), so push and audit can see each image's digest and pin.
+imgs=
 for d in "$@"; do
+    ix=
+    case $d in @/*) d=${d#@} ix=1 imgs=1 ;; esac
     if [ -f "$d" ] && [ ! -L "$d" ]; then
         h=$(hashf "$d" 2>/dev/null) || h=unreadable
         printf 'AF file %s %s %s\n' "$(stat -c '%a %u %g %s' "$d")" "$h" "$d"
+        [ -n "$ix" ] && printf 'IX %s %s\n' "$d" "$(tar -xOf "$d" --occurrence=1 index.json 2>/dev/null | head -c 65536 | base64 -w0)"
     else
         statline AF "$d"
     fi
 done
+if [ -n "$imgs" ]; then
+    if command -v ctr >/dev/null 2>&1 && ci=$(ctr -n k8s.io images ls 2>/dev/null 9>&-); then
+        printf 'CI %s\n' "$(printf '%s\n' "$ci" | head -c 1048576 | base64 -w0)"
+    else
+        printf 'CI -\n'
+    fi
+fi
 printf 'Z\n'

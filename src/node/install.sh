@@ -458,7 +458,7 @@ for a in $arts; do
     printf 'artifact %s\n' "$adest"
     case $after in
     -) ;;
-    import-images) actions="$actions import-images|$sd/img" ;;
+    import-images) actions="$actions import-images|$sd/img|$adest" ;;
     *) case " $actions " in *" $after "*) ;; *) actions="$actions $after" ;; esac ;;
     esac
 done
@@ -472,8 +472,60 @@ run_after() { # name, command...
     printf 'after %s\n' "$n"
 }
 case " $actions " in *" daemon-reload "*) run_after daemon-reload systemctl daemon-reload ;; esac
+# An image archive goes into containerd's k8s.io namespace from the root-only staged copy (never
+# from the dest), each image under the digest the archive's index gives it. Only the node's own
+# platform, named strictly: an archive that `ctr images export` wrote for one platform lists the
+# others in its image index without their content, and containerd 1.6 then fails both
+# --all-platforms and its default (which also matches linux/386 on amd64).
+# Each image the import created is then labelled io.cri-containerd.pinned=pinned, which the CRI
+# plugin of containerd >= 1.7 reports to the kubelet as pinned (spared by its image GC). A failed
+# import fails the node, naming the archive and its images, and the history records it.
+# What a failed import left under the archive's names is unusable (not all of its content is
+# there): removed, so containerd never lists a broken image as if it were present.
+drop_incomplete() { # names
+    [ -n "$1" ] || return 0
+    ctr -n k8s.io images check 2> /dev/null 9>&- | awk -v names=" $1 " \
+        'NR > 1 && index(names, " " $1 " ") && / incomplete / { print $1 }' |
+        while IFS= read -r n; do
+            case $n in -* | *[!A-Za-z0-9._/:@-]*) continue ;; esac
+            ctr -n k8s.io images rm "$n" > /dev/null 2>&1 9>&- || :
+        done
+}
+import_images() { # staged copy, dest
+    command -v ctr > /dev/null 2>&1 ||
+        die 78 "files installed, but importing $2 needs ctr (containerd), which this node lacks"
+    names=$(tar -xOf "$1" --occurrence=1 index.json 2> /dev/null | grep -o '"io.containerd.image.name":"[^"]*"' |
+        cut -d'"' -f4 | tr -cd 'A-Za-z0-9._/:@\n-' | tr '\n' ' ')
+    names=${names% }
+    case $(uname -m) in
+    x86_64) pf=linux/amd64 ;;
+    aarch64 | arm64) pf=linux/arm64 ;;
+    armv7l) pf=linux/arm/v7 ;;
+    *) pf=linux/$(uname -m) ;;
+    esac
+    if ! io=$(ctr -n k8s.io images import --platform "$pf" "$1" 2>&1 9>&-); then
+        io=$(printf '%s' "$io" | tail -n 1 | tr -cd '[:print:]' | cut -c1-300)
+        printf '%s after=import-images FAILED dest=%s images=%s\n' "$stamp" "$2" "$(printf '%s' "${names:--}" | tr ' ' ,)" >> "$st/history"
+        drop_incomplete "$names"
+        die 78 "files installed, but containerd could not import $2 (images: ${names:-none named}): $io"
+    fi
+    got=$(printf '%s\n' "$io" | sed -n 's/^unpacking \([^ ]*\) (sha256:[0-9a-f]*)\.\.\..*$/\1/p' | tr '\n' ' ')
+    got=${got% }
+    [ -n "$got" ] || die 78 "files installed, but importing $2 created no named image (the archive's index.json names none)"
+    case " $got" in *" -"* | *[!A-Za-z0-9._/:@\ -]*) die 78 "importing $2 created an image named outside hapki's alphabet" ;; esac
+    for n in $got; do
+        ctr -n k8s.io images label "$n" io.cri-containerd.pinned=pinned > /dev/null 2>&1 9>&- ||
+            die 78 "files installed and $n imported, but labelling it pinned failed"
+    done
+    printf '%s after=import-images dest=%s images=%s pinned\n' "$stamp" "$2" "$(printf '%s' "$got" | tr ' ' ,)" >> "$st/history"
+    printf 'after import-images %s\n' "$got"
+}
 for x in $actions; do
-    case $x in import-images\|*) run_after import-images ctr -n k8s.io images import "${x#import-images|}" ;; esac
+    case $x in import-images\|*)
+        r=${x#import-images|}
+        import_images "${r%%|*}" "${r#*|}"
+        ;;
+    esac
 done
 case " $actions " in *" restart-kubelet "*) run_after restart-kubelet systemctl restart kubelet ;; esac
 printf 'installed\n'

@@ -38,7 +38,24 @@ const COMMON: &str = include_str!("common.sh");
 /// The read-only facts script: `$1` kubernetes dir, `$2` state dir. Its output is parsed by
 /// [`facts::NodeFacts::parse`].
 pub fn facts_script() -> String {
-    format!("{COMMON}{}", include_str!("facts.sh"))
+    strip_comments(&format!("{COMMON}{}", include_str!("facts.sh")))
+}
+
+/// The script without its comment-only lines: they are for readers of the source, and the
+/// whole script travels as one SSH exec request, which libssh2 (the builtin transport) caps
+/// at 35000 bytes a packet. The node scripts have no multi-line string with a line starting
+/// with `#` (a unit test checks the result still parses and fits).
+fn strip_comments(script: &str) -> String {
+    let mut out = String::with_capacity(script.len());
+    for line in script.lines() {
+        let t = line.trim_start();
+        if t.starts_with('#') && !t.starts_with("#!") {
+            continue;
+        }
+        out.push_str(line);
+        out.push('\n');
+    }
+    out
 }
 
 /// The push script: the facts, then one decision line read from stdin (`skip`, or the install
@@ -47,13 +64,13 @@ pub fn facts_script() -> String {
 /// every SSH command) that halves the per-node cost. Arguments: the kubernetes and state
 /// directories, then the artifact destinations whose state the facts describe.
 pub fn push_script() -> String {
-    format!(
+    strip_comments(&format!(
         "{COMMON}facts_main() {{\n{facts}\n}}\nhapki_k=$1 hapki_st=$2\nshift 2\n\
          facts_main \"$hapki_k\" \"$hapki_st\" \"\" pki \"$@\"\nset -- \"$hapki_k\" \"$hapki_st\"\n{decide}{install}",
         facts = include_str!("facts.sh"),
         decide = include_str!("decide.sh"),
         install = include_str!("install.sh"),
-    )
+    ))
 }
 
 /// Exit codes the install script uses for outcomes the operator side must tell apart.
@@ -204,6 +221,17 @@ mod tests {
         assert!(parse_shared_files(b"F ca.crt 644 9\nabc").is_err(), "short body");
         assert!(parse_shared_files(b"F ../x 644 1\na").is_err(), "unknown name");
         assert!(parse_shared_files(b"garbage").is_err());
+    }
+
+    #[test]
+    fn the_push_script_parses_and_fits_one_ssh_exec_request() {
+        let script = push_script();
+        let cmd = crate::transport::remote_command(&script, &[], true).unwrap();
+        // libssh2 sends packets of at most 35000 bytes; leave room for the arguments.
+        assert!(cmd.len() < 31_000, "the push command is {} bytes", cmd.len());
+        let out = std::process::Command::new("sh").args(["-n", "-c", &script]).output().unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(!script.lines().any(|l| l.trim_start().starts_with("# ")));
     }
 
     #[test]

@@ -23,7 +23,7 @@ use std::sync::mpsc::{self, Receiver, SyncSender};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use crate::artifacts::Role;
+use crate::artifacts::{self, After, Role};
 use crate::bundle::{
     self, AllowedSigners, ArtifactEvent, BundleError, Identities, ManifestArtifact, VerifiedBundle,
     VerifyOptions,
@@ -127,6 +127,10 @@ fn in_place(a: &ManifestArtifact, facts: &NodeFacts) -> bool {
         return false;
     }
     if st.mode != Some(a.mode) {
+        return false;
+    }
+    // An image archive is in place only once containerd holds its images, digests and pins.
+    if a.after == Some(After::ImportImages) && !artifacts::images_in_place(facts, &a.dest) {
         return false;
     }
     // Numeric owners are compared; names would need the node's passwd, so they count as met.
@@ -327,7 +331,8 @@ fn node_worker(
     // One exec: the node prints its facts (the artifact dests' hashes included), the decision
     // below runs on the transport's thread while the command waits for it, and the decision
     // line, the small parts and then the streamed artifacts follow on the same stdin.
-    let dests: Vec<&str> = mine.iter().map(|(_, a)| a.dest.as_str()).collect();
+    let dests: Vec<String> =
+        mine.iter().map(|(_, a)| artifacts::facts_arg(&a.dest, a.after)).collect();
     let pki_dir = opts.paths.pki_dir();
     let decided: Mutex<Option<NodeDecision>> = Mutex::new(None);
     let total = AtomicU64::new(0);
@@ -358,7 +363,7 @@ fn node_worker(
         report: &report,
     };
     let mut args = vec![opts.paths.kube_dir.as_str(), opts.paths.state_dir.as_str()];
-    args.extend(dests);
+    args.extend(dests.iter().map(String::as_str));
     let mut stdin = DecisionSource(exchange.clone()).chain(chan);
     let mut stdout = FactsSink(exchange.clone());
     let out = session.run_streaming(&node::push_script(), &args, &mut stdin, &mut stdout);

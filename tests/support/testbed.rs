@@ -43,6 +43,10 @@ impl TbNode {
     pub fn sshd_pid(&self) -> i32 {
         std::fs::read_to_string(self.dir.join("sshd.pid")).unwrap().trim().parse().unwrap()
     }
+    /// The node's /var/lib/containerd, /etc/containerd, /run/containerd (`--containerd`).
+    pub fn containerd(&self, which: &str) -> PathBuf {
+        self.dir.join("containerd").join(which)
+    }
     pub fn host_key_pub(&self, kind: &str) -> PathBuf {
         self.dir.join(format!("ssh_host_{kind}_key.pub"))
     }
@@ -83,6 +87,12 @@ impl Testbed {
     /// Starts `control_planes` + `workers` nodes, or returns `None` (after a loud message) when
     /// not root and not required to run.
     pub fn up(control_planes: usize, workers: usize) -> Option<Testbed> {
+        Testbed::up_with(control_planes, workers, &[])
+    }
+
+    /// [`Testbed::up`] with more `scripts/testbed up` flags (e.g. `--containerd`: a real
+    /// containerd per node).
+    pub fn up_with(control_planes: usize, workers: usize, extra: &[&str]) -> Option<Testbed> {
         // SAFETY: geteuid has no preconditions.
         if unsafe { libc::geteuid() } != 0 {
             if must_run() {
@@ -109,6 +119,7 @@ impl Testbed {
                 .args(["up", "--control-planes", &control_planes.to_string()])
                 .args(["--workers", &workers.to_string(), "--net", &net.to_string(), "--dir"])
                 .arg(&dir)
+                .args(extra)
                 .output()
                 .expect("run scripts/testbed");
             if out.status.code() == Some(75) {
