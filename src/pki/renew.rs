@@ -443,3 +443,36 @@ pub fn ca_status(files: &[super::PkiFile], now: OffsetDateTime) -> Vec<CaStatus>
         })
         .collect()
 }
+
+/// How an incoming CA certificate relates to the one a node holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reissue {
+    /// Not a same-key re-issue (another subject or key, not a CA, unreadable): a different CA.
+    No,
+    /// Same subject and public key, both CAs, and a later notAfter: safe to install.
+    Later,
+    /// Same subject and key but a notAfter no later than the installed one: a downgrade.
+    NotLater,
+}
+
+/// Whether `incoming` is a same-key re-issue of `installed` (both PEM).
+pub fn classify_reissue(installed: &[u8], incoming: &[u8]) -> Reissue {
+    let (Ok(old), Ok(new)) = (
+        parse::parse_certificate("installed", installed),
+        parse::parse_certificate("incoming", incoming),
+    ) else {
+        return Reissue::No;
+    };
+    let raw_subject = |der: &[u8]| {
+        X509Certificate::from_der(der).ok().map(|(_, c)| c.subject().as_raw().to_vec())
+    };
+    let same = old.is_ca
+        && new.is_ca
+        && old.public.spki_der == new.public.spki_der
+        && raw_subject(&old.der).is_some_and(|s| Some(s) == raw_subject(&new.der));
+    match (same, new.not_after > old.not_after) {
+        (false, _) => Reissue::No,
+        (true, true) => Reissue::Later,
+        (true, false) => Reissue::NotLater,
+    }
+}
