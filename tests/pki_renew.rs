@@ -333,3 +333,84 @@ fn check_reports_days_left_per_ca() {
     let text = String::from_utf8_lossy(&table.stdout);
     assert!(text.contains("front-proxy-ca  99 days left"), "{text}");
 }
+
+/// `base64 -w0 FILE`: what kubeadm writes as certificate-authority-data.
+fn b64(path: &Path) -> String {
+    String::from_utf8(run_in(Path::new("/"), "base64", &["-w0", path.to_str().unwrap()]).into())
+        .unwrap()
+}
+
+#[test]
+fn kubeconfig_dir_gets_the_new_ca_data_in_exactly_the_files_that_held_the_old() {
+    let t = tempdir();
+    let dir = pki_path(&t);
+    let Some(()) = kubeadm_pki(&dir) else { return };
+    let kdir = t.path().join("etc-kubernetes");
+    std::fs::create_dir(&kdir).unwrap();
+    // The real kubeadm writes the kubeconfigs from this PKI.
+    let cache = real_kube::cache_dir();
+    let out = Command::new(cache.join("kubeadm"))
+        .args(["init", "phase", "kubeconfig", "all", "--kubernetes-version", real_kube::VERSION])
+        .args(["--apiserver-advertise-address", "192.0.2.10", "--cert-dir"])
+        .arg(&dir)
+        .arg("--kubeconfig-dir")
+        .arg(&kdir)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "kubeadm: {}", String::from_utf8_lossy(&out.stderr));
+    let old_b64 = b64(&dir.join("ca.crt"));
+    let confs = ["admin.conf", "controller-manager.conf", "kubelet.conf", "scheduler.conf"];
+    for c in confs {
+        let text = std::fs::read_to_string(kdir.join(c)).unwrap();
+        assert!(text.contains(&format!("certificate-authority-data: {old_b64}\n")), "{c}");
+    }
+    // One not about this CA, one a symlink, one owned by uid 1000 with 0640.
+    let fp = format!("certificate-authority-data: {}\n", b64(&dir.join("front-proxy-ca.crt")));
+    std::fs::write(kdir.join("other.conf"), &fp).unwrap();
+    std::fs::write(
+        t.path().join("target.conf"),
+        format!("certificate-authority-data: {old_b64}\n"),
+    )
+    .unwrap();
+    std::os::unix::fs::symlink(t.path().join("target.conf"), kdir.join("link.conf")).unwrap();
+    std::os::unix::fs::chown(kdir.join("kubelet.conf"), Some(1000), Some(1000)).unwrap();
+    chmod(&kdir.join("kubelet.conf"), 0o640);
+    let before: BTreeMap<&str, String> =
+        confs.iter().map(|c| (*c, std::fs::read_to_string(kdir.join(c)).unwrap())).collect();
+
+    let dry = renew(
+        &dir,
+        &["--validity", "4000d", "--dry-run", "--kubeconfig-dir", kdir.to_str().unwrap()],
+    );
+    assert_eq!(dry.status.code(), Some(0), "{}", String::from_utf8_lossy(&dry.stderr));
+    assert!(String::from_utf8_lossy(&dry.stdout).contains("would put the new ca.crt in"));
+    for c in confs {
+        assert_eq!(std::fs::read_to_string(kdir.join(c)).unwrap(), before[c], "dry run wrote {c}");
+    }
+
+    let out = renew(&dir, &["--validity", "4000d", "--kubeconfig-dir", kdir.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    let new_b64 = b64(&dir.join("ca.crt"));
+    assert_ne!(new_b64, old_b64);
+    for c in confs {
+        let got = std::fs::read_to_string(kdir.join(c)).unwrap();
+        assert_eq!(
+            got,
+            before[c].replace(&old_b64, &new_b64),
+            "{c}: more than the CA data changed"
+        );
+    }
+    use std::os::unix::fs::MetadataExt;
+    let md = std::fs::metadata(kdir.join("kubelet.conf")).unwrap();
+    assert_eq!((md.mode() & 0o7777, md.uid(), md.gid()), (0o640, 1000, 1000));
+    let md = std::fs::metadata(kdir.join("admin.conf")).unwrap();
+    assert_eq!(md.mode() & 0o7777, 0o600);
+    assert_eq!(std::fs::read_to_string(kdir.join("other.conf")).unwrap(), fp);
+    assert!(std::fs::symlink_metadata(kdir.join("link.conf")).unwrap().file_type().is_symlink());
+    assert!(std::fs::read_to_string(t.path().join("target.conf")).unwrap().contains(&old_b64));
+    // The kubeconfig's CA verifies the old apiserver leaf (openssl, from the decoded data).
+    let ca = t.path().join("from-admin.crt");
+    sh(t.path(), &format!("printf %s '{new_b64}' | base64 -d > {}", ca.display()));
+    let (ok, msg) = verify(&dir, ca.to_str().unwrap(), "apiserver.crt");
+    assert!(ok, "{msg}");
+}

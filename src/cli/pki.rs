@@ -62,12 +62,17 @@ pub struct RenewCaArgs {
     /// Validity of the re-issued certificates from now (kubeadm's CA lifetime is 10 years).
     #[arg(long, value_name = "DURATION", default_value = "3650d")]
     pub validity: Duration,
+    /// Also update kubeadm's kubeconfigs in this directory (/etc/kubernetes): every `*.conf`
+    /// whose certificate-authority-data is the old ca.crt gets the new one (only that value;
+    /// mode and owner kept).
+    #[arg(long, value_name = "DIR")]
+    pub kubeconfig_dir: Option<PathBuf>,
     /// Compute and check the new certificates, print the plan, write nothing.
     #[arg(long)]
     pub dry_run: bool,
     /// `table` for people; `json` prints one object (dry_run, discovery_token_ca_cert_hash,
     /// renewed[] of {ca, file, subject, spki_sha256, old_serial, new_serial, old_not_after,
-    /// new_not_after, backup}).
+    /// new_not_after, backup}, kubeconfigs[]).
     #[arg(long, value_enum, default_value_t)]
     pub output: Output,
 }
@@ -156,6 +161,7 @@ fn renew_ca(args: RenewCaArgs) -> anyhow::Result<u8> {
         validity: args.validity.to_time(),
         now: time::OffsetDateTime::now_utc(),
         dry_run: args.dry_run,
+        kubeconfig_dir: args.kubeconfig_dir,
     };
     let report = pki::renew_cas(&args.pki_dir, &opts).categorized()?;
     match args.output {
@@ -181,6 +187,10 @@ fn print_renew(dir: &std::path::Path, report: &pki::RenewReport) {
         if let Some(b) = &r.backup {
             println!("  old certificate kept as {}", b.display());
         }
+    }
+    for k in &report.kubeconfigs {
+        let verb = if report.dry_run { "would put" } else { "put" };
+        println!("{verb} the new ca.crt in {}", k.display());
     }
     if let Some(h) = &report.discovery_token_ca_cert_hash {
         println!("discovery-token-ca-cert-hash: {h} (unchanged)");

@@ -98,6 +98,9 @@ pub struct RenewOptions {
     pub now: OffsetDateTime,
     /// Compute and check everything, write nothing.
     pub dry_run: bool,
+    /// Where kubeadm's kubeconfigs are (`/etc/kubernetes`): every `*.conf` there whose
+    /// `certificate-authority-data` is the old `ca.crt` gets the new one. `None`: none touched.
+    pub kubeconfig_dir: Option<PathBuf>,
 }
 
 /// One re-issued CA certificate.
@@ -125,6 +128,9 @@ pub struct RenewReport {
     /// Of `ca.crt` after the re-issue: the same as before.
     pub discovery_token_ca_cert_hash: Option<String>,
     pub renewed: Vec<Reissued>,
+    /// Kubeconfigs whose `certificate-authority-data` was (or, on a dry run, would be) the old
+    /// `ca.crt` and now is the new one.
+    pub kubeconfigs: Vec<PathBuf>,
 }
 
 fn read(dir: &Path, name: &str) -> Result<Vec<u8>, PkiError> {
@@ -335,9 +341,20 @@ pub fn renew_cas(dir: &Path, opts: &RenewOptions) -> Result<RenewReport, PkiErro
         });
         olds.push(cert_pem);
     }
+    let kubeconfigs = match (&opts.kubeconfig_dir, renewed.iter().position(|r| r.ca == Ca::Ca)) {
+        (Some(kdir), Some(i)) => kubeconfig_updates(kdir, &olds[i], renewed[i].pem.as_bytes())?,
+        _ => Vec::new(),
+    };
     if !opts.dry_run {
         install(dir, &mut renewed, &olds, opts.now)?;
+        if let Err(e) = install_kubeconfigs(&kubeconfigs) {
+            for (r, old) in renewed.iter().zip(&olds) {
+                let _ = replace(&dir.join(&r.file), old, 0o644);
+            }
+            return Err(e);
+        }
     }
+    let kubeconfigs = kubeconfigs.into_iter().map(|k| k.path).collect();
     let ca_pem = match renewed.iter().find(|r| r.ca == Ca::Ca) {
         Some(r) => Some(r.pem.as_bytes().to_vec()),
         None => read(dir, "ca.crt").ok(),
@@ -345,7 +362,12 @@ pub fn renew_cas(dir: &Path, opts: &RenewOptions) -> Result<RenewReport, PkiErro
     let hash = ca_pem
         .and_then(|b| parse::parse_certificate("ca.crt", &b).ok())
         .map(|c| c.discovery_hash());
-    Ok(RenewReport { dry_run: opts.dry_run, discovery_token_ca_cert_hash: hash, renewed })
+    Ok(RenewReport {
+        dry_run: opts.dry_run,
+        discovery_token_ca_cert_hash: hash,
+        renewed,
+        kubeconfigs,
+    })
 }
 
 fn dedup(which: &[Ca]) -> Vec<Ca> {
@@ -376,15 +398,110 @@ fn install(
     Ok(())
 }
 
+/// One kubeconfig to rewrite: its new and old bytes, mode and owner.
+struct KubeconfigUpdate {
+    path: PathBuf,
+    old: Vec<u8>,
+    new: Vec<u8>,
+    mode: u32,
+    owner: (u32, u32),
+}
+
+/// The `*.conf` files directly under `kdir` (regular files, not symlinks) whose
+/// `certificate-authority-data` is `old_pem`, with that value (only) set to `new_pem`.
+fn kubeconfig_updates(
+    kdir: &Path,
+    old_pem: &[u8],
+    new_pem: &[u8],
+) -> Result<Vec<KubeconfigUpdate>, PkiError> {
+    use base64::Engine;
+    use std::os::unix::fs::MetadataExt;
+    let b64 = |b: &[u8]| base64::engine::general_purpose::STANDARD.encode(b);
+    let (old_b64, new_b64) = (b64(old_pem), b64(new_pem));
+    let entries = std::fs::read_dir(kdir).map_err(|e| PkiError::io(kdir, e))?;
+    let mut paths: Vec<PathBuf> = entries
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "conf"))
+        .collect();
+    paths.sort();
+    let mut out = Vec::new();
+    for path in paths {
+        let meta = std::fs::symlink_metadata(&path).map_err(|e| PkiError::io(&path, e))?;
+        if !meta.file_type().is_file() {
+            continue;
+        }
+        let old = std::fs::read(&path).map_err(|e| PkiError::io(&path, e))?;
+        let Some(new) = swap_ca_data(&old, &old_b64, &new_b64) else { continue };
+        out.push(KubeconfigUpdate {
+            path,
+            old,
+            new,
+            mode: meta.mode() & 0o7777,
+            owner: (meta.uid(), meta.gid()),
+        });
+    }
+    Ok(out)
+}
+
+/// `text` with every `certificate-authority-data: OLD` line's value set to `new`; `None` when
+/// no line holds exactly `old`.
+fn swap_ca_data(text: &[u8], old: &str, new: &str) -> Option<Vec<u8>> {
+    const KEY: &str = "certificate-authority-data:";
+    let text = std::str::from_utf8(text).ok()?;
+    let mut hit = false;
+    let mut out = String::with_capacity(text.len());
+    for line in text.split_inclusive('\n') {
+        let body = line.trim_end_matches('\n');
+        let value = body.trim_start().strip_prefix(KEY).map(str::trim);
+        if value == Some(old) {
+            let indent = &body[..body.len() - body.trim_start().len()];
+            out.push_str(&format!("{indent}{KEY} {new}"));
+            out.push_str(&line[body.len()..]);
+            hit = true;
+        } else {
+            out.push_str(line);
+        }
+    }
+    hit.then(|| out.into_bytes())
+}
+
+/// Writes each kubeconfig (atomically, its own mode and owner); on a failure puts back the
+/// ones already written.
+fn install_kubeconfigs(updates: &[KubeconfigUpdate]) -> Result<(), PkiError> {
+    for (i, u) in updates.iter().enumerate() {
+        if let Err(e) = replace_owned(&u.path, &u.new, u.mode, Some(u.owner)) {
+            for done in &updates[..i] {
+                let _ = replace_owned(&done.path, &done.old, done.mode, Some(done.owner));
+            }
+            return Err(e);
+        }
+    }
+    Ok(())
+}
+
 /// Replaces `path` atomically: a temp file (0600 from creation) in the same directory, then
 /// the mode, fsync, rename over, fsync of the directory.
 pub(crate) fn replace(path: &Path, bytes: &[u8], mode: u32) -> Result<(), PkiError> {
+    replace_owned(path, bytes, mode, None)
+}
+
+/// [`replace`], also giving the new file `owner` (uid, gid) before it is renamed into place.
+fn replace_owned(
+    path: &Path,
+    bytes: &[u8],
+    mode: u32,
+    owner: Option<(u32, u32)>,
+) -> Result<(), PkiError> {
     let parent = path.parent().unwrap_or(Path::new("."));
     let mut tmp = tempfile::Builder::new()
         .prefix(".hapki-")
         .tempfile_in(parent)
         .map_err(|e| PkiError::io(parent, e))?;
     tmp.write_all(bytes).map_err(|e| PkiError::io(tmp.path(), e))?;
+    if let Some((uid, gid)) = owner {
+        std::os::unix::fs::fchown(tmp.as_file(), Some(uid), Some(gid))
+            .map_err(|e| PkiError::io(tmp.path(), e))?;
+    }
     tmp.as_file()
         .set_permissions(std::fs::Permissions::from_mode(mode))
         .map_err(|e| PkiError::io(tmp.path(), e))?;
