@@ -383,7 +383,13 @@ fn install(
     let stamp = now.unix_timestamp();
     for (r, old) in renewed.iter_mut().zip(olds) {
         let backup = dir.join(format!("{}.{stamp}.bak", r.file));
-        write_new(&backup, old, 0o644)?;
+        write_new(&backup, old, 0o644).map_err(|e| match e {
+            PkiError::WouldOverwrite { path } => PkiError::Refused {
+                file: path.display().to_string(),
+                message: "already exists (a backup is never overwritten): wait a second and run renew-ca again".into(),
+            },
+            e => e,
+        })?;
         r.backup = Some(backup);
     }
     for i in 0..renewed.len() {
