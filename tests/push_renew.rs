@@ -122,6 +122,10 @@ fn a_same_key_ca_reissue_is_pushed_without_replace_and_updates_the_kubeconfigs()
     write(&k2.join("kubelet.conf"), &kubeconfig(&old_b64, "system:node:kubemaster-2"), 0o640, 1000);
     write(&k2.join("other.conf"), &kubeconfig(&fp_b64, "someone"), 0o600, 0);
     let other_before = std::fs::read(k2.join("other.conf")).unwrap();
+    // A kubeconfig planted as a symlink to a file outside: never written through.
+    let outside = n2.dir.join("outside.conf");
+    write(&outside, &kubeconfig(&old_b64, "outside"), 0o644, 0);
+    std::os::unix::fs::symlink(&outside, k2.join("planted.conf")).unwrap();
 
     // Negative control first: an earlier notAfter with the same key is a downgrade, refused on
     // every node, which stays exactly as it was.
@@ -169,6 +173,8 @@ fn a_same_key_ca_reissue_is_pushed_without_replace_and_updates_the_kubeconfigs()
         assert_eq!((md.mode() & 0o7777, md.uid(), md.gid()), (mode, uid, uid), "{conf}");
     }
     assert_eq!(std::fs::read(k2.join("other.conf")).unwrap(), other_before);
+    assert_eq!(std::fs::read_to_string(&outside).unwrap(), kubeconfig(&old_b64, "outside"));
+    assert!(std::fs::symlink_metadata(k2.join("planted.conf")).unwrap().file_type().is_symlink());
     let msg = report["nodes"][0]["message"].as_str().unwrap();
     assert!(msg.contains("same-key re-issue") && msg.contains("admin.conf"), "{msg}");
     let history = std::fs::read_to_string(n2.state().join("history")).unwrap();

@@ -457,7 +457,7 @@ fn swap_ca_data(text: &[u8], old: &str, new: &str) -> Option<Vec<u8>> {
     let mut hit = false;
     let mut out = String::with_capacity(text.len());
     for line in text.split_inclusive('\n') {
-        let body = line.trim_end_matches('\n');
+        let body = line.trim_end_matches(['\n', '\r']);
         let value = body.trim_start().strip_prefix(KEY).map(str::trim);
         if value == Some(old) {
             let indent = &body[..body.len() - body.trim_start().len()];
@@ -597,5 +597,32 @@ pub fn classify_reissue(installed: &[u8], incoming: &[u8]) -> Reissue {
         (false, _) => Reissue::No,
         (true, true) => Reissue::Later,
         (true, false) => Reissue::NotLater,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn swap_ca_data_replaces_only_an_exact_value_and_keeps_the_layout() {
+        let text = "a: 1\n    certificate-authority-data: OLD\n  certificate-authority-data:   OLD  \r\nx: OLDER\ncertificate-authority-data: OLDX\n";
+        let got = swap_ca_data(text.as_bytes(), "OLD", "NEW").expect("a hit");
+        assert_eq!(
+            String::from_utf8(got).unwrap(),
+            "a: 1\n    certificate-authority-data: NEW\n  certificate-authority-data: NEW\r\nx: OLDER\ncertificate-authority-data: OLDX\n"
+        );
+        assert!(swap_ca_data(b"certificate-authority-data: OLDX\n", "OLD", "NEW").is_none());
+        assert!(swap_ca_data(b"client-certificate-data: OLD\n", "OLD", "NEW").is_none());
+        assert!(swap_ca_data(&[0xff, 0xfe], "OLD", "NEW").is_none());
+    }
+
+    #[test]
+    fn ca_names_parse() {
+        assert_eq!("etcd/ca".parse::<Ca>().unwrap(), Ca::EtcdCa);
+        assert_eq!(" front-proxy-ca".parse::<Ca>().unwrap(), Ca::FrontProxyCa);
+        assert!("sa".parse::<Ca>().is_err());
+        assert_eq!(Ca::of_cert("etcd/ca.crt"), Some(Ca::EtcdCa));
+        assert_eq!(Ca::of_cert("apiserver.crt"), None);
     }
 }
