@@ -54,7 +54,7 @@ fn write(path: &Path, body: &str, mode: u32, uid: u32) {
 }
 
 /// Every regular file under the node's /etc/kubernetes: bytes, mode, owner.
-fn snapshot(n: &TbNode) -> BTreeMap<String, (Vec<u8>, u32, u32)> {
+fn snapshot(n: &TbNode) -> Snapshot {
     let root = n.etc_kubernetes();
     walkdir::WalkDir::new(&root)
         .into_iter()
@@ -66,6 +66,14 @@ fn snapshot(n: &TbNode) -> BTreeMap<String, (Vec<u8>, u32, u32)> {
             (rel, (std::fs::read(e.path()).unwrap(), md.mode() & 0o7777, md.uid()))
         })
         .collect()
+}
+
+type Snapshot = BTreeMap<String, (Vec<u8>, u32, u32)>;
+
+/// The files whose bytes, mode or owner differ between two snapshots (or exist in one only).
+fn changed(a: &Snapshot, b: &Snapshot) -> Vec<String> {
+    let names: std::collections::BTreeSet<&String> = a.keys().chain(b.keys()).collect();
+    names.into_iter().filter(|n| a.get(*n) != b.get(*n)).cloned().collect()
 }
 
 fn renew_ca(dir: &Path, extra: &[&str]) {
@@ -135,19 +143,43 @@ fn a_same_key_ca_reissue_is_pushed_without_replace_and_updates_the_kubeconfigs()
     let out = push(&fx, &tb, &b_earlier, &[]);
     assert_eq!(out.status.code(), Some(3), "{}", text(&out));
     assert!(text(&out).contains("downgrade") && text(&out).contains("--replace"), "{}", text(&out));
-    assert_eq!(snapshot(n2), before, "a refused node was modified");
+    assert_eq!(
+        changed(&before, &snapshot(n2)),
+        Vec::<String>::new(),
+        "a refused node was modified"
+    );
 
     // The re-issue: same key, later notAfter.
     renew_ca(&fx.pki(), &["--validity", "4000d"]);
     let new_ca = fx.pki().join("ca.crt");
     assert_eq!(pubkey(&new_ca), pubkey(&old_ca));
     let second = fx.bundle_of(&fx.pki(), "second.age", Some(1002));
+
+    // Atomicity: kubelet.conf cannot be replaced (immutable), after admin.conf already was and
+    // the PKI renamed in: the node puts everything back, PKI and kubeconfigs alike.
+    let kubelet = k2.join("kubelet.conf");
+    run("chattr", &["+i", kubelet.to_str().unwrap()]);
+    let before = snapshot(n2);
+    let out = push(&fx, &tb, &second, &[]);
+    run("chattr", &["-i", kubelet.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(5), "{}", text(&out));
+    assert!(
+        text(&out).contains("kubelet.conf") && text(&out).contains("put back"),
+        "{}",
+        text(&out)
+    );
+    assert_eq!(
+        changed(&before, &snapshot(n2)),
+        Vec::<String>::new(),
+        "the failed install was not rolled back entirely"
+    );
+
     let out = push(&fx, &tb, &second, &["--output", "json"]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(
         cluster::node_statuses(&report),
-        vec![("kubemaster-2", "installed"), ("kubemaster-3", "installed")]
+        vec![("kubemaster-2", "installed"), ("kubemaster-3", "unchanged")]
     );
 
     let new_b64 = b64(&new_ca);
