@@ -116,8 +116,8 @@ fn init_first_master(tb: &Testbed, fx: &Fixture, pods: &Pods, host: &str) {
 }
 
 /// `hapki bundle --inventory` (the first master's files), then `hapki push --inventory`.
-fn bundle_and_push(tb: &Testbed, fx: &Fixture) -> std::path::PathBuf {
-    let bundle = fx.path("cluster.bundle");
+fn bundle_and_push(tb: &Testbed, fx: &Fixture, name: &str) -> std::path::PathBuf {
+    let bundle = fx.path(name);
     let recipient = std::fs::read_to_string(fx.signer().with_extension("pub")).unwrap();
     let out = hapki()
         .args(["bundle", "--inventory"])
@@ -352,8 +352,9 @@ fn front_proxy_status(fx: &Fixture, tb: &Testbed, node: &str, with_user: bool) -
     curl(&args, &format!("https://{addr}:6443/api/v1/namespaces/kube-system/configmaps")).0
 }
 
-/// kubeadm's leaves on `node`, each verified by openssl against the pushed CA it must chain to.
-fn verify_leaves(fx: &Fixture, tb: &Testbed, node: &str) {
+/// kubeadm's leaves on `node`, each verified by openssl against the CA under `cas` it must
+/// chain to.
+fn verify_leaves(cas: &Path, tb: &Testbed, node: &str) {
     let pki = tb.node(node).etc_kubernetes().join("pki");
     let leaves = [
         ("ca.crt", "apiserver.crt"),
@@ -367,7 +368,7 @@ fn verify_leaves(fx: &Fixture, tb: &Testbed, node: &str) {
     for (ca, leaf) in leaves {
         let out = Command::new("openssl")
             .args(["verify", "-CAfile"])
-            .arg(fx.pki().join(ca))
+            .arg(cas.join(ca))
             .arg(pki.join(leaf))
             .output()
             .unwrap();
@@ -433,7 +434,7 @@ fn real_kubeadm_builds_an_ha_control_plane_from_the_pushed_pki() {
     }
     cluster::push_to(&fx, &tb, &fx.bundle(), &["kubemaster-1"], &[]);
     init_first_master(&tb, &fx, &pods, &host);
-    let bundle = bundle_and_push(&tb, &fx);
+    let bundle = bundle_and_push(&tb, &fx, "cluster.bundle");
 
     let report = join(&tb, &fx, &pods, &bundle, &host);
     assert_eq!(
@@ -471,14 +472,23 @@ fn real_kubeadm_builds_an_ha_control_plane_from_the_pushed_pki() {
         // Control: the same certificate without X-Remote-User authenticates nobody (it is
         // not signed by the client CA): 401.
         assert_eq!(front_proxy_status(&fx, &tb, node, false), 401, "{node}");
-        verify_leaves(&fx, &tb, node);
+        verify_leaves(&fx.pki(), &tb, node);
     }
 
+    audit_clean(&tb, &fx, &bundle);
+
+    let reissued = reissue_cas_and_push(&tb, &fx, &token);
+    audit_clean(&tb, &fx, &reissued);
+
+    foreign_sa_pub_rejects(&fx, &tb, &pods, &token);
+}
+
+fn audit_clean(tb: &Testbed, fx: &Fixture, bundle: &Path) {
     let audit = hapki()
         .args(["audit", "--inventory"])
         .arg(tb.inventory())
         .arg("--bundle")
-        .arg(&bundle)
+        .arg(bundle)
         .arg("--trust")
         .arg(fx.allowed())
         .arg("--decrypt-key")
@@ -486,6 +496,64 @@ fn real_kubeadm_builds_an_ha_control_plane_from_the_pushed_pki() {
         .output()
         .unwrap();
     assert_eq!(audit.status.code(), Some(0), "audit: {}", text(&audit));
+}
 
-    foreign_sa_pub_rejects(&fx, &tb, &pods, &token);
+/// `base64 -w0` of a file: what kubeadm writes as certificate-authority-data.
+fn base64_of(path: &Path) -> String {
+    let out = Command::new("base64").arg("-w0").arg(path).output().unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// Issue 14: the three CAs re-issued with the same keys on the first master's PKI (and its
+/// kubeconfigs), bundled from it and pushed without --replace. The discovery hash stays, the
+/// leaves issued before verify against the new CA certificates, every kubeconfig holds the new
+/// CA, and a token issued before passes a TokenReview on all three API servers.
+fn reissue_cas_and_push(tb: &Testbed, fx: &Fixture, token: &str) -> std::path::PathBuf {
+    const CAS: [&str; 3] = ["ca.crt", "front-proxy-ca.crt", "etcd/ca.crt"];
+    let m1 = tb.node("kubemaster-1");
+    let pki1 = m1.etc_kubernetes().join("pki");
+    let hash = openssl::openssl_discovery_hash(&pki1.join("ca.crt"));
+    let old_b64 = base64_of(&pki1.join("ca.crt"));
+    let old: Vec<Vec<u8>> = CAS.iter().map(|c| std::fs::read(pki1.join(c)).unwrap()).collect();
+    let out = hapki()
+        .args(["pki", "renew-ca", "--validity", "4000d", "--pki-dir"])
+        .arg(&pki1)
+        .arg("--kubeconfig-dir")
+        .arg(m1.etc_kubernetes())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "renew-ca: {}", text(&out));
+    let new_b64 = base64_of(&pki1.join("ca.crt"));
+    assert_ne!(new_b64, old_b64);
+    let bundle = bundle_and_push(tb, fx, "reissued.bundle");
+    for n in &tb.nodes {
+        let k = n.etc_kubernetes();
+        assert_eq!(openssl::openssl_discovery_hash(&k.join("pki/ca.crt")), hash, "{}", n.name);
+        for (c, old) in CAS.iter().zip(&old) {
+            let got = std::fs::read(k.join("pki").join(c)).unwrap();
+            assert_eq!(got, std::fs::read(pki1.join(c)).unwrap(), "{}: {c}", n.name);
+            assert_ne!(&got, old, "{}: {c} not re-issued", n.name);
+        }
+        verify_leaves(&pki1, tb, &n.name);
+        let mut confs = 0;
+        for e in std::fs::read_dir(&k).unwrap().flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if !name.ends_with(".conf") {
+                continue;
+            }
+            let body = std::fs::read_to_string(e.path()).unwrap();
+            assert!(!body.contains(&old_b64), "{}: {name} still holds the old CA", n.name);
+            if body.contains("certificate-authority-data:") {
+                assert!(body.contains(&new_b64), "{}: {name} lacks the new CA", n.name);
+                confs += 1;
+            }
+        }
+        assert!(confs >= 3, "{}: only {confs} kubeconfigs", n.name);
+    }
+    for n in ["kubemaster-1", "kubemaster-2", "kubemaster-3"] {
+        // kubectl talks to each API server through the updated admin.conf.
+        assert_eq!(token_review(tb, n, token), "true system:serviceaccount:default:hapki-probe");
+    }
+    bundle
 }

@@ -1,4 +1,4 @@
-//! `hapki pki init | check | inspect`.
+//! `hapki pki init | check | inspect | renew-ca`.
 
 use std::path::PathBuf;
 
@@ -33,6 +33,48 @@ pub enum PkiCommand {
     /// For certificates also prints the discovery-token-ca-cert-hash kubeadm would pin for it
     /// as the cluster CA. Exit 3 if any file cannot be read as kubeadm would.
     Inspect(InspectArgs),
+    /// Re-issue CA certificates with the SAME key and subject (kubeadm never renews a CA).
+    ///
+    /// ca.crt, front-proxy-ca.crt and etcd/ca.crt get a new serial and validity; the subject,
+    /// public key (so the discovery-token-ca-cert-hash), subject key identifier and every
+    /// extension stay byte for byte, so every leaf and token issued before stays valid. The
+    /// old certificate is kept beside it as `<name>.<unix time>.bak` (0644, never
+    /// overwritten); the new one replaces it atomically. Keys are never touched. Refuses
+    /// (writing nothing) when a key is missing or does not match, or the new notAfter would
+    /// not be later than the current one. Then: `hapki bundle` and `hapki push` (no
+    /// --replace needed for a same-key re-issue).
+    RenewCa(RenewCaArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct RenewCaArgs {
+    /// The pki directory of the first control plane (kubeadm's is /etc/kubernetes/pki).
+    #[arg(long, value_name = "DIR")]
+    pub pki_dir: PathBuf,
+    /// Which CAs: a comma-separated list of ca, front-proxy-ca, etcd-ca (or etcd/ca).
+    #[arg(
+        long,
+        value_name = "LIST",
+        value_delimiter = ',',
+        default_value = "ca,front-proxy-ca,etcd-ca"
+    )]
+    pub which: Vec<String>,
+    /// Validity of the re-issued certificates from now (kubeadm's CA lifetime is 10 years).
+    #[arg(long, value_name = "DURATION", default_value = "3650d")]
+    pub validity: Duration,
+    /// Also update kubeadm's kubeconfigs in this directory (/etc/kubernetes): every `*.conf`
+    /// whose certificate-authority-data is the old ca.crt gets the new one (only that value;
+    /// mode and owner kept).
+    #[arg(long, value_name = "DIR")]
+    pub kubeconfig_dir: Option<PathBuf>,
+    /// Compute and check the new certificates, print the plan, write nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// `table` for people; `json` prints one object (dry_run, discovery_token_ca_cert_hash,
+    /// renewed[] of {ca, file, subject, spki_sha256, old_serial, new_serial, old_not_after,
+    /// new_not_after, backup}, kubeconfigs[]).
+    #[arg(long, value_enum, default_value_t)]
+    pub output: Output,
 }
 
 /// kubeadm's `encryptionAlgorithm` values.
@@ -103,6 +145,63 @@ pub fn run(cmd: PkiCommand) -> anyhow::Result<u8> {
         PkiCommand::Init(args) => init(args),
         PkiCommand::Check(args) => check(args),
         PkiCommand::Inspect(args) => inspect(args),
+        PkiCommand::RenewCa(args) => renew_ca(args),
+    }
+}
+
+fn renew_ca(args: RenewCaArgs) -> anyhow::Result<u8> {
+    let which = args
+        .which
+        .iter()
+        .map(|w| w.parse::<pki::Ca>())
+        .collect::<Result<Vec<_>, _>>()
+        .categorized()?;
+    let opts = pki::RenewOptions {
+        which,
+        validity: args.validity.to_time(),
+        now: time::OffsetDateTime::now_utc(),
+        dry_run: args.dry_run,
+        kubeconfig_dir: args.kubeconfig_dir,
+    };
+    let report = pki::renew_cas(&args.pki_dir, &opts).categorized()?;
+    match args.output {
+        Output::Json => print_json(&report)?,
+        Output::Table => print_renew(&args.pki_dir, &report),
+    }
+    Ok(0)
+}
+
+fn print_renew(dir: &std::path::Path, report: &pki::RenewReport) {
+    let verb = if report.dry_run { "would re-issue" } else { "re-issued" };
+    for r in &report.renewed {
+        println!(
+            "{verb} {} ({}): serial {} -> {}, notAfter {} -> {}, same key (spki sha256 {}…)",
+            r.file,
+            r.subject,
+            r.old_serial,
+            r.new_serial,
+            r.old_not_after,
+            r.new_not_after,
+            &r.spki_sha256[..12]
+        );
+        if let Some(b) = &r.backup {
+            println!("  old certificate kept as {}", b.display());
+        }
+    }
+    for k in &report.kubeconfigs {
+        let verb = if report.dry_run { "would put" } else { "put" };
+        println!("{verb} the new ca.crt in {}", k.display());
+    }
+    if let Some(h) = &report.discovery_token_ca_cert_hash {
+        println!("discovery-token-ca-cert-hash: {h} (unchanged)");
+    }
+    if report.dry_run {
+        println!("dry run: nothing written in {}", dir.display());
+    } else {
+        println!(
+            "next: hapki bundle --pki-dir {} ... and hapki push (a same-key re-issue needs no --replace)",
+            dir.display()
+        );
     }
 }
 
@@ -159,6 +258,14 @@ fn print_check_table(dir: &std::path::Path, report: &CheckReport) {
     match &report.discovery_token_ca_cert_hash {
         Some(h) => println!("discovery-token-ca-cert-hash: {h}"),
         None => println!("discovery-token-ca-cert-hash: (no readable ca.crt)"),
+    }
+    for c in &report.cas {
+        let days = c.days_left.map_or("-".to_string(), |d| format!("{d} days left"));
+        let re = match &c.reason {
+            None => "same-key re-issue possible (hapki pki renew-ca)".to_string(),
+            Some(r) => format!("no same-key re-issue: {r}"),
+        };
+        println!("CA {:<15} {:<16} {re}", c.ca, days);
     }
     print_findings("warning", &report.warnings);
     print_findings("problem", &report.problems);

@@ -21,7 +21,8 @@
 # $4 signer principal (used only without a pinned trust file)
 # $5 sha256 of the shared-file state the operator planned against (see shared_state)
 # $6 bundle serial    $7 this push's id (time and random; names the backup and staging dirs)
-# $8 flags: "-" or "allow-downgrade"
+# $8 flags: "-" or a comma list of "allow-downgrade" and "reissue-ca" (the bundle's ca.crt is a
+#    same-key re-issue: kubeconfigs holding the old one get the new one in the same install)
 # then per payload part: NAME LENGTH MODE — or, for artifacts, artifacts/NNNN LENGTH MODE DEST
 # OWNER AFTER (AFTER "-" for none) — parts arrive concatenated on stdin, in order:
 # allowed_signers, bundle.json, SHA256SUMS, SHA256SUMS.sig, pki/..., artifacts/...,
@@ -37,7 +38,7 @@ nl='
 case $action in install | replace | none) ;; *) printf 'hapki: bad action\n' >&2; exit 1 ;; esac
 case $principal$expect$serial$stamp in *[!A-Za-z0-9@._-]*) printf 'hapki: bad arguments\n' >&2; exit 1 ;; esac
 case $serial in '' | *[!0-9]*) printf 'hapki: bad serial\n' >&2; exit 1 ;; esac
-case $flags in - | allow-downgrade) ;; *) printf 'hapki: bad flags\n' >&2; exit 1 ;; esac
+case ,$flags, in ,-, | ,allow-downgrade, | ,reissue-ca, | ,allow-downgrade,reissue-ca,) ;; *) printf 'hapki: bad flags\n' >&2; exit 1 ;; esac
 stage=
 die() { # exit code, message
     printf 'hapki: %s\n' "$2" >&2
@@ -122,7 +123,7 @@ if [ -f "$st/last-serial" ]; then IFS= read -r last < "$st/last-serial" || :; fi
 case $last in *[!0-9]*) last= ;; esac
 downgrade=
 if [ -n "$last" ] && older "$serial" "$last"; then
-    [ "$flags" = allow-downgrade ] ||
+    case ,$flags, in *,allow-downgrade,*) ;; *) false ;; esac ||
         die 3 "bundle serial $serial is older than serial $last installed on this node (downgrade refused); push a newer bundle, or add --allow-downgrade if going back is deliberate"
     downgrade=1
 fi
@@ -373,12 +374,48 @@ for a in $arts; do
     fi
 done
 
+# A same-key re-issue of ca.crt: every kubeconfig directly under $k whose
+# certificate-authority-data is the old ca.crt is staged with the new one (only that value
+# changes; owner and mode are the old file's), renamed in with the PKI and rolled back with it.
+kc_list=
+kc_done=
+stage_kubeconfigs() {
+    kold=$pki/ca.crt knew=$stage/b/pki/ca.crt
+    { [ -f "$kold" ] && [ ! -L "$kold" ]; } || return 0
+    command -v openssl > /dev/null 2>&1 || die 1 "this node lacks openssl, which confirming a same-key re-issue of ca.crt needs"
+    { ka=$(openssl x509 -noout -subject -pubkey -in "$kold" 2> /dev/null) &&
+        kb=$(openssl x509 -noout -subject -pubkey -in "$knew" 2> /dev/null) && [ "$ka" = "$kb" ]; } ||
+        die 3 "the bundle's ca.crt is not a same-key re-issue of $kold (subject or public key differ); nothing was installed"
+    ob=$(base64 -w0 < "$kold") nb=$(base64 -w0 < "$knew")
+    [ "$ob" = "$nb" ] && return 0
+    mkdir "$stage/kc" "$stage/kcold"
+    found=$(grep -l -F -e "$ob" -- "$k"/*.conf 2> /dev/null) || found=
+    while IFS= read -r c; do
+        { [ -n "$c" ] && [ -f "$c" ] && [ ! -L "$c" ]; } || continue
+        n=${c##*/}
+        case $n in *[!A-Za-z0-9._-]*) continue ;; esac
+        awk -v old="$ob" -v new="$nb" '{
+                v = $0; sub(/^[ \t]*certificate-authority-data:[ \t]*/, "", v)
+                if (v != $0 && v == old) { print substr($0, 1, length($0) - length(v)) new; hit = 1 } else print
+            } END { exit !hit }' "$c" > "$stage/kc/$n" || { rm -f "$stage/kc/$n"; continue; }
+        { om=$(stat -c '%u:%g %a' -- "$c") && chown "${om% *}" "$stage/kc/$n" && chmod "${om#* }" "$stage/kc/$n"; } ||
+            die 1 "could not give the updated $c its owner and mode; nothing was installed"
+        kc_list="$kc_list $n"
+    done << KC
+$found
+KC
+}
+case ,$flags, in *,reissue-ca,*) [ "$action" = none ] || stage_kubeconfigs ;; esac
+
 adone=
 # Runs at most once in effect: it empties its lists, since a failure calls it and then exits,
 # and the exit trap would call it again. A restore that fails is named in $put_back.
 put_back="every file this push had installed was put back"
 rollback() { # (its own variable names: the caller's message still needs $adest)
     rb_failed=
+    for rk in $kc_done; do
+        mv -f "$stage/kcold/$rk" "$k/$rk" || rb_failed="$rb_failed $k/$rk"
+    done
     for ra in $adone; do
         rsd=${ra#*|} rsd=${rsd%%|*} rr=${ra#*|*|} rdest=${rr%%|*}
         if [ -e "$rsd/old" ] || [ -L "$rsd/old" ]; then
@@ -400,7 +437,7 @@ rollback() { # (its own variable names: the caller's message still needs $adest)
         rm -rf "$bk"
         rmdir "$st/backup" 2> /dev/null || :
     fi
-    adone='' done_list='' pki_new='' renaming=''
+    adone='' done_list='' pki_new='' renaming='' kc_done=''
     return 0
 }
 renaming=1
@@ -418,6 +455,14 @@ if [ "$action" != none ]; then
         rollback
         die 3 "the installed files do not match SHA256SUMS; $put_back"
     fi
+    for n in $kc_list; do
+        # The old one stays reachable (a hard link in the root-only staging) for the rollback.
+        if ! { ln -P "$k/$n" "$stage/kcold/$n" && mv -f "$stage/kc/$n" "$k/$n"; }; then
+            rollback
+            die 1 "could not update $k/$n; $put_back"
+        fi
+        kc_done="$kc_done $n"
+    done
 fi
 # Artifacts: each rename publishes a finished, verified file with its mode and owner.
 for a in $arts; do
@@ -442,6 +487,10 @@ if [ "$action" != none ]; then
     rmdir "$st/backup" 2> /dev/null || true
     cp "$stage/b/bundle.json" "$st/.last-bundle.json.tmp" && mv -f "$st/.last-bundle.json.tmp" "$st/last-bundle.json"
     printf '%s serial=%s signer=%s action=%s\n' "$stamp" "$serial" "$principal" "$action" >> "$st/history"
+    for n in $kc_done; do
+        printf '%s kubeconfig=%s certificate-authority-data=re-issued ca.crt\n' "$stamp" "$k/$n" >> "$st/history"
+        printf 'kubeconfig %s\n' "$k/$n"
+    done
     if [ -n "$had" ] && [ "$action" = replace ]; then
         # Kept until pruned by hand (see the README): rm -rf it once it is no longer needed.
         printf '%s backup=%s\n' "$stamp" "$bk" >> "$st/history"

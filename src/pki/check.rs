@@ -114,6 +114,8 @@ pub struct CheckReport {
     pub files: Vec<FileReport>,
     pub problems: Vec<Problem>,
     pub warnings: Vec<Problem>,
+    /// Per CA: days left and whether `pki renew-ca` can re-issue it with the same key.
+    pub cas: Vec<super::renew::CaStatus>,
 }
 
 /// A leaf kubeadm issues today lives a year; a CA ending sooner cuts it short.
@@ -298,6 +300,7 @@ fn check_inner(files: &[PkiFile], unreadable: &[Problem], opts: &CheckOptions) -
         files: reports,
         problems,
         warnings,
+        cas: super::renew::ca_status(files, opts.now),
     }
 }
 

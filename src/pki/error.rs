@@ -30,6 +30,10 @@ pub enum PkiError {
     /// `pki init` found a file it would have replaced.
     #[error("{}: already exists; pki init never overwrites: choose an empty directory or move the existing PKI away", path.display())]
     WouldOverwrite { path: PathBuf },
+    /// `pki renew-ca` will not re-issue: a key is missing or does not match, the new validity
+    /// would end earlier, the subject cannot be reproduced byte for byte.
+    #[error("{file}: {message}")]
+    Refused { file: String, message: String },
     /// Key generation or signing failed inside the crypto library.
     #[error("{context}: {message}")]
     Crypto { context: String, message: String },
@@ -51,7 +55,9 @@ impl Categorized for PkiError {
     fn category(&self) -> Category {
         match self {
             PkiError::Io { .. } | PkiError::Crypto { .. } => Category::Unexpected,
-            PkiError::DirNotFound { .. } | PkiError::WouldOverwrite { .. } => Category::Usage,
+            PkiError::DirNotFound { .. }
+            | PkiError::WouldOverwrite { .. }
+            | PkiError::Refused { .. } => Category::Usage,
             PkiError::Invalid { .. } => Category::Verification,
         }
     }

@@ -100,7 +100,7 @@ impl FromStr for Algorithm {
 
 /// The signature algorithm Go's x509 picks for a key (`SHA256WithRSA`, `ECDSAWithSHA256` for
 /// P-256, `ECDSAWithSHA384` for P-384).
-fn signature_algorithm(alg: KeyAlgorithm) -> &'static SignatureAlgorithm {
+pub(crate) fn signature_algorithm(alg: KeyAlgorithm) -> &'static SignatureAlgorithm {
     match alg {
         KeyAlgorithm::Rsa { .. } => &rcgen::PKCS_RSA_SHA256,
         KeyAlgorithm::Ecdsa(Curve::P256) => &rcgen::PKCS_ECDSA_P256_SHA256,
@@ -169,7 +169,7 @@ pub(crate) fn pem_encode(label: &str, der: &[u8]) -> String {
 }
 
 /// A random serial in [1, 2^63-1], kubeadm's range.
-fn random_serial() -> SerialNumber {
+pub(crate) fn random_serial() -> SerialNumber {
     let n: u64 = rand::thread_rng().gen_range(1..=i64::MAX as u64);
     // Minimal big-endian bytes: DER INTEGERs must not carry leading zero octets.
     let bytes = n.to_be_bytes();
@@ -177,7 +177,7 @@ fn random_serial() -> SerialNumber {
     SerialNumber::from_slice(&bytes[first..])
 }
 
-const BACKDATE: time::Duration = time::Duration::minutes(5);
+pub(crate) const BACKDATE: time::Duration = time::Duration::minutes(5);
 const CA_VALIDITY: time::Duration = time::Duration::days(365 * 10);
 const LEAF_VALIDITY: time::Duration = time::Duration::days(365);
 

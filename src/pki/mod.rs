@@ -14,6 +14,7 @@ pub mod fingerprint;
 pub mod generate;
 pub mod inspect;
 pub mod parse;
+pub mod renew;
 
 pub use check::{
     check_dir, check_files, read_dir, CheckOptions, CheckReport, FileReport, PkiFile, Problem,
@@ -21,6 +22,7 @@ pub use check::{
 pub use error::PkiError;
 pub use generate::{init, issue_leaf, Algorithm, IssuedLeaf};
 pub use inspect::{inspect_pem, InspectReport};
+pub use renew::{renew_cas, Ca, CaStatus, RenewOptions, RenewReport};
 
 use serde::Serialize;
 

@@ -181,6 +181,13 @@ pub enum Step {
 /// A node whose install script confirmed the install; `stdout` names the backup, if any.
 pub(crate) fn installed(node: &str, reason: String, stdout: &str) -> NodeResult {
     let backup = stdout.lines().find_map(|l| l.strip_prefix("backup ")).map(str::to_string);
+    let kubeconfigs: Vec<&str> =
+        stdout.lines().filter_map(|l| l.strip_prefix("kubeconfig ")).collect();
+    let reason = if kubeconfigs.is_empty() {
+        reason
+    } else {
+        format!("{reason}; new CA data in {}", kubeconfigs.join(", "))
+    };
     NodeResult {
         node: node.into(),
         status: NodeStatus::Installed,
@@ -228,6 +235,7 @@ pub(crate) fn failed(node: &str, category: Category, message: impl Into<String>)
 /// word is from a checked alphabet, so the node splits it safely), then the parts' bytes.
 pub(crate) fn install_decision(
     action: &str,
+    reissue_ca: bool,
     payload: &Payload,
     facts: &NodeFacts,
     opts: &PushOptions,
@@ -240,7 +248,7 @@ pub(crate) fn install_decision(
         facts.shared_state_token(),
         payload.serial,
         opts.stamp,
-        if opts.allow_downgrade { "allow-downgrade" } else { "-" }
+        install_flags(opts.allow_downgrade, reissue_ca)
     );
     for p in parts {
         line.push(' ');
@@ -250,6 +258,26 @@ pub(crate) fn install_decision(
     let mut bytes = line.into_bytes();
     bytes.extend_from_slice(data);
     bytes
+}
+
+/// The install script's flags word: `-`, or a comma list of `allow-downgrade` and `reissue-ca`
+/// (the bundle's `ca.crt` is a same-key re-issue of the node's: the node updates every
+/// kubeconfig whose `certificate-authority-data` is the old one in the same install).
+fn install_flags(allow_downgrade: bool, reissue_ca: bool) -> String {
+    let flags: Vec<&str> = [(allow_downgrade, "allow-downgrade"), (reissue_ca, "reissue-ca")]
+        .into_iter()
+        .filter_map(|(on, f)| on.then_some(f))
+        .collect();
+    if flags.is_empty() {
+        "-".into()
+    } else {
+        flags.join(",")
+    }
+}
+
+/// Whether a plan installs a same-key re-issue of the cluster CA (`ca.crt`).
+pub(crate) fn reissues_cluster_ca(reissued: &[String]) -> bool {
+    reissued.iter().any(|n| n == "ca.crt")
 }
 
 /// What the decision made of the node's facts, for the report.
@@ -286,10 +314,11 @@ fn push_one(
             };
             let plan = plan(&payload, &facts, opts.replace, opts.allow_downgrade);
             let send = match &plan {
-                Plan::Install { replacing, .. } if !opts.dry_run => {
+                Plan::Install { replacing, reissued, .. } if !opts.dry_run => {
                     let action = if replacing.is_empty() { "install" } else { "replace" };
                     let (parts, data) = payload.parts();
-                    install_decision(action, &payload, &facts, &opts, &parts, &data)
+                    let re = reissues_cluster_ca(reissued);
+                    install_decision(action, re, &payload, &facts, &opts, &parts, &data)
                 }
                 _ => b"skip\n".to_vec(),
             };

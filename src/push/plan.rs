@@ -4,6 +4,7 @@
 use crate::error::Category;
 use crate::node::facts::{NodeFacts, PathKind};
 use crate::pki::chain::{self, ChainCheck};
+use crate::pki::renew::{self, Ca, Reissue};
 
 use super::Payload;
 
@@ -13,8 +14,11 @@ pub enum Plan {
     /// All eight files are there with the bundle's bytes, modes and owner: nothing is written.
     Unchanged,
     /// Install the bundle. `replacing` names shared files whose content differs (only with
-    /// `--replace`; they are backed up first); `reason` says why in a few words.
-    Install { replacing: Vec<String>, reason: String },
+    /// `--replace`, or same-key CA re-issues; they are backed up first); `reissued` the CA
+    /// certificates among them that are same-key re-issues with a later notAfter (no
+    /// `--replace` needed; the node also updates the kubeconfigs that hold the old `ca.crt`);
+    /// `reason` says why in a few words.
+    Install { replacing: Vec<String>, reissued: Vec<String>, reason: String },
     /// Leave the node exactly as it is.
     Refuse { category: Category, reason: String },
 }
@@ -80,6 +84,8 @@ pub fn plan(payload: &Payload, facts: &NodeFacts, replace: bool, allow_downgrade
     let mut missing = Vec::new();
     let mut fix_meta = Vec::new();
     let mut differ = Vec::new();
+    let mut reissued = Vec::new();
+    let mut earlier = Vec::new();
     for f in &payload.files {
         match facts.shared.get(&f.name) {
             None => missing.push(f.name.clone()),
@@ -90,7 +96,11 @@ pub fn plan(payload: &Payload, facts: &NodeFacts, replace: bool, allow_downgrade
                         fix_meta.push(f.name.clone());
                     }
                 }
-                PathKind::File => differ.push(f.name.clone()),
+                PathKind::File => match reissue_of(&f.name, &f.bytes, facts) {
+                    Reissue::Later => reissued.push(f.name.clone()),
+                    Reissue::NotLater if !replace => earlier.push(f.name.clone()),
+                    _ => differ.push(f.name.clone()),
+                },
                 PathKind::Symlink => differ.push(format!("{} (a symlink)", f.name)),
                 PathKind::Dir | PathKind::Other => {
                     differ.push(format!("{} (not a regular file)", f.name))
@@ -125,6 +135,15 @@ pub fn plan(payload: &Payload, facts: &NodeFacts, replace: bool, allow_downgrade
         );
     }
 
+    if !earlier.is_empty() {
+        return refuse(
+            Category::Verification,
+            format!(
+                "the bundle's {} has the same key as this node's but a notAfter no later than it (a downgrade); bundle the re-issued CA (hapki pki renew-ca), or push with --replace if going back is deliberate",
+                earlier.join(", ")
+            ),
+        );
+    }
     if !differ.is_empty() && !replace {
         return refuse(
             Category::NodesFailed,
@@ -134,16 +153,23 @@ pub fn plan(payload: &Payload, facts: &NodeFacts, replace: bool, allow_downgrade
             ),
         );
     }
-    if differ.is_empty() && missing.is_empty() && fix_meta.is_empty() {
+    if differ.is_empty() && reissued.is_empty() && missing.is_empty() && fix_meta.is_empty() {
         if facts.stale_staging.is_empty() {
             return Plan::Unchanged;
         }
         return Plan::Install {
             replacing: Vec::new(),
+            reissued: Vec::new(),
             reason: "clean up an interrupted push".into(),
         };
     }
-    let reason = if !differ.is_empty() {
+    let reason = if !reissued.is_empty() {
+        let mut r = format!("install the same-key re-issue of {}", reissued.join(", "));
+        if !differ.is_empty() {
+            r.push_str(&format!("; replace {}", differ.join(", ")));
+        }
+        r
+    } else if !differ.is_empty() {
         format!("replace {}", differ.join(", "))
     } else if missing.len() == payload.files.len() {
         "install".to_string()
@@ -152,7 +178,18 @@ pub fn plan(payload: &Payload, facts: &NodeFacts, replace: bool, allow_downgrade
     } else {
         format!("fix mode or owner of {}", fix_meta.join(", "))
     };
-    Plan::Install { replacing: differ, reason }
+    let mut replacing = differ;
+    replacing.extend(reissued.iter().cloned());
+    Plan::Install { replacing, reissued, reason }
+}
+
+/// Whether the bundle's `name` (`bytes`) is a same-key re-issue of the CA certificate the node
+/// holds; [`Reissue::No`] for any other file.
+fn reissue_of(name: &str, bytes: &[u8], facts: &NodeFacts) -> Reissue {
+    match (Ca::of_cert(name), facts.certificates.get(name)) {
+        (Some(_), Some(installed)) => renew::classify_reissue(installed, bytes),
+        _ => Reissue::No,
+    }
 }
 
 #[cfg(test)]
@@ -206,7 +243,10 @@ mod tests {
     fn empty_node_gets_an_install() {
         let p = payload();
         let plan = plan(&p, &NodeFacts::default(), false, false);
-        assert_eq!(plan, Plan::Install { replacing: vec![], reason: "install".into() });
+        assert_eq!(
+            plan,
+            Plan::Install { replacing: vec![], reissued: vec![], reason: "install".into() }
+        );
     }
 
     #[test]

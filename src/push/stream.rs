@@ -439,16 +439,17 @@ fn decide(
     {
         return skip(failed(name, category, reason));
     }
-    let (action, mut reason) = if pki {
+    let (action, reissue_ca, mut reason) = if pki {
         match plan(payload, &facts, opts.replace, opts.allow_downgrade) {
-            Plan::Unchanged => ("none", String::new()),
+            Plan::Unchanged => ("none", false, String::new()),
             Plan::Refuse { category, reason } => return skip(failed(name, category, reason)),
-            Plan::Install { replacing, reason } => {
-                (if replacing.is_empty() { "install" } else { "replace" }, reason)
+            Plan::Install { replacing, reissued, reason } => {
+                let action = if replacing.is_empty() { "install" } else { "replace" };
+                (action, super::reissues_cluster_ca(&reissued), reason)
             }
         }
     } else {
-        ("none", String::new())
+        ("none", false, String::new())
     };
     let send: Vec<(usize, &ManifestArtifact)> =
         mine.iter().copied().filter(|(_, a)| !in_place(a, &facts)).collect();
@@ -482,7 +483,8 @@ fn decide(
             a.after.map(|x| x.as_str().to_string()).unwrap_or_else(|| "-".into()),
         ]);
     }
-    let bytes_out = super::install_decision(action, payload, &facts, opts, &parts, &small);
+    let bytes_out =
+        super::install_decision(action, reissue_ca, payload, &facts, opts, &parts, &small);
     let send = send.iter().map(|(k, _)| *k).collect();
     (NodeDecision::Install { send, bytes, reason }, bytes_out)
 }
