@@ -323,16 +323,7 @@ fn push_inv(fx: &Fixture, tb: &Testbed, bundle: &Path, transport: &str) -> std::
 }
 
 fn audit_with(fx: &Fixture, tb: &Testbed, bundle: &Path, output: &str) -> std::process::Output {
-    let inv = tb.inventory();
-    fixture::hapki()
-        .args(["audit", "--inventory", inv.to_str().unwrap(), "--output", output, "--bundle"])
-        .arg(bundle)
-        .arg("--trust")
-        .arg(fx.allowed())
-        .arg("--decrypt-key")
-        .arg(fx.signer())
-        .output()
-        .unwrap()
+    fx.audit(&tb.inventory(), bundle, output)
 }
 
 /// A plaintext bundle of one artifact, `bytes` installed at `dest` on every node.

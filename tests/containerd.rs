@@ -95,16 +95,7 @@ fn push(fx: &Fixture, tb: &Testbed, b: &Path, transport: &str) -> Output {
 }
 
 fn audit(fx: &Fixture, tb: &Testbed, b: &Path) -> Output {
-    hapki()
-        .args(["audit", "--inventory", tb.inventory().to_str().unwrap(), "--output", "json"])
-        .arg("--bundle")
-        .arg(b)
-        .arg("--trust")
-        .arg(fx.allowed())
-        .arg("--decrypt-key")
-        .arg(fx.signer())
-        .output()
-        .unwrap()
+    fx.audit(&tb.inventory(), b, "json")
 }
 
 /// (node, kind, file) of every audit problem.

@@ -484,17 +484,7 @@ fn real_kubeadm_builds_an_ha_control_plane_from_the_pushed_pki() {
 }
 
 fn audit_clean(tb: &Testbed, fx: &Fixture, bundle: &Path) {
-    let audit = hapki()
-        .args(["audit", "--inventory"])
-        .arg(tb.inventory())
-        .arg("--bundle")
-        .arg(bundle)
-        .arg("--trust")
-        .arg(fx.allowed())
-        .arg("--decrypt-key")
-        .arg(fx.signer())
-        .output()
-        .unwrap();
+    let audit = fx.audit(&tb.inventory(), bundle, "table");
     assert_eq!(audit.status.code(), Some(0), "audit: {}", text(&audit));
 }
 

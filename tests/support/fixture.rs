@@ -78,4 +78,13 @@ impl Fixture {
         c.args(args);
         c.output().expect("run hapki")
     }
+
+    /// `hapki audit --inventory INVENTORY --bundle BUNDLE --trust … --decrypt-key … --output OUTPUT`.
+    pub fn audit(&self, inventory: &Path, bundle: &Path, output: &str) -> Output {
+        let mut c = hapki();
+        c.args(["audit", "--inventory"]).arg(inventory).args(["--output", output]);
+        c.arg("--bundle").arg(bundle).arg("--trust").arg(self.allowed());
+        c.arg("--decrypt-key").arg(self.signer());
+        c.output().expect("run hapki")
+    }
 }
