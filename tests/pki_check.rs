@@ -1,5 +1,6 @@
 //! `hapki pki check` and `pki inspect` against PKIs made by openssl alone, kubeadm's own test
-//! vector, and every broken PKI the foundation issue lists.
+//! vector, and broken PKIs one per test: a CA key of another CA, swapped or mismatched pairs, a
+//! leaf as a CA, expired, missing, unsupported key types, truncated or garbage PEM, loose modes.
 
 #[path = "support/pki.rs"]
 mod pki;
