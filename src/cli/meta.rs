@@ -24,3 +24,15 @@ pub fn man(_args: ManArgs) -> anyhow::Result<u8> {
     clap_mangen::Man::new(cmd).render(&mut std::io::stdout())?;
     Ok(0)
 }
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    /// clap's own consistency checks over every command and flag (conflicts, requires,
+    /// value names, duplicate shorts…), which otherwise fire only when a flag is used.
+    #[test]
+    fn the_command_line_definition_is_consistent() {
+        super::super::Cli::command().debug_assert();
+    }
+}
