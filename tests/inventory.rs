@@ -487,4 +487,55 @@ fn an_ini_inventory_with_a_range_pushes_end_to_end() {
             }
         }
     }
+
+    // The rest of the cluster seeded by hand, then audited through a kubespray hosts.yaml:
+    // names from the YAML, addresses from ansible_host, the port from all.vars; all four
+    // nodes reached and clean.
+    let first = &tb.nodes[0];
+    let out = fx.with_bundle(
+        "push",
+        &bundle,
+        &[
+            "--nodes",
+            &format!("{}:{}", first.address, tb.port),
+            "--known-hosts",
+            tb.known_hosts().to_str().unwrap(),
+            "--identity",
+            tb.identity().to_str().unwrap(),
+        ],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let worker_pki = tb.nodes[3].etc_kubernetes().join("pki");
+    std::fs::create_dir_all(&worker_pki).unwrap();
+    std::fs::copy(fx.pki().join("ca.crt"), worker_pki.join("ca.crt")).unwrap();
+    let host = |i: usize| {
+        format!(
+            "    {}:\n      ansible_host: {}\n      ip: {}\n",
+            tb.nodes[i].name, tb.nodes[i].address, tb.nodes[i].address
+        )
+    };
+    let member = |i: usize| format!("        {}:\n", tb.nodes[i].name);
+    let yaml = format!(
+        "all:\n  hosts:\n{}{}{}{}  children:\n    kube_control_plane:\n      hosts:\n{}{}{}\
+         \x20   kube_node:\n      hosts:\n{}    etcd:\n      hosts:\n{}\
+         \x20   k8s_cluster:\n      children:\n        kube_control_plane:\n        kube_node:\n\
+         \x20   calico_rr:\n      hosts: {{}}\n  vars:\n    ansible_user: root\n    ansible_port: {}\n",
+        host(0), host(1), host(2), host(3), member(0), member(1), member(2), member(3), member(0), tb.port
+    );
+    let yaml_path = write(&tb.dir, "hosts.yaml", &yaml);
+    let out = hapki()
+        .args(["audit", "--inventory"])
+        .arg(&yaml_path)
+        .arg("--known-hosts")
+        .arg(tb.known_hosts())
+        .arg("--identity")
+        .arg(tb.identity())
+        .args(["--output", "json"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{yaml}\n{}", text(&out));
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let audited: Vec<&str> =
+        report["nodes"].as_array().unwrap().iter().map(|n| n["node"].as_str().unwrap()).collect();
+    assert_eq!(audited, ["kubemaster-1", "kubemaster-2", "kubemaster-3", "kubenode-1"], "{report}");
 }
