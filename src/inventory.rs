@@ -1,5 +1,6 @@
-//! Which machines make up the cluster and how to reach them: hapki's TOML inventory, a
-//! kubespray-style Ansible INI inventory, and the `--nodes` list.
+//! Which machines make up the cluster and how to reach them: hapki's TOML inventory, the
+//! Ansible inventory kubespray users already have (INI or YAML, host ranges included; see
+//! `inventory/ansible.rs` and `inventory/range.rs`), and the `--nodes` list.
 //!
 //! Everything here is parsing and validation; nothing connects. The first control-plane node
 //! listed is the *first master*: the source of the shared PKI and of join tokens. `push` goes to
