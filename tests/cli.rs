@@ -44,10 +44,11 @@ fn man_page_renders_with_groff_and_names_every_command() {
     assert!(flat.contains("Exit codes: 0 success"), "the exit codes are in the page");
 }
 
-/// Renders roff text with groff's man macros as plain ASCII; with `-z`, returns the warnings.
+/// Renders roff text with groff's man macros as plain UTF-8 text (`-k`: the help texts hold
+/// UTF-8, e.g. '…'); with `-z`, returns the warnings instead.
 fn groff(page: &str, extra: &[&str]) -> String {
     let mut child = Command::new("groff")
-        .args(["-man", "-Tascii"])
+        .args(["-k", "-man", "-Tutf8"])
         .args(extra)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -121,4 +122,44 @@ fn an_unknown_shell_is_a_usage_error_naming_the_shells() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("invalid value 'tcsh'") && err.contains("bash"), "{err}");
     assert!(out.stdout.is_empty());
+}
+
+/// Every `hapki-…(1)` page a man page refers to is one `hapki man …` prints, recursively
+/// (`hapki man pki check` for hapki-pki-check(1)).
+#[test]
+fn every_page_the_man_pages_refer_to_exists() {
+    let mut todo: Vec<Vec<String>> = vec![vec![]];
+    let mut seen = 0;
+    while let Some(words) = todo.pop() {
+        let mut args = vec!["man".to_string()];
+        args.extend(words.iter().cloned());
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let page = stdout_of(&args);
+        let warnings = groff(&page, &["-ww", "-z"]);
+        assert!(warnings.is_empty(), "hapki {args:?}: groff warns: {warnings}");
+        let rendered = groff(&page, &["-P-c", "-P-b", "-P-u"]);
+        let flat = rendered.split_whitespace().collect::<Vec<_>>().join(" ");
+        let title = std::iter::once("hapki").chain(words.iter().map(String::as_str));
+        let title = title.collect::<Vec<_>>().join("-");
+        assert!(flat.contains(&format!("NAME {title} - ")), "{title}: {flat}");
+        seen += 1;
+        for (i, _) in flat.match_indices(&format!("{title}-")) {
+            let rest = &flat[i + title.len() + 1..];
+            let Some(sub) = rest.split("(1)").next() else { continue };
+            if sub.contains(' ') || sub == "help" || !rest.starts_with(&format!("{sub}(1)")) {
+                continue;
+            }
+            let mut next = words.clone();
+            next.push(sub.to_string());
+            todo.push(next);
+        }
+    }
+    // hapki, its 11 commands and pki's three (help excluded), at least.
+    assert!(seen >= 14, "{seen} pages");
+
+    let out = hapki().args(["man", "pki", "nope"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("no manual page for hapki-pki nope") && err.contains("check"), "{err}");
+    assert_eq!(err.trim_end().lines().count(), 1, "{err}");
 }
