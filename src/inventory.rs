@@ -1,18 +1,30 @@
-//! Which machines make up the cluster and how to reach them: hapki's TOML inventory, a
-//! kubespray-style Ansible INI inventory, and the `--nodes` list.
+//! Which machines make up the cluster and how to reach them: hapki's TOML inventory, the
+//! Ansible inventory kubespray users already have (INI or YAML, host ranges included; see
+//! `inventory/ansible.rs` and `inventory/range.rs`), and the `--nodes` list.
 //!
 //! Everything here is parsing and validation; nothing connects. The first control-plane node
 //! listed is the *first master*: the source of the shared PKI and of join tokens. `push` goes to
 //! the other control-plane nodes; workers never receive the shared files.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::fmt;
+use std::io::Read;
 use std::net::Ipv6Addr;
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
 use crate::error::{Categorized, Category};
+
+mod ansible;
+mod range;
+
+/// The most nodes an inventory may name: Kubernetes' largest supported cluster. A host range
+/// that names more is refused before it is expanded.
+pub const MAX_NODES: usize = 5000;
+
+/// The largest inventory file read (a 5000-node kubespray inventory is well under 1 MiB).
+const MAX_FILE_BYTES: u64 = 4 << 20;
 
 /// What a node is in the cluster.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize, serde::Serialize)]
@@ -130,15 +142,15 @@ struct TomlNode {
 }
 
 impl Inventory {
-    /// Reads an inventory file: hapki's TOML format, or a kubespray-style Ansible INI file
-    /// (told apart by the `.toml` extension or, failing that, by the content).
+    /// Reads an inventory file: hapki's TOML format, or a kubespray-style Ansible inventory in
+    /// INI or YAML (told apart by the extension — `.toml`, `.ini`/`.cfg`, `.yaml`/`.yml` — or,
+    /// failing that, by the content).
     pub fn load(path: &Path) -> Result<Inventory, InventoryError> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|source| InventoryError::Io { path: path.to_owned(), source })?;
-        if looks_like_toml(path, &text) {
-            Inventory::from_toml(&text, path)
-        } else {
-            Inventory::from_ini(&text, path)
+        let text = read_capped(path)?;
+        match Format::of(path, &text) {
+            Format::Toml => Inventory::from_toml(&text, path),
+            Format::Yaml => Inventory::from_yaml(&text, path),
+            Format::Ini => Inventory::from_ini(&text, path),
         }
     }
 
@@ -180,139 +192,32 @@ impl Inventory {
         Ok(inv)
     }
 
-    /// Parses a kubespray-style Ansible INI inventory. Hosts in `kube_control_plane` (or the
-    /// older `kube-master`/`kube_master`) are control-plane nodes, in that group's order; hosts
-    /// only in `kube_node` are workers. Host variables (`ansible_host`, `ansible_port`,
-    /// `ansible_user`, `ansible_ssh_private_key_file`, `ip`) may sit on any host line, and
-    /// `[all:vars]` gives defaults. Other groups (`etcd`, `k8s_cluster:children`, …) are ignored.
+    /// Parses a kubespray-style Ansible INI inventory (`inventory.ini`). Hosts in
+    /// `kube_control_plane` (or the older `kube-master`, `kube_master`, `kube-controlplane`) are
+    /// control-plane nodes, in that group's order; hosts only in `kube_node` (`kube-node`) are
+    /// workers; child groups count. Host ranges (`node[1:3]`, `node[01:03]`, `10.0.0.[11:13]`)
+    /// expand. Host variables (`ansible_host`, `ansible_port`, `ansible_user`,
+    /// `ansible_ssh_private_key_file`, `ip`, `access_ip`) may sit on a host line or a group's
+    /// `:vars`, and `[all:vars]` gives the defaults. Other groups (`etcd`, `k8s_cluster`, …) and
+    /// other variables are ignored.
     pub fn from_ini(text: &str, path: &Path) -> Result<Inventory, InventoryError> {
-        let perr = |line: usize, message: String| InventoryError::Parse {
+        let model = ansible::parse_ini(text).map_err(|(line, message)| InventoryError::Parse {
             path: path.to_owned(),
             line,
             message,
-        };
-        let mut section: Option<String> = None;
-        let mut host_vars: HashMap<String, HashMap<String, String>> = HashMap::new();
-        let mut groups: HashMap<String, Vec<String>> = HashMap::new();
-        let mut all_vars: HashMap<String, String> = HashMap::new();
-        for (idx, raw_line) in text.lines().enumerate() {
-            let lineno = idx + 1;
-            let line = raw_line.trim();
-            if line.is_empty() || line.starts_with('#') || line.starts_with(';') {
-                continue;
-            }
-            if let Some(rest) = line.strip_prefix('[') {
-                let Some(name) = rest.strip_suffix(']') else {
-                    return Err(perr(
-                        lineno,
-                        format!("section header {line:?} has no closing ']'"),
-                    ));
-                };
-                let name = name.trim().to_owned();
-                if is_role_group(&name).is_none() {
-                    if let Some(g) = name.strip_suffix(":children") {
-                        if is_role_group(g).is_some() {
-                            return Err(perr(
-                                lineno,
-                                format!("[{name}] is not supported; list the hosts directly under [{g}]"),
-                            ));
-                        }
-                    }
-                }
-                section = Some(name);
-                continue;
-            }
-            let Some(sec) = section.as_deref() else {
-                return Err(perr(lineno, "a host line before any [group] header; put hosts under [all], [kube_control_plane] or [kube_node]".to_owned()));
-            };
-            if sec.ends_with(":children") {
-                continue;
-            }
-            let words = split_ini_words(line).map_err(|m| perr(lineno, m))?;
-            if sec == "all:vars" {
-                for w in &words {
-                    let (k, v) = w.split_once('=').ok_or_else(|| {
-                        perr(lineno, format!("expected key=value in [all:vars], found {w:?}"))
-                    })?;
-                    all_vars.insert(k.to_owned(), v.to_owned());
-                }
-                continue;
-            }
-            if sec.ends_with(":vars") {
-                continue;
-            }
-            let Some((host, vars)) = words.split_first() else { continue };
-            if host.contains('[') || host.contains('=') {
-                return Err(perr(
-                    lineno,
-                    format!("host {host:?}: host ranges and empty names are not supported; list each host on its own line"),
-                ));
-            }
-            let entry = host_vars.entry(host.clone()).or_default();
-            for w in vars {
-                let (k, v) = w.split_once('=').ok_or_else(|| {
-                    perr(lineno, format!("host {host}: expected key=value, found {w:?}"))
-                })?;
-                entry.insert(k.to_owned(), v.to_owned());
-            }
-            let members = groups.entry(sec.to_owned()).or_default();
-            if !members.contains(host) {
-                members.push(host.clone());
-            }
-        }
+        })?;
+        let inv = model.into_inventory(path)?;
+        inv.validate(path)?;
+        Ok(inv)
+    }
 
-        let mut control_planes: Vec<String> = Vec::new();
-        let mut workers: Vec<String> = Vec::new();
-        for (group, list) in ordered_role_groups(&groups) {
-            for h in list {
-                match group {
-                    Role::ControlPlane if !control_planes.contains(h) => {
-                        control_planes.push(h.clone())
-                    }
-                    Role::Worker if !workers.contains(h) => workers.push(h.clone()),
-                    _ => {}
-                }
-            }
-        }
-        workers.retain(|w| !control_planes.contains(w));
-
-        let port_of = |what: &str, v: &str| -> Result<u16, InventoryError> {
-            v.parse::<u16>().ok().filter(|p| *p != 0).ok_or_else(|| InventoryError::Invalid {
-                path: path.to_owned(),
-                message: format!("{what}: ansible_port {v:?} is not a port number (1-65535)"),
-            })
-        };
-        let ssh = SshDefaults {
-            user: all_vars.get("ansible_user").cloned(),
-            port: all_vars.get("ansible_port").map(|p| port_of("[all:vars]", p)).transpose()?,
-            identity: all_vars.get("ansible_ssh_private_key_file").map(|p| expand_tilde(p)),
-            known_hosts: None,
-        };
-        let mut nodes = Vec::new();
-        for (names, role) in [(&control_planes, Role::ControlPlane), (&workers, Role::Worker)] {
-            for name in names {
-                let empty = HashMap::new();
-                let vars = host_vars.get(name).unwrap_or(&empty);
-                nodes.push(Node {
-                    name: name.clone(),
-                    address: vars.get("ansible_host").cloned().unwrap_or_else(|| name.clone()),
-                    role,
-                    port: vars.get("ansible_port").map(|p| port_of(name, p)).transpose()?,
-                    user: vars.get("ansible_user").cloned(),
-                    identity: vars.get("ansible_ssh_private_key_file").map(|p| expand_tilde(p)),
-                    advertise_address: vars.get("ip").cloned(),
-                });
-            }
-        }
-        let inv = Inventory {
-            cluster_name: all_vars
-                .get("cluster_name")
-                .cloned()
-                .unwrap_or_else(|| "kubernetes".to_owned()),
-            control_plane_endpoint: all_vars.get("control_plane_endpoint").cloned(),
-            ssh,
-            nodes,
-        };
+    /// Parses a kubespray-style Ansible YAML inventory (`hosts.yaml`: `all.hosts.NAME` with its
+    /// variables, `all.children.kube_control_plane.hosts`, `kube_node`, …), with the same groups,
+    /// variables and ranges as [`Inventory::from_ini`]. Unknown keys in a group are refused.
+    pub fn from_yaml(text: &str, path: &Path) -> Result<Inventory, InventoryError> {
+        let model = ansible::parse_yaml(text)
+            .map_err(|message| InventoryError::Invalid { path: path.to_owned(), message })?;
+        let inv = model.into_inventory(path)?;
         inv.validate(path)?;
         Ok(inv)
     }
@@ -391,70 +296,61 @@ impl Inventory {
     }
 }
 
-fn looks_like_toml(path: &Path, text: &str) -> bool {
-    match path.extension().and_then(|e| e.to_str()) {
-        Some("toml") => true,
-        Some("ini" | "cfg") => false,
-        _ => text
-            .lines()
-            .map(str::trim)
-            .any(|l| l == "[[nodes]]" || l == "[cluster]" || l == "[ssh]" || l.contains(" = ")),
+/// Reads at most [`MAX_FILE_BYTES`], refusing a larger file (or a device that never ends).
+fn read_capped(path: &Path) -> Result<String, InventoryError> {
+    let io = |source| InventoryError::Io { path: path.to_owned(), source };
+    let file = std::fs::File::open(path).map_err(io)?;
+    let mut bytes = Vec::new();
+    file.take(MAX_FILE_BYTES + 1).read_to_end(&mut bytes).map_err(io)?;
+    if bytes.len() as u64 > MAX_FILE_BYTES {
+        return Err(InventoryError::Invalid {
+            path: path.to_owned(),
+            message: format!(
+                "larger than {} MiB; an inventory is a list of nodes, check the --inventory path",
+                MAX_FILE_BYTES >> 20
+            ),
+        });
+    }
+    String::from_utf8(bytes).map_err(|_| InventoryError::Invalid {
+        path: path.to_owned(),
+        message: "not UTF-8 text; check the --inventory path".to_owned(),
+    })
+}
+
+enum Format {
+    Toml,
+    Ini,
+    Yaml,
+}
+
+impl Format {
+    fn of(path: &Path, text: &str) -> Format {
+        match path.extension().and_then(|e| e.to_str()) {
+            Some("toml") => return Format::Toml,
+            Some("ini" | "cfg") => return Format::Ini,
+            Some("yaml" | "yml") => return Format::Yaml,
+            _ => {}
+        }
+        let mut lines =
+            text.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#'));
+        if lines
+            .clone()
+            .any(|l| l == "[[nodes]]" || l == "[cluster]" || l == "[ssh]" || l.contains(" = "))
+        {
+            Format::Toml
+        } else if lines
+            .next()
+            .is_some_and(|l| l == "---" || (l.ends_with(':') && !l.starts_with('[')))
+        {
+            Format::Yaml
+        } else {
+            Format::Ini
+        }
     }
 }
 
 fn line_of(text: &str, offset: usize) -> usize {
     text[..offset.min(text.len())].matches('\n').count() + 1
-}
-
-fn is_role_group(name: &str) -> Option<Role> {
-    match name {
-        "kube_control_plane" | "kube-master" | "kube_master" => Some(Role::ControlPlane),
-        "kube_node" | "kube-node" => Some(Role::Worker),
-        _ => None,
-    }
-}
-
-fn ordered_role_groups(groups: &HashMap<String, Vec<String>>) -> Vec<(Role, &Vec<String>)> {
-    ["kube_control_plane", "kube-master", "kube_master", "kube_node", "kube-node"]
-        .iter()
-        .filter_map(|g| Some((is_role_group(g)?, groups.get(*g)?)))
-        .collect()
-}
-
-/// Splits an INI host line into words, honouring Ansible's single and double quotes around values.
-fn split_ini_words(line: &str) -> Result<Vec<String>, String> {
-    let mut words = Vec::new();
-    let mut cur = String::new();
-    let mut quote: Option<char> = None;
-    let mut in_word = false;
-    for c in line.chars() {
-        match (quote, c) {
-            (Some(q), c) if c == q => quote = None,
-            (Some(_), c) => cur.push(c),
-            (None, '\'' | '"') => {
-                quote = Some(c);
-                in_word = true;
-            }
-            (None, '#') if !in_word => break,
-            (None, c) if c.is_whitespace() => {
-                if in_word {
-                    words.push(std::mem::take(&mut cur));
-                    in_word = false;
-                }
-            }
-            (None, c) => {
-                cur.push(c);
-                in_word = true;
-            }
-        }
-    }
-    if quote.is_some() {
-        return Err("unterminated quote; close the quoted value".to_owned());
-    }
-    if in_word {
-        words.push(cur);
-    }
-    Ok(words)
 }
 
 /// A host must be something `ssh` could connect to and must not smuggle options or shell
@@ -743,10 +639,10 @@ calico_rr
 
     #[test]
     fn ini_errors_name_the_line() {
-        let e = Inventory::from_ini("[kube_control_plane]\nnode[1:3]\n", Path::new("h.ini"))
+        let e = Inventory::from_ini("[kube_control_plane]\nnode[1:3\n", Path::new("h.ini"))
             .unwrap_err()
             .to_string();
-        assert!(e.starts_with("h.ini:2: host \"node[1:3]\""), "{e}");
+        assert!(e.starts_with("h.ini:2: host range \"node[1:3\""), "{e}");
         let e = Inventory::from_ini("node1\n", Path::new("h.ini")).unwrap_err().to_string();
         assert!(e.starts_with("h.ini:1: a host line before any [group]"), "{e}");
         let e = Inventory::from_ini("[kube_control_plane\n", Path::new("h.ini"))

@@ -1,5 +1,6 @@
 //! `hapki pki check` and `pki inspect` against PKIs made by openssl alone, kubeadm's own test
-//! vector, and every broken PKI the foundation issue lists.
+//! vector, and broken PKIs one per test: a CA key of another CA, swapped or mismatched pairs, a
+//! leaf as a CA, expired, missing, unsupported key types, truncated or garbage PEM, loose modes.
 
 #[path = "support/pki.rs"]
 mod pki;
@@ -400,6 +401,12 @@ fn bad_warn_within_is_a_usage_error() {
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
+    // One line names the bad value and shows the form DURATION takes.
+    let err = String::from_utf8_lossy(&out.stderr);
+    let first = err.lines().next().unwrap_or_default();
+    assert!(first.contains("--warn-within") && first.contains("\"soon\""), "{err}");
+    assert!(first.contains("90m") && first.contains("30d"), "the fix: {err}");
+    assert!(out.stdout.is_empty(), "no report on a usage error");
 }
 
 #[test]

@@ -236,6 +236,13 @@ fn unknown_algorithm_is_a_usage_error() {
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
     assert!(!pki_path(&t).exists());
+    // The message names the bad value and the fix: the algorithms kubeadm accepts.
+    let err = String::from_utf8_lossy(&out.stderr);
+    let first = err.lines().next().unwrap_or_default();
+    assert!(first.contains("invalid value 'ED25519' for '--algorithm"), "{err}");
+    for alg in ["RSA-2048", "RSA-3072", "RSA-4096", "ECDSA-P256", "ECDSA-P384"] {
+        assert!(err.contains(alg), "{alg} offered: {err}");
+    }
 }
 
 fn walk(dir: &Path) -> Vec<String> {

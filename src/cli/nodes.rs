@@ -18,8 +18,8 @@ pub struct NodeArgs {
     /// picks nodes out of it by name or address.
     #[arg(long, value_name = "LIST")]
     pub nodes: Option<String>,
-    /// hapki TOML inventory, or a kubespray-style Ansible INI inventory (groups
-    /// kube_control_plane, kube_node).
+    /// hapki TOML inventory, or a kubespray Ansible inventory, INI or YAML (groups
+    /// kube_control_plane, kube_node; host ranges such as node[1:3]).
     #[arg(long, value_name = "FILE")]
     pub inventory: Option<PathBuf>,
 }
