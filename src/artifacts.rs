@@ -501,8 +501,12 @@ fn tar_size(f: &[u8]) -> Option<u64> {
             acc.checked_mul(256).map(|v| v | u64::from(b))
         });
     }
-    let digits: Vec<u8> =
-        f.iter().copied().skip_while(|b| *b == b' ').take_while(|b| (b'0'..=b'7').contains(b)).collect();
+    let digits: Vec<u8> = f
+        .iter()
+        .copied()
+        .skip_while(|b| *b == b' ')
+        .take_while(|b| (b'0'..=b'7').contains(b))
+        .collect();
     if digits.is_empty() {
         return None;
     }

@@ -3,8 +3,8 @@
 use std::path::{Path, PathBuf};
 
 use clap::{Args, Subcommand};
-use hapki::error::Category;
 use hapki::bundle::{AllowedSigners, Identities};
+use hapki::error::Category;
 use hapki::kubeadm_config::images::{self, ImageInputs};
 use hapki::kubeadm_config::{self, ConfigReport};
 
@@ -89,7 +89,8 @@ fn check_images(
         ids.load(k).categorized()?;
     }
     let default = Path::new(CONTAINERD_CONFIG);
-    let containerd_config = args.containerd_config.as_deref().or(default.exists().then_some(default));
+    let containerd_config =
+        args.containerd_config.as_deref().or(default.exists().then_some(default));
     let inputs = ImageInputs {
         config: &args.file,
         kubeadm: args.kubeadm.as_deref(),

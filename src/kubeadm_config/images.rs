@@ -106,7 +106,7 @@ pub fn check_images(inputs: &ImageInputs, report: &mut ConfigReport) -> Result<(
         bundled: archives
             .iter()
             .map(|a| {
-                let names = a.images.as_ref().map(|v| v.clone()).unwrap_or_default();
+                let names = a.images.clone().unwrap_or_default();
                 (a.dest.clone(), names)
             })
             .collect(),
@@ -312,7 +312,10 @@ mod tests {
     use super::*;
 
     fn archive(dest: &str, names: &[&str]) -> BundledArchive {
-        BundledArchive { dest: dest.into(), images: Ok(names.iter().map(|s| s.to_string()).collect()) }
+        BundledArchive {
+            dest: dest.into(),
+            images: Ok(names.iter().map(|s| s.to_string()).collect()),
+        }
     }
 
     #[test]
@@ -328,7 +331,10 @@ mod tests {
         let want: Vec<String> =
             ["k8s.gcr.io/pause:3.2", "k8s.gcr.io/etcd:3.4.13-0"].map(String::from).to_vec();
         let cfg = Path::new("/etc/containerd/config.toml");
-        let full = [archive("/a", &["k8s.gcr.io/pause:3.2"]), archive("/b", &["k8s.gcr.io/etcd:3.4.13-0"])];
+        let full = [
+            archive("/a", &["k8s.gcr.io/pause:3.2"]),
+            archive("/b", &["k8s.gcr.io/etcd:3.4.13-0"]),
+        ];
         let (p, w) = cross_check(&want, &full, Some((cfg, Some("k8s.gcr.io/pause:3.2"))));
         assert!(p.is_empty() && w.is_empty(), "{p:?} {w:?}");
         let (p, _) = cross_check(&want, &full[..1], None);
