@@ -412,6 +412,122 @@ pub fn archive_images(index_json: &[u8]) -> Result<Vec<ArchiveImage>, String> {
     Ok(out)
 }
 
+/// Cap on an image archive's `index.json` (a real one is a few hundred bytes per image).
+pub const MAX_INDEX_JSON: usize = 4 << 20;
+
+/// Finds `index.json` in a tar (an OCI image archive) fed in chunks as it streams by, without
+/// holding the rest: headers are read, every other entry's data skipped. Plain ustar/GNU
+/// headers only (a pax or GNU long-name record is skipped like any entry): `index.json` is a
+/// short name at the top of the layout.
+#[derive(Debug, Default)]
+pub struct IndexJsonScanner {
+    header: Vec<u8>,
+    /// Bytes of the current entry's data (padded to 512) still to come.
+    skip: u64,
+    /// Bytes of `index.json` still to collect (while `collecting`).
+    want: u64,
+    collecting: bool,
+    found: Option<Vec<u8>>,
+    done: bool,
+}
+
+impl IndexJsonScanner {
+    /// Feeds the next bytes of the tar.
+    pub fn feed(&mut self, mut data: &[u8]) {
+        while !data.is_empty() && !self.done {
+            if self.skip > 0 {
+                let n = data.len().min(usize::try_from(self.skip).unwrap_or(usize::MAX));
+                if self.collecting && self.want > 0 {
+                    let k = n.min(usize::try_from(self.want).unwrap_or(usize::MAX));
+                    self.found.get_or_insert_with(Vec::new).extend_from_slice(&data[..k]);
+                    self.want -= k as u64;
+                    if self.want == 0 {
+                        self.done = true;
+                    }
+                }
+                self.skip -= n as u64;
+                data = &data[n..];
+                continue;
+            }
+            let n = data.len().min(512 - self.header.len());
+            self.header.extend_from_slice(&data[..n]);
+            data = &data[n..];
+            if self.header.len() == 512 {
+                let h = std::mem::take(&mut self.header);
+                self.on_header(&h);
+            }
+        }
+    }
+
+    fn on_header(&mut self, h: &[u8]) {
+        if h.iter().all(|&b| b == 0) {
+            return; // end-of-archive blocks (or padding): nothing follows that matters
+        }
+        let Some(size) = tar_size(&h[124..136]) else {
+            self.done = true; // not a tar header: give up, the caller reports no index
+            return;
+        };
+        self.skip = size.div_ceil(512) * 512;
+        let name = tar_name(h);
+        let regular = matches!(h[156], b'0' | 0 | b'7');
+        if regular && (name == "index.json" || name == "./index.json") {
+            if size > MAX_INDEX_JSON as u64 {
+                self.done = true;
+                return;
+            }
+            self.collecting = true;
+            self.want = size;
+            if size == 0 {
+                self.found = Some(Vec::new());
+                self.done = true;
+            }
+        }
+    }
+
+    /// The `index.json` found, if the whole of it went by.
+    pub fn finish(self) -> Option<Vec<u8>> {
+        if self.collecting && self.want == 0 {
+            self.found
+        } else {
+            None
+        }
+    }
+}
+
+/// A tar header's size field: octal digits (NUL/space terminated) or GNU base-256.
+fn tar_size(f: &[u8]) -> Option<u64> {
+    if f[0] & 0x80 != 0 {
+        return f[1..].iter().try_fold(u64::from(f[0] & 0x7f), |acc, &b| {
+            acc.checked_mul(256).map(|v| v | u64::from(b))
+        });
+    }
+    let digits: Vec<u8> = f
+        .iter()
+        .copied()
+        .skip_while(|b| *b == b' ')
+        .take_while(|b| (b'0'..=b'7').contains(b))
+        .collect();
+    if digits.is_empty() {
+        return None;
+    }
+    u64::from_str_radix(std::str::from_utf8(&digits).ok()?, 8).ok()
+}
+
+/// A ustar header's path: `prefix/name` (each NUL terminated).
+fn tar_name(h: &[u8]) -> String {
+    let field = |b: &[u8]| {
+        let end = b.iter().position(|&c| c == 0).unwrap_or(b.len());
+        String::from_utf8_lossy(&b[..end]).into_owned()
+    };
+    let name = field(&h[0..100]);
+    let prefix = if &h[257..262] == b"ustar" { field(&h[345..500]) } else { String::new() };
+    if prefix.is_empty() {
+        name
+    } else {
+        format!("{prefix}/{name}")
+    }
+}
+
 /// An image as containerd lists it (`ctr images ls`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RuntimeImage {
@@ -552,6 +668,49 @@ mod tests {
         assert!(check_owner("root:$(id)").is_err());
         assert_eq!(After::parse("import-images"), Some(After::ImportImages));
         assert_eq!(After::parse("systemctl restart kubelet"), None);
+    }
+
+    fn tar_of(entries: &[(&str, Vec<u8>)]) -> Vec<u8> {
+        let mut b = tar::Builder::new(Vec::new());
+        for (name, data) in entries {
+            let mut h = tar::Header::new_ustar();
+            h.set_size(data.len() as u64);
+            h.set_mode(0o644);
+            h.set_cksum();
+            b.append_data(&mut h, name, data.as_slice()).unwrap();
+        }
+        b.into_inner().unwrap()
+    }
+
+    fn scan(tar: &[u8], chunk: usize) -> Option<Vec<u8>> {
+        let mut s = IndexJsonScanner::default();
+        for c in tar.chunks(chunk) {
+            s.feed(c);
+        }
+        s.finish()
+    }
+
+    #[test]
+    fn index_json_found_in_a_streamed_tar_whatever_the_chunking() {
+        let index = br#"{"manifests":[]}"#.to_vec();
+        let big = vec![b'x'; 5000];
+        let first = tar_of(&[("index.json", index.clone()), ("blobs/sha256/a", big.clone())]);
+        let last = tar_of(&[
+            ("oci-layout", b"{}".to_vec()),
+            ("blobs/sha256/a", big.clone()),
+            ("index.json", index.clone()),
+        ]);
+        // A blob whose bytes look like an index.json header must not be taken for one.
+        let decoy = tar_of(&[("blobs/sha256/b", first.clone()), ("oci-layout", b"{}".to_vec())]);
+        for chunk in [1, 7, 512, 513, 100_000] {
+            assert_eq!(scan(&first, chunk).as_deref(), Some(index.as_slice()), "chunk {chunk}");
+            assert_eq!(scan(&last, chunk).as_deref(), Some(index.as_slice()), "chunk {chunk}");
+            assert_eq!(scan(&decoy, chunk), None, "chunk {chunk}");
+        }
+        let at = last.windows(index.len()).position(|w| w == index.as_slice()).unwrap();
+        assert_eq!(scan(&last[..at + 8], 512), None, "cut short");
+        assert_eq!(scan(b"not a tar at all", 3), None);
+        assert_eq!(scan(&[0xffu8; 2048], 64), None);
     }
 
     #[test]

@@ -19,6 +19,8 @@ use serde_yaml_ng::Value;
 
 use crate::error::{Categorized, Category};
 
+pub mod images;
+
 /// The kubeadm API group.
 const GROUP: &str = "kubeadm.k8s.io";
 /// Versions of the kubeadm config API this check understands.
@@ -74,6 +76,9 @@ pub struct ConfigReport {
     pub warnings: Vec<Finding>,
     /// Reminders that are true of every kubeadm config file.
     pub notes: Vec<String>,
+    /// The image cross-check against a bundle (`config check --bundle`), when asked for.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub images: Option<images::ImageCheck>,
 }
 
 /// Read and check the kubeadm config at `path`.
@@ -219,6 +224,7 @@ fn lint(docs: &[Value]) -> ConfigReport {
              --control-plane-endpoint or --kubernetes-version: put every setting in this file"
                 .to_owned(),
         ],
+        images: None,
     }
 }
 
