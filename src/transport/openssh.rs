@@ -551,7 +551,8 @@ mod tests {
             .stdin(Stdio::null())
             .output()
         else {
-            let must = ["CI", "HAPKI_REQUIRE_TESTBED"].iter().any(|v| std::env::var_os(v).is_some());
+            let must =
+                ["CI", "HAPKI_REQUIRE_TESTBED"].iter().any(|v| std::env::var_os(v).is_some());
             assert!(!must, "no ssh client to ask for its default ciphers, and CI must not skip");
             eprintln!("\n*** SKIPPED: no ssh client to ask for its default ciphers ***\n");
             return;
