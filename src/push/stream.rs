@@ -60,8 +60,11 @@ pub enum Event {
 /// a few MiB behind the others (scheduling hiccups) without stalling them.
 const IN_FLIGHT: usize = 32 << 20;
 
-/// How long a node may take to print its facts before its stdin ends (see `node_worker`).
-const FACTS_DEADLINE: Duration = Duration::from_secs(24 * 3600);
+/// How long a node may take to print its facts (see `node_worker`): they hash every artifact
+/// already at its destination, minutes for tens of GiB (4 GiB took 5 s here), so an hour is
+/// generous; it bounds a hostile node that trickles its facts below the size cap, keeping the
+/// transport's idle timeout from being reset for ever.
+const FACTS_DEADLINE: Duration = Duration::from_secs(3600);
 
 fn depth(nodes: usize) -> usize {
     (IN_FLIGHT / bundle::CHUNK / nodes.max(1)).clamp(4, 32)
