@@ -284,17 +284,9 @@ fn real_kubeadm_images(cache: &std::path::Path, yaml: &str) -> (bool, String) {
 
 // ---- `config check --bundle`: kubeadm's images against the bundle's control-plane archives ----
 
-/// What the real kubeadm v1.20.2 prints for `config images list --config` of [`IMAGES_CONFIG`]
-/// (run by hand on this machine; written out here, not taken from hapki).
-const KUBEADM_1_20_2_LISTED: [&str; 7] = [
-    "k8s.gcr.io/kube-apiserver:v1.20.2",
-    "k8s.gcr.io/kube-controller-manager:v1.20.2",
-    "k8s.gcr.io/kube-scheduler:v1.20.2",
-    "k8s.gcr.io/kube-proxy:v1.20.2",
-    "k8s.gcr.io/pause:3.2",
-    "k8s.gcr.io/etcd:3.4.13-0",
-    "k8s.gcr.io/coredns:1.7.0",
-];
+/// What the real kubeadm v1.20.2 prints for `config images list --config` of [`IMAGES_CONFIG`]:
+/// the same list as for `--kubernetes-version v1.20.2` (written out in the images support file).
+const KUBEADM_1_20_2_LISTED: [&str; 7] = images::KUBEADM_1_20_2;
 
 /// A v1beta2 config the real kubeadm 1.20.2 reads offline, with kubeadm's default registry (so
 /// the names are the ones above; hapki warns about the registry, which is not a problem).

@@ -262,29 +262,50 @@ fn make_dir(dir: &Path) -> Result<(), PkiError> {
         .map_err(|e| PkiError::io(dir, e))
 }
 
-/// Writes `bytes` to a new file at `path` with `mode`, never replacing an existing file.
-pub(crate) fn write_new(path: &Path, bytes: &[u8], mode: u32) -> Result<(), PkiError> {
+/// A temporary file beside `path` holding `bytes`, with `mode` (and `owner`, uid and gid) set
+/// and synced: ready to be renamed into place, so the final name only ever shows a finished
+/// file. tempfile creates it 0600 from the start, so a key is never exposed while it is written.
+pub(crate) fn staged(
+    path: &Path,
+    bytes: &[u8],
+    mode: u32,
+    owner: Option<(u32, u32)>,
+) -> Result<tempfile::NamedTempFile, PkiError> {
     let parent = path.parent().unwrap_or(Path::new("."));
-    // tempfile creates the file 0600 from the start, so a key is never exposed.
     let mut tmp = tempfile::Builder::new()
         .prefix(".hapki-")
         .tempfile_in(parent)
         .map_err(|e| PkiError::io(parent, e))?;
     tmp.write_all(bytes).map_err(|e| PkiError::io(tmp.path(), e))?;
+    if let Some((uid, gid)) = owner {
+        std::os::unix::fs::fchown(tmp.as_file(), Some(uid), Some(gid))
+            .map_err(|e| PkiError::io(tmp.path(), e))?;
+    }
     tmp.as_file()
         .set_permissions(Permissions::from_mode(mode))
         .map_err(|e| PkiError::io(tmp.path(), e))?;
     tmp.as_file().sync_all().map_err(|e| PkiError::io(tmp.path(), e))?;
-    tmp.persist_noclobber(path).map_err(|e| {
+    Ok(tmp)
+}
+
+/// Makes a rename into `path`'s directory durable (best effort: not every filesystem syncs a
+/// directory).
+pub(crate) fn sync_parent(path: &Path) {
+    if let Ok(d) = std::fs::File::open(path.parent().unwrap_or(Path::new("."))) {
+        let _ = d.sync_all();
+    }
+}
+
+/// Writes `bytes` to a new file at `path` with `mode`, never replacing an existing file.
+pub(crate) fn write_new(path: &Path, bytes: &[u8], mode: u32) -> Result<(), PkiError> {
+    staged(path, bytes, mode, None)?.persist_noclobber(path).map_err(|e| {
         if e.error.kind() == ErrorKind::AlreadyExists {
             PkiError::WouldOverwrite { path: path.to_path_buf() }
         } else {
             PkiError::io(path, e.error)
         }
     })?;
-    if let Ok(d) = std::fs::File::open(parent) {
-        let _ = d.sync_all();
-    }
+    sync_parent(path);
     Ok(())
 }
 

@@ -10,8 +10,7 @@
 //! with its own key. The old certificate is kept beside it as `<name>.<timestamp>.bak` (0644,
 //! never overwritten) and the new one replaces it by an atomic rename.
 
-use std::io::{ErrorKind, Write};
-use std::os::unix::fs::PermissionsExt;
+use std::io::ErrorKind;
 use std::path::{Path, PathBuf};
 
 use rcgen::{
@@ -26,7 +25,9 @@ use time::OffsetDateTime;
 use x509_parser::der_parser::asn1_rs::Tag;
 use x509_parser::prelude::{FromDer, X509Certificate, X509Name};
 
-use super::generate::{random_serial, signature_algorithm, write_new, BACKDATE};
+use super::generate::{
+    random_serial, signature_algorithm, staged, sync_parent, write_new, BACKDATE,
+};
 use super::parse::{self, ParsedCert};
 use super::PkiError;
 
@@ -498,24 +499,8 @@ fn replace_owned(
     mode: u32,
     owner: Option<(u32, u32)>,
 ) -> Result<(), PkiError> {
-    let parent = path.parent().unwrap_or(Path::new("."));
-    let mut tmp = tempfile::Builder::new()
-        .prefix(".hapki-")
-        .tempfile_in(parent)
-        .map_err(|e| PkiError::io(parent, e))?;
-    tmp.write_all(bytes).map_err(|e| PkiError::io(tmp.path(), e))?;
-    if let Some((uid, gid)) = owner {
-        std::os::unix::fs::fchown(tmp.as_file(), Some(uid), Some(gid))
-            .map_err(|e| PkiError::io(tmp.path(), e))?;
-    }
-    tmp.as_file()
-        .set_permissions(std::fs::Permissions::from_mode(mode))
-        .map_err(|e| PkiError::io(tmp.path(), e))?;
-    tmp.as_file().sync_all().map_err(|e| PkiError::io(tmp.path(), e))?;
-    tmp.persist(path).map_err(|e| PkiError::io(path, e.error))?;
-    if let Ok(d) = std::fs::File::open(parent) {
-        let _ = d.sync_all();
-    }
+    staged(path, bytes, mode, owner)?.persist(path).map_err(|e| PkiError::io(path, e.error))?;
+    sync_parent(path);
     Ok(())
 }
 
