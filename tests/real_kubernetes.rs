@@ -252,15 +252,6 @@ fn join(tb: &Testbed, fx: &Fixture, pods: &Pods, bundle: &Path, host: &str) -> V
     }
     let out = child.0.take().unwrap().wait_with_output().unwrap();
     let seen = scan.finish();
-    assert!(
-        seen.iter().any(|a| a.contains("kubeadm join --config")),
-        "the process scan never saw kubeadm join run: it proves nothing"
-    );
-    assert!(secrets.len() >= 2, "the minted token's secret was not read: {}", secrets.len());
-    for secret in &secrets {
-        let leaks: Vec<&String> = seen.iter().filter(|a| a.contains(secret.as_str())).collect();
-        assert!(leaks.is_empty(), "a bootstrap token secret in a process's argv: {leaks:?}");
-    }
     if out.status.code() != Some(0) {
         let mut logs = String::new();
         for e in std::fs::read_dir(&run).into_iter().flatten().flatten() {
@@ -269,6 +260,15 @@ fn join(tb: &Testbed, fx: &Fixture, pods: &Pods, bundle: &Path, host: &str) -> V
             logs += &format!("--- {} (newest first)\n{}\n", e.path().display(), tail.join("\n"));
         }
         panic!("join failed: {}\n{logs}", text(&out));
+    }
+    assert!(
+        seen.iter().any(|a| a.contains("kubeadm join --config")),
+        "the process scan never saw kubeadm join run: it proves nothing"
+    );
+    assert!(secrets.len() >= 2, "the minted token's secret was not read: {}", secrets.len());
+    for secret in &secrets {
+        let leaks: Vec<&String> = seen.iter().filter(|a| a.contains(secret.as_str())).collect();
+        assert!(leaks.is_empty(), "a bootstrap token secret in a process's argv: {leaks:?}");
     }
     serde_json::from_slice(&out.stdout).unwrap()
 }

@@ -217,6 +217,42 @@ fn changed_host_key_sends_nothing() {
     }
 }
 
+/// A command that prints nothing for longer than "three unanswered keepalives" is alive as long as
+/// sshd answers the probes. (The built-in transport once missed answers that libssh2 consumed
+/// inside its next read and, on an idle machine, ended every silent command after 15 s — real
+/// `kubeadm join` is silent that long.) Short keepalives make the test quick; a stopped sshd is
+/// the negative control: the same wait then ends as a timeout.
+#[test]
+fn a_silent_command_outlives_three_keepalive_intervals() {
+    let Some(tb) = Testbed::up(1, 0) else { return };
+    for (name, tr) in backends() {
+        let mut t = tb.target("kubemaster-1");
+        t.keepalive = Duration::from_secs(1);
+        t.connect_timeout = Duration::from_secs(1);
+        let mut s = tr.connect(&t).unwrap();
+        // 3 s without a byte is "dead" for this target; 7 s of silence must not be.
+        let out = s.run("sleep 7; echo done", &[], &mut empty()).unwrap();
+        assert_eq!(out.stdout, b"done\n", "{name}: {out:?}");
+    }
+    // Negative control: the node's processes (its sshd among them) frozen mid-command.
+    let mut t = tb.target("kubemaster-1");
+    t.keepalive = Duration::from_secs(1);
+    t.connect_timeout = Duration::from_secs(1);
+    let tr = &backends()[0].1;
+    let mut s = tr.connect(&t).unwrap();
+    let node = tb.node("kubemaster-1").dir.display().to_string();
+    let mine = format!(
+        "for p in /proc/[0-9]*; do grep -qF '{node}/etc-kubernetes /etc/kubernetes ' $p/mountinfo \
+         2>/dev/null && echo ${{p#/proc/}}; done"
+    );
+    let freeze = format!("sleep 1; kill -STOP $({mine})");
+    let mut freezer = Command::new("sh").arg("-c").arg(&freeze).spawn().unwrap();
+    let err = s.run("sleep 30", &[], &mut empty()).expect_err("a frozen node must time out");
+    let _ = freezer.wait();
+    let _ = Command::new("sh").arg("-c").arg(format!("kill -CONT $({mine})")).status();
+    assert!(matches!(err, TransportError::Timeout { .. }), "{err}");
+}
+
 #[test]
 fn dead_node_is_unreachable() {
     let Some(tb) = Testbed::up(1, 0) else { return };

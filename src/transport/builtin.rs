@@ -473,6 +473,28 @@ impl BuiltinSession {
         (self.target.keepalive * 3).max(self.target.connect_timeout)
     }
 
+    /// Whether the kernel received data on this connection within [`Self::dead_after`]. The
+    /// loop cannot see everything that arrives: libssh2 consumes a keepalive's answer inside the
+    /// next channel read, so on an idle machine a silent but alive command would look dead
+    /// after three intervals (real `kubeadm join` is silent that long). A stopped node sends no
+    /// data (its kernel only acknowledges ours), so it still times out.
+    fn heard_lately(&self) -> bool {
+        // SAFETY: tcp_info is plain data; getsockopt writes at most `len` bytes into it, for a
+        // socket this session owns.
+        let mut info: libc::tcp_info = unsafe { std::mem::zeroed() };
+        let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
+        let rc = unsafe {
+            libc::getsockopt(
+                self.tcp.as_raw_fd(),
+                libc::IPPROTO_TCP,
+                libc::TCP_INFO,
+                (&mut info as *mut libc::tcp_info).cast(),
+                &mut len,
+            )
+        };
+        rc == 0 && Duration::from_millis(info.tcpi_last_data_recv.into()) < self.dead_after()
+    }
+
     /// Waits until the socket is ready in the direction libssh2 is blocked on; returns whether
     /// there is inbound data.
     fn wait_socket(&self, max: Duration) -> bool {
@@ -618,7 +640,7 @@ impl Session for BuiltinSession {
                 let ka = self.target.keepalive.min(left).max(Duration::from_millis(100));
                 if self.wait_socket(ka) {
                     last_inbound = Instant::now();
-                } else if last_inbound.elapsed() >= self.dead_after() {
+                } else if last_inbound.elapsed() >= self.dead_after() && !self.heard_lately() {
                     break Err(self.timeout("running a command"));
                 } else {
                     // Unanswered probes leave the socket silent; an alive idle node answers.
