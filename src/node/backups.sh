@@ -34,8 +34,14 @@ exec 9>> "$st/push.lock"
 flock -n 9 || die 75 "another hapki push holds the lock on this node ($st/push.lock); wait for it to end and try again"
 set -- "$b"/*
 [ -e "$1" ] || [ -L "$1" ] || exit 0
-# One stat for every entry: type, mtime, path; real directories only, newest first.
-dirs=$(stat -c '%F|%y|%n' -- "$@" | grep '^directory|' | sort -t '|' -k 2,2r -k 3,3r) || :
+# One stat for every entry: type, mtime, path; real directories only, newest first. Newest is
+# the latest "backup=" line of the history (the order the pushes made them: a directory's mtime
+# changes whenever anything in it does); backups the history does not name count as older, by
+# mtime.
+dirs=$(stat -c '%F|%y|%n' -- "$@" | awk -F '|' -v h="$st/history" '
+BEGIN { while ((getline l < h) > 0) { n++; i = index(l, " backup="); if (i) idx[substr(l, i + 8)] = n } }
+$1 == "directory" { p = substr($0, length($1) + length($2) + 3); printf "%09d|%s|%s\n", idx[p] + 0, $2, p }' |
+    sort -t '|' -k 1,1r -k 2,2r) || :
 n=0 gone=
 while IFS='|' read -r _ t p; do
     [ -n "$p" ] || continue
