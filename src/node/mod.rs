@@ -241,6 +241,13 @@ mod tests {
     }
 
     #[test]
+    fn the_backups_script_parses() {
+        let script = backups_script();
+        let out = std::process::Command::new("sh").args(["-n", "-c", &script]).output().unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    }
+
+    #[test]
     fn facts_script_runs_on_a_plain_shell() {
         let dir = tempfile::tempdir().unwrap();
         let paths = NodePaths {
