@@ -9,6 +9,7 @@ use std::sync::Mutex;
 
 use hapki::bundle::{self, AllowedSigners, Identities};
 use hapki::inventory::Role;
+use hapki::push::backups::{self, BackupOp, NodeBackups};
 use hapki::push::stream::{Event, NodeTarget};
 use hapki::push::{self, NodeStatus, Payload, PushOptions, PushReport, Step};
 
@@ -25,13 +26,14 @@ use super::{print_json, stderr_is_tty, CategorizeExt, Output};
 /// exactly as it was unless --replace (which backs its files up first).
 #[derive(Debug, Args)]
 pub struct PushArgs {
-    /// The bundle file (from `hapki bundle`).
-    pub bundle: PathBuf,
+    /// The bundle file (from `hapki bundle`); not with --list-backups / --prune-backups.
+    #[arg(required_unless_present_any = ["list_backups", "prune_backups"])]
+    pub bundle: Option<PathBuf>,
     #[command(flatten)]
     pub nodes: NodeArgs,
     /// OpenSSH allowed_signers file naming the keys trusted to sign bundles.
-    #[arg(long, value_name = "ALLOWED_SIGNERS")]
-    pub trust: PathBuf,
+    #[arg(long, value_name = "ALLOWED_SIGNERS", required_unless_present_any = ["list_backups", "prune_backups"])]
+    pub trust: Option<PathBuf>,
     /// Trust only allowed_signers lines for this principal, as `ssh-keygen -Y verify -I` does
     /// (such a line then needs no namespaces= option); repeatable. Without it, only lines whose
     /// namespaces= lists hapki-bundle are trusted.
@@ -54,24 +56,47 @@ pub struct PushArgs {
     /// How many nodes to work on at once.
     #[arg(long, default_value_t = 16, value_name = "N")]
     pub parallel: usize,
+    /// List each node's --replace backups (directory, time, files) instead of pushing; no
+    /// bundle or --trust.
+    #[arg(long, conflicts_with_all = BACKUP_CONFLICTS, conflicts_with = "prune_backups")]
+    pub list_backups: bool,
+    /// Remove all but the --keep newest backups on each node (with --dry-run: only print what
+    /// would go); each node's history records a `prune` line.
+    #[arg(long, requires = "keep", conflicts_with_all = BACKUP_CONFLICTS)]
+    pub prune_backups: bool,
+    /// With --prune-backups: how many of the newest backups each node keeps (at least 1).
+    #[arg(long, value_name = "N", requires = "prune_backups", value_parser = clap::value_parser!(u32).range(1..))]
+    pub keep: Option<u32>,
     #[arg(long, value_enum, default_value_t)]
     pub output: Output,
     #[command(flatten)]
     pub ssh: SshArgs,
 }
 
+/// What --list-backups / --prune-backups refuse alongside them (they push nothing).
+const BACKUP_CONFLICTS: [&str; 6] =
+    ["bundle", "trust", "principal", "decrypt_key", "replace", "allow_downgrade"];
+
 pub fn run(args: PushArgs) -> anyhow::Result<u8> {
+    if args.list_backups || args.prune_backups {
+        return run_backups(&args);
+    }
+    let (Some(bundle_path), Some(trust_path)) = (&args.bundle, &args.trust) else {
+        return Err(super::usage_error(
+            "push needs a bundle and --trust (or --list-backups / --prune-backups)",
+        ));
+    };
     let targets = push_targets(&args)?;
     if targets.is_empty() {
         return Err(super::usage_error(
             "no target nodes: the inventory has no control-plane node besides the first master",
         ));
     }
-    let trust = AllowedSigners::from_file(&args.trust)
+    let trust = AllowedSigners::from_file(trust_path)
         .map_err(|e| super::usage_error(format!("--trust: {e}")))?
         .with_principals(args.principal.clone());
     for note in &trust.ignored {
-        eprintln!("hapki: note: --trust {}: {note}", args.trust.display());
+        eprintln!("hapki: note: --trust {}: {note}", trust_path.display());
     }
     let mut ids = Identities::default();
     for k in &args.decrypt_key {
@@ -130,10 +155,10 @@ pub fn run(args: PushArgs) -> anyhow::Result<u8> {
     // then one SSH exec per node does facts, decision and install. Only bundles that carry
     // artifacts take the streaming path, which verifies while it streams and installs nothing
     // anywhere until the whole bundle has verified.
-    let size = std::fs::metadata(&args.bundle).map(|m| m.len()).unwrap_or(u64::MAX);
+    let size = std::fs::metadata(bundle_path).map(|m| m.len()).unwrap_or(u64::MAX);
     if size <= PKI_BUNDLE_MAX {
         let verified =
-            bundle::open_and_verify(&args.bundle, &trust, &ids, &bundle::VerifyOptions::default())
+            bundle::open_and_verify(bundle_path, &trust, &ids, &bundle::VerifyOptions::default())
                 .categorized()?;
         if verified.manifest.artifacts.is_empty() {
             let pki_targets: Vec<_> =
@@ -154,7 +179,7 @@ pub fn run(args: PushArgs) -> anyhow::Result<u8> {
         }
     }
     let result = push::stream::push_bundle(
-        &args.bundle,
+        bundle_path,
         &trust,
         &ids,
         &bundle::VerifyOptions::default(),
@@ -174,6 +199,60 @@ pub fn run(args: PushArgs) -> anyhow::Result<u8> {
     }
     print_report(&report, args.output)?;
     Ok(report.category().map(Category::exit_code).unwrap_or(0))
+}
+
+/// `--list-backups` / `--prune-backups`: the same target nodes as a push, one exec each.
+fn run_backups(args: &PushArgs) -> anyhow::Result<u8> {
+    let targets: Vec<_> = push_targets(args)?.into_iter().map(|t| t.target).collect();
+    let transport = args.ssh.transport()?;
+    let op = match args.keep {
+        Some(keep) if args.prune_backups => BackupOp::Prune { keep, dry_run: args.dry_run },
+        _ => BackupOp::List,
+    };
+    let opts = PushOptions::new(false, args.dry_run, args.parallel);
+    let rows =
+        backups::run(&targets, transport.as_ref(), &opts.paths, op, &opts.stamp, opts.parallel)
+            .categorized()?;
+    match args.output {
+        Output::Json => print_json(&rows)?,
+        Output::Table => print_backups(&rows, op),
+    }
+    let worst = [Category::HostKey, Category::NodesFailed]
+        .into_iter()
+        .find(|c| rows.iter().any(|r| r.category == Some(*c)));
+    Ok(worst.map(Category::exit_code).unwrap_or(0))
+}
+
+fn print_backups(rows: &[NodeBackups], op: BackupOp) {
+    let w = rows.iter().map(|r| r.node.len()).max().unwrap_or(4).max(4);
+    println!("{:w$}  {:35}  {:40}  FILES", "NODE", "TIME (UTC)", "BACKUP");
+    for r in rows {
+        if !r.ok || r.backups.is_empty() {
+            println!("{:w$}  {}", r.node, escape(&r.message));
+        }
+        for b in &r.backups {
+            let what = match (op, b.removed) {
+                (BackupOp::Prune { dry_run: true, .. }, true) => "would remove".to_string(),
+                (BackupOp::Prune { .. }, true) => "removed".to_string(),
+                (BackupOp::Prune { .. }, false) => "kept".to_string(),
+                (BackupOp::List, _) => b.files.join(","),
+            };
+            println!(
+                "{:w$}  {:35}  {:40}  {}",
+                r.node,
+                escape(&b.time),
+                escape(&b.dir),
+                escape(&what)
+            );
+        }
+    }
+}
+
+/// Control characters from a node never reach the terminal raw.
+fn escape(s: &str) -> String {
+    s.chars()
+        .flat_map(|c| if c.is_control() { c.escape_default().collect::<Vec<_>>() } else { vec![c] })
+        .collect()
 }
 
 /// With an inventory: every node (the first master and workers get artifacts only, the other

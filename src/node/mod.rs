@@ -58,6 +58,12 @@ fn strip_comments(script: &str) -> String {
     out
 }
 
+/// The backups script (`hapki push --list-backups` / `--prune-backups`): `$1` state dir,
+/// `$2` list|prune|prune-dry, `$3` how many to keep, `$4` this run's id.
+pub fn backups_script() -> String {
+    strip_comments(include_str!("backups.sh"))
+}
+
 /// The push script: the facts, then one decision line read from stdin (`skip`, or the install
 /// script's arguments), then — for an install — the payload on the rest of stdin. One exec per
 /// node instead of two: on nodes whose login shell is slow to start (a heavy `.bashrc` runs for
@@ -232,6 +238,13 @@ mod tests {
         let out = std::process::Command::new("sh").args(["-n", "-c", &script]).output().unwrap();
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
         assert!(!script.lines().any(|l| l.trim_start().starts_with("# ")));
+    }
+
+    #[test]
+    fn the_backups_script_parses() {
+        let script = backups_script();
+        let out = std::process::Command::new("sh").args(["-n", "-c", &script]).output().unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     }
 
     #[test]

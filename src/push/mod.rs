@@ -5,6 +5,7 @@
 //! the bundle on the node's own disk with the node's own `ssh-keygen` and `sha256sum`, and
 //! installs by rename. Nodes run in parallel, bounded; a failure on one never stops the others.
 
+pub mod backups;
 pub mod exchange;
 pub mod plan;
 pub mod stream;
