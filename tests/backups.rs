@@ -68,13 +68,14 @@ fn list_then_prune_keeps_the_newest_and_never_follows_a_link() {
     want.sort();
     assert_eq!(ls(&tb), want);
 
-    // A planted link at the top of backup/ and one inside the older backup, both to a victim.
+    // A planted link at the top of backup/ and one inside the older backup, both to a victim
+    // directory of the node (its state dir, beside backup/: gone with the testbed).
     tb.ok(
         NODE,
-        "mkdir -p /root/victim && echo keep > /root/victim/f && \
-                 ln -s /root/victim /var/lib/hapki/backup/zz-link",
+        "mkdir -p /var/lib/hapki/victim && echo keep > /var/lib/hapki/victim/f && \
+                 ln -s /var/lib/hapki/victim /var/lib/hapki/backup/zz-link",
     );
-    tb.ok(NODE, &format!("ln -s /root/victim {first}/evil"));
+    tb.ok(NODE, &format!("ln -s /var/lib/hapki/victim {first}/evil"));
 
     for transport in ["builtin", "openssh"] {
         let out = backups(&inv, transport, &["--list-backups", "--output", "json"]);
@@ -109,7 +110,7 @@ fn list_then_prune_keeps_the_newest_and_never_follows_a_link() {
     let out = backups(&inv, "builtin", &["--prune-backups", "--keep", "1"]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     assert_eq!(ls(&tb), [base(&second)], "only the newer backup stays");
-    assert_eq!(tb.ok(NODE, "cat /root/victim/f"), "keep\n", "a link's target was removed");
+    assert_eq!(tb.ok(NODE, "cat /var/lib/hapki/victim/f"), "keep\n", "a link's target was removed");
     tb.ok(NODE, "test -L /var/lib/hapki/backup/zz-link");
     let history = tb.ok(NODE, "grep ' prune ' /var/lib/hapki/history");
     assert!(history.contains(&format!("removed={}", base(&first))), "{history}");
