@@ -49,11 +49,14 @@ if [ "$scope" = join ]; then
         statline M "$k/manifests/$m.yaml"
     done
     if [ -d /var/lib/etcd ]; then
+        # Names only, shown to the operator (the first few): ls is enough, nothing is parsed.
+        # shellcheck disable=SC2012
         printf 'E %s\n' "$(ls -A /var/lib/etcd 2>/dev/null | head -n 5 | tr '\n' ' ')"
     else
         printf 'E\n'
     fi
     if [ -d /etc/cni/net.d ]; then
+        # shellcheck disable=SC2012
         printf 'C %s\n' "$(ls -A /etc/cni/net.d 2>/dev/null | head -n 20 | tr '\n' ' ')"
     else
         printf 'C\n'
@@ -66,7 +69,7 @@ if [ "$scope" = join ]; then
     # Public halves of the shared keys, so pairs can be checked without a key leaving the node.
     if command -v openssl > /dev/null 2>&1; then
         for n in ca.key sa.key front-proxy-ca.key etcd/ca.key; do
-            [ -f "$pki/$n" ] && [ ! -L "$pki/$n" ] || continue
+            if [ ! -f "$pki/$n" ] || [ -L "$pki/$n" ]; then continue; fi
             h=$(openssl pkey -in "$pki/$n" -pubout -outform DER 2>/dev/null | sha256sum) || continue
             printf 'PK %s %s\n' "$n" "${h%% *}"
         done
