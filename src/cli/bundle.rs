@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 
 use clap::Args;
-use hapki::bundle::{self, AllowedSigners, BundleError, Identities, Protection, Recipients};
+use hapki::bundle::{self, BundleError, Protection, Recipients};
 use hapki::duration::Duration;
 use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
@@ -254,16 +254,7 @@ fn read_pki_dir(dir: &std::path::Path) -> anyhow::Result<Vec<bundle::PkiFile>> {
 }
 
 pub fn verify(args: VerifyArgs) -> anyhow::Result<u8> {
-    let trust = AllowedSigners::from_file(&args.trust)
-        .map_err(|e| usage_error(format!("--trust: {e}")))?
-        .with_principals(args.principal.clone());
-    for note in &trust.ignored {
-        eprintln!("hapki: note: --trust {}: {note}", args.trust.display());
-    }
-    let mut ids = Identities::default();
-    for k in &args.decrypt_key {
-        ids.load(k).categorized()?;
-    }
+    let (trust, ids) = super::nodes::load_trust(&args.trust, &args.principal, &args.decrypt_key)?;
     let now = match &args.now {
         Some(s) => parse_time("--now", s)?,
         None => OffsetDateTime::now_utc(),

@@ -3,12 +3,11 @@
 use std::path::{Path, PathBuf};
 
 use clap::{Args, Subcommand};
-use hapki::bundle::{AllowedSigners, Identities};
 use hapki::error::Category;
 use hapki::kubeadm_config::images::{self, ImageInputs};
 use hapki::kubeadm_config::{self, ConfigReport};
 
-use super::{print_json, usage_error, CategorizeExt, Output};
+use super::{print_json, CategorizeExt, Output};
 
 #[derive(Debug, Subcommand)]
 pub enum ConfigCommand {
@@ -78,16 +77,7 @@ fn check_images(
     trust: &Path,
     report: &mut ConfigReport,
 ) -> anyhow::Result<()> {
-    let trust_set = AllowedSigners::from_file(trust)
-        .map_err(|e| usage_error(format!("--trust: {e}")))?
-        .with_principals(args.principal.clone());
-    for note in &trust_set.ignored {
-        eprintln!("hapki: note: --trust {}: {note}", trust.display());
-    }
-    let mut ids = Identities::default();
-    for k in &args.decrypt_key {
-        ids.load(k).categorized()?;
-    }
+    let (trust_set, ids) = super::nodes::load_trust(trust, &args.principal, &args.decrypt_key)?;
     let default = Path::new(CONTAINERD_CONFIG);
     let containerd_config =
         args.containerd_config.as_deref().or(default.exists().then_some(default));

@@ -148,13 +148,13 @@ impl BundleRefArgs {
     }
 }
 
-/// Opens and fully verifies a bundle (signature, hashes, layout, coherence, expiry).
-pub fn open_verified(
-    path: &Path,
+/// The `--trust` file (narrowed to `--principal`s, its ignored lines noted on stderr) and the
+/// `--decrypt-key` identities, as every command that verifies a bundle takes them.
+pub fn load_trust(
     trust: &Path,
     principals: &[String],
     decrypt_keys: &[PathBuf],
-) -> anyhow::Result<VerifiedBundle> {
+) -> anyhow::Result<(AllowedSigners, Identities)> {
     let trust_set = AllowedSigners::from_file(trust)
         .map_err(|e| usage_error(format!("--trust: {e}")))?
         .with_principals(principals.to_vec());
@@ -165,6 +165,17 @@ pub fn open_verified(
     for k in decrypt_keys {
         ids.load(k).categorized()?;
     }
+    Ok((trust_set, ids))
+}
+
+/// Opens and fully verifies a bundle (signature, hashes, layout, coherence, expiry).
+pub fn open_verified(
+    path: &Path,
+    trust: &Path,
+    principals: &[String],
+    decrypt_keys: &[PathBuf],
+) -> anyhow::Result<VerifiedBundle> {
+    let (trust_set, ids) = load_trust(trust, principals, decrypt_keys)?;
     bundle::open_and_verify(path, &trust_set, &ids, &bundle::VerifyOptions::default()).categorized()
 }
 

@@ -7,7 +7,7 @@ use hapki::error::Category;
 use std::collections::HashMap;
 use std::sync::Mutex;
 
-use hapki::bundle::{self, AllowedSigners, Identities};
+use hapki::bundle;
 use hapki::inventory::Role;
 use hapki::push::backups::{self, BackupOp, NodeBackups};
 use hapki::push::stream::{Event, NodeTarget};
@@ -92,16 +92,7 @@ pub fn run(args: PushArgs) -> anyhow::Result<u8> {
             "no target nodes: the inventory has no control-plane node besides the first master",
         ));
     }
-    let trust = AllowedSigners::from_file(trust_path)
-        .map_err(|e| super::usage_error(format!("--trust: {e}")))?
-        .with_principals(args.principal.clone());
-    for note in &trust.ignored {
-        eprintln!("hapki: note: --trust {}: {note}", trust_path.display());
-    }
-    let mut ids = Identities::default();
-    for k in &args.decrypt_key {
-        ids.load(k).categorized()?;
-    }
+    let (trust, ids) = super::nodes::load_trust(trust_path, &args.principal, &args.decrypt_key)?;
     let transport = args.ssh.transport()?;
     let mut opts = PushOptions::new(args.replace, args.dry_run, args.parallel);
     opts.allow_downgrade = args.allow_downgrade;
