@@ -1,30 +1,38 @@
-//! The SSH options every connecting command shares (`#[command(flatten)] ssh: SshArgs`), and
-//! turning them plus an inventory or a `--nodes` list into transport targets.
-//!
-//! Precedence, most specific first: a `--nodes` entry's own `user@`/`:port`, then these flags,
-//! then the inventory's per-node values, then its `[ssh]` defaults, then `~/.ssh/config` (built-in
-//! transport) and ssh's defaults.
+//! The SSH options every connecting command shares (`#[command(flatten)] ssh: SshArgs`). They
+//! are parsed here and handed to the library ([`hapki::transport::options::SshOptions`]), which
+//! owns the precedence between them, the inventory and the SSH client configuration.
 
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use clap::{Args, ValueEnum};
-use hapki::inventory::{expand_tilde, Inventory, Node, NodeSpec};
-use hapki::transport::builtin::BuiltinTransport;
-use hapki::transport::openssh::OpensshTransport;
-use hapki::transport::{Target, Transport, DEFAULT_KEEPALIVE};
+use hapki::inventory::{Inventory, Node, NodeSpec};
+use hapki::transport::options::SshOptions;
+use hapki::transport::{Backend, Target, Transport};
 
 use super::CategorizeExt;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, ValueEnum)]
 pub enum TransportKind {
-    /// libssh2, built in: nothing else to install.
+    /// `openssh` when an `ssh` client is on PATH, else `builtin`.
     #[default]
+    Auto,
+    /// libssh2, built in: nothing else to install; asks for key passphrases on the terminal.
     Builtin,
-    /// The system `ssh` client (ProxyJump, FIDO keys, certificates, ControlMaster); also the
-    /// faster one for multi-GiB artifacts (it encrypts in whole packets).
+    /// The system `ssh` client (its whole ~/.ssh/config: ProxyJump, FIDO keys, certificates,
+    /// agents); the faster one for multi-GiB artifacts (it encrypts in whole packets).
     Openssh,
+}
+
+impl From<TransportKind> for Backend {
+    fn from(k: TransportKind) -> Backend {
+        match k {
+            TransportKind::Auto => Backend::Auto,
+            TransportKind::Builtin => Backend::Builtin,
+            TransportKind::Openssh => Backend::Openssh,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Args)]
@@ -53,24 +61,25 @@ pub struct SshArgs {
     /// in place before it answers.
     #[arg(long, value_name = "DURATION", default_value = "15m")]
     pub idle_timeout: hapki::duration::Duration,
-    /// SSH implementation.
+    /// SSH implementation. `auto` runs the system `ssh` when one is on PATH, else the built-in
+    /// one; force either with `--transport openssh` or `--transport builtin`. Both trust exactly
+    /// the keys of the known_hosts file, nothing else.
     #[arg(long, value_enum, default_value_t)]
     pub transport: TransportKind,
 }
 
 impl SshArgs {
-    fn base(&self, name: &str, host: &str, inv_known_hosts: Option<&Path>) -> Target {
-        let known_hosts = self
-            .known_hosts
-            .clone()
-            .or_else(|| inv_known_hosts.map(Path::to_owned))
-            .unwrap_or_else(|| expand_tilde("~/.ssh/known_hosts"));
-        let mut t = Target::new(name, host, known_hosts);
-        t.connect_timeout = std::time::Duration::from_secs(self.connect_timeout.as_secs().max(1));
-        t.become_ = self.become_;
-        t.keepalive = DEFAULT_KEEPALIVE;
-        t.idle_timeout = std::time::Duration::from_secs(self.idle_timeout.as_secs().max(1));
-        t
+    /// The options as the library takes them.
+    pub fn options(&self) -> SshOptions {
+        SshOptions {
+            identity: self.identity.clone(),
+            known_hosts: self.known_hosts.clone(),
+            user: self.user.clone(),
+            port: self.port,
+            become_: self.become_,
+            connect_timeout: std::time::Duration::from_secs(self.connect_timeout.as_secs()),
+            idle_timeout: std::time::Duration::from_secs(self.idle_timeout.as_secs()),
+        }
     }
 
     /// Targets for inventory nodes (e.g. `inventory.push_targets()`).
@@ -79,28 +88,7 @@ impl SshArgs {
         inventory: &Inventory,
         nodes: impl IntoIterator<Item = &'a Node>,
     ) -> Vec<Target> {
-        nodes
-            .into_iter()
-            .map(|n| {
-                let mut t = self.base(&n.name, &n.address, inventory.ssh.known_hosts.as_deref());
-                t.port = self.port.or(n.port).or(inventory.ssh.port);
-                t.user = self
-                    .user
-                    .clone()
-                    .or_else(|| n.user.clone())
-                    .or_else(|| inventory.ssh.user.clone());
-                t.identity = if !self.identity.is_empty() {
-                    self.identity.clone()
-                } else {
-                    n.identity
-                        .clone()
-                        .or_else(|| inventory.ssh.identity.clone())
-                        .into_iter()
-                        .collect()
-                };
-                t
-            })
-            .collect()
+        self.options().targets_for(inventory, nodes)
     }
 
     /// Targets for a parsed `--nodes` list; `inventory` (if also given) supplies the known_hosts
@@ -110,34 +98,16 @@ impl SshArgs {
         specs: &[NodeSpec],
         inventory: Option<&Inventory>,
     ) -> Vec<Target> {
-        specs
-            .iter()
-            .map(|s| {
-                let known = inventory.and_then(|i| i.find(&s.host));
-                let name = known.map(|n| n.name.clone()).unwrap_or_else(|| s.host.clone());
-                let mut t =
-                    self.base(&name, &s.host, inventory.and_then(|i| i.ssh.known_hosts.as_deref()));
-                t.port = s.port.or(self.port);
-                t.user = s.user.clone().or_else(|| self.user.clone());
-                t.identity = self.identity.clone();
-                t
-            })
-            .collect()
+        self.options().targets_for_list(specs, inventory)
     }
 
     /// The chosen transport. The built-in one asks for key passphrases on the terminal, and only
     /// when there is one.
     pub fn transport(&self) -> anyhow::Result<Box<dyn Transport>> {
-        Ok(match self.transport {
-            TransportKind::Builtin => {
-                let mut b = BuiltinTransport::new();
-                if std::io::stdin().is_terminal() && std::io::stderr().is_terminal() {
-                    b = b.with_passphrase(Arc::new(|p: &Path| prompt_passphrase(p)));
-                }
-                Box::new(b)
-            }
-            TransportKind::Openssh => Box::new(OpensshTransport::new().categorized()?),
-        })
+        let tty = std::io::stdin().is_terminal() && std::io::stderr().is_terminal();
+        let prompt: Option<hapki::transport::builtin::PassphraseFn> =
+            tty.then(|| Arc::new(|p: &Path| prompt_passphrase(p)) as _);
+        hapki::transport::transport_with(self.transport.into(), prompt).categorized()
     }
 }
 
@@ -163,36 +133,12 @@ mod tests {
         ssh: SshArgs,
     }
 
-    const INV: &str = r#"
-[ssh]
-user = "root"
-port = 2200
-known_hosts = "/inv/known_hosts"
-identity = "/inv/id"
-[[nodes]]
-name = "m1"
-address = "10.0.0.1"
-role = "control-plane"
-[[nodes]]
-name = "m2"
-address = "10.0.0.2"
-role = "control-plane"
-user = "ops"
-"#;
-
+    /// The flags reach the library's options as given (the precedence itself is tested there).
     #[test]
-    fn precedence_flags_node_defaults() {
-        let inv = Inventory::from_toml(INV, Path::new("i.toml")).unwrap();
+    fn flags_become_options() {
         let a = T::parse_from(["t"]).ssh;
-        let ts = a.targets_for(&inv, inv.push_targets());
-        assert_eq!(ts.len(), 1);
-        let t = &ts[0];
-        assert_eq!((t.name.as_str(), t.host.as_str()), ("m2", "10.0.0.2"));
-        assert_eq!((t.user.as_deref(), t.port), (Some("ops"), Some(2200)));
-        assert_eq!(t.identity, [PathBuf::from("/inv/id")]);
-        assert_eq!(t.known_hosts, Path::new("/inv/known_hosts"));
-        assert_eq!(t.connect_timeout, std::time::Duration::from_secs(10));
-
+        assert_eq!(a.transport, TransportKind::Auto);
+        assert_eq!(a.options(), SshOptions::default());
         let a = T::parse_from([
             "t",
             "--user",
@@ -201,26 +147,22 @@ user = "ops"
             "22",
             "--identity",
             "/k",
+            "--known-hosts",
+            "/kh",
             "--become",
             "--connect-timeout",
             "2m",
+            "--idle-timeout",
+            "1h",
+            "--transport",
+            "builtin",
         ])
         .ssh;
-        let t = &a.targets_for(&inv, inv.push_targets())[0];
-        assert_eq!((t.user.as_deref(), t.port, t.become_), (Some("u"), Some(22), true));
-        assert_eq!(t.identity, [PathBuf::from("/k")]);
-        assert_eq!(t.connect_timeout, std::time::Duration::from_secs(120));
-
-        let specs = hapki::inventory::parse_node_list("admin@10.0.0.2:2222,10.0.0.9").unwrap();
-        let ts = a.targets_for_list(&specs, Some(&inv));
-        assert_eq!(
-            (ts[0].name.as_str(), ts[0].user.as_deref(), ts[0].port),
-            ("m2", Some("admin"), Some(2222))
-        );
-        assert_eq!(
-            (ts[1].name.as_str(), ts[1].user.as_deref(), ts[1].port),
-            ("10.0.0.9", Some("u"), Some(22))
-        );
-        assert_eq!(ts[1].known_hosts, Path::new("/inv/known_hosts"));
+        let o = a.options();
+        assert_eq!((o.user.as_deref(), o.port, o.become_), (Some("u"), Some(22), true));
+        assert_eq!((o.identity, o.known_hosts), (vec![PathBuf::from("/k")], Some("/kh".into())));
+        assert_eq!(o.connect_timeout, std::time::Duration::from_secs(120));
+        assert_eq!(o.idle_timeout, std::time::Duration::from_secs(3600));
+        assert_eq!(Backend::from(a.transport), Backend::Builtin);
     }
 }

@@ -1,7 +1,11 @@
 //! Running fixed POSIX-sh scripts on nodes over SSH, behind one small trait with two backends:
 //!
 //! - [`builtin`]: libssh2 (vendored) — the operator's machine needs nothing else;
-//! - [`openssh`]: the system `ssh` client, for ProxyJump bastions, FIDO keys, SSH certificates.
+//! - [`openssh`]: the system `ssh` client, for ProxyJump bastions, FIDO keys, SSH certificates;
+//!   the default ([`Backend::Auto`]) whenever an `ssh` is on `PATH`.
+//!
+//! [`options`] holds the one precedence between command-line options, the inventory and the
+//! client configuration.
 //!
 //! Host-key policy lives in one place ([`known_hosts`]): unknown or changed keys are refused,
 //! never added, and on a changed key nothing is sent. Inventory values never reach a remote shell
@@ -11,6 +15,7 @@
 pub mod builtin;
 pub mod known_hosts;
 pub mod openssh;
+pub mod options;
 pub mod ssh_config;
 
 use std::fmt;
@@ -251,7 +256,10 @@ impl Categorized for TransportError {
 /// Which backend to use (`--transport`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Backend {
+    /// [`Backend::Openssh`] when an `ssh` client is on `PATH`, else [`Backend::Builtin`]:
+    /// see [`Backend::resolve`].
     #[default]
+    Auto,
     Builtin,
     Openssh,
 }
@@ -259,19 +267,61 @@ pub enum Backend {
 impl fmt::Display for Backend {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
+            Backend::Auto => "auto",
             Backend::Builtin => "builtin",
             Backend::Openssh => "openssh",
         })
     }
 }
 
+impl Backend {
+    /// The backend that runs: `Auto` becomes `Openssh` when an executable `ssh` is on `PATH`
+    /// (it is the faster one for large payloads, and it honours the whole `~/.ssh/config`:
+    /// ProxyJump, certificates, agents), else `Builtin`. Both trust exactly the same host keys.
+    pub fn resolve(self) -> Backend {
+        match self {
+            Backend::Auto if find_on_path("ssh").is_some() => Backend::Openssh,
+            Backend::Auto => Backend::Builtin,
+            b => b,
+        }
+    }
+}
+
+/// The first executable regular file called `name` in the directories of `PATH`, as a shell
+/// would find it.
+pub fn find_on_path(name: &str) -> Option<PathBuf> {
+    use std::os::unix::fs::PermissionsExt;
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path).filter(|d| !d.as_os_str().is_empty()).find_map(|d| {
+        let p = d.join(name);
+        let meta = std::fs::metadata(&p).ok()?;
+        (meta.is_file() && meta.permissions().mode() & 0o111 != 0).then_some(p)
+    })
+}
+
+/// The backend's transport (`Auto` resolved, see [`Backend::resolve`]); `passphrase` is asked
+/// for encrypted identity files by the built-in backend (the `ssh` client never prompts: it runs
+/// with `BatchMode=yes` and uses the agent).
+pub fn transport_with(
+    backend: Backend,
+    passphrase: Option<builtin::PassphraseFn>,
+) -> Result<Box<dyn Transport>, TransportError> {
+    Ok(match backend.resolve() {
+        Backend::Openssh => Box::new(openssh::OpensshTransport::new()?),
+        _ => {
+            let b = builtin::BuiltinTransport::new();
+            Box::new(match passphrase {
+                Some(f) => b.with_passphrase(f),
+                None => b,
+            })
+        }
+    })
+}
+
 /// The backend's transport with default settings (no passphrase prompt, `~/.ssh/config` read
 /// by the built-in backend when present).
 pub fn transport(backend: Backend) -> Result<Box<dyn Transport>, TransportError> {
-    Ok(match backend {
-        Backend::Builtin => Box::new(builtin::BuiltinTransport::new()),
-        Backend::Openssh => Box::new(openssh::OpensshTransport::new()?),
-    })
+    transport_with(backend, None)
 }
 
 /// Quotes `s` for a POSIX shell: the result is one word whose value is exactly `s`.

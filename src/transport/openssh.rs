@@ -101,7 +101,7 @@ fn common_args(t: &Target, khc: bool) -> Result<Vec<String>, TransportError> {
         a.push("KnownHostsCommand=none".into());
     }
     a.push("-o".into());
-    a.push(format!("UserKnownHostsFile={}", t.known_hosts.display()));
+    a.push(format!("UserKnownHostsFile={}", config_path(&t.known_hosts)?));
     a.push("-o".into());
     a.push(format!("ConnectTimeout={}", t.connect_timeout.as_secs().max(1)));
     a.push("-o".into());
@@ -115,10 +115,30 @@ fn common_args(t: &Target, khc: bool) -> Result<Vec<String>, TransportError> {
         a.push(u.clone());
     }
     for id in &t.identity {
-        a.push("-i".into());
-        a.push(id.display().to_string());
+        a.push("-o".into());
+        a.push(format!("IdentityFile={}", config_path(id)?));
     }
     Ok(a)
+}
+
+/// `path` as one ssh_config value that names exactly that file: absolute, double-quoted (an
+/// unquoted space would make `UserKnownHostsFile` two files, both trusted) and `%` doubled (ssh
+/// expands `%h`, `%d`… in file names). A path ssh cannot be told (a `"` or a line break in it)
+/// is refused.
+fn config_path(path: &Path) -> Result<String, TransportError> {
+    let abs = std::path::absolute(path).map_err(|e| TransportError::Io {
+        host: "localhost".to_owned(),
+        what: format!("resolving {}", path.display()),
+        source: e,
+    })?;
+    let Some(text) = abs.to_str().filter(|s| !s.contains(['"', '\n', '\r'])) else {
+        return Err(TransportError::Invalid(format!(
+            "{}: the ssh client cannot be given this path (a quote, line break or invalid \
+             UTF-8 in it); rename it, or use --transport builtin",
+            path.display()
+        )));
+    };
+    Ok(format!("\"{}\"", text.replace('%', "%%")))
 }
 
 /// OpenSSH's default cipher set with AES-GCM first: through libcrypto with AES-NI it costs a
@@ -486,7 +506,7 @@ fn map_failure(t: &Target, stderr: &str) -> TransportError {
             host: display,
             user: t.user.clone().unwrap_or_else(super::local_user),
             tried: "the ssh client's keys".to_owned(),
-            hint: "pass --identity FILE (and --user), load the key into ssh-agent, or add it to the node's authorized_keys".to_owned(),
+            hint: "pass --identity FILE (and --user), load the key into ssh-agent (the ssh client never asks for a passphrase here; --transport builtin does), or add it to the node's authorized_keys".to_owned(),
         };
     }
     if stderr.contains("timed out") || stderr.contains("Timeout, server") {
@@ -551,15 +571,42 @@ mod tests {
             .stdin(Stdio::null())
             .output()
         else {
-            let must =
-                ["CI", "HAPKI_REQUIRE_TESTBED"].iter().any(|v| std::env::var_os(v).is_some());
-            assert!(!must, "no ssh client to ask for its default ciphers, and CI must not skip");
+            // SAFETY: geteuid has no preconditions.
+            let root = unsafe { libc::geteuid() } == 0;
+            let must = root
+                || ["CI", "HAPKI_REQUIRE_TESTBED"].iter().any(|v| std::env::var_os(v).is_some());
+            assert!(!must, "no ssh client to ask for its default ciphers; CI and root never skip");
             eprintln!("\n*** SKIPPED: no ssh client to ask for its default ciphers ***\n");
             return;
         };
         let text = String::from_utf8_lossy(&out.stdout);
         let line = text.lines().find_map(|l| l.strip_prefix("ciphers ")).unwrap_or_default();
         assert_eq!(gcm_first(line), Some(GCM_FIRST), "{line}");
+    }
+
+    /// File names reach ssh as one quoted value each, `%` not expanded, relative made absolute;
+    /// what cannot be quoted is refused.
+    #[test]
+    fn paths_are_given_to_ssh_as_one_literal_file() {
+        assert_eq!(config_path(Path::new("/a b/100%h/kh")).unwrap(), r#""/a b/100%%h/kh""#);
+        let cwd = std::env::current_dir().unwrap();
+        assert_eq!(config_path(Path::new("kh")).unwrap(), format!("\"{}/kh\"", cwd.display()));
+        for bad in ["/a\"b", "/a\nb"] {
+            let e = config_path(Path::new(bad)).unwrap_err();
+            assert!(e.to_string().contains("--transport builtin"), "{e}");
+        }
+        // What the system ssh makes of it: exactly one file, the one named.
+        let Ok(out) = Command::new("ssh")
+            .args(["-F", "/dev/null", "-o"])
+            .arg(format!("UserKnownHostsFile={}", config_path(Path::new("/a b/1%d")).unwrap()))
+            .args(["-G", "127.0.0.1"])
+            .stdin(Stdio::null())
+            .output()
+        else {
+            return;
+        };
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(text.lines().any(|l| l == "userknownhostsfile /a b/1%d"), "{text}");
     }
 
     #[test]

@@ -148,3 +148,29 @@ fn cert_authority_lines_work_with_openssh_and_are_refused_by_name_by_builtin() {
         assert_eq!(out.status.code(), Some(4), "{t} with another CA: {}", text(&out));
     }
 }
+
+/// A `--known-hosts` path with a space in it: the system ssh reads `UserKnownHostsFile` as a
+/// list of files, so the path used to be split in two, and a key in a file named like the first
+/// half (another user's, a stale one) was trusted by `--transport openssh` alone.
+#[test]
+fn a_known_hosts_path_with_a_space_is_one_file_for_both_transports() {
+    let Some(tb) = Testbed::up(1, 0) else { return };
+    let fx = Fixture::new();
+    let n = &tb.nodes[0];
+    // "<dir>/nodes" trusts the node; the file the operator names, "<dir>/nodes known_hosts", is
+    // empty (the second half, "known_hosts" relative to the working directory, is absent).
+    std::fs::copy(tb.known_hosts(), fx.path("nodes")).unwrap();
+    let given = fx.path("nodes known_hosts");
+    std::fs::write(&given, "").unwrap();
+    for t in TRANSPORTS {
+        let out = push(&fx, &tb, n, &given, t);
+        assert_eq!(out.status.code(), Some(4), "{t}: {}", text(&out));
+        assert!(text(&out).contains("nodes known_hosts"), "{t}: {}", text(&out));
+    }
+    // Control: the same name holding the node's key is trusted, by both.
+    std::fs::copy(tb.known_hosts(), &given).unwrap();
+    for t in TRANSPORTS {
+        let out = push(&fx, &tb, n, &given, t);
+        assert_eq!(out.status.code(), Some(0), "{t}: {}", text(&out));
+    }
+}

@@ -1,0 +1,174 @@
+//! `--transport auto`, the default: the system `ssh` when one is on PATH, the built-in client
+//! otherwise, and the same host-key verdict from both. The binary runs with a PATH whose only
+//! `ssh` is a spy that logs each call and runs the real client, or with a PATH holding no `ssh`
+//! at all.
+
+#[path = "support/fixture.rs"]
+mod fixture;
+#[path = "support/testbed.rs"]
+mod testbed;
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use fixture::{hapki_process, text, Fixture};
+use testbed::{TbNode, Testbed};
+
+/// The real `ssh` client, found on the test's own PATH.
+fn real_ssh() -> PathBuf {
+    let path = std::env::var_os("PATH").expect("PATH");
+    std::env::split_paths(&path)
+        .map(|d| d.join("ssh"))
+        .find(|p| p.is_file())
+        .expect("an ssh client on PATH (the testbed needs one too)")
+}
+
+/// Directories for PATH: `spy` holds an `ssh` that appends its arguments to `log` and execs
+/// the real one; `none` holds nothing.
+struct Paths {
+    spy: PathBuf,
+    none: PathBuf,
+    log: PathBuf,
+}
+
+impl Paths {
+    fn new(fx: &Fixture) -> Paths {
+        let (spy, none, log) = (fx.path("spy"), fx.path("none"), fx.path("ssh-calls.log"));
+        std::fs::create_dir_all(&spy).unwrap();
+        std::fs::create_dir_all(&none).unwrap();
+        let script = format!(
+            "#!/bin/sh\necho \"$*\" >> '{}'\nexec '{}' \"$@\"\n",
+            log.display(),
+            real_ssh().display()
+        );
+        std::fs::write(spy.join("ssh"), script).unwrap();
+        std::fs::set_permissions(spy.join("ssh"), std::fs::Permissions::from_mode(0o755)).unwrap();
+        Paths { spy, none, log }
+    }
+
+    /// How many times the spy `ssh` ran so far.
+    fn ssh_calls(&self) -> usize {
+        std::fs::read_to_string(&self.log).map(|t| t.lines().count()).unwrap_or(0)
+    }
+}
+
+/// `hapki push BUNDLE --nodes NODE …` with `PATH` set to `path` and `known_hosts`.
+fn push(fx: &Fixture, tb: &Testbed, n: &TbNode, path: &Path, kh: &Path, extra: &[&str]) -> Output {
+    let mut c = hapki_process();
+    c.env("PATH", path).arg("push").arg(fx.bundle());
+    c.arg("--trust").arg(fx.allowed()).arg("--decrypt-key").arg(fx.signer());
+    c.args(["--nodes", &tb.addr(&n.name), "--user", "root", "--identity"]).arg(tb.identity());
+    c.arg("--known-hosts").arg(kh).args(extra);
+    c.output().expect("run hapki")
+}
+
+fn pki_files(tb: &Testbed, n: &TbNode) -> String {
+    tb.ok(&n.name, "cd /etc/kubernetes && find . | sort")
+}
+
+#[test]
+fn auto_runs_the_system_ssh_when_on_path_and_the_builtin_client_otherwise() {
+    let Some(tb) = Testbed::up(2, 0) else { return };
+    let fx = Fixture::new();
+    let paths = Paths::new(&fx);
+    let (n1, n2) = (tb.control_plane(1), tb.control_plane(2));
+
+    // An ssh on PATH: the default push runs it (and succeeds).
+    let out = push(&fx, &tb, n1, &paths.spy, &tb.known_hosts(), &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let calls = paths.ssh_calls();
+    assert!(calls > 0, "the default push with ssh on PATH did not run ssh");
+    assert!(pki_files(&tb, n1).contains("./pki/ca.key"), "nothing installed on {}", n1.name);
+    // Control: `--transport builtin` with the same PATH never runs it.
+    let out = push(&fx, &tb, n1, &paths.spy, &tb.known_hosts(), &["--transport", "builtin"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_eq!(paths.ssh_calls(), calls, "--transport builtin ran the ssh client");
+
+    // No ssh on PATH: the default push connects with the built-in client and installs.
+    assert!(!paths.none.join("ssh").exists());
+    let out = push(&fx, &tb, n2, &paths.none, &tb.known_hosts(), &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(pki_files(&tb, n2).contains("./pki/ca.key"), "nothing installed on {}", n2.name);
+    // Control: forcing the system ssh where there is none fails, naming what is missing.
+    let out = push(&fx, &tb, n2, &paths.none, &tb.known_hosts(), &["--transport", "openssh"]);
+    assert_ne!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(text(&out).contains("ssh"), "{}", text(&out));
+    assert_eq!(paths.ssh_calls(), calls);
+}
+
+/// known_hosts as the testbed wrote it, with `n`'s ed25519 key replaced by another one (a man in
+/// the middle, as both clients see him).
+fn mitm_known_hosts(fx: &Fixture, tb: &Testbed, n: &TbNode) -> PathBuf {
+    let other = fx.path("other_host_key");
+    let st = Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "", "-f"])
+        .arg(&other)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let other_pub = std::fs::read_to_string(other.with_extension("pub")).unwrap();
+    let other_pub: Vec<&str> = other_pub.split_whitespace().take(2).collect();
+    let prefix = format!("{} ", host_pattern(tb, n));
+    let kh = std::fs::read_to_string(tb.known_hosts()).unwrap();
+    let mut replaced = 0;
+    let lines: Vec<String> = kh
+        .lines()
+        .filter(|l| !(l.starts_with(&prefix) && !l.contains("ssh-ed25519")))
+        .map(|l| match l.starts_with(&prefix) {
+            true => {
+                replaced += 1;
+                format!("{prefix}{}", other_pub.join(" "))
+            }
+            false => l.to_owned(),
+        })
+        .collect();
+    assert_eq!(replaced, 1, "the testbed's known_hosts has no ed25519 line for {}:\n{kh}", n.name);
+    let path = fx.path("mitm_known_hosts");
+    std::fs::write(&path, lines.join("\n") + "\n").unwrap();
+    path
+}
+
+/// How known_hosts names the node (`[addr]:port` off port 22).
+fn host_pattern(tb: &Testbed, n: &TbNode) -> String {
+    match tb.port {
+        22 => n.address.clone(),
+        p => format!("[{}]:{p}", n.address),
+    }
+}
+
+fn fingerprint(pubkey: &Path) -> String {
+    let out = Command::new("ssh-keygen").arg("-lf").arg(pubkey).output().unwrap();
+    String::from_utf8(out.stdout).unwrap().split_whitespace().nth(1).unwrap().to_owned()
+}
+
+#[test]
+fn a_changed_host_key_is_refused_alike_with_and_without_ssh_on_path() {
+    let Some(tb) = Testbed::up(1, 0) else { return };
+    let fx = Fixture::new();
+    let paths = Paths::new(&fx);
+    let n = tb.control_plane(1);
+    let mitm = mitm_known_hosts(&fx, &tb, n);
+    let before = pki_files(&tb, n);
+    let want = fingerprint(&n.host_key_pub("ed25519"));
+    let mut messages = Vec::new();
+    for (path, via) in [(&paths.spy, "the system ssh"), (&paths.none, "the built-in client")] {
+        let calls = paths.ssh_calls();
+        let out = push(&fx, &tb, n, path, &mitm, &[]);
+        assert_eq!(out.status.code(), Some(4), "{via}: {}", text(&out));
+        let stderr = text(&out);
+        assert!(stderr.contains(&want), "{via}: no fingerprint {want}: {stderr}");
+        assert!(stderr.contains("mitm_known_hosts"), "{via}: {stderr}");
+        let fix = format!("ssh-keygen -R {}", host_pattern(&tb, n));
+        assert!(stderr.contains(&fix), "{via}: no fix named ({fix}): {stderr}");
+        assert_eq!(pki_files(&tb, n), before, "{via}: the node changed");
+        assert_eq!(paths.ssh_calls() > calls, path == &paths.spy, "{via}: wrong client ran");
+        messages.push(stderr);
+    }
+    assert_eq!(messages[0], messages[1], "the two clients word the refusal differently");
+    // Control: the true key is accepted, by either.
+    for path in [&paths.spy, &paths.none] {
+        let out = push(&fx, &tb, n, path, &tb.known_hosts(), &[]);
+        assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    }
+}
