@@ -63,7 +63,10 @@ fn a_clean_cluster_is_clean_with_openssl_fingerprints_and_every_drift_is_pinned_
     let (code, v, all) = audit(&tb, &[]);
     assert_eq!(code, Some(0), "{all}");
     assert_eq!(v["ok"], true);
-    for node in v["nodes"].as_array().unwrap() {
+    let nodes = v["nodes"].as_array().unwrap();
+    // Every node is reported (an empty list would check nothing).
+    assert_eq!(nodes.len(), tb.nodes.len(), "{v}");
+    for node in nodes {
         let files = &node["files"];
         let expected: &[&str] = if node["role"] == "worker" { &["ca.crt"] } else { &SHARED };
         for f in expected {

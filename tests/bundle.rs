@@ -248,6 +248,14 @@ fn one_flipped_bit_anywhere_is_rejected() {
                     "{name}: bit {bit} at {pos}/{n} accepted: {:?}",
                     out
                 );
+                // README: exit 3 with one line naming what is wrong with the bundle.
+                let stderr = String::from_utf8_lossy(&out.stderr);
+                assert!(
+                    stderr.starts_with("hapki: error: bundle rejected: ")
+                        && stderr.trim_end().lines().count() == 1,
+                    "{name}: bit {bit} at {pos}/{n}: not one line naming the problem: {stderr}"
+                );
+                assert!(out.stdout.is_empty(), "{name}: bit {bit} at {pos}/{n}: printed a report");
             }
         }
     }

@@ -106,7 +106,11 @@ fn installs_byte_identical_then_is_idempotent_and_never_touches_the_first_master
         let again = push(&fx, &tb, &bundle, transport, &["--output", "json"]);
         assert_eq!(again.status.code(), Some(0), "{}", text(&again));
         let report: serde_json::Value = serde_json::from_slice(&again.stdout).unwrap();
-        assert!(report["nodes"].as_array().unwrap().iter().all(|n| n["status"] == "unchanged"));
+        // Both targets, named (an empty list would pass an `all`).
+        assert_eq!(
+            cluster::node_statuses(&report),
+            vec![("kubemaster-2", "unchanged"), ("kubemaster-3", "unchanged")]
+        );
         assert_eq!(snapshot(tb.node("kubemaster-2")), before, "{transport}: a file was rewritten");
     }
 }
@@ -305,7 +309,9 @@ fn a_full_disk_fails_clearly_and_keeps_the_old_files() {
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     let fill = tb.ssh(&n2.name, "dd if=/dev/zero of=/etc/kubernetes/filler bs=1k count=64 2>/dev/null; df -k /etc/kubernetes | tail -1");
     eprintln!("{}", text(&fill));
-    let before = tb.ssh(&n2.name, "cd /etc/kubernetes/pki && sha256sum ca.crt ca.key sa.key sa.pub front-proxy-ca.crt front-proxy-ca.key etcd/ca.crt etcd/ca.key");
+    let sums = "cd /etc/kubernetes/pki && sha256sum ca.crt ca.key sa.key sa.pub front-proxy-ca.crt front-proxy-ca.key etcd/ca.crt etcd/ca.key";
+    let before = tb.ok(&n2.name, sums);
+    assert_eq!(before.lines().count(), 8, "{before}");
     for transport in TRANSPORTS {
         let out = push(&fx, &tb, &bundle, transport, &["--replace"]);
         assert_eq!(out.status.code(), Some(5), "{transport}: {}", text(&out));
@@ -314,8 +320,8 @@ fn a_full_disk_fails_clearly_and_keeps_the_old_files() {
             msg.contains("kubemaster-2") && (msg.contains("disk full") || msg.contains("No space")),
             "{msg}"
         );
-        let after = tb.ssh(&n2.name, "cd /etc/kubernetes/pki && sha256sum ca.crt ca.key sa.key sa.pub front-proxy-ca.crt front-proxy-ca.key etcd/ca.crt etcd/ca.key");
-        assert_eq!(after.stdout, before.stdout, "{transport}: the old files changed");
+        let after = tb.ok(&n2.name, sums);
+        assert_eq!(after, before, "{transport}: the old files changed");
         let stage = tb.ssh(&n2.name, "ls -A /etc/kubernetes | grep -c hapki-stage || true");
         assert_eq!(
             String::from_utf8_lossy(&stage.stdout).trim(),
@@ -448,7 +454,9 @@ fn bundle_from_the_first_master_over_ssh_matches_its_files() {
         let out = c.output().unwrap();
         assert_eq!(out.status.code(), Some(0), "{how}: {}", text(&out));
         let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-        for f in v["files"].as_array().unwrap() {
+        let files = v["files"].as_array().unwrap();
+        assert_eq!(files.len(), SHARED.len(), "{v}");
+        for f in files {
             let name = f["name"].as_str().unwrap();
             let want =
                 std::process::Command::new("sha256sum").arg(fx.pki().join(name)).output().unwrap();

@@ -157,14 +157,20 @@ pub fn decrypt<'a, R: BufRead + 'a>(
         ));
     }
     let dec = age::Decryptor::new_buffered(input)
-        .map_err(|e| BundleError::Decrypt(format!("age header: {e}")))?;
+        .map_err(|e| BundleError::Decrypt(format!("age header: {}", age_message(&e))))?;
     let r = dec.decrypt(ids.0.iter().map(|i| i.as_ref() as &dyn age::Identity)).map_err(
         |e| match e {
             age::DecryptError::NoMatchingKeys => BundleError::Decrypt(
                 "none of the --decrypt-key keys is a recipient of this bundle".into(),
             ),
-            e => BundleError::Decrypt(e.to_string()),
+            e => BundleError::Decrypt(age_message(&e)),
         },
     )?;
     Ok(Box::new(r))
+}
+
+/// The first line of an age error: some add a second ("Have you tried upgrading to the latest
+/// version?"), and hapki's errors are one line.
+fn age_message(e: &age::DecryptError) -> String {
+    e.to_string().lines().next().unwrap_or("").trim_end_matches('.').to_owned()
 }
