@@ -169,6 +169,10 @@ fn push_then_join_builds_a_healthy_three_member_etcd_without_a_certificate_key()
         let t = std::fs::read_to_string(e.path()).unwrap();
         assert!(!t.contains(secret), "the token secret leaked into {}: {t}", e.path().display());
     }
+    // Nor anywhere else in any kubeadm command line (the stand-in redacts only what follows
+    // --token and the like, whose presence the check above refuses).
+    let argvs = std::fs::read_to_string(tb.dir.join("cluster/joins.log")).unwrap();
+    assert!(argvs.lines().count() > 3 && !argvs.contains(secret), "secret in an argv: {argvs}");
 
     // A real three-member mutual-TLS etcd from the distributed etcd CA.
     let endpoints: Vec<String> = tb
