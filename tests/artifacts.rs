@@ -271,7 +271,9 @@ fn expected_for(spec: &Path, role: Role) -> Vec<(String, Vec<u8>, u32)> {
     EXPECTED
         .iter()
         .filter(|(_, _, _, cp_only)| role == Role::ControlPlane || !cp_only)
-        .map(|(dest, src, mode, _)| (dest.to_string(), std::fs::read(dir.join(src)).unwrap(), *mode))
+        .map(|(dest, src, mode, _)| {
+            (dest.to_string(), std::fs::read(dir.join(src)).unwrap(), *mode)
+        })
         .collect()
 }
 

@@ -38,7 +38,8 @@ fn audit(tb: &Testbed) -> (Output, Value) {
 }
 
 fn sums(dir: &Path, files: &[&str]) -> String {
-    let out = std::process::Command::new("sha256sum").args(files).current_dir(dir).output().unwrap();
+    let out =
+        std::process::Command::new("sha256sum").args(files).current_dir(dir).output().unwrap();
     assert!(out.status.success(), "{}", text(&out));
     String::from_utf8(out.stdout).unwrap()
 }
@@ -93,9 +94,6 @@ fn push_and_audit_read_a_kubespray_ini() {
     let (out, v) = audit(&tb);
     assert_eq!(out.status.code(), Some(6), "{}", text(&out));
     let problems = cluster::problems(&v);
-    assert!(
-        problems.iter().any(|(n, f, _)| n == "kubemaster-2" && f == "sa.key"),
-        "{problems:?}"
-    );
+    assert!(problems.iter().any(|(n, f, _)| n == "kubemaster-2" && f == "sa.key"), "{problems:?}");
     assert!(problems.iter().all(|(n, _, _)| n == "kubemaster-2"), "{problems:?}");
 }

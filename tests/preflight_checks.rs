@@ -37,16 +37,18 @@ fn ready_cluster(fx: &Fixture, tb: &Testbed) {
     cluster::push_to(fx, tb, &fx.bundle(), &cluster::control_planes(tb), &[]);
     for n in &tb.nodes {
         if !n.control_plane {
-            std::fs::write(n.dir.join("cni/10-flannel.conflist"), "{\"name\":\"cbr0\"}\n")
-                .unwrap();
+            std::fs::write(n.dir.join("cni/10-flannel.conflist"), "{\"name\":\"cbr0\"}\n").unwrap();
         }
         standin(n, "kubeadm", "echo v1.31.2");
         standin(n, "kubelet", "echo Kubernetes v1.31.2");
     }
 }
 
-/// (node, file or "-", kind, message) of every problem, sorted, and the exit code.
-fn preflight(tb: &Testbed) -> (Option<i32>, Vec<(String, String, String, String)>) {
+/// One problem: (node, file or "-", kind, message).
+type Problem = (String, String, String, String);
+
+/// Every problem, sorted, and the exit code.
+fn preflight(tb: &Testbed) -> (Option<i32>, Vec<Problem>) {
     let out = hapki()
         .args(["preflight", "--inventory"])
         .arg(tb.inventory())

@@ -28,11 +28,8 @@ fn shared_sums(tb: &Testbed, n: &TbNode) -> String {
 
 /// `sha256sum` of the same files in a local PKI directory, in the node's output format.
 fn local_sums(pki: &Path) -> String {
-    let out = std::process::Command::new("sha256sum")
-        .args(SHARED)
-        .current_dir(pki)
-        .output()
-        .unwrap();
+    let out =
+        std::process::Command::new("sha256sum").args(SHARED).current_dir(pki).output().unwrap();
     assert!(out.status.success());
     String::from_utf8(out.stdout).unwrap()
 }

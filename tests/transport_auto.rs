@@ -114,7 +114,8 @@ fn mitm_known_hosts(fx: &Fixture, tb: &Testbed, n: &TbNode) -> PathBuf {
     let mut replaced = 0;
     let lines: Vec<String> = kh
         .lines()
-        .filter(|l| !(l.starts_with(&prefix) && !l.contains("ssh-ed25519")))
+        // Of this node, only its ed25519 line stays (to be replaced): its other keys would vouch.
+        .filter(|l| !l.starts_with(&prefix) || l.contains("ssh-ed25519"))
         .map(|l| match l.starts_with(&prefix) {
             true => {
                 replaced += 1;
@@ -171,4 +172,86 @@ fn a_changed_host_key_is_refused_alike_with_and_without_ssh_on_path() {
         let out = push(&fx, &tb, n, path, &tb.known_hosts(), &[]);
         assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     }
+}
+
+/// A drop-in under /etc/ssh/ssh_config.d, which the system ssh reads as it reads ~/.ssh/config
+/// (a test must not write the host's /root); its `Host` names are this test's own. Removed
+/// when dropped, panic or not.
+struct SshConfigDropIn(PathBuf);
+
+impl SshConfigDropIn {
+    fn new(tb: &Testbed, text: &str) -> SshConfigDropIn {
+        let dir = Path::new("/etc/ssh/ssh_config.d");
+        assert!(dir.is_dir(), "no /etc/ssh/ssh_config.d (Debian's ssh_config includes it)");
+        let p = dir.join(format!("hapki-test-{}-{}.conf", std::process::id(), tb.net));
+        std::fs::write(&p, text).unwrap();
+        SshConfigDropIn(p)
+    }
+}
+
+impl Drop for SshConfigDropIn {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+fn accepted_logins(n: &TbNode) -> usize {
+    let log = std::fs::read_to_string(n.dir.join("sshd.log")).unwrap_or_default();
+    log.matches("Accepted publickey").count()
+}
+
+/// The default transport, with ssh on PATH, reaches a node only through a ProxyJump bastion
+/// the client configuration names — and the same configuration cannot loosen host-key checks
+/// (`StrictHostKeyChecking no`, other known_hosts files): hapki's own options win.
+#[test]
+fn the_client_configuration_is_honoured_except_for_host_keys() {
+    let Some(tb) = Testbed::up(2, 0) else { return };
+    let fx = Fixture::new();
+    let paths = Paths::new(&fx);
+    let (jump, behind) = (tb.control_plane(1), tb.control_plane(2));
+    let tag = format!("{}-{}", std::process::id(), tb.net);
+    let (kh, id) = (tb.known_hosts(), tb.identity());
+    let empty = fx.path("empty_known_hosts");
+    std::fs::write(&empty, "").unwrap();
+    let _conf = SshConfigDropIn::new(
+        &tb,
+        &format!(
+            "Host hapki-bastion-{tag}\n  HostName {j}\n  Port {p}\n  User root\n  IdentityFile {id}\n  \
+             UserKnownHostsFile {kh}\n  StrictHostKeyChecking yes\n  BatchMode yes\n\
+             Host hapki-behind-{tag}\n  HostName {b}\n  Port {p}\n  ProxyJump hapki-bastion-{tag}\n\
+             Host hapki-lax-{tag}\n  HostName {b}\n  Port {p}\n  StrictHostKeyChecking no\n  \
+             UserKnownHostsFile /dev/null\n  GlobalKnownHostsFile {kh}\n",
+            j = jump.address,
+            b = behind.address,
+            p = tb.port,
+            id = id.display(),
+            kh = kh.display(),
+        ),
+    );
+    let push_to = |alias: &str, known_hosts: &Path| {
+        let mut c = hapki_process();
+        c.env(
+            "PATH",
+            std::env::join_paths([paths.spy.as_path(), Path::new("/usr/bin"), Path::new("/bin")])
+                .unwrap(),
+        );
+        c.arg("push").arg(fx.bundle()).arg("--trust").arg(fx.allowed());
+        c.arg("--decrypt-key").arg(fx.signer()).args(["--nodes", alias, "--user", "root"]);
+        c.arg("--identity").arg(&id).arg("--known-hosts").arg(known_hosts);
+        c.output().expect("run hapki")
+    };
+
+    let via_bastion = accepted_logins(jump);
+    let out = push_to(&format!("hapki-behind-{tag}"), &kh);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(paths.ssh_calls() > 0, "the system ssh did not run");
+    assert!(accepted_logins(jump) > via_bastion, "the bastion was not used");
+    assert!(pki_files(&tb, behind).contains("./pki/ca.key"), "nothing installed behind it");
+
+    // The lax alias: its configuration says "trust anything, record nothing"; hapki's
+    // known_hosts (empty) is still the only trust, and it stays empty.
+    let out = push_to(&format!("hapki-lax-{tag}"), &empty);
+    assert_eq!(out.status.code(), Some(4), "{}", text(&out));
+    assert!(text(&out).contains("empty_known_hosts"), "{}", text(&out));
+    assert_eq!(std::fs::read_to_string(&empty).unwrap(), "", "known_hosts was written");
 }
