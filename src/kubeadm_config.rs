@@ -85,14 +85,20 @@ pub struct ConfigReport {
 pub fn check_file(path: &Path) -> Result<ConfigReport, ConfigError> {
     let text = std::fs::read_to_string(path)
         .map_err(|error| ConfigError::Read { path: path.to_owned(), error })?;
-    check_str(&text).map_err(|message| ConfigError::Yaml { path: path.to_owned(), message })
+    check_str(&text)
+        .map_err(|YamlError(message)| ConfigError::Yaml { path: path.to_owned(), message })
 }
 
-/// Check kubeadm config text; `Err` carries a one-line YAML syntax error.
-pub fn check_str(text: &str) -> Result<ConfigReport, String> {
+/// The text is not YAML: the parser's message, on one line.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct YamlError(pub String);
+
+/// Check kubeadm config text; `Err` is a YAML syntax error.
+pub fn check_str(text: &str) -> Result<ConfigReport, YamlError> {
     let mut docs = Vec::new();
     for de in serde_yaml_ng::Deserializer::from_str(text) {
-        let value = Value::deserialize(de).map_err(|e| one_line(&e.to_string()))?;
+        let value = Value::deserialize(de).map_err(|e| YamlError(one_line(&e.to_string())))?;
         docs.push(value);
     }
     Ok(lint(&docs))
