@@ -68,14 +68,20 @@ pub struct ImageInputs<'a> {
     pub bundle: &'a Path,
     pub trust: &'a AllowedSigners,
     pub identities: &'a Identities,
+    /// containerd's config; `None`: [`CONTAINERD_CONFIG`] when it exists.
     pub containerd_config: Option<&'a Path>,
 }
+
+/// containerd's config file, read by default when present.
+pub const CONTAINERD_CONFIG: &str = "/etc/containerd/config.toml";
 
 /// Runs the cross-check and adds its findings to `report` (whose `ok` is updated).
 pub fn check_images(inputs: &ImageInputs, report: &mut ConfigReport) -> Result<(), ImagesError> {
     let kubeadm = inputs.kubeadm.unwrap_or(Path::new("kubeadm"));
     let listed = kubeadm_images(kubeadm, inputs.config)?;
-    let sandbox = match inputs.containerd_config {
+    let default = Path::new(CONTAINERD_CONFIG);
+    let containerd_config = inputs.containerd_config.or(default.exists().then_some(default));
+    let sandbox = match containerd_config {
         Some(p) => Some((p, sandbox_image(p)?)),
         None => None,
     };
