@@ -211,35 +211,6 @@ fn a_ca_ending_within_the_window_is_expiring_and_local_mode_works() {
     );
 }
 
-/// Gives `node` new host keys for real: fresh key files, sshd re-reads them on SIGHUP, and the
-/// node is then polled (bounded) until `ssh-keyscan` sees the new ed25519 key.
-fn change_host_keys(tb: &Testbed, node: &str) {
-    let n = tb.node(node);
-    for (kind, extra) in [("ed25519", ""), ("ecdsa", "-b 256")] {
-        let key = n.dir.join(format!("ssh_host_{kind}_key"));
-        let _ = std::fs::remove_file(&key);
-        let _ = std::fs::remove_file(key.with_extension("pub"));
-        let _ = std::fs::remove_file(n.host_key_pub(kind));
-        let cmd = format!("ssh-keygen -q -t {kind} {extra} -N '' -C {node} -f {}", key.display());
-        assert!(Command::new("sh").arg("-c").arg(&cmd).status().unwrap().success(), "{cmd}");
-    }
-    let new_key = std::fs::read_to_string(n.host_key_pub("ed25519")).unwrap();
-    let new_key: Vec<&str> = new_key.split_whitespace().take(2).collect();
-    // SAFETY: signalling the sshd pid the testbed recorded for this node.
-    unsafe { libc::kill(n.sshd_pid(), libc::SIGHUP) };
-    for _ in 0..100 {
-        let scan = Command::new("ssh-keyscan")
-            .args(["-T", "2", "-t", "ed25519", "-p", &tb.port.to_string(), &n.address])
-            .output()
-            .unwrap();
-        if String::from_utf8_lossy(&scan.stdout).contains(new_key[1]) {
-            return;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    }
-    panic!("{node} does not serve its new host key after SIGHUP");
-}
-
 /// A node whose host key changed is a host-key failure (exit 4, the man-in-the-middle
 /// message naming the node's address), not an "unreachable" node (exit 6), with either
 /// transport; the other nodes are still audited. Negative control: unchanged keys exit 0.
@@ -252,7 +223,7 @@ fn a_changed_host_key_during_audit_exits_4_with_the_host_key_message() {
         let (code, _, all) = audit(&tb, &["--transport", transport]);
         assert_eq!(code, Some(0), "{transport}, keys unchanged: {all}");
     }
-    change_host_keys(&tb, "kubemaster-3");
+    tb.change_host_keys("kubemaster-3");
     let n3 = tb.node("kubemaster-3").address.clone();
     for transport in ["builtin", "openssh"] {
         let (code, v, all) = audit(&tb, &["--transport", transport]);
