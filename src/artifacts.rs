@@ -94,10 +94,48 @@ impl Artifact {
 
 /// Why a spec was refused. Always a usage error: the operator fixes the spec.
 #[derive(Debug, thiserror::Error)]
-#[error("artifacts spec {}: {message}", path.display())]
+#[error("artifacts spec {}: {problem}", path.display())]
 pub struct SpecError {
     pub path: PathBuf,
-    pub message: String,
+    pub problem: SpecProblem,
+}
+
+/// What is wrong with a spec's text (or its sources), one line with the fix.
+#[derive(Debug, thiserror::Error)]
+pub enum SpecProblem {
+    #[error("cannot read it: {0}")]
+    Read(std::io::Error),
+    /// The TOML does not parse; `message` names the line.
+    #[error("{message}; fix the TOML")]
+    Toml { message: String },
+    #[error("no [[artifacts]] entries; add at least one (see bundles/README.md)")]
+    Empty,
+    /// Entry `at` (`[[artifacts]] #N (source)`) is refused.
+    #[error("{at}: {reason}")]
+    Entry { at: String, reason: String },
+    #[error("{0} files: more than the {MAX_ARTIFACTS} a bundle may carry; pack small files into an archive")]
+    TooMany(usize),
+    #[error("two artifacts install to {0}; give each its own dest")]
+    SameDest(String),
+    #[error("{parent} is installed as a file and is also the parent directory of {dest}")]
+    FileAndParent { parent: String, dest: String },
+}
+
+/// Why a destination path is refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DestError {
+    #[error("dest {0:?} is not an absolute path; write it as /path/on/the/node")]
+    NotAbsolute(String),
+    #[error("dest {0:?}… is longer than 1024 bytes")]
+    TooLong(String),
+    #[error("dest {0:?} contains {1:?}; use letters, digits and / . _ - + @ : , = only")]
+    Character(String, char),
+    #[error("dest {0:?} is not normalized (empty, '.' or '..' component, or a trailing /)")]
+    NotNormalized(String),
+    #[error("dest {0:?} uses hapki's reserved .hapki- prefix")]
+    Reserved(String),
+    #[error("dest {0:?} overlaps {1}, which hapki manages itself (the shared PKI and push state); pick another path")]
+    Overlaps(String, &'static str),
 }
 
 impl Categorized for SpecError {
@@ -126,152 +164,156 @@ struct RawEntry {
 
 /// Reads and validates the spec at `path` and flattens it into files (see the module docs).
 pub fn load(path: &Path) -> Result<Vec<Artifact>, SpecError> {
-    let err = |message: String| SpecError { path: path.to_path_buf(), message };
-    let text = std::fs::read_to_string(path).map_err(|e| err(format!("cannot read it: {e}")))?;
+    let err = |problem| SpecError { path: path.to_path_buf(), problem };
+    let text = std::fs::read_to_string(path).map_err(|e| err(SpecProblem::Read(e)))?;
     let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
     parse(&text, &base).map_err(err)
 }
 
 /// Checks spec text without touching the sources (for templates whose files are not filled in
 /// yet): returns the number of entries.
-pub fn check_text(text: &str) -> Result<usize, String> {
+pub fn check_text(text: &str) -> Result<usize, SpecProblem> {
     parse_inner(text, Path::new("."), false).map(|v| v.len())
 }
 
 /// [`load`] on spec text whose relative sources resolve against `base`.
-pub fn parse(text: &str, base: &Path) -> Result<Vec<Artifact>, String> {
+pub fn parse(text: &str, base: &Path) -> Result<Vec<Artifact>, SpecProblem> {
     parse_inner(text, base, true)
 }
 
-fn parse_inner(text: &str, base: &Path, expand: bool) -> Result<Vec<Artifact>, String> {
+fn parse_inner(text: &str, base: &Path, expand: bool) -> Result<Vec<Artifact>, SpecProblem> {
     let raw: RawSpec = toml::from_str(text).map_err(|e| {
         // toml's message spans several lines (a source excerpt); keep the first and the span.
         let first = e.message().lines().next().unwrap_or("invalid TOML").to_string();
-        match e.span() {
-            Some(s) => format!("{first} (at {}); fix the TOML", line_col(text, s.start)),
-            None => format!("{first}; fix the TOML"),
-        }
+        let message = match e.span() {
+            Some(s) => format!("{first} (at {})", line_col(text, s.start)),
+            None => first,
+        };
+        SpecProblem::Toml { message }
     })?;
     if raw.artifacts.is_empty() {
-        return Err("no [[artifacts]] entries; add at least one (see bundles/README.md)".into());
+        return Err(SpecProblem::Empty);
     }
     let mut out = Vec::new();
     for (i, e) in raw.artifacts.iter().enumerate() {
-        let at = format!("[[artifacts]] #{} ({})", i + 1, e.source);
-        let ctx = |m: String| format!("{at}: {m}");
-        let mode = match &e.mode {
-            None => 0o644,
-            Some(m) => parse_mode(m).map_err(ctx)?,
-        };
-        let owner = match &e.owner {
-            None => "0:0".to_string(),
-            Some(o) => check_owner(o).map_err(ctx)?,
-        };
-        let roles = match &e.roles {
-            None => vec![Role::ControlPlane, Role::Worker],
-            Some(list) => parse_roles(list).map_err(ctx)?,
-        };
-        let after = match &e.after {
-            None => None,
-            Some(a) => Some(After::parse(a).ok_or_else(|| {
-                ctx(format!(
-                    "after = {a:?} is not one of restart-kubelet, daemon-reload, import-images (a fixed set, never a shell command)"
-                ))
-            })?),
-        };
-        let dest = check_dest(&e.dest).map_err(ctx)?;
-        let source = resolve_source(base, &e.source).map_err(ctx)?;
-        if !expand {
-            out.push(Artifact { source, dest, mode, owner, roles, after });
-            continue;
-        }
-        let md = std::fs::symlink_metadata(&source)
-            .map_err(|err| ctx(format!("source {}: {err}", source.display())))?;
-        let mut add = |source: PathBuf, dest: String| {
-            out.push(Artifact {
-                source,
-                dest,
-                mode,
-                owner: owner.clone(),
-                roles: roles.clone(),
-                after,
-            });
-        };
-        if md.file_type().is_symlink() {
-            return Err(ctx(format!(
-                "source {} is a symbolic link; point the spec at the real file",
-                source.display()
-            )));
-        } else if md.is_file() {
-            add(source, dest);
-        } else if md.is_dir() {
-            let mut any = false;
-            for entry in walkdir::WalkDir::new(&source).follow_links(false).sort_by_file_name() {
-                let entry =
-                    entry.map_err(|err| ctx(format!("walking {}: {err}", source.display())))?;
-                let ft = entry.file_type();
-                let rel = entry.path().strip_prefix(&source).unwrap_or(entry.path());
-                if ft.is_dir() {
-                    continue;
-                }
-                if ft.is_symlink() {
-                    return Err(ctx(format!(
-                        "{} is a symbolic link; artifacts are regular files only",
-                        entry.path().display()
-                    )));
-                }
-                if !ft.is_file() {
-                    return Err(ctx(format!(
-                        "{} is not a regular file (device, FIFO or socket); remove it from the directory",
-                        entry.path().display()
-                    )));
-                }
-                let rel = rel.to_str().ok_or_else(|| {
-                    ctx(format!("{} has a name that is not UTF-8", entry.path().display()))
-                })?;
-                let d = check_dest(&format!("{dest}/{rel}")).map_err(&ctx)?;
-                add(entry.path().to_path_buf(), d);
-                any = true;
+        let entry = spec_entry(e, base).and_then(|a| {
+            if expand {
+                return expand_source(a, &mut out);
             }
-            if !any {
-                return Err(ctx(format!("source directory {} holds no files", source.display())));
-            }
-        } else {
-            return Err(ctx(format!(
-                "source {} is not a regular file or directory",
-                source.display()
-            )));
-        }
+            out.push(a);
+            Ok(())
+        });
+        entry.map_err(|reason| SpecProblem::Entry {
+            at: format!("[[artifacts]] #{} ({})", i + 1, e.source),
+            reason,
+        })?;
     }
-    if out.len() > MAX_ARTIFACTS {
+    check_layout(&out)?;
+    Ok(out)
+}
+
+/// One spec entry checked, its source not yet looked at; `Err` says what is wrong with it.
+fn spec_entry(e: &RawEntry, base: &Path) -> Result<Artifact, String> {
+    let mode = e.mode.as_deref().map_or(Ok(0o644), parse_mode)?;
+    let owner = e.owner.as_deref().map_or(Ok("0:0".to_string()), check_owner)?;
+    let roles = match &e.roles {
+        None => vec![Role::ControlPlane, Role::Worker],
+        Some(list) => parse_roles(list)?,
+    };
+    let after = match &e.after {
+        None => None,
+        Some(a) => Some(After::parse(a).ok_or_else(|| {
+            format!("after = {a:?} is not one of restart-kubelet, daemon-reload, import-images (a fixed set, never a shell command)")
+        })?),
+    };
+    let dest = check_dest(&e.dest).map_err(|e| e.to_string())?;
+    let source = resolve_source(base, &e.source)?;
+    Ok(Artifact { source, dest, mode, owner, roles, after })
+}
+
+/// The entry's source on disk: a regular file as it is, a directory as one artifact per file
+/// (sorted by name, under the entry's dest); links and special files are refused.
+fn expand_source(a: Artifact, out: &mut Vec<Artifact>) -> Result<(), String> {
+    let md = std::fs::symlink_metadata(&a.source)
+        .map_err(|err| format!("source {}: {err}", a.source.display()))?;
+    if md.file_type().is_symlink() {
         return Err(format!(
-            "{} files: more than the {MAX_ARTIFACTS} a bundle may carry; pack small files into an archive",
-            out.len()
+            "source {} is a symbolic link; point the spec at the real file",
+            a.source.display()
         ));
     }
+    if md.is_file() {
+        out.push(a);
+        return Ok(());
+    }
+    if !md.is_dir() {
+        return Err(format!("source {} is not a regular file or directory", a.source.display()));
+    }
+    let before = out.len();
+    for entry in walkdir::WalkDir::new(&a.source).follow_links(false).sort_by_file_name() {
+        let entry = entry.map_err(|err| format!("walking {}: {err}", a.source.display()))?;
+        if let Some(file) = dir_file(&a, &entry)? {
+            out.push(file);
+        }
+    }
+    if out.len() == before {
+        return Err(format!("source directory {} holds no files", a.source.display()));
+    }
+    Ok(())
+}
+
+/// One entry of a directory source: the artifact for a regular file, `None` for a directory.
+fn dir_file(dir: &Artifact, entry: &walkdir::DirEntry) -> Result<Option<Artifact>, String> {
+    let ft = entry.file_type();
+    let path = entry.path();
+    if ft.is_dir() {
+        return Ok(None);
+    }
+    if ft.is_symlink() {
+        return Err(format!(
+            "{} is a symbolic link; artifacts are regular files only",
+            path.display()
+        ));
+    }
+    if !ft.is_file() {
+        return Err(format!(
+            "{} is not a regular file (device, FIFO or socket); remove it from the directory",
+            path.display()
+        ));
+    }
+    let rel = path.strip_prefix(&dir.source).unwrap_or(path);
+    let rel =
+        rel.to_str().ok_or_else(|| format!("{} has a name that is not UTF-8", path.display()))?;
+    let dest = check_dest(&format!("{}/{rel}", dir.dest)).map_err(|e| e.to_string())?;
+    Ok(Some(Artifact { source: path.to_path_buf(), dest, ..dir.clone() }))
+}
+
+/// Across entries: not too many files, every dest once, no file where another needs a directory.
+fn check_layout(out: &[Artifact]) -> Result<(), SpecProblem> {
+    if out.len() > MAX_ARTIFACTS {
+        return Err(SpecProblem::TooMany(out.len()));
+    }
     let mut seen = BTreeSet::new();
-    for a in &out {
+    for a in out {
         if !seen.insert(a.dest.as_str()) {
-            return Err(format!("two artifacts install to {}; give each its own dest", a.dest));
+            return Err(SpecProblem::SameDest(a.dest.clone()));
         }
     }
     // A file at /a and another at /a/b cannot both exist: the second needs /a to be a directory.
-    for a in &out {
+    for a in out {
         let mut p = a.dest.as_str();
         while let Some((parent, _)) = p.rsplit_once('/') {
             if parent.is_empty() {
                 break;
             }
             if seen.contains(parent) {
-                return Err(format!(
-                    "{} is installed as a file and is also the parent directory of {}",
-                    parent, a.dest
-                ));
+                let (parent, dest) = (parent.to_string(), a.dest.clone());
+                return Err(SpecProblem::FileAndParent { parent, dest });
             }
             p = parent;
         }
     }
-    Ok(out)
+    Ok(())
 }
 
 fn line_col(text: &str, offset: usize) -> String {
@@ -332,32 +374,27 @@ fn parse_roles(list: &[String]) -> Result<Vec<Role>, String> {
 
 /// A dest must be absolute, normalized (no `.`, `..`, `//`, trailing `/`), of a conservative
 /// alphabet, and outside what hapki itself owns on a node.
-pub fn check_dest(d: &str) -> Result<String, String> {
+pub fn check_dest(d: &str) -> Result<String, DestError> {
     if !d.starts_with('/') {
-        return Err(format!("dest {d:?} is not an absolute path; write it as /path/on/the/node"));
+        return Err(DestError::NotAbsolute(d.into()));
     }
     if d.len() > 1024 {
-        return Err(format!("dest {:?}… is longer than 1024 bytes", &d[..40]));
+        // The first 40 characters (not bytes: the cut must fall on a character boundary).
+        return Err(DestError::TooLong(d.chars().take(40).collect()));
     }
     if let Some(c) = d.chars().find(|c| !(c.is_ascii_alphanumeric() || "/._-+@:,=".contains(*c))) {
-        return Err(format!(
-            "dest {d:?} contains {c:?}; use letters, digits and / . _ - + @ : , = only"
-        ));
+        return Err(DestError::Character(d.into(), c));
     }
     let comps: Vec<&str> = d[1..].split('/').collect();
     if comps.iter().any(|c| c.is_empty() || *c == "." || *c == "..") {
-        return Err(format!(
-            "dest {d:?} is not normalized (empty, '.' or '..' component, or a trailing /)"
-        ));
+        return Err(DestError::NotNormalized(d.into()));
     }
     if comps.iter().any(|c| c.starts_with(".hapki-")) {
-        return Err(format!("dest {d:?} uses hapki's reserved .hapki- prefix"));
+        return Err(DestError::Reserved(d.into()));
     }
     for p in FORBIDDEN_PREFIXES {
         if d == p || d.starts_with(&format!("{p}/")) {
-            return Err(format!(
-                "dest {d:?} overlaps {p}, which hapki manages itself (the shared PKI and push state); pick another path"
-            ));
+            return Err(DestError::Overlaps(d.into(), p));
         }
     }
     Ok(d.to_string())
@@ -389,15 +426,36 @@ pub struct ArchiveImage {
     pub digest: String,
 }
 
+/// Why an image archive's `index.json` names no image hapki can check.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum IndexError {
+    #[error("it holds no index.json (not an OCI archive)")]
+    Absent,
+    #[error("its index.json is not JSON ({0})")]
+    NotJson(String),
+    #[error("its index.json has no manifests list")]
+    NoManifests,
+    #[error("its index.json names no image (no io.containerd.image.name annotation)")]
+    NoImage,
+}
+
+/// Why the state of an archive's images in a node's containerd cannot be told.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum NodeImagesError {
+    #[error("{0} is not there")]
+    NotThere(String),
+    #[error("{dest}: {error}")]
+    Index { dest: String, error: IndexError },
+    #[error("containerd does not answer on this node (ctr -n k8s.io images ls failed); start it")]
+    NoContainerd,
+}
+
 /// The images an OCI archive's `index.json` names (by `io.containerd.image.name`, the name
 /// `ctr images import` gives them). An error says why the index cannot be read.
-pub fn archive_images(index_json: &[u8]) -> Result<Vec<ArchiveImage>, String> {
-    let v: serde_json::Value = serde_json::from_slice(index_json)
-        .map_err(|e| format!("its index.json is not JSON ({e})"))?;
-    let manifests = v
-        .get("manifests")
-        .and_then(|m| m.as_array())
-        .ok_or("its index.json has no manifests list")?;
+pub fn archive_images(index_json: &[u8]) -> Result<Vec<ArchiveImage>, IndexError> {
+    let v: serde_json::Value =
+        serde_json::from_slice(index_json).map_err(|e| IndexError::NotJson(e.to_string()))?;
+    let manifests = v.get("manifests").and_then(|m| m.as_array()).ok_or(IndexError::NoManifests)?;
     let mut out = Vec::new();
     for m in manifests {
         let name = m.pointer("/annotations/io.containerd.image.name").and_then(|n| n.as_str());
@@ -407,7 +465,7 @@ pub fn archive_images(index_json: &[u8]) -> Result<Vec<ArchiveImage>, String> {
         }
     }
     if out.is_empty() {
-        return Err("its index.json names no image (no io.containerd.image.name annotation)".into());
+        return Err(IndexError::NoImage);
     }
     Ok(out)
 }
@@ -594,15 +652,13 @@ pub fn facts_arg(dest: &str, after: Option<After>) -> String {
 pub fn images_on_node(
     facts: &crate::node::facts::NodeFacts,
     dest: &str,
-) -> Result<Vec<(ArchiveImage, ImageState)>, String> {
-    let idx = facts.image_index.get(dest).ok_or_else(|| format!("{dest} is not there"))?;
-    let imgs = archive_images(idx).map_err(|e| format!("{dest}: {e}"))?;
+) -> Result<Vec<(ArchiveImage, ImageState)>, NodeImagesError> {
+    let idx = facts.image_index.get(dest).ok_or_else(|| NodeImagesError::NotThere(dest.into()))?;
+    let imgs =
+        archive_images(idx).map_err(|error| NodeImagesError::Index { dest: dest.into(), error })?;
     match &facts.runtime_images {
         Some(Some(ls)) => Ok(image_states(&imgs, &parse_ctr_images(ls))),
-        _ => Err(
-            "containerd does not answer on this node (ctr -n k8s.io images ls failed); start it"
-                .into(),
-        ),
+        _ => Err(NodeImagesError::NoContainerd),
     }
 }
 

@@ -31,6 +31,30 @@ impl Category {
             Category::Findings => 6,
         }
     }
+
+    /// The category that decides the exit code when several things failed: a host-key failure
+    /// outranks a verification failure, which outranks a failed node, which outranks findings;
+    /// an unexpected error and a usage error come last (a run that reached nodes has a more
+    /// telling answer). `None` for no failure.
+    pub fn worst(categories: impl IntoIterator<Item = Category>) -> Option<Category> {
+        categories.into_iter().min_by_key(|c| c.rank())
+    }
+
+    fn rank(self) -> u8 {
+        match self {
+            Category::HostKey => 0,
+            Category::Verification => 1,
+            Category::NodesFailed => 2,
+            Category::Findings => 3,
+            Category::Unexpected => 4,
+            Category::Usage => 5,
+        }
+    }
+
+    /// The exit code of a command whose outcome is `category` (0 for none).
+    pub fn exit_code_of(category: Option<Category>) -> u8 {
+        category.map_or(0, Category::exit_code)
+    }
 }
 
 /// Implemented by every public error type of the library so the binary can pick an exit code

@@ -15,21 +15,13 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
+use crate::cluster::{ClusterNode, Reference};
 use crate::error::{Categorized, Category};
 use crate::inventory::Role;
 use crate::node::{self, NodePaths};
+use crate::preflight::PreflightReport;
 use crate::push::NodeStatus;
-use crate::transport::{Session, Target, Transport};
-
-/// A node to join.
-#[derive(Debug, Clone)]
-pub struct JoinNode {
-    pub target: Target,
-    pub role: Role,
-    /// Passed as `--apiserver-advertise-address` to control planes, and where their etcd
-    /// member listens.
-    pub advertise_address: Option<String>,
-}
+use crate::transport::{Session, Target, Transport, TransportError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum JoinError {
@@ -37,6 +29,12 @@ pub enum JoinError {
     BadToken,
     #[error("could not mint a join token on the first master {node}: {reason}")]
     Mint { node: String, reason: String },
+    #[error("could not mint a join token on the first master {node}: {source}")]
+    MintTransport { node: String, source: Box<TransportError> },
+    #[error("the first master has no /etc/kubernetes/pki/ca.crt: push the bundle and kubeadm init it first")]
+    NoFirstMasterCa,
+    #[error(transparent)]
+    FirstMasterCa(#[from] crate::pki::PkiError),
     #[error("kubeadm on {node} prints CA hash {kubeadm}, but the bundle's ca.crt gives {ours}: the first master holds another CA; push the right bundle first")]
     HashMismatch { node: String, kubeadm: String, ours: String },
     #[error("could not write the run directory {path}: {source}")]
@@ -55,6 +53,9 @@ impl Categorized for JoinError {
             JoinError::BadToken => Category::Usage,
             JoinError::HashMismatch { .. } => Category::Verification,
             JoinError::Mint { .. } => Category::NodesFailed,
+            JoinError::MintTransport { source, .. } => source.category(),
+            JoinError::NoFirstMasterCa => Category::Usage,
+            JoinError::FirstMasterCa(e) => e.category(),
             JoinError::RunDir { .. } => Category::Unexpected,
             JoinError::UnsafeRunDir { .. } => Category::Usage,
             JoinError::RefusedArg { .. } | JoinError::BadEndpoint(_) => Category::Usage,
@@ -124,9 +125,14 @@ pub fn validate_endpoint(endpoint: &str) -> Result<(), JoinError> {
 
 /// The node script's arguments for one node: endpoint, CA hash, role, advertise address, then
 /// the extra kubeadm arguments. The token is not among them: it goes on stdin.
-pub fn join_args(endpoint: &str, ca_hash: &str, node: &JoinNode, extra: &[String]) -> Vec<String> {
+pub fn join_args(
+    endpoint: &str,
+    ca_hash: &str,
+    node: &ClusterNode,
+    extra: &[String],
+) -> Vec<String> {
     let (role, adv) = match node.role {
-        Role::ControlPlane => ("control-plane", node.advertise_address.clone().unwrap_or_default()),
+        Role::ControlPlane => ("control-plane", node.join_advertise_address().unwrap_or_default()),
         Role::Worker => ("worker", String::new()),
     };
     let mut a = vec![endpoint.to_string(), ca_hash.to_string(), role.to_string(), adv];
@@ -173,6 +179,24 @@ pub struct JoinResult {
     pub message: String,
     /// The command, with the token secret redacted.
     pub command: String,
+    /// For a node that failed or was skipped: which exit-code class that is in.
+    #[serde(skip)]
+    pub category: Option<Category>,
+}
+
+impl JoinResult {
+    fn new(node: &str, status: NodeStatus, message: String, command: String) -> Self {
+        let category = match status {
+            NodeStatus::Failed | NodeStatus::Skipped => Some(Category::NodesFailed),
+            _ => None,
+        };
+        JoinResult { node: node.to_string(), status, message, command, category }
+    }
+
+    /// A node that was not attempted.
+    fn skipped(node: &str, why: &str) -> Self {
+        JoinResult::new(node, NodeStatus::Skipped, format!("not attempted: {why}"), String::new())
+    }
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -187,12 +211,29 @@ pub struct JoinReport {
     pub nodes: Vec<JoinResult>,
 }
 
+impl JoinReport {
+    /// What the exit code says: `None` when every node joined (or would, in a dry run), else
+    /// the worst category among the nodes that failed or were skipped (exit 5, or 4 for a
+    /// host key).
+    pub fn category(&self) -> Option<Category> {
+        Category::worst(self.nodes.iter().filter_map(|n| n.category))
+    }
+}
+
+/// How a join ended: refused by preflight (nothing joined), or the joins' report.
+#[derive(Debug, Clone)]
+pub enum JoinOutcome {
+    Refused(PreflightReport),
+    Joined(JoinReport),
+}
+
 #[derive(Debug, Clone)]
 pub struct JoinOptions {
     pub endpoint: String,
     pub token: Option<String>,
-    /// `sha256:<hex>` computed by hapki from the bundle or the first master's ca.crt.
-    pub ca_hash: String,
+    /// `sha256:<hex>`, the bundle's; `None`: computed from the first master's ca.crt as
+    /// preflight read it (never taken on trust from the network).
+    pub ca_hash: Option<String>,
     pub dry_run: bool,
     pub parallel: usize,
     pub paths: NodePaths,
@@ -213,6 +254,17 @@ pub enum Step {
     Joining,
     WaitingForEtcd,
     Done,
+}
+
+impl std::fmt::Display for Step {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.pad(match self {
+            Step::MintingToken => "minting a token",
+            Step::Joining => "joining",
+            Step::WaitingForEtcd => "waiting for etcd",
+            Step::Done => "done",
+        })
+    }
 }
 
 const RUN_KUBEADM: &str = "exec kubeadm \"$@\"";
@@ -236,6 +288,7 @@ struct Ctx<'a> {
     transport: &'a dyn Transport,
     opts: &'a JoinOptions,
     token: String,
+    ca_hash: String,
     progress: &'a (dyn Fn(&str, Step) + Sync),
 }
 
@@ -252,15 +305,15 @@ impl Ctx<'_> {
         }
     }
 
-    fn join_one(&self, n: &JoinNode, wait_etcd: bool) -> JoinResult {
-        let args = join_args(&self.opts.endpoint, &self.opts.ca_hash, n, &self.opts.kubeadm_args);
+    fn join_one(&self, n: &ClusterNode, wait_etcd: bool) -> JoinResult {
+        let args = join_args(&self.opts.endpoint, &self.ca_hash, n, &self.opts.kubeadm_args);
         let shown = redact_text(&describe_join(&self.token, &args), &self.token);
-        let name = n.target.name.as_str();
-        let result = |status, message: String| JoinResult {
-            node: name.to_string(),
-            status,
-            message,
-            command: shown.clone(),
+        let name = n.name();
+        let result =
+            |status, message: String| JoinResult::new(name, status, message, shown.clone());
+        let transport_failed = |e: TransportError| JoinResult {
+            category: Some(e.category()),
+            ..result(NodeStatus::Failed, e.to_string())
         };
         if self.opts.dry_run {
             return result(NodeStatus::Planned, "would run the command shown".into());
@@ -268,13 +321,13 @@ impl Ctx<'_> {
         (self.progress)(name, Step::Joining);
         let mut session = match self.transport.connect(&n.target) {
             Ok(s) => s,
-            Err(e) => return result(NodeStatus::Failed, e.to_string()),
+            Err(e) => return transport_failed(e),
         };
         let argv: Vec<&str> = args.iter().map(String::as_str).collect();
         let stdin = format!("{}\n", self.token);
         let out = match session.run(JOIN_SCRIPT, &argv, &mut stdin.as_bytes()) {
             Ok(o) => o,
-            Err(e) => return result(NodeStatus::Failed, e.to_string()),
+            Err(e) => return transport_failed(e),
         };
         let text = format!(
             "$ {shown}\n{}{}",
@@ -293,7 +346,7 @@ impl Ctx<'_> {
         }
         if wait_etcd {
             (self.progress)(name, Step::WaitingForEtcd);
-            let addr = n.advertise_address.clone().unwrap_or_else(|| n.target.host.clone());
+            let addr = n.join_advertise_address().unwrap_or_else(|| n.target.host.clone());
             if let Err(e) = self.wait_etcd(session.as_mut(), &addr) {
                 let log = self.keep_log(name, &format!("etcd health: {e}\n")).unwrap_or_else(|e| e);
                 return result(
@@ -367,14 +420,18 @@ fn mint_token(
     ca_hash: &str,
 ) -> Result<String, JoinError> {
     let mint = |reason: String| JoinError::Mint { node: first.name.clone(), reason };
-    let mut s = transport.connect(first).map_err(|e| mint(e.to_string()))?;
+    let transport_failed = |e: TransportError| JoinError::MintTransport {
+        node: first.name.clone(),
+        source: Box::new(e),
+    };
+    let mut s = transport.connect(first).map_err(transport_failed)?;
     let out = s
         .run(
             RUN_KUBEADM,
             &["token", "create", "--ttl", "1h", "--print-join-command"],
             &mut std::io::empty(),
         )
-        .map_err(|e| mint(e.to_string()))?;
+        .map_err(transport_failed)?;
     if out.code.unwrap_or(-1) != 0 {
         return Err(mint(format!(
             "kubeadm token create failed: {}",
@@ -424,7 +481,7 @@ fn delete_token(transport: &dyn Transport, first: &Target, token: &str) -> Strin
 fn copy_cni(
     transport: &dyn Transport,
     first: &Target,
-    workers: &[&JoinNode],
+    workers: &[&ClusterNode],
 ) -> Result<(), String> {
     use base64::Engine;
     let mut s = transport.connect(first).map_err(|e| e.to_string())?;
@@ -458,30 +515,71 @@ fn copy_cni(
     Ok(())
 }
 
-/// Joins `nodes` (the first control plane in the list is the first master and is not joined).
-/// The caller runs preflight first and passes only when it is clean.
+impl JoinOptions {
+    /// Everything that can be refused before any node is contacted: the endpoint, the extra
+    /// kubeadm arguments, the token's format, and the run directory (created 0700 unless this
+    /// is a dry run).
+    pub fn check(&self) -> Result<(), JoinError> {
+        validate_endpoint(&self.endpoint)?;
+        validate_kubeadm_args(&self.kubeadm_args)?;
+        if let Some(t) = &self.token {
+            validate_token(t)?;
+        }
+        if !self.dry_run {
+            create_run_dir(&self.run_dir)?;
+        }
+        Ok(())
+    }
+}
+
+/// `hapki join`: [`JoinOptions::check`], preflight on every node (nothing joins unless it is
+/// clean; with `copy_cni_config` a worker without CNI config is only a warning), the CA hash
+/// (the bundle's, else computed here from the first master's ca.crt), then the joins: the
+/// first control plane in `nodes` is the first master and is not joined.
 pub fn run(
-    nodes: &[JoinNode],
+    nodes: &[ClusterNode],
     transport: &dyn Transport,
+    reference: Option<Reference>,
     opts: &JoinOptions,
     progress: &(dyn Fn(&str, Step) + Sync),
-) -> Result<JoinReport, JoinError> {
-    validate_endpoint(&opts.endpoint)?;
-    validate_kubeadm_args(&opts.kubeadm_args)?;
-    if !opts.dry_run {
-        create_run_dir(&opts.run_dir)?;
+) -> Result<JoinOutcome, JoinError> {
+    opts.check()?;
+    let endpoint = Some(opts.endpoint.as_str());
+    let mut report =
+        crate::preflight::run(nodes, endpoint, transport, reference, opts.parallel, &opts.paths);
+    if opts.copy_cni_config {
+        report.accept_missing_cni();
     }
-    let first = nodes.iter().find(|n| n.role == Role::ControlPlane);
+    if !report.ok {
+        return Ok(JoinOutcome::Refused(report));
+    }
+    let ca_hash = match &opts.ca_hash {
+        Some(h) => h.clone(),
+        None => {
+            let pem = report.first_master_ca.as_deref().ok_or(JoinError::NoFirstMasterCa)?;
+            crate::pki::parse::parse_certificate("ca.crt", pem)?.discovery_hash()
+        }
+    };
+    join_nodes(nodes, transport, opts, ca_hash, progress).map(JoinOutcome::Joined)
+}
+
+/// The joins themselves, after preflight: the token (given, or minted on the first master and
+/// deleted afterwards), then [`join_all`].
+fn join_nodes(
+    nodes: &[ClusterNode],
+    transport: &dyn Transport,
+    opts: &JoinOptions,
+    ca_hash: String,
+    progress: &(dyn Fn(&str, Step) + Sync),
+) -> Result<JoinReport, JoinError> {
+    let first = crate::cluster::first_master(nodes).map(|i| &nodes[i]);
     let minted = opts.token.is_none() && !opts.dry_run;
     let token = match (&opts.token, first) {
-        (Some(t), _) => {
-            validate_token(t)?;
-            t.clone()
-        }
+        (Some(t), _) => t.clone(),
         (None, _) if opts.dry_run => "<minted>.<redacted>".into(),
         (None, Some(f)) => {
-            progress(&f.target.name, Step::MintingToken);
-            mint_token(transport, &f.target, &opts.ca_hash)?
+            progress(f.name(), Step::MintingToken);
+            mint_token(transport, &f.target, &ca_hash)?
         }
         (None, None) => {
             return Err(JoinError::Mint {
@@ -490,7 +588,7 @@ pub fn run(
             })
         }
     };
-    let ctx = Ctx { transport, opts, token: token.clone(), progress };
+    let ctx = Ctx { transport, opts, token: token.clone(), ca_hash, progress };
     let results = join_all(&ctx, nodes, first);
     let token_cleanup = match first {
         Some(f) if minted => Some(delete_token(transport, &f.target, &token)),
@@ -500,7 +598,7 @@ pub fn run(
         && token_cleanup.as_deref().is_none_or(|c| c == "deleted");
     Ok(JoinReport {
         ok,
-        discovery_token_ca_cert_hash: opts.ca_hash.clone(),
+        discovery_token_ca_cert_hash: ctx.ca_hash,
         token: redact_token(&token),
         token_cleanup,
         run_dir: (!opts.dry_run).then(|| opts.run_dir.display().to_string()),
@@ -508,59 +606,50 @@ pub fn run(
     })
 }
 
-/// The control planes but the first one at a time, then the workers in parallel.
-fn join_all(ctx: &Ctx, nodes: &[JoinNode], first: Option<&JoinNode>) -> Vec<JoinResult> {
-    let (opts, transport) = (ctx.opts, ctx.transport);
+/// The control planes but the first one at a time (after a failure the rest are skipped),
+/// then the workers in parallel.
+fn join_all(ctx: &Ctx, nodes: &[ClusterNode], first: Option<&ClusterNode>) -> Vec<JoinResult> {
     let mut results = Vec::new();
-    let first_name = first.map(|f| f.target.name.clone());
     let mut failed_cp = false;
     for n in nodes.iter().filter(|n| n.role == Role::ControlPlane) {
-        if Some(&n.target.name) == first_name.as_ref() {
+        if Some(n.name()) == first.map(ClusterNode::name) {
             continue;
         }
         if failed_cp {
-            results.push(JoinResult {
-                node: n.target.name.clone(),
-                status: NodeStatus::Skipped,
-                message: "not attempted: an earlier control-plane join failed".into(),
-                command: String::new(),
-            });
+            results.push(JoinResult::skipped(n.name(), "an earlier control-plane join failed"));
             continue;
         }
         let r = ctx.join_one(n, true);
         failed_cp = r.status == NodeStatus::Failed;
         results.push(r);
     }
-    let workers: Vec<&JoinNode> = nodes.iter().filter(|n| n.role == Role::Worker).collect();
+    let workers: Vec<&ClusterNode> = nodes.iter().filter(|n| n.role == Role::Worker).collect();
     if failed_cp {
-        results.extend(workers.iter().map(|w| JoinResult {
-            node: w.target.name.clone(),
-            status: NodeStatus::Skipped,
-            message: "not attempted: a control-plane join failed".into(),
-            command: String::new(),
-        }));
+        let skip = |w: &&ClusterNode| JoinResult::skipped(w.name(), "a control-plane join failed");
+        results.extend(workers.iter().map(skip));
     } else {
-        let mut cni_error = None;
-        if opts.copy_cni_config && !opts.dry_run && !workers.is_empty() {
-            if let Some(f) = first {
-                cni_error = copy_cni(transport, &f.target, &workers).err();
-            }
-        }
-        match cni_error {
-            Some(e) => results.extend(workers.iter().map(|w| JoinResult {
-                node: w.target.name.clone(),
-                status: NodeStatus::Failed,
-                message: format!("copying the CNI config failed: {e}"),
-                command: String::new(),
-            })),
-            None => results.extend(crate::transport::for_each_parallel(
-                &workers,
-                opts.parallel.max(1),
-                |w| ctx.join_one(w, false),
-            )),
-        }
+        results.extend(join_workers(ctx, &workers, first));
     }
     results
+}
+
+/// The workers in parallel, after copying the first master's CNI config to them if asked.
+fn join_workers(
+    ctx: &Ctx,
+    workers: &[&ClusterNode],
+    first: Option<&ClusterNode>,
+) -> Vec<JoinResult> {
+    let opts = ctx.opts;
+    if opts.copy_cni_config && !opts.dry_run && !workers.is_empty() {
+        if let Some(Err(e)) = first.map(|f| copy_cni(ctx.transport, &f.target, workers)) {
+            let failed = |w: &&ClusterNode| {
+                let message = format!("copying the CNI config failed: {e}");
+                JoinResult::new(w.name(), NodeStatus::Failed, message, String::new())
+            };
+            return workers.iter().map(failed).collect();
+        }
+    }
+    crate::transport::for_each_parallel(workers, opts.parallel.max(1), |w| ctx.join_one(w, false))
 }
 
 /// Creates the run directory 0700, or accepts an existing one only if it is a real directory

@@ -81,18 +81,31 @@ pub struct ConfigReport {
     pub images: Option<images::ImageCheck>,
 }
 
+impl ConfigReport {
+    /// What the exit code says: `None` when ready, [`Category::Findings`] for problems.
+    pub fn category(&self) -> Option<Category> {
+        (!self.ok).then_some(Category::Findings)
+    }
+}
+
 /// Read and check the kubeadm config at `path`.
 pub fn check_file(path: &Path) -> Result<ConfigReport, ConfigError> {
     let text = std::fs::read_to_string(path)
         .map_err(|error| ConfigError::Read { path: path.to_owned(), error })?;
-    check_str(&text).map_err(|message| ConfigError::Yaml { path: path.to_owned(), message })
+    check_str(&text)
+        .map_err(|YamlError(message)| ConfigError::Yaml { path: path.to_owned(), message })
 }
 
-/// Check kubeadm config text; `Err` carries a one-line YAML syntax error.
-pub fn check_str(text: &str) -> Result<ConfigReport, String> {
+/// The text is not YAML: the parser's message, on one line.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct YamlError(pub String);
+
+/// Check kubeadm config text; `Err` is a YAML syntax error.
+pub fn check_str(text: &str) -> Result<ConfigReport, YamlError> {
     let mut docs = Vec::new();
     for de in serde_yaml_ng::Deserializer::from_str(text) {
-        let value = Value::deserialize(de).map_err(|e| one_line(&e.to_string()))?;
+        let value = Value::deserialize(de).map_err(|e| YamlError(one_line(&e.to_string())))?;
         docs.push(value);
     }
     Ok(lint(&docs))
@@ -117,26 +130,31 @@ impl Findings {
     }
 }
 
-fn lint(docs: &[Value]) -> ConfigReport {
-    let mut f = Findings::default();
-    let mut by_kind: BTreeMap<&str, &Value> = BTreeMap::new();
-    let mut kinds = Vec::new();
-    let mut api_version: Option<String> = None;
+/// The kubeadm documents of a file by kind, in file order, and the API version of the first.
+#[derive(Default)]
+struct Documents<'a> {
+    by_kind: BTreeMap<&'a str, &'a Value>,
+    kinds: Vec<String>,
+    api_version: Option<String>,
+}
 
-    for (i, doc) in docs.iter().enumerate() {
+impl<'a> Documents<'a> {
+    /// Document `i`: kept when it is a kubeadm document of a known version and kind (and the
+    /// first of its kind); anything else is a finding or, for another API group, ignored.
+    fn add(&mut self, i: usize, doc: &'a Value, f: &mut Findings) {
         let here = format!("document {}", i + 1);
         if doc.is_null() {
-            continue; // an empty document, e.g. after a leading `---`
+            return; // an empty document, e.g. after a leading `---`
         }
         let Some(map) = doc.as_mapping() else {
             f.problem(here, "is not a mapping with apiVersion and kind; kubeadm cannot decode it");
-            continue;
+            return;
         };
         let av = map.get("apiVersion").and_then(Value::as_str);
         let kind = map.get("kind").and_then(Value::as_str);
         let (Some(av), Some(kind)) = (av, kind) else {
             f.problem(here, "has no apiVersion or no kind; every kubeadm document needs both");
-            continue;
+            return;
         };
         let (group, version) = av.rsplit_once('/').unwrap_or(("", av));
         if group != GROUP {
@@ -146,27 +164,27 @@ fn lint(docs: &[Value]) -> ConfigReport {
                     format!("\"{av}\" is not a kubeadm API version; use {GROUP}/v1beta4"),
                 );
             }
-            continue; // KubeletConfiguration, KubeProxyConfiguration, …: not ours to judge
+            return; // KubeletConfiguration, KubeProxyConfiguration, …: not ours to judge
         }
         if !VERSIONS.contains(&version) {
             f.problem(
                 format!("{kind}.apiVersion"),
                 format!(
                     "\"{av}\" is not supported (known: v1beta2, v1beta3, v1beta4); \
-                     convert it with `kubeadm config migrate`"
+                 convert it with `kubeadm config migrate`"
                 ),
             );
-            continue;
+            return;
         }
         if !KINDS.contains(&kind) {
             f.problem(
                 here,
                 format!("unknown kubeadm kind \"{kind}\" (expected {})", KINDS.join(", ")),
             );
-            continue;
+            return;
         }
-        match &api_version {
-            None => api_version = Some(av.to_owned()),
+        match &self.api_version {
+            None => self.api_version = Some(av.to_owned()),
             Some(first) if first != av => f.warning(
                 format!("{kind}.apiVersion"),
                 format!(
@@ -179,15 +197,23 @@ fn lint(docs: &[Value]) -> ConfigReport {
             f.warning(
                 format!("{kind}.apiVersion"),
                 "v1beta2 is no longer read by kubeadm 1.26 and later; convert it with \
-                 `kubeadm config migrate` to v1beta4",
+             `kubeadm config migrate` to v1beta4",
             );
         }
-        if by_kind.insert(kind, doc).is_some() {
+        if self.by_kind.insert(kind, doc).is_some() {
             f.problem(here, format!("a second {kind}; kubeadm takes one of each kind"));
         }
-        kinds.push(kind.to_owned());
+        self.kinds.push(kind.to_owned());
     }
+}
 
+fn lint(docs: &[Value]) -> ConfigReport {
+    let mut f = Findings::default();
+    let mut d = Documents::default();
+    for (i, doc) in docs.iter().enumerate() {
+        d.add(i, doc, &mut f);
+    }
+    let Documents { by_kind, kinds, api_version } = d;
     if by_kind.is_empty() {
         f.problem(
             "file",
@@ -240,8 +266,11 @@ fn has_str(v: &Value, path: &[&str]) -> bool {
     get_str(v, path).is_some()
 }
 
+/// Where `ClusterConfiguration` findings are reported.
+const CC: &str = "ClusterConfiguration";
+
 fn lint_cluster(cc: &Value, f: &mut Findings) {
-    const K: &str = "ClusterConfiguration";
+    const K: &str = CC;
     match get_str(cc, &["controlPlaneEndpoint"]) {
         None => f.problem(
             format!("{K}.controlPlaneEndpoint"),
@@ -251,84 +280,9 @@ fn lint_cluster(cc: &Value, f: &mut Findings) {
         Some(ep) => lint_endpoint(&format!("{K}.controlPlaneEndpoint"), ep, f),
     }
 
-    let field = format!("{K}.kubernetesVersion");
-    match get(cc, &["kubernetesVersion"]) {
-        None => f.problem(
-            field,
-            "is not set: kubeadm then resolves \"stable-1\" from dl.k8s.io, which an air-gapped \
-             node cannot reach; pin the version, e.g. v1.31.2",
-        ),
-        Some(v) => match v.as_str() {
-            Some(s) if is_pinned_version(s.trim()) => {}
-            Some(s) if is_version_label(s.trim()) => f.problem(
-                field,
-                format!(
-                    "\"{s}\" is a release label that kubeadm resolves from dl.k8s.io, which an \
-                     air-gapped node cannot reach; pin the version, e.g. v1.31.2"
-                ),
-            ),
-            _ => f.problem(
-                field,
-                format!("{} is not a Kubernetes version; pin one such as v1.31.2", show(v)),
-            ),
-        },
-    }
-
-    let svc_field = format!("{K}.networking.serviceSubnet");
-    let services = match get(cc, &["networking", "serviceSubnet"]) {
-        None => parse_cidrs(DEFAULT_SERVICE_SUBNET).unwrap_or_default(),
-        Some(v) => match v.as_str().map(parse_cidrs) {
-            Some(Ok(c)) => c,
-            Some(Err(bad)) => {
-                f.problem(&svc_field, format!("\"{bad}\" is not a valid CIDR (e.g. 10.96.0.0/12)"));
-                Vec::new()
-            }
-            None => {
-                f.problem(&svc_field, format!("{} is not a CIDR string", show(v)));
-                Vec::new()
-            }
-        },
-    };
-    let pod_field = format!("{K}.networking.podSubnet");
-    match get(cc, &["networking", "podSubnet"]) {
-        None => f.warning(
-            &pod_field,
-            "is not set: kube-controller-manager then allocates no pod CIDRs, which CNI plugins \
-             such as flannel need; set the CIDR your CNI uses, e.g. 10.244.0.0/16",
-        ),
-        Some(v) => match v.as_str().map(parse_cidrs) {
-            Some(Ok(pods)) => {
-                for p in &pods {
-                    if !p.is_network_address() {
-                        f.warning(
-                            &pod_field,
-                            format!(
-                                "{p} has host bits set; kubeadm uses the network {}",
-                                p.network()
-                            ),
-                        );
-                    }
-                    for s in &services {
-                        if p.overlaps(s) {
-                            f.problem(
-                                &pod_field,
-                                format!(
-                                    "{p} overlaps the service subnet {s}; pods and services need \
-                                     disjoint ranges"
-                                ),
-                            );
-                        }
-                    }
-                }
-            }
-            Some(Err(bad)) => f.problem(
-                &pod_field,
-                format!("\"{bad}\" is not a valid CIDR; use e.g. 10.244.0.0/16"),
-            ),
-            None => f.problem(&pod_field, format!("{} is not a CIDR string", show(v))),
-        },
-    }
-
+    lint_version(cc, f);
+    let services = service_subnets(cc, f);
+    lint_pod_subnet(cc, &services, f);
     let repo_field = format!("{K}.imageRepository");
     match get_str(cc, &["imageRepository"]) {
         None => f.warning(
@@ -358,6 +312,97 @@ fn lint_cluster(cc: &Value, f: &mut Findings) {
                 format!("{} is not one of {}", show(v), ALGORITHMS.join(", ")),
             );
         }
+    }
+}
+
+/// `kubernetesVersion` pinned (an air-gapped node cannot resolve a label).
+fn lint_version(cc: &Value, f: &mut Findings) {
+    const K: &str = CC;
+    let field = format!("{K}.kubernetesVersion");
+    match get(cc, &["kubernetesVersion"]) {
+        None => f.problem(
+            field,
+            "is not set: kubeadm then resolves \"stable-1\" from dl.k8s.io, which an air-gapped \
+             node cannot reach; pin the version, e.g. v1.31.2",
+        ),
+        Some(v) => match v.as_str() {
+            Some(s) if is_pinned_version(s.trim()) => {}
+            Some(s) if is_version_label(s.trim()) => f.problem(
+                field,
+                format!(
+                    "\"{s}\" is a release label that kubeadm resolves from dl.k8s.io, which an \
+                     air-gapped node cannot reach; pin the version, e.g. v1.31.2"
+                ),
+            ),
+            _ => f.problem(
+                field,
+                format!("{} is not a Kubernetes version; pin one such as v1.31.2", show(v)),
+            ),
+        },
+    }
+}
+
+/// `networking.serviceSubnet` (kubeadm's default when unset), each range checked.
+fn service_subnets(cc: &Value, f: &mut Findings) -> Vec<Cidr> {
+    const K: &str = CC;
+    let svc_field = format!("{K}.networking.serviceSubnet");
+    match get(cc, &["networking", "serviceSubnet"]) {
+        None => parse_cidrs(DEFAULT_SERVICE_SUBNET).unwrap_or_default(),
+        Some(v) => match v.as_str().map(parse_cidrs) {
+            Some(Ok(c)) => c,
+            Some(Err(bad)) => {
+                f.problem(&svc_field, format!("\"{bad}\" is not a valid CIDR (e.g. 10.96.0.0/12)"));
+                Vec::new()
+            }
+            None => {
+                f.problem(&svc_field, format!("{} is not a CIDR string", show(v)));
+                Vec::new()
+            }
+        },
+    }
+}
+
+/// `networking.podSubnet`: set, valid, and disjoint from the service subnets.
+fn lint_pod_subnet(cc: &Value, services: &[Cidr], f: &mut Findings) {
+    const K: &str = CC;
+    let pod_field = format!("{K}.networking.podSubnet");
+    match get(cc, &["networking", "podSubnet"]) {
+        None => f.warning(
+            &pod_field,
+            "is not set: kube-controller-manager then allocates no pod CIDRs, which CNI plugins \
+             such as flannel need; set the CIDR your CNI uses, e.g. 10.244.0.0/16",
+        ),
+        Some(v) => match v.as_str().map(parse_cidrs) {
+            Some(Ok(pods)) => {
+                for p in &pods {
+                    if !p.is_network_address() {
+                        f.warning(
+                            &pod_field,
+                            format!(
+                                "{p} has host bits set; kubeadm uses the network {}",
+                                p.network()
+                            ),
+                        );
+                    }
+                    for s in services {
+                        if p.overlaps(s) {
+                            f.problem(
+                                &pod_field,
+                                format!(
+                                    "{p} overlaps the service subnet {s}; pods and services need \
+                                     disjoint ranges"
+                                ),
+                            );
+                        }
+                    }
+                }
+            }
+            Some(Err(bad)) => f.problem(
+                &pod_field,
+                format!("\"{bad}\" is not a valid CIDR; use e.g. 10.244.0.0/16"),
+            ),
+            None => f.problem(&pod_field, format!("{} is not a CIDR string", show(v))),
+        },
     }
 }
 

@@ -16,8 +16,10 @@
 pub mod artifacts;
 pub mod audit;
 pub mod bundle;
+pub mod cluster;
 pub mod duration;
 pub mod error;
+pub mod finding;
 pub mod inventory;
 pub mod join;
 pub mod kubeadm_config;

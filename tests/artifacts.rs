@@ -121,6 +121,12 @@ fn hostile_specs_are_refused_naming_the_problem() {
     assert!(m.contains("'..'"), "{m}");
     let m = load_err(&one("/usr/bin/x", ""), &[]);
     assert!(m.contains("source"), "{m}");
+    // An over-long dest whose 40th byte falls inside a two-byte character: an error quoting its
+    // first 40 characters, not a panic (the message was cut at byte 40).
+    let long = format!("/{}", "é".repeat(600));
+    let m = load_err(&one(&long, ""), f);
+    assert!(m.contains("longer than 1024 bytes"), "{m}");
+    assert!(m.contains(&format!("\"/{}\"…", "é".repeat(39))), "{m}");
     // The same dest twice, and a file that would have to be a directory.
     let two = format!("{}{}", one("/opt/x", ""), one("/opt/x", ""));
     assert!(load_err(&two, f).contains("two artifacts"));

@@ -213,3 +213,41 @@ fn a_ca_ending_within_the_window_is_expiring_and_local_mode_works() {
         vec![("kubemaster-2".into(), "etcd/ca.crt".into(), "expiring".into())]
     );
 }
+
+/// A node whose host key changed is a host-key failure (exit 4, the man-in-the-middle
+/// message naming the node's address), not an "unreachable" node (exit 6), with either
+/// transport; the other nodes are still audited. Negative control: unchanged keys exit 0.
+#[test]
+fn a_changed_host_key_during_audit_exits_4_with_the_host_key_message() {
+    let Some(tb) = Testbed::up(3, 0) else { return };
+    let fx = Fixture::new();
+    install_cluster(&fx, &tb, &fx.bundle());
+    for transport in ["builtin", "openssh"] {
+        let (code, _, all) = audit(&tb, &["--transport", transport]);
+        assert_eq!(code, Some(0), "{transport}, keys unchanged: {all}");
+    }
+    tb.change_host_keys("kubemaster-3");
+    let n3 = tb.node("kubemaster-3").address.clone();
+    for transport in ["builtin", "openssh"] {
+        let (code, v, all) = audit(&tb, &["--transport", transport]);
+        assert_eq!(code, Some(4), "{transport}: {all}");
+        let problems = v["problems"].as_array().unwrap_or_else(|| panic!("{all}"));
+        assert_eq!(problems.len(), 1, "{transport}: only kubemaster-3 fails: {all}");
+        assert_eq!(problems[0]["node"], "kubemaster-3", "{all}");
+        let message = problems[0]["message"].as_str().unwrap();
+        assert!(
+            message.contains("HOST KEY CHANGED")
+                || message.contains("REMOTE HOST IDENTIFICATION HAS CHANGED"),
+            "{transport}: {message}"
+        );
+        assert!(message.contains(&n3), "{transport}: the node's address is named: {message}");
+        let reached: Vec<&str> = v["nodes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|n| n["reachable"] == true)
+            .map(|n| n["node"].as_str().unwrap())
+            .collect();
+        assert_eq!(reached, ["kubemaster-1", "kubemaster-2"], "{transport}: {all}");
+    }
+}

@@ -131,3 +131,37 @@ fn a_ready_cluster_passes_and_each_join_breaker_is_caught_on_its_node() {
     assert!(problems.contains(&("kubenode-1".into(), "-".into(), "cni-config".into())), "{all}");
     assert!(problems.contains(&("*".into(), "-".into(), "kubelet-version".into())), "{all}");
 }
+
+/// A control plane whose host key changed: preflight exits 4 with the host-key message naming
+/// its address (it was exit 6, "unreachable"), and join refuses before joining anything, also
+/// with exit 4. Negative control: the same cluster before the change passes (exit 0).
+#[test]
+fn a_changed_host_key_fails_preflight_and_join_with_exit_4() {
+    let Some(tb) = Testbed::up(2, 1) else { return };
+    let fx = Fixture::new();
+    ready_cluster(&fx, &tb);
+    let (code, problems, all) = preflight(&tb);
+    assert_eq!((code, problems.len()), (Some(0), 0), "{all}");
+
+    tb.change_host_keys("kubemaster-2");
+    let address = tb.node("kubemaster-2").address.clone();
+    let (code, problems, all) = preflight(&tb);
+    assert_eq!(code, Some(4), "{all}");
+    assert_eq!(problems, vec![("kubemaster-2".into(), "-".into(), "unreachable".into())], "{all}");
+    assert!(all.contains("HOST KEY CHANGED") && all.contains(&address), "{all}");
+
+    let run = tempfile::tempdir().unwrap();
+    let out = hapki()
+        .args(["join", "--inventory"])
+        .arg(tb.inventory())
+        .arg("--run-dir")
+        .arg(run.path().join("run"))
+        .output()
+        .unwrap();
+    let all = text(&out);
+    assert_eq!(out.status.code(), Some(4), "{all}");
+    assert!(all.contains("HOST KEY CHANGED") && all.contains("nothing was joined"), "{all}");
+    for n in &tb.nodes {
+        assert!(!n.etc_kubernetes().join("kubelet.conf").exists(), "{} joined: {all}", n.name);
+    }
+}

@@ -14,121 +14,15 @@ use serde::Serialize;
 use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
 
+use crate::cluster::{ClusterNode, Reference};
+use crate::error::{Categorized, Category};
+use crate::finding::{Finding, FindingKind as Kind};
 use crate::inventory::Role;
-use crate::node::facts::{NodeFacts, PathKind};
+use crate::node::facts::{NodeFacts, PathKind, PathState};
+use crate::node::{FactsScope, NodeError};
 use crate::pki::chain::{self, ChainCheck};
-use crate::pki::fingerprint::sha256_hex;
-use crate::pki::{parse, FileKind, SHARED_FILES};
+use crate::pki::{parse, FileKind, SharedFile, SHARED_FILES};
 use crate::transport::escape_node_text;
-
-/// Problem kinds, named as in the interface's JSON.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Kind {
-    Missing,
-    Drift,
-    Mode,
-    Owner,
-    Expiring,
-    Expired,
-    Issuer,
-    KubeconfigCa,
-    KeyOnWorker,
-    Unreachable,
-    Unreadable,
-    ImageMissing,
-    ImageDigest,
-    ImageUnpinned,
-}
-
-impl Kind {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Kind::Missing => "missing",
-            Kind::Drift => "drift",
-            Kind::Mode => "mode",
-            Kind::Owner => "owner",
-            Kind::Expiring => "expiring",
-            Kind::Expired => "expired",
-            Kind::Issuer => "issuer",
-            Kind::KubeconfigCa => "kubeconfig-ca",
-            Kind::KeyOnWorker => "key-on-worker",
-            Kind::Unreachable => "unreachable",
-            Kind::Unreadable => "unreadable",
-            Kind::ImageMissing => "image-missing",
-            Kind::ImageDigest => "image-digest",
-            Kind::ImageUnpinned => "image-unpinned",
-        }
-    }
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct Problem {
-    pub node: String,
-    pub file: Option<String>,
-    pub kind: Kind,
-    pub message: String,
-}
-
-/// What every node is compared against: the shared files' hashes and the CA certificates.
-#[derive(Debug, Clone, Default)]
-pub struct Reference {
-    /// Where it came from: `bundle <path>` or `node <name>`.
-    pub source: String,
-    /// Relative name → SHA-256 of the file bytes.
-    pub sha256: BTreeMap<String, String>,
-    /// CA certificate PEMs by relative name (`ca.crt`, `front-proxy-ca.crt`, `etcd/ca.crt`).
-    pub ca_pem: BTreeMap<String, Vec<u8>>,
-    /// Artifacts a bundle installs (checked on the nodes whose role gets them).
-    pub artifacts: Vec<crate::bundle::ManifestArtifact>,
-}
-
-impl Reference {
-    /// The artifact destinations a node of `role` should hold.
-    pub fn artifact_dests(&self, role: Role) -> Vec<&str> {
-        self.artifacts.iter().filter(|a| a.roles.contains(&role)).map(|a| a.dest.as_str()).collect()
-    }
-
-    /// [`Reference::artifact_dests`] as the facts script takes them (image archives marked).
-    pub fn facts_args(&self, role: Role) -> Vec<String> {
-        self.artifacts
-            .iter()
-            .filter(|a| a.roles.contains(&role))
-            .map(|a| crate::artifacts::facts_arg(&a.dest, a.after))
-            .collect()
-    }
-}
-
-impl Reference {
-    /// A reference from the eight files' bytes (a verified bundle, or local files).
-    pub fn from_files<'a>(
-        source: impl Into<String>,
-        files: impl IntoIterator<Item = (&'a str, &'a [u8])>,
-    ) -> Self {
-        let mut r = Reference { source: source.into(), ..Default::default() };
-        for (name, bytes) in files {
-            r.sha256.insert(name.to_string(), sha256_hex(bytes));
-            if name.ends_with(".crt") {
-                r.ca_pem.insert(name.to_string(), bytes.to_vec());
-            }
-        }
-        r
-    }
-
-    /// A reference from the first master's facts: its hashes, and the CA certificates it sent.
-    pub fn from_facts(node: &str, facts: &NodeFacts) -> Self {
-        let mut r = Reference { source: format!("node {node}"), ..Default::default() };
-        for (name, st) in &facts.shared {
-            if let Some(h) = &st.sha256 {
-                r.sha256.insert(name.clone(), h.clone());
-            }
-            if let Some(pem) = facts.certificates.get(name) {
-                r.ca_pem.insert(name.clone(), pem.clone());
-            }
-        }
-        r
-    }
-}
 
 #[derive(Debug, Clone, Copy)]
 pub struct AuditOptions {
@@ -199,15 +93,46 @@ pub struct AuditReport {
     pub ok: bool,
     pub reference: String,
     pub nodes: Vec<NodeAudit>,
-    pub problems: Vec<Problem>,
+    pub problems: Vec<Finding>,
+}
+
+impl AuditReport {
+    fn new(reference: String, nodes: Vec<NodeAudit>, problems: Vec<Finding>) -> Self {
+        AuditReport { ok: problems.is_empty(), reference, nodes, problems }
+    }
+
+    /// What the exit code says: `None` when clean, [`Category::Findings`] for problems, or the
+    /// category of an unread node's failure when it ranks higher (a changed host key: exit 4).
+    pub fn category(&self) -> Option<Category> {
+        crate::finding::category(&self.problems)
+    }
 }
 
 fn mode_str(m: Option<u32>) -> Option<String> {
     m.map(|m| format!("{m:04o}"))
 }
 
-/// A node that could not be reached: a finding, and an empty column in the matrix.
-pub fn unreachable(node: &str, role: Role, reason: &str) -> (NodeAudit, Vec<Problem>) {
+fn owner_str(st: &PathState) -> Option<String> {
+    st.uid.zip(st.gid).map(|(u, g)| format!("{u}:{g}"))
+}
+
+/// The findings of one node, as they are found (node text escaped on the way in).
+struct NodeFindings<'a> {
+    node: &'a str,
+    list: Vec<Finding>,
+}
+
+impl NodeFindings<'_> {
+    fn add(&mut self, file: Option<&str>, kind: Kind, message: String) {
+        let message = escape_node_text(&message, false);
+        self.list.push(Finding::new(self.node, file, kind, message));
+    }
+}
+
+/// A node that could not be read: a finding (whose category is the failure's: a changed host
+/// key stays a host-key failure), and an empty column in the matrix.
+pub fn unreachable(node: &str, role: Role, error: &NodeError) -> (NodeAudit, Vec<Finding>) {
+    let message = escape_node_text(&format!("{error}; the other nodes were audited"), false);
     (
         NodeAudit {
             node: node.into(),
@@ -220,12 +145,7 @@ pub fn unreachable(node: &str, role: Role, reason: &str) -> (NodeAudit, Vec<Prob
             kubeconfig_ca_ok: BTreeMap::new(),
             last_install_serial: None,
         },
-        vec![Problem {
-            node: node.into(),
-            file: None,
-            kind: Kind::Unreachable,
-            message: escape_node_text(&format!("{reason}; the other nodes were audited"), false),
-        }],
+        vec![Finding::unreachable(node, error.category(), message)],
     )
 }
 
@@ -236,93 +156,128 @@ pub fn audit_node(
     facts: &NodeFacts,
     reference: &Reference,
     opts: &AuditOptions,
-) -> (NodeAudit, Vec<Problem>) {
-    let mut problems = Vec::new();
-    let mut p = |file: Option<&str>, kind: Kind, message: String| {
-        let message = escape_node_text(&message, false);
-        problems.push(Problem { node: node.into(), file: file.map(str::to_string), kind, message })
-    };
+) -> (NodeAudit, Vec<Finding>) {
+    let mut found = NodeFindings { node, list: Vec::new() };
     let mut files = BTreeMap::new();
-    for spec in SHARED_FILES {
-        let name = spec.name;
-        let st = facts.shared.get(name);
-        let present = st.is_some_and(|s| s.kind != PathKind::Missing);
-        let mut cell = FileCell {
-            present,
+    for spec in &SHARED_FILES {
+        files.insert(spec.name.to_string(), shared_file(&mut found, spec, role, facts, reference));
+    }
+    let certificates = certificates(&mut found, facts, reference, opts, &mut files);
+    let artifacts = artifacts(&mut found, role, facts, reference);
+    let kubeconfig_ca_ok = kubeconfig_cas(&mut found, facts, reference);
+    let images = audit_images(&mut found, role, facts, reference);
+    let audit = NodeAudit {
+        node: node.into(),
+        role: role.to_string(),
+        reachable: true,
+        files,
+        artifacts,
+        images,
+        certificates,
+        kubeconfig_ca_ok,
+        last_install_serial: facts.last_serial,
+    };
+    (audit, found.list)
+}
+
+/// One shared file: present where its role needs it (and nowhere else), the reference's
+/// bytes, a regular file, root's, and no looser than kubeadm writes it.
+fn shared_file(
+    found: &mut NodeFindings,
+    spec: &SharedFile,
+    role: Role,
+    facts: &NodeFacts,
+    reference: &Reference,
+) -> FileCell {
+    let name = spec.name;
+    let Some(st) = facts.shared.get(name).filter(|s| s.kind != PathKind::Missing) else {
+        if role == Role::ControlPlane || name == "ca.crt" {
+            let message = format!("{name} is missing: push the bundle to this node (hapki push)");
+            found.add(Some(name), Kind::Missing, message);
+        }
+        return FileCell::absent();
+    };
+    let mut cell = FileCell {
+        sha256: st.sha256.clone(),
+        mode: mode_str(st.mode),
+        owner: owner_str(st),
+        ..FileCell::absent()
+    };
+    cell.present = true;
+    if role == Role::Worker && name != "ca.crt" {
+        if spec.kind == FileKind::PrivateKey {
+            found.add(Some(name), Kind::KeyOnWorker, format!("a shared private key is on a worker; workers need none: remove /etc/kubernetes/pki/{name} and rotate the key if the node is not trusted"));
+        } else {
+            found.add(
+                Some(name),
+                Kind::Drift,
+                format!("workers need only ca.crt; remove /etc/kubernetes/pki/{name}"),
+            );
+        }
+    }
+    if st.kind != PathKind::File {
+        found.add(Some(name), Kind::Drift, format!("{name} is not a regular file (a symlink or directory); replace it with the real file"));
+    }
+    match (&st.sha256, reference.sha256.get(name)) {
+        (Some(h), Some(r)) if h != r => {
+            cell.drift = true;
+            found.add(Some(name), Kind::Drift, format!("{name} differs from the reference ({}): push the bundle again, or with --replace if the node holds another CA", reference.source));
+        }
+        (None, _) if st.kind == PathKind::File => {
+            found.add(Some(name), Kind::Unreadable, format!("{name} could not be read on the node"))
+        }
+        _ => {}
+    }
+    if let Some(mode) = st.mode {
+        // Keys must not be readable by anyone but root; certificates may be looser than
+        // kubeadm's 0644 only in the direction of tighter.
+        let loose = if spec.kind == FileKind::Certificate { 0o022 } else { 0o077 };
+        if mode & loose != 0 {
+            found.add(Some(name), Kind::Mode, format!("{name} has mode {mode:04o}, kubeadm writes {:04o}: chmod {:o} /etc/kubernetes/pki/{name}", spec.mode, spec.mode));
+        }
+    }
+    if st.uid.is_some_and(|u| u != 0) || st.gid.is_some_and(|g| g != 0) {
+        found.add(
+            Some(name),
+            Kind::Owner,
+            format!(
+                "{name} is owned by {}, not root: chown root:root /etc/kubernetes/pki/{name}",
+                cell.owner.clone().unwrap_or_default()
+            ),
+        );
+    }
+    cell
+}
+
+impl FileCell {
+    fn absent() -> Self {
+        FileCell {
+            present: false,
             sha256: None,
             cert_sha256: None,
             spki_sha256: None,
             mode: None,
             owner: None,
             drift: false,
-        };
-        if let Some(st) = st.filter(|_| present) {
-            cell.sha256 = st.sha256.clone();
-            cell.mode = mode_str(st.mode);
-            cell.owner = st.uid.zip(st.gid).map(|(u, g)| format!("{u}:{g}"));
-            let is_key = spec.kind == FileKind::PrivateKey;
-            if role == Role::Worker && name != "ca.crt" {
-                let kind = if is_key { Kind::KeyOnWorker } else { Kind::Drift };
-                p(
-                    Some(name),
-                    kind,
-                    if is_key {
-                        format!("a shared private key is on a worker; workers need none: remove /etc/kubernetes/pki/{name} and rotate the key if the node is not trusted")
-                    } else {
-                        format!("workers need only ca.crt; remove /etc/kubernetes/pki/{name}")
-                    },
-                );
-            }
-            if st.kind != PathKind::File {
-                p(Some(name), Kind::Drift, format!("{name} is not a regular file (a symlink or directory); replace it with the real file"));
-            }
-            match (&st.sha256, reference.sha256.get(name)) {
-                (Some(h), Some(r)) if h != r => {
-                    cell.drift = true;
-                    p(Some(name), Kind::Drift, format!("{name} differs from the reference ({}): push the bundle again, or with --replace if the node holds another CA", reference.source));
-                }
-                (None, _) if st.kind == PathKind::File => {
-                    p(Some(name), Kind::Unreadable, format!("{name} could not be read on the node"))
-                }
-                _ => {}
-            }
-            if let Some(mode) = st.mode {
-                // Keys must not be readable by anyone but root; certificates may be looser
-                // than kubeadm's 0644 only in the direction of tighter.
-                let loose = if spec.kind == FileKind::Certificate {
-                    mode & 0o022 != 0
-                } else {
-                    mode & 0o077 != 0
-                };
-                if loose {
-                    p(Some(name), Kind::Mode, format!("{name} has mode {mode:04o}, kubeadm writes {:04o}: chmod {:o} /etc/kubernetes/pki/{name}", spec.mode, spec.mode));
-                }
-            }
-            if st.uid.is_some_and(|u| u != 0) || st.gid.is_some_and(|g| g != 0) {
-                p(Some(name), Kind::Owner, format!("{name} is owned by {}, not root: chown root:root /etc/kubernetes/pki/{name}", cell.owner.clone().unwrap_or_default()));
-            }
-        } else {
-            let expected = role == Role::ControlPlane || name == "ca.crt";
-            if expected {
-                p(
-                    Some(name),
-                    Kind::Missing,
-                    format!("{name} is missing: push the bundle to this node (hapki push)"),
-                );
-            }
         }
-        files.insert(name.to_string(), cell);
     }
+}
 
-    // Every certificate: expiry, and the issuer checked with the CA's key.
-    let mut certificates = Vec::new();
-    let warn_at = opts.now + opts.warn_within.to_time();
-    let leaf_end = opts.now + time::Duration::days(365);
+/// Every certificate under the pki directory: expiry, and the issuer checked with the CA's key.
+/// Fills in the fingerprints of the shared files' cells.
+fn certificates(
+    found: &mut NodeFindings,
+    facts: &NodeFacts,
+    reference: &Reference,
+    opts: &AuditOptions,
+    files: &mut BTreeMap<String, FileCell>,
+) -> Vec<CertRow> {
+    let mut rows = Vec::new();
     for (name, pem) in &facts.certificates {
         let cert = match parse::parse_certificate(name, pem) {
             Ok(c) => c,
             Err(e) => {
-                p(Some(name), Kind::Unreadable, e.to_string());
+                found.add(Some(name), Kind::Unreadable, e.to_string());
                 continue;
             }
         };
@@ -332,45 +287,11 @@ pub fn audit_node(
         }
         let is_shared_ca =
             SHARED_FILES.iter().any(|f| f.name == name && f.kind == FileKind::Certificate);
-        let days_left = (cert.not_after - opts.now).whole_days();
         let end = cert.not_after.format(&Rfc3339).unwrap_or_default();
-        if cert.not_after <= opts.now {
-            p(
-                Some(name),
-                Kind::Expired,
-                format!(
-                    "{name} expired on {end}: renew it (kubeadm certs renew, or a new CA for a CA)"
-                ),
-            );
-        } else if cert.not_after <= warn_at {
-            p(
-                Some(name),
-                Kind::Expiring,
-                format!("{name} expires on {end} ({days_left} days left): renew it before then"),
-            );
-        } else if is_shared_ca && cert.not_after < leaf_end {
-            p(Some(name), Kind::Expiring, format!("CA {name} ends on {end}, before a one-year leaf issued today would: plan a CA rotation"));
-        }
-        let issuer_ok = if is_shared_ca {
-            None
-        } else {
-            let ca_name = chain::expected_ca(name);
-            match reference.ca_pem.get(ca_name) {
-                None => None,
-                Some(ca) => match chain::check_issued_by(pem, ca) {
-                    ChainCheck::SignedBy => Some(true),
-                    ChainCheck::ForeignIssuer(issuer) => {
-                        p(Some(name), Kind::Issuer, format!("{name} is not signed by the cluster's {ca_name} (issuer {issuer}): remove it and let kubeadm regenerate it (kubeadm init phase certs, or re-join)"));
-                        Some(false)
-                    }
-                    ChainCheck::Unreadable(e) => {
-                        p(Some(name), Kind::Unreadable, format!("{name}: {e}"));
-                        Some(false)
-                    }
-                },
-            }
-        };
-        certificates.push(CertRow {
+        let days_left = (cert.not_after - opts.now).whole_days();
+        expiry(found, name, cert.not_after, &end, days_left, is_shared_ca, opts);
+        let issuer_ok = if is_shared_ca { None } else { issuer(found, name, pem, reference) };
+        rows.push(CertRow {
             file: name.clone(),
             subject: cert.subject.clone(),
             issuer: cert.issuer.clone(),
@@ -380,131 +301,156 @@ pub fn audit_node(
             not_after_unix: cert.not_after.unix_timestamp(),
         });
     }
+    rows
+}
 
-    // Artifacts from the bundle: present, with the signed hash, mode and numeric owner.
-    let mut artifacts = BTreeMap::new();
-    for a in reference.artifacts.iter().filter(|a| a.roles.contains(&role)) {
-        let st = facts.artifact_dests.get(&a.dest);
-        let present = st.is_some_and(|s| s.kind != PathKind::Missing);
-        artifacts.insert(
-            a.dest.clone(),
-            FileCell {
-                present,
-                sha256: st.filter(|_| present).and_then(|s| s.sha256.clone()),
-                cert_sha256: None,
-                spki_sha256: None,
-                mode: st.filter(|_| present).and_then(|s| mode_str(s.mode)),
-                owner: st
-                    .filter(|_| present)
-                    .and_then(|s| s.uid.zip(s.gid))
-                    .map(|(u, g)| format!("{u}:{g}")),
-                drift: present
-                    && st.is_some_and(|s| {
-                        s.kind != PathKind::File || s.sha256.as_deref() != Some(a.sha256.as_str())
-                    }),
-            },
-        );
-        match st {
-            Some(st) if st.kind == PathKind::File => {
-                if st.sha256.as_deref() != Some(a.sha256.as_str()) {
-                    p(
-                        Some(&a.dest),
-                        Kind::Drift,
-                        format!(
-                            "{} differs from the bundle's {} (sha256 {}); push the bundle again",
-                            a.dest,
-                            a.name,
-                            st.sha256.as_deref().unwrap_or("unreadable")
-                        ),
-                    );
-                } else if st.mode != Some(a.mode) {
-                    p(
-                        Some(&a.dest),
-                        Kind::Mode,
-                        format!(
-                            "{} has mode {}, the bundle says {:04o}; push again or chmod {:04o} {}",
-                            a.dest,
-                            mode_str(st.mode).unwrap_or_else(|| "?".into()),
-                            a.mode,
-                            a.mode,
-                            a.dest
-                        ),
-                    );
-                } else if let Some((u, g)) = a.owner.split_once(':') {
-                    let num = |s: &str, v: Option<u32>| {
-                        s.parse::<u32>().map(|n| Some(n) == v).unwrap_or(true)
-                    };
-                    if !(num(u, st.uid) && num(g, st.gid)) {
-                        p(
-                            Some(&a.dest),
-                            Kind::Owner,
-                            format!(
-                                "{} is not owned by {}; push again or chown {} {}",
-                                a.dest, a.owner, a.owner, a.dest
-                            ),
-                        );
-                    }
-                }
-            }
-            Some(st) if st.kind != PathKind::Missing => {
-                p(
-                    Some(&a.dest),
-                    Kind::Drift,
-                    format!(
-                        "{} is not a regular file; move it away and push the bundle again",
-                        a.dest
-                    ),
-                );
-            }
-            _ => p(
-                Some(&a.dest),
-                Kind::Missing,
-                format!("{} ({}) is missing; push the bundle", a.dest, a.name),
+/// Expired, expiring within the window, or (a shared CA) ending before a leaf issued today.
+fn expiry(
+    found: &mut NodeFindings,
+    name: &str,
+    not_after: OffsetDateTime,
+    end: &str,
+    days_left: i64,
+    is_shared_ca: bool,
+    opts: &AuditOptions,
+) {
+    let warn_at = opts.now + opts.warn_within.to_time();
+    let leaf_end = opts.now + time::Duration::days(365);
+    if not_after <= opts.now {
+        found.add(
+            Some(name),
+            Kind::Expired,
+            format!(
+                "{name} expired on {end}: renew it (kubeadm certs renew, or a new CA for a CA)"
             ),
+        );
+    } else if not_after <= warn_at {
+        found.add(
+            Some(name),
+            Kind::Expiring,
+            format!("{name} expires on {end} ({days_left} days left): renew it before then"),
+        );
+    } else if is_shared_ca && not_after < leaf_end {
+        found.add(Some(name), Kind::Expiring, format!("CA {name} ends on {end}, before a one-year leaf issued today would: plan a CA rotation"));
+    }
+}
+
+/// Whether a leaf is signed by the shared CA it must chain to (`None`: no such CA to check).
+fn issuer(found: &mut NodeFindings, name: &str, pem: &[u8], reference: &Reference) -> Option<bool> {
+    let ca_name = chain::expected_ca(name);
+    let ca = reference.ca_pem.get(ca_name)?;
+    match chain::check_issued_by(pem, ca) {
+        ChainCheck::SignedBy => Some(true),
+        ChainCheck::ForeignIssuer(issuer) => {
+            found.add(Some(name), Kind::Issuer, format!("{name} is not signed by the cluster's {ca_name} (issuer {issuer}): remove it and let kubeadm regenerate it (kubeadm init phase certs, or re-join)"));
+            Some(false)
+        }
+        ChainCheck::Unreadable(e) => {
+            found.add(Some(name), Kind::Unreadable, format!("{name}: {e}"));
+            Some(false)
         }
     }
+}
 
-    // Kubeconfigs embed the cluster CA; one with another CA cannot talk to this API server.
-    let mut kubeconfig_ca_ok = BTreeMap::new();
-    if let Some(ca) = reference.ca_pem.get("ca.crt") {
-        let ca_der = parse::parse_certificate("ca.crt", ca).map(|c| c.der).ok();
-        for (conf, pem) in &facts.kubeconfig_ca {
-            let der = parse::parse_certificate(conf, pem).map(|c| c.der).ok();
-            let ok = der.is_some() && der == ca_der;
-            if !ok {
-                p(Some(conf), Kind::KubeconfigCa, format!("/etc/kubernetes/{conf} embeds a CA that is not the cluster's ca.crt: regenerate it (kubeadm init phase kubeconfig) or fix certificate-authority-data"));
-            }
-            kubeconfig_ca_ok.insert(conf.clone(), ok);
+/// The bundle's artifacts for this node's role: present, with the signed hash, mode and
+/// numeric owner.
+fn artifacts(
+    found: &mut NodeFindings,
+    role: Role,
+    facts: &NodeFacts,
+    reference: &Reference,
+) -> BTreeMap<String, FileCell> {
+    let mut cells = BTreeMap::new();
+    for a in reference.artifacts.iter().filter(|a| a.roles.contains(&role)) {
+        let st = facts.artifact_dests.get(&a.dest).filter(|s| s.kind != PathKind::Missing);
+        let cell = match st {
+            None => FileCell::absent(),
+            Some(st) => FileCell {
+                present: true,
+                sha256: st.sha256.clone(),
+                mode: mode_str(st.mode),
+                owner: owner_str(st),
+                drift: st.kind != PathKind::File || st.sha256.as_deref() != Some(a.sha256.as_str()),
+                ..FileCell::absent()
+            },
+        };
+        cells.insert(a.dest.clone(), cell);
+        artifact_findings(found, a, st);
+    }
+    cells
+}
+
+fn artifact_findings(
+    found: &mut NodeFindings,
+    a: &crate::bundle::ManifestArtifact,
+    st: Option<&PathState>,
+) {
+    let dest = Some(a.dest.as_str());
+    let Some(st) = st else {
+        let message = format!("{} ({}) is missing; push the bundle", a.dest, a.name);
+        return found.add(dest, Kind::Missing, message);
+    };
+    if st.kind != PathKind::File {
+        let message =
+            format!("{} is not a regular file; move it away and push the bundle again", a.dest);
+        return found.add(dest, Kind::Drift, message);
+    }
+    if st.sha256.as_deref() != Some(a.sha256.as_str()) {
+        let got = st.sha256.as_deref().unwrap_or("unreadable");
+        let message = format!(
+            "{} differs from the bundle's {} (sha256 {got}); push the bundle again",
+            a.dest, a.name
+        );
+        found.add(dest, Kind::Drift, message);
+    } else if st.mode != Some(a.mode) {
+        let mode = mode_str(st.mode).unwrap_or_else(|| "?".into());
+        let message = format!(
+            "{} has mode {mode}, the bundle says {:04o}; push again or chmod {:04o} {}",
+            a.dest, a.mode, a.mode, a.dest
+        );
+        found.add(dest, Kind::Mode, message);
+    } else if let Some((u, g)) = a.owner.split_once(':') {
+        // Only numeric ids can be compared with what the node reports.
+        let same = |s: &str, v: Option<u32>| s.parse::<u32>().map(|n| Some(n) == v).unwrap_or(true);
+        if !(same(u, st.uid) && same(g, st.gid)) {
+            let message = format!(
+                "{} is not owned by {}; push again or chown {} {}",
+                a.dest, a.owner, a.owner, a.dest
+            );
+            found.add(dest, Kind::Owner, message);
         }
     }
+}
 
-    let images = audit_images(node, role, facts, reference, &mut problems);
-    (
-        NodeAudit {
-            node: node.into(),
-            role: role.to_string(),
-            reachable: true,
-            files,
-            artifacts,
-            images,
-            certificates,
-            kubeconfig_ca_ok,
-            last_install_serial: facts.last_serial,
-        },
-        problems,
-    )
+/// Kubeconfigs embed the cluster CA; one with another CA cannot talk to this API server.
+fn kubeconfig_cas(
+    found: &mut NodeFindings,
+    facts: &NodeFacts,
+    reference: &Reference,
+) -> BTreeMap<String, bool> {
+    let mut ok_by_conf = BTreeMap::new();
+    let Some(ca) = reference.ca_pem.get("ca.crt") else { return ok_by_conf };
+    let ca_der = parse::parse_certificate("ca.crt", ca).map(|c| c.der).ok();
+    for (conf, pem) in &facts.kubeconfig_ca {
+        let der = parse::parse_certificate(conf, pem).map(|c| c.der).ok();
+        let ok = der.is_some() && der == ca_der;
+        if !ok {
+            found.add(Some(conf), Kind::KubeconfigCa, format!("/etc/kubernetes/{conf} embeds a CA that is not the cluster's ca.crt: regenerate it (kubeadm init phase kubeconfig) or fix certificate-authority-data"));
+        }
+        ok_by_conf.insert(conf.clone(), ok);
+    }
+    ok_by_conf
 }
 
 /// The images of the bundle's image archives for this node's role, each as containerd holds
 /// it; an archive that is itself missing or different is already a problem of its own.
 fn audit_images(
-    node: &str,
+    found: &mut NodeFindings,
     role: Role,
     facts: &NodeFacts,
     reference: &Reference,
-    problems: &mut Vec<Problem>,
 ) -> BTreeMap<String, String> {
-    use crate::artifacts::{archive_images, images_on_node, After, ImageState};
+    use crate::artifacts::{archive_images, images_on_node, After};
     let mut images = BTreeMap::new();
     let archives = reference
         .artifacts
@@ -517,9 +463,6 @@ fn audit_images(
         if !intact {
             continue;
         }
-        let mut p = |kind: Kind, message: String| {
-            problems.push(Problem { node: node.into(), file: Some(a.dest.clone()), kind, message })
-        };
         let readable = facts.image_index.get(&a.dest).is_some_and(|i| archive_images(i).is_ok());
         if !readable {
             // No image names to check (e.g. a docker-archive without index.json): the signed
@@ -527,115 +470,100 @@ fn audit_images(
             images.insert(a.dest.clone(), "unchecked".into());
             continue;
         }
-        let states = match images_on_node(facts, &a.dest) {
-            Ok(s) => s,
+        match images_on_node(facts, &a.dest) {
+            Ok(states) => {
+                for (img, st) in states {
+                    images.insert(img.name.clone(), image_state(found, a, &img, &st));
+                }
+            }
             Err(e) => {
                 images.insert(a.dest.clone(), "unknown".into());
-                p(
-                    Kind::ImageMissing,
-                    format!("cannot tell whether the images of {} are in containerd: {e}", a.dest),
-                );
-                continue;
+                let message =
+                    format!("cannot tell whether the images of {} are in containerd: {e}", a.dest);
+                found.add(Some(&a.dest), Kind::ImageMissing, message);
             }
-        };
-        for (img, st) in states {
-            let (cell, kind, message) = match &st {
-                ImageState::Present => ("present".to_string(), None, String::new()),
-                ImageState::Missing => (
-                    "missing".into(),
-                    Some(Kind::ImageMissing),
-                    format!("{} (from {}) is not in containerd's k8s.io namespace; push the bundle again", img.name, a.dest),
-                ),
-                ImageState::Digest(d) => (
-                    format!("digest {d}"),
-                    Some(Kind::ImageDigest),
-                    format!("{} is {d} in containerd, the bundle's {} says {}; push the bundle again", img.name, a.dest, img.digest),
-                ),
-                ImageState::Unpinned => (
-                    "unpinned".into(),
-                    Some(Kind::ImageUnpinned),
-                    format!("{} is not pinned (io.cri-containerd.pinned=pinned), so the kubelet's image GC may delete it; push the bundle again or ctr -n k8s.io images label {} io.cri-containerd.pinned=pinned", img.name, img.name),
-                ),
-            };
-            if let Some(kind) = kind {
-                p(kind, message);
-            }
-            images.insert(img.name, cell);
         }
     }
     images
 }
 
-/// One node to audit.
-#[derive(Debug, Clone)]
-pub struct AuditTarget {
-    pub target: crate::transport::Target,
-    pub role: Role,
+/// One image's cell in the matrix, and its finding when it is not as the bundle says.
+fn image_state(
+    found: &mut NodeFindings,
+    a: &crate::bundle::ManifestArtifact,
+    img: &crate::artifacts::ArchiveImage,
+    st: &crate::artifacts::ImageState,
+) -> String {
+    use crate::artifacts::ImageState;
+    let (cell, finding) = match st {
+        ImageState::Present => ("present".to_string(), None),
+        ImageState::Missing => (
+            "missing".into(),
+            Some((Kind::ImageMissing, format!("{} (from {}) is not in containerd's k8s.io namespace; push the bundle again", img.name, a.dest))),
+        ),
+        ImageState::Digest(d) => (
+            format!("digest {d}"),
+            Some((Kind::ImageDigest, format!("{} is {d} in containerd, the bundle's {} says {}; push the bundle again", img.name, a.dest, img.digest))),
+        ),
+        ImageState::Unpinned => (
+            "unpinned".into(),
+            Some((Kind::ImageUnpinned, format!("{} is not pinned (io.cri-containerd.pinned=pinned), so the kubelet's image GC may delete it; push the bundle again or ctr -n k8s.io images label {} io.cri-containerd.pinned=pinned", img.name, img.name))),
+        ),
+    };
+    if let Some((kind, message)) = finding {
+        found.add(Some(&a.dest), kind, message);
+    }
+    cell
 }
 
 /// Gathers every node's facts in parallel (read-only) and compares them with `reference`, or,
 /// without one, with the first control-plane node's files.
 pub fn run(
-    targets: &[AuditTarget],
+    nodes: &[ClusterNode],
     transport: &dyn crate::transport::Transport,
     reference: Option<Reference>,
     opts: &AuditOptions,
     parallel: usize,
     paths: &crate::node::NodePaths,
 ) -> AuditReport {
-    let gathered = crate::transport::for_each_parallel(targets, parallel.max(1), |t| {
-        let args = reference.as_ref().map(|r| r.facts_args(t.role)).unwrap_or_default();
-        let dests: Vec<&str> = args.iter().map(String::as_str).collect();
-        transport.connect(&t.target).map_err(|e| e.to_string()).and_then(|mut s| {
-            crate::node::read_facts_with(s.as_mut(), paths, crate::node::FactsScope::Pki, &dests)
-        })
-    });
-    let reference = reference.unwrap_or_else(|| {
-        targets
-            .iter()
-            .zip(&gathered)
-            .find(|(t, _)| t.role == Role::ControlPlane)
-            .and_then(|(t, f)| f.as_ref().ok().map(|f| Reference::from_facts(&t.target.name, f)))
-            .unwrap_or_else(|| Reference {
-                source: "none (first master unreachable)".into(),
-                ..Default::default()
-            })
-    });
-    let mut nodes = Vec::new();
+    let dests = |role| reference.as_ref().map(|r| r.facts_args(role)).unwrap_or_default();
+    let gathered =
+        crate::cluster::gather_facts(nodes, transport, parallel, paths, FactsScope::Pki, &dests);
+    let reference = Reference::or_first_master(reference, nodes, &gathered);
+    let mut audits = Vec::new();
     let mut problems = Vec::new();
-    for (t, facts) in targets.iter().zip(&gathered) {
-        let (n, p) = match facts {
-            Ok(f) => audit_node(&t.target.name, t.role, f, &reference, opts),
-            Err(e) => unreachable(&t.target.name, t.role, e),
+    for (n, facts) in nodes.iter().zip(&gathered) {
+        let (a, p) = match facts {
+            Ok(f) => audit_node(n.name(), n.role, f, &reference, opts),
+            Err(e) => unreachable(n.name(), n.role, e),
         };
-        nodes.push(n);
+        audits.push(a);
         problems.extend(p);
     }
-    AuditReport { ok: problems.is_empty(), reference: reference.source, nodes, problems }
+    AuditReport::new(reference.source, audits, problems)
 }
 
-/// `audit --local`: the same checks on this machine, without SSH (for cron on each node).
+/// `audit --local`: the same checks on this machine, without SSH (for cron on each node),
+/// under its hostname.
 pub fn run_local(
-    node: &str,
     role: Role,
     reference: Option<Reference>,
     opts: &AuditOptions,
     paths: &crate::node::NodePaths,
 ) -> AuditReport {
+    let node = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_else(|_| "localhost".into());
+    let node = node.as_str();
     match crate::node::read_facts_local(paths) {
         Ok(f) => {
             let reference = reference.unwrap_or_else(|| Reference::from_facts(node, &f));
             let (n, problems) = audit_node(node, role, &f, &reference, opts);
-            AuditReport {
-                ok: problems.is_empty(),
-                reference: reference.source,
-                nodes: vec![n],
-                problems,
-            }
+            AuditReport::new(reference.source, vec![n], problems)
         }
         Err(e) => {
             let (n, problems) = unreachable(node, role, &e);
-            AuditReport { ok: false, reference: "none".into(), nodes: vec![n], problems }
+            AuditReport::new("none".into(), vec![n], problems)
         }
     }
 }

@@ -3,7 +3,8 @@
 
 use std::fmt::Write;
 
-use super::{AuditReport, FileCell, Kind};
+use super::{AuditReport, FileCell};
+use crate::finding::FindingKind as Kind;
 use crate::pki::SHARED_FILES;
 
 /// Length of the short fingerprints in the matrix: enough to tell CAs apart at a glance.
@@ -97,7 +98,7 @@ pub fn matrix(report: &AuditReport) -> String {
                 "  {:14} {:22} {:14} {}",
                 p.node,
                 p.file.as_deref().unwrap_or("-"),
-                p.kind.as_str(),
+                p.kind,
                 p.message
             );
         }

@@ -91,7 +91,7 @@ pub fn verify(
                 matched = Some(line);
                 break;
             }
-            Err(why) => refusals.push(why),
+            Err(why) => refusals.push(why.to_string()),
         }
     }
     let Some(line) = matched else {

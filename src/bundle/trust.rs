@@ -9,8 +9,50 @@
 //!
 //! Difference from OpenSSH: a time without the `Z` suffix is read as UTC, not local time.
 
+use std::path::PathBuf;
+
 use ssh_key::{HashAlg, PublicKey};
 use time::{macros::format_description, OffsetDateTime, PrimitiveDateTime};
+
+use crate::error::{Categorized, Category};
+
+/// Why an allowed_signers file was refused: one line naming the file and the line.
+#[derive(Debug, thiserror::Error)]
+pub enum TrustFileError {
+    #[error("{}: {error}", path.display())]
+    Read { path: PathBuf, error: std::io::Error },
+    /// `path` is `None` for text parsed without a file.
+    #[error("{}line {line}: {reason}", path.as_ref().map(|p| format!("allowed_signers file {}: ", p.display())).unwrap_or_default())]
+    Syntax { path: Option<PathBuf>, line: usize, reason: String },
+}
+
+impl Categorized for TrustFileError {
+    /// The operator points `--trust` at another file, or fixes this one.
+    fn category(&self) -> Category {
+        Category::Usage
+    }
+}
+
+fn syntax(line: usize, reason: impl Into<String>) -> TrustFileError {
+    TrustFileError::Syntax { path: None, line, reason: reason.into() }
+}
+
+/// Why a line of the file does not authorize a signature (see [`AllowedSigner::allows`]).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum NotAllowed {
+    #[error("allowed_signers line {line} restricts this key to namespaces {namespaces:?}, not {namespace:?}")]
+    Namespace { line: usize, namespaces: String, namespace: String },
+    #[error("allowed_signers line {line} has no namespaces= option, so it does not single this key out for bundles; add namespaces=\"{namespace}\" to that line, or name its principal with --principal (as ssh-keygen -Y verify -I does)")]
+    NoNamespaces { line: usize, namespace: String },
+    #[error(
+        "allowed_signers line {line} is for principals {principals:?}, not --principal {wanted}"
+    )]
+    Principal { line: usize, principals: String, wanted: String },
+    #[error("allowed_signers line {line}: key not yet valid (valid-after)")]
+    NotYetValid { line: usize },
+    #[error("allowed_signers line {line}: key no longer valid (valid-before)")]
+    Expired { line: usize },
+}
 
 /// One trusted key.
 #[derive(Debug, Clone)]
@@ -53,41 +95,26 @@ impl AllowedSigner {
         namespace: &str,
         now: OffsetDateTime,
         principals: &[String],
-    ) -> Result<(), String> {
+    ) -> Result<(), NotAllowed> {
+        let line = self.line;
         if let Some(ns) = &self.namespaces {
             if !ns.iter().any(|n| n == namespace) {
-                return Err(format!(
-                    "allowed_signers line {} restricts this key to namespaces {:?}, not {namespace:?}",
-                    self.line,
-                    ns.join(",")
-                ));
+                let (namespaces, namespace) = (ns.join(","), namespace.to_string());
+                return Err(NotAllowed::Namespace { line, namespaces, namespace });
             }
         }
         if principals.is_empty() && self.namespaces.is_none() {
-            return Err(format!(
-                "allowed_signers line {} has no namespaces= option, so it does not single this key out for bundles; add namespaces=\"{namespace}\" to that line, or name its principal with --principal (as ssh-keygen -Y verify -I does)",
-                self.line
-            ));
+            return Err(NotAllowed::NoNamespaces { line, namespace: namespace.to_string() });
         }
         if !principals.is_empty() && !principals.iter().any(|p| self.matches_principal(p)) {
-            return Err(format!(
-                "allowed_signers line {} is for principals {:?}, not --principal {}",
-                self.line,
-                self.principals,
-                principals.join(",")
-            ));
+            let (principals, wanted) = (self.principals.clone(), principals.join(","));
+            return Err(NotAllowed::Principal { line, principals, wanted });
         }
         if self.valid_after.is_some_and(|t| now < t) {
-            return Err(format!(
-                "allowed_signers line {}: key not yet valid (valid-after)",
-                self.line
-            ));
+            return Err(NotAllowed::NotYetValid { line });
         }
         if self.valid_before.is_some_and(|t| now >= t) {
-            return Err(format!(
-                "allowed_signers line {}: key no longer valid (valid-before)",
-                self.line
-            ));
+            return Err(NotAllowed::Expired { line });
         }
         Ok(())
     }
@@ -125,7 +152,7 @@ fn wildcard(pat: &[u8], s: &[u8]) -> bool {
 
 impl AllowedSigners {
     /// Parses the text of an allowed_signers file; an error names the line and what is wrong.
-    pub fn parse(text: &str) -> Result<Self, String> {
+    pub fn parse(text: &str) -> Result<Self, TrustFileError> {
         let mut out = AllowedSigners::default();
         for (i, raw) in text.lines().enumerate() {
             let line = raw.trim();
@@ -133,20 +160,20 @@ impl AllowedSigners {
                 continue;
             }
             let n = i + 1;
-            let tokens = tokenize(line).ok_or_else(|| format!("line {n}: unbalanced quote"))?;
+            let tokens = tokenize(line).ok_or_else(|| syntax(n, "unbalanced quote"))?;
             let mut it = tokens.into_iter();
-            let principals = it.next().ok_or_else(|| format!("line {n}: empty"))?;
+            let principals = it.next().ok_or_else(|| syntax(n, "empty"))?;
             let principals = unquote(&principals);
-            let mut next = it.next().ok_or_else(|| format!("line {n}: no key after principals"))?;
+            let mut next = it.next().ok_or_else(|| syntax(n, "no key after principals"))?;
             let mut options = None;
             if !is_key_type(&next) {
                 options = Some(next);
-                next = it.next().ok_or_else(|| format!("line {n}: no key after options"))?;
+                next = it.next().ok_or_else(|| syntax(n, "no key after options"))?;
             }
             let blob =
-                it.next().ok_or_else(|| format!("line {n}: key type {next} without key data"))?;
+                it.next().ok_or_else(|| syntax(n, format!("key type {next} without key data")))?;
             let key = PublicKey::from_openssh(&format!("{next} {blob}"))
-                .map_err(|e| format!("line {n}: invalid public key: {e}"))?;
+                .map_err(|e| syntax(n, format!("invalid public key: {e}")))?;
             let mut signer = AllowedSigner {
                 principals,
                 namespaces: None,
@@ -157,8 +184,8 @@ impl AllowedSigners {
             };
             let mut cert_authority = false;
             if let Some(opts) = options {
-                for opt in split_options(&opts)
-                    .ok_or_else(|| format!("line {n}: unbalanced quote in options"))?
+                for opt in
+                    split_options(&opts).ok_or_else(|| syntax(n, "unbalanced quote in options"))?
                 {
                     let (name, value) = match opt.split_once('=') {
                         Some((k, v)) => (k.to_ascii_lowercase(), Some(unquote(v))),
@@ -173,7 +200,7 @@ impl AllowedSigners {
                         ("valid-after", Some(v)) => signer.valid_after = Some(parse_time(&v, n)?),
                         ("valid-before", Some(v)) => signer.valid_before = Some(parse_time(&v, n)?),
                         (other, _) => {
-                            return Err(format!("line {n}: unknown or malformed option {other:?}"))
+                            return Err(syntax(n, format!("unknown or malformed option {other:?}")))
                         }
                     }
                 }
@@ -191,9 +218,15 @@ impl AllowedSigners {
     }
 
     /// Reads and parses `path`.
-    pub fn from_file(path: &std::path::Path) -> Result<Self, String> {
-        let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
-        Self::parse(&text).map_err(|e| format!("allowed_signers file {}: {e}", path.display()))
+    pub fn from_file(path: &std::path::Path) -> Result<Self, TrustFileError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|error| TrustFileError::Read { path: path.to_path_buf(), error })?;
+        Self::parse(&text).map_err(|e| match e {
+            TrustFileError::Syntax { line, reason, .. } => {
+                TrustFileError::Syntax { path: Some(path.to_path_buf()), line, reason }
+            }
+            read => read,
+        })
     }
 
     /// Sets the `--principal` names a trusting line must match (see [`AllowedSigner::allows`]).
@@ -269,7 +302,7 @@ fn unquote(s: &str) -> String {
     s.strip_prefix('"').and_then(|s| s.strip_suffix('"')).unwrap_or(s).to_string()
 }
 
-fn parse_time(v: &str, line: usize) -> Result<OffsetDateTime, String> {
+fn parse_time(v: &str, line: usize) -> Result<OffsetDateTime, TrustFileError> {
     let digits = v.strip_suffix(['Z', 'z']).unwrap_or(v);
     let padded = match digits.len() {
         8 => format!("{digits}000000"),
@@ -282,7 +315,7 @@ fn parse_time(v: &str, line: usize) -> Result<OffsetDateTime, String> {
         format_description!("[year][month][day][hour][minute][second]"),
     )
     .map(|t| t.assume_utc())
-    .map_err(|_| format!("line {line}: invalid time {v:?}: expected YYYYMMDD[HHMM[SS]][Z]"))
+    .map_err(|_| syntax(line, format!("invalid time {v:?}: expected YYYYMMDD[HHMM[SS]][Z]")))
 }
 
 #[cfg(test)]

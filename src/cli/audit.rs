@@ -2,11 +2,13 @@
 
 use clap::{Args, ValueEnum};
 use hapki::audit::{self, AuditOptions, AuditReport};
+use hapki::cluster::Reference;
 use hapki::duration::Duration;
+use hapki::error::Category;
 use hapki::inventory::Role;
 use hapki::node::NodePaths;
 
-use super::nodes::{reference_from, BundleRefArgs, NodeArgs};
+use super::nodes::{BundleRefArgs, NodeArgs};
 use super::print_json;
 use super::ssh::SshArgs;
 
@@ -46,26 +48,19 @@ pub struct AuditArgs {
 }
 
 pub fn run(args: AuditArgs) -> anyhow::Result<u8> {
-    let reference = args.reference.open()?.map(|(p, b)| reference_from(&p, &b));
+    let reference = args.reference.open()?.map(|(p, b)| Reference::from_bundle(&p, &b));
     let opts = AuditOptions { warn_within: args.warn_within, now: time::OffsetDateTime::now_utc() };
     let paths = NodePaths::default();
     let report = if args.local {
         let role = if args.role == "worker" { Role::Worker } else { Role::ControlPlane };
-        let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
-            .map(|s| s.trim().to_string())
-            .unwrap_or_else(|_| "localhost".into());
-        audit::run_local(&host, role, reference, &opts, &paths)
+        audit::run_local(role, reference, &opts, &paths)
     } else {
-        let (_, selected) = args.nodes.all(&args.ssh)?;
+        let (_, nodes) = args.nodes.all(&args.ssh)?;
         let transport = args.ssh.transport()?;
-        let targets: Vec<audit::AuditTarget> = selected
-            .into_iter()
-            .map(|s| audit::AuditTarget { target: s.target, role: s.role })
-            .collect();
-        audit::run(&targets, transport.as_ref(), reference, &opts, args.parallel, &paths)
+        audit::run(&nodes, transport.as_ref(), reference, &opts, args.parallel, &paths)
     };
     print(&report, args.output)?;
-    Ok(if report.ok { 0 } else { 6 })
+    Ok(Category::exit_code_of(report.category()))
 }
 
 fn print(report: &AuditReport, output: AuditOutput) -> anyhow::Result<()> {

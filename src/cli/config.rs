@@ -50,9 +50,6 @@ pub struct CheckArgs {
     pub containerd_config: Option<PathBuf>,
 }
 
-/// containerd's config file, read by default when present.
-const CONTAINERD_CONFIG: &str = "/etc/containerd/config.toml";
-
 pub fn run(cmd: ConfigCommand) -> anyhow::Result<u8> {
     match cmd {
         ConfigCommand::Check(args) => check(args),
@@ -68,7 +65,7 @@ fn check(args: CheckArgs) -> anyhow::Result<u8> {
         Output::Json => print_json(&report)?,
         Output::Table => print_table(&args.file, &report),
     }
-    Ok(if report.ok { 0 } else { Category::Findings.exit_code() })
+    Ok(Category::exit_code_of(report.category()))
 }
 
 fn check_images(
@@ -78,16 +75,13 @@ fn check_images(
     report: &mut ConfigReport,
 ) -> anyhow::Result<()> {
     let (trust_set, ids) = super::nodes::load_trust(trust, &args.principal, &args.decrypt_key)?;
-    let default = Path::new(CONTAINERD_CONFIG);
-    let containerd_config =
-        args.containerd_config.as_deref().or(default.exists().then_some(default));
     let inputs = ImageInputs {
         config: &args.file,
         kubeadm: args.kubeadm.as_deref(),
         bundle,
         trust: &trust_set,
         identities: &ids,
-        containerd_config,
+        containerd_config: args.containerd_config.as_deref(),
     };
     images::check_images(&inputs, report).categorized()
 }

@@ -5,8 +5,8 @@ use std::path::{Path, PathBuf};
 
 use clap::Args;
 use hapki::bundle::{self, AllowedSigners, Identities, VerifiedBundle};
+use hapki::cluster::ClusterNode;
 use hapki::inventory::{self, Inventory, Role};
-use hapki::transport::Target;
 
 use super::ssh::SshArgs;
 use super::{usage_error, CategorizeExt};
@@ -24,16 +24,6 @@ pub struct NodeArgs {
     pub inventory: Option<PathBuf>,
 }
 
-/// A node chosen for a command, with its role.
-#[derive(Debug, Clone)]
-pub struct Selected {
-    pub target: Target,
-    pub role: Role,
-    /// Inventory address (or `--nodes` host).
-    pub address: String,
-    pub advertise_address: Option<String>,
-}
-
 impl NodeArgs {
     pub fn load_inventory(&self) -> anyhow::Result<Option<Inventory>> {
         self.inventory.as_deref().map(|p| Inventory::load(p).categorized()).transpose()
@@ -41,7 +31,7 @@ impl NodeArgs {
 
     /// Every node: the inventory's, in order (first control plane first), or the `--nodes`
     /// list (all treated as control planes, the first as the first master).
-    pub fn all(&self, ssh: &SshArgs) -> anyhow::Result<(Option<Inventory>, Vec<Selected>)> {
+    pub fn all(&self, ssh: &SshArgs) -> anyhow::Result<(Option<Inventory>, Vec<ClusterNode>)> {
         let inv = self.load_inventory()?;
         let selected = match (&self.nodes, &inv) {
             (None, None) => {
@@ -59,7 +49,7 @@ impl NodeArgs {
 
     /// Push targets: the control planes other than the first master, or the `--nodes` list;
     /// a `--nodes` entry the inventory marks as a worker is refused (workers never get CA keys).
-    pub fn push_targets(&self, ssh: &SshArgs) -> anyhow::Result<Vec<Selected>> {
+    pub fn push_targets(&self, ssh: &SshArgs) -> anyhow::Result<Vec<ClusterNode>> {
         let inv = self.load_inventory()?;
         match (&self.nodes, &inv) {
             (None, None) => {
@@ -84,7 +74,7 @@ impl NodeArgs {
         list: &str,
         inv: Option<&Inventory>,
         ssh: &SshArgs,
-    ) -> anyhow::Result<Vec<Selected>> {
+    ) -> anyhow::Result<Vec<ClusterNode>> {
         let specs = inventory::parse_node_list(list).categorized()?;
         let targets = ssh.targets_for_list(&specs, inv);
         Ok(specs
@@ -92,7 +82,7 @@ impl NodeArgs {
             .zip(targets)
             .map(|(spec, target)| {
                 let known = inv.and_then(|i| i.find(&spec.host));
-                Selected {
+                ClusterNode {
                     role: known.map(|n| n.role).unwrap_or(Role::ControlPlane),
                     address: known.map(|n| n.address.clone()).unwrap_or_else(|| spec.host.clone()),
                     advertise_address: known.and_then(|n| n.advertise_address.clone()),
@@ -103,12 +93,16 @@ impl NodeArgs {
     }
 }
 
-fn from_inventory(inv: &Inventory, nodes: Vec<&inventory::Node>, ssh: &SshArgs) -> Vec<Selected> {
+fn from_inventory(
+    inv: &Inventory,
+    nodes: Vec<&inventory::Node>,
+    ssh: &SshArgs,
+) -> Vec<ClusterNode> {
     let targets = ssh.targets_for(inv, nodes.iter().copied());
     nodes
         .into_iter()
         .zip(targets)
-        .map(|(n, target)| Selected {
+        .map(|(n, target)| ClusterNode {
             target,
             role: n.role,
             address: n.address.clone(),
@@ -177,14 +171,4 @@ pub fn open_verified(
 ) -> anyhow::Result<VerifiedBundle> {
     let (trust_set, ids) = load_trust(trust, principals, decrypt_keys)?;
     bundle::open_and_verify(path, &trust_set, &ids, &bundle::VerifyOptions::default()).categorized()
-}
-
-/// The audit/preflight reference built from a verified bundle.
-pub fn reference_from(path: &Path, b: &VerifiedBundle) -> hapki::audit::Reference {
-    let mut r = hapki::audit::Reference::from_files(
-        format!("bundle {}", path.display()),
-        b.files.iter().map(|f| (f.name.as_str(), f.bytes.as_slice())),
-    );
-    r.artifacts = b.manifest.artifacts.clone();
-    r
 }

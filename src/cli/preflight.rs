@@ -1,17 +1,16 @@
 //! `hapki preflight` and `hapki join`.
 
-use std::net::IpAddr;
 use std::path::PathBuf;
 
 use clap::Args;
-use hapki::audit::Reference;
+use hapki::cluster::Reference;
 use hapki::duration::Duration;
-use hapki::join::{self, JoinNode, JoinOptions, Step};
+use hapki::error::Category;
+use hapki::join::{self, JoinOptions, JoinOutcome, JoinReport, Step};
 use hapki::node::NodePaths;
-use hapki::preflight::{self, PreflightReport, PreflightTarget};
-use hapki::push::NodeStatus;
+use hapki::preflight::{self, PreflightReport};
 
-use super::nodes::{reference_from, BundleRefArgs, NodeArgs, Selected};
+use super::nodes::{BundleRefArgs, NodeArgs};
 use super::ssh::SshArgs;
 use super::{print_json, usage_error, CategorizeExt, Output};
 
@@ -79,17 +78,6 @@ pub struct JoinArgs {
     pub ssh: SshArgs,
 }
 
-fn preflight_targets(selected: &[Selected]) -> Vec<PreflightTarget> {
-    selected
-        .iter()
-        .map(|s| PreflightTarget {
-            target: s.target.clone(),
-            role: s.role,
-            address: s.advertise_address.as_deref().unwrap_or(&s.address).parse::<IpAddr>().ok(),
-        })
-        .collect()
-}
-
 fn print_preflight(report: &PreflightReport, output: Output) -> anyhow::Result<()> {
     match output {
         Output::Json => print_json(report),
@@ -118,22 +106,24 @@ fn print_preflight(report: &PreflightReport, output: Output) -> anyhow::Result<(
     }
 }
 
+/// The `--bundle` reference, and the CA hash its manifest pins.
 fn reference(args: &BundleRefArgs) -> anyhow::Result<(Option<Reference>, Option<String>)> {
     Ok(match args.open()? {
         Some((p, b)) => {
-            (Some(reference_from(&p, &b)), Some(b.manifest.discovery_token_ca_cert_hash.clone()))
+            let hash = b.manifest.discovery_token_ca_cert_hash.clone();
+            (Some(Reference::from_bundle(&p, &b)), Some(hash))
         }
         None => (None, None),
     })
 }
 
 pub fn preflight(args: PreflightArgs) -> anyhow::Result<u8> {
-    let (inv, selected) = args.nodes.all(&args.ssh)?;
+    let (inv, nodes) = args.nodes.all(&args.ssh)?;
     let (reference, _) = reference(&args.reference)?;
     let transport = args.ssh.transport()?;
     let endpoint = inv.as_ref().and_then(|i| i.control_plane_endpoint.clone());
     let report = preflight::run(
-        &preflight_targets(&selected),
+        &nodes,
         endpoint.as_deref(),
         transport.as_ref(),
         reference,
@@ -141,7 +131,7 @@ pub fn preflight(args: PreflightArgs) -> anyhow::Result<u8> {
         &NodePaths::default(),
     );
     print_preflight(&report, args.output)?;
-    Ok(if report.ok { 0 } else { 6 })
+    Ok(Category::exit_code_of(report.category()))
 }
 
 /// `./hapki-join-<UTC time>`.
@@ -159,9 +149,29 @@ fn read_token_file(path: &std::path::Path) -> anyhow::Result<String> {
     Ok(text.lines().next().unwrap_or("").trim().to_string())
 }
 
+/// The join's options from the command line and the inventory's endpoint.
+fn join_options(args: &JoinArgs, endpoint: String) -> anyhow::Result<JoinOptions> {
+    let token = match &args.token_file {
+        Some(f) => Some(read_token_file(f)?),
+        None => args.token.clone(),
+    };
+    Ok(JoinOptions {
+        endpoint,
+        token,
+        ca_hash: None,
+        dry_run: args.dry_run,
+        parallel: args.parallel,
+        paths: NodePaths::default(),
+        etcd_timeout: std::time::Duration::from_secs(args.etcd_timeout.as_secs()),
+        copy_cni_config: args.copy_cni_config,
+        run_dir: args.run_dir.clone().unwrap_or_else(default_run_dir),
+        kubeadm_args: args.kubeadm_arg.clone(),
+    })
+}
+
 pub fn join(args: JoinArgs) -> anyhow::Result<u8> {
     let nodes = NodeArgs { nodes: None, inventory: Some(args.inventory.clone()) };
-    let (inv, selected) = nodes.all(&args.ssh)?;
+    let (inv, nodes) = nodes.all(&args.ssh)?;
     let inv = inv.ok_or_else(|| usage_error("join needs --inventory"))?;
     let endpoint = inv.control_plane_endpoint.clone().ok_or_else(|| {
         usage_error(format!(
@@ -169,112 +179,49 @@ pub fn join(args: JoinArgs) -> anyhow::Result<u8> {
             args.inventory.display()
         ))
     })?;
-    let token = match &args.token_file {
-        Some(f) => Some(read_token_file(f)?),
-        None => args.token.clone(),
-    };
-    if let Some(t) = &token {
-        join::validate_token(t).categorized()?;
-    }
-    join::validate_kubeadm_args(&args.kubeadm_arg).categorized()?;
-    join::validate_endpoint(&endpoint).categorized()?;
-    let run_dir = args.run_dir.clone().unwrap_or_else(default_run_dir);
-    if !args.dry_run {
-        // Before any node is touched: a run directory others could write to is refused here.
-        join::create_run_dir(&run_dir).categorized()?;
-    }
+    let mut opts = join_options(&args, endpoint)?;
+    // Refused before the bundle is opened or any node is contacted.
+    opts.check().categorized()?;
     let (reference, bundle_hash) = reference(&args.reference)?;
+    opts.ca_hash = bundle_hash;
     let transport = args.ssh.transport()?;
-    let mut report = preflight::run(
-        &preflight_targets(&selected),
-        Some(&endpoint),
-        transport.as_ref(),
-        reference,
-        args.parallel,
-        &NodePaths::default(),
-    );
-    if args.copy_cni_config {
-        report.accept_missing_cni();
-    }
-    if !report.ok {
-        print_preflight(&report, args.output)?;
-        eprintln!(
-            "hapki: preflight found problems; nothing was joined. Fix them and run join again."
-        );
-        return Ok(6);
-    }
-    // The CA hash is computed here, from the bundle or the first master's ca.crt — never
-    // taken on trust from the network.
-    let ca_hash = match bundle_hash {
-        Some(h) => h,
-        None => {
-            let pem = report.first_master_ca.as_deref().ok_or_else(|| {
-                usage_error("the first master has no /etc/kubernetes/pki/ca.crt: push the bundle and kubeadm init it first")
-            })?;
-            hapki::pki::parse::parse_certificate("ca.crt", pem).categorized()?.discovery_hash()
-        }
-    };
-    let opts = JoinOptions {
-        endpoint,
-        token,
-        ca_hash,
-        dry_run: args.dry_run,
-        parallel: args.parallel,
-        paths: NodePaths::default(),
-        etcd_timeout: std::time::Duration::from_secs(args.etcd_timeout.as_secs()),
-        copy_cni_config: args.copy_cni_config,
-        run_dir,
-        kubeadm_args: args.kubeadm_arg.clone(),
-    };
-    let join_nodes: Vec<JoinNode> = selected
-        .into_iter()
-        .map(|s| JoinNode {
-            target: s.target,
-            role: s.role,
-            // kubeadm takes only an IP for the advertise address and refuses a loopback one:
-            // an inventory address that is a DNS name or loopback is left to kubeadm's own
-            // default-route detection (etcd's health is still checked at the address).
-            advertise_address: s.advertise_address.or_else(|| {
-                let ip = s.address.parse::<IpAddr>().ok()?;
-                (!ip.is_loopback()).then_some(s.address)
-            }),
-        })
-        .collect();
     let progress = |node: &str, step: Step| {
         if super::stderr_is_tty() && step != Step::Done {
-            eprintln!("hapki: {node}: {}", format!("{step:?}").to_lowercase());
+            eprintln!("hapki: {node}: {step}");
         }
     };
-    let report = join::run(&join_nodes, transport.as_ref(), &opts, &progress).categorized()?;
-    match args.output {
-        Output::Json => print_json(&report)?,
-        Output::Table => {
-            println!("discovery-token-ca-cert-hash: {}", report.discovery_token_ca_cert_hash);
-            println!("token: {}", report.token);
-            for n in &report.nodes {
-                let status = serde_json::to_value(n.status)?.as_str().unwrap_or("?").to_string();
-                println!("{:16} {:8} {}", n.node, status, n.message);
-                if args.dry_run && !n.command.is_empty() {
-                    println!("    {}", n.command);
-                }
-            }
-            if let Some(c) = &report.token_cleanup {
-                println!("minted token: {c}");
-            }
-            if let Some(d) = &report.run_dir {
-                println!("kubeadm output kept in {d}/");
-            }
+    match join::run(&nodes, transport.as_ref(), reference, &opts, &progress).categorized()? {
+        JoinOutcome::Refused(report) => {
+            print_preflight(&report, args.output)?;
+            eprintln!(
+                "hapki: preflight found problems; nothing was joined. Fix them and run join again."
+            );
+            Ok(Category::exit_code_of(report.category()))
+        }
+        JoinOutcome::Joined(report) => {
+            print_join(&report, args.output, args.dry_run)?;
+            Ok(Category::exit_code_of(report.category()))
         }
     }
-    Ok(
-        if report
-            .nodes
-            .iter()
-            .any(|n| n.status == NodeStatus::Failed || n.status == NodeStatus::Skipped)
-        {
-            5
-        } else {
-            0
-        },
-    )
+}
+
+fn print_join(report: &JoinReport, output: Output, dry_run: bool) -> anyhow::Result<()> {
+    if output == Output::Json {
+        return print_json(report);
+    }
+    println!("discovery-token-ca-cert-hash: {}", report.discovery_token_ca_cert_hash);
+    println!("token: {}", report.token);
+    for n in &report.nodes {
+        println!("{:16} {:8} {}", n.node, n.status, n.message);
+        if dry_run && !n.command.is_empty() {
+            println!("    {}", n.command);
+        }
+    }
+    if let Some(c) = &report.token_cleanup {
+        println!("minted token: {c}");
+    }
+    if let Some(d) = &report.run_dir {
+        println!("kubeadm output kept in {d}/");
+    }
+    Ok(())
 }

@@ -5,8 +5,6 @@ use std::path::PathBuf;
 use clap::{Args, Subcommand};
 use hapki::error::Category;
 use hapki::node::trust;
-use hapki::transport;
-use serde::Serialize;
 
 use super::nodes::NodeArgs;
 use super::ssh::SshArgs;
@@ -33,41 +31,15 @@ pub struct InstallArgs {
     pub ssh: SshArgs,
 }
 
-#[derive(Serialize)]
-struct Row {
-    node: String,
-    ok: bool,
-    message: String,
-    #[serde(skip)]
-    category: Option<Category>,
-}
-
 pub fn run(cmd: TrustCommand) -> anyhow::Result<u8> {
     let TrustCommand::Install(args) = cmd;
     let text = std::fs::read(&args.trust)
         .map_err(|e| super::usage_error(format!("--trust {}: {e}", args.trust.display())))?;
     trust::check(&text).categorized()?;
     let (_, nodes) = args.nodes.all(&args.ssh)?;
-    let targets: Vec<_> = nodes.into_iter().map(|s| s.target).collect();
-    let t = args.ssh.transport()?;
-    let rows = transport::for_each_parallel(&targets, 16, |target| {
-        use hapki::error::Categorized;
-        let done =
-            t.connect(target).map_err(|e| (e.category(), e.to_string())).and_then(|mut s| {
-                trust::install(s.as_mut(), &text).map_err(|e| (e.category(), e.to_string()))
-            });
-        match done {
-            Ok(()) => Row {
-                node: target.name.clone(),
-                ok: true,
-                message: format!("installed {}", trust::PINNED_TRUST),
-                category: None,
-            },
-            Err((c, m)) => {
-                Row { node: target.name.clone(), ok: false, message: m, category: Some(c) }
-            }
-        }
-    });
+    let targets: Vec<_> = nodes.iter().map(|n| &n.target).collect();
+    let transport = args.ssh.transport()?;
+    let rows = trust::install_all(&targets, transport.as_ref(), &text, 16);
     match args.output {
         Output::Json => print_json(&rows)?,
         Output::Table => {
@@ -78,8 +50,5 @@ pub fn run(cmd: TrustCommand) -> anyhow::Result<u8> {
             }
         }
     }
-    let worst = [Category::HostKey, Category::NodesFailed]
-        .into_iter()
-        .find(|c| rows.iter().any(|r| r.category == Some(*c)));
-    Ok(worst.map(Category::exit_code).unwrap_or(0))
+    Ok(Category::exit_code_of(Category::worst(rows.iter().filter_map(|r| r.category))))
 }

@@ -68,21 +68,27 @@ pub struct ImageInputs<'a> {
     pub bundle: &'a Path,
     pub trust: &'a AllowedSigners,
     pub identities: &'a Identities,
+    /// containerd's config; `None`: [`CONTAINERD_CONFIG`] when it exists.
     pub containerd_config: Option<&'a Path>,
 }
+
+/// containerd's config file, read by default when present.
+pub const CONTAINERD_CONFIG: &str = "/etc/containerd/config.toml";
 
 /// Runs the cross-check and adds its findings to `report` (whose `ok` is updated).
 pub fn check_images(inputs: &ImageInputs, report: &mut ConfigReport) -> Result<(), ImagesError> {
     let kubeadm = inputs.kubeadm.unwrap_or(Path::new("kubeadm"));
     let listed = kubeadm_images(kubeadm, inputs.config)?;
-    let sandbox = match inputs.containerd_config {
+    let default = Path::new(CONTAINERD_CONFIG);
+    let containerd_config = inputs.containerd_config.or(default.exists().then_some(default));
+    let sandbox = match containerd_config {
         Some(p) => Some((p, sandbox_image(p)?)),
         None => None,
     };
     let archives = control_plane_images(inputs.bundle, inputs.trust, inputs.identities)?;
     let expected = match listed {
-        Ok(list) => list,
-        Err(why) => {
+        Listed::Images(list) => list,
+        Listed::Refused(why) => {
             report.problems.push(Finding {
                 field: "images".into(),
                 message: format!(
@@ -116,12 +122,18 @@ pub fn check_images(inputs: &ImageInputs, report: &mut ConfigReport) -> Result<(
     Ok(())
 }
 
-/// `kubeadm config images list --config CONFIG`: the images, or (inner `Err`) why kubeadm
-/// refused the config (the last line it wrote to stderr).
-pub fn kubeadm_images(
-    kubeadm: &Path,
-    config: &Path,
-) -> Result<Result<Vec<String>, String>, ImagesError> {
+/// What `kubeadm config images list` answered.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Listed {
+    /// The images the config needs.
+    Images(Vec<String>),
+    /// kubeadm refused the config: why (the last line it wrote to stderr).
+    Refused(String),
+}
+
+/// `kubeadm config images list --config CONFIG`: the images, or why kubeadm refused the
+/// config; `Err` only when kubeadm cannot be run.
+pub fn kubeadm_images(kubeadm: &Path, config: &Path) -> Result<Listed, ImagesError> {
     let out = Command::new(kubeadm)
         .args(["config", "images", "list", "--config"])
         .arg(config)
@@ -136,11 +148,12 @@ pub fn kubeadm_images(
         .map(String::from)
         .collect();
     if out.status.success() && !images.is_empty() {
-        return Ok(Ok(images));
+        return Ok(Listed::Images(images));
     }
     let stderr = String::from_utf8_lossy(&out.stderr);
     let why = stderr.lines().rev().find(|l| !l.trim().is_empty()).map(one_line);
-    Ok(Err(why.unwrap_or_else(|| format!("it exited with {} and listed no image", out.status))))
+    let why = why.unwrap_or_else(|| format!("it exited with {} and listed no image", out.status));
+    Ok(Listed::Refused(why))
 }
 
 /// containerd's pause image setting in its config (`None`: not set; containerd's built-in
@@ -166,7 +179,7 @@ pub fn sandbox_image(path: &Path) -> Result<Option<String>, ImagesError> {
 pub struct BundledArchive {
     pub dest: String,
     /// The names its `index.json` gives, or why they cannot be read.
-    pub images: Result<Vec<String>, String>,
+    pub images: Result<Vec<String>, crate::artifacts::IndexError>,
 }
 
 /// Verifies the bundle (like every bundle) and reads the `index.json` of every image archive it
@@ -220,7 +233,7 @@ pub fn control_plane_images(
     let archives = verified.manifest.artifacts.iter().enumerate().filter_map(|(i, a)| {
         let index = found.remove(&i)?;
         let images = match index {
-            None => Err("it holds no index.json (not an OCI archive)".to_string()),
+            None => Err(crate::artifacts::IndexError::Absent),
             Some(bytes) => archive_images(&bytes).map(|v| v.into_iter().map(|a| a.name).collect()),
         };
         Some(BundledArchive { dest: a.dest.clone(), images })
@@ -344,7 +357,10 @@ mod tests {
         assert_eq!(p[0].field, "containerd.sandbox_image");
         let (p, w) = cross_check(&want, &full, Some((cfg, None)));
         assert!(p.is_empty() && w[0].field == "containerd.sandbox_image");
-        let bad = [BundledArchive { dest: "/c".into(), images: Err("x".into()) }];
+        let bad = [BundledArchive {
+            dest: "/c".into(),
+            images: Err(crate::artifacts::IndexError::NoImage),
+        }];
         let (p, w) = cross_check(&want, &bad, None);
         assert_eq!((p.len(), w.len()), (2, 1));
     }

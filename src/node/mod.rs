@@ -102,12 +102,43 @@ pub enum FactsScope<'a> {
     Join { resolve: Option<&'a str> },
 }
 
+/// Why a node's state could not be read. Keeps the transport's error (and so its category: a
+/// changed host key stays a host-key failure, exit 4, wherever it surfaces).
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    #[error(transparent)]
+    Transport(#[from] crate::transport::TransportError),
+    #[error("reading the node's state failed (exit {code}): {stderr}")]
+    Script { code: i32, stderr: String },
+    #[error("reading this machine's state failed: {stderr}")]
+    LocalScript { stderr: String },
+    #[error("could not run sh: {0}")]
+    Spawn(std::io::Error),
+    #[error(transparent)]
+    Facts(#[from] facts::FactsError),
+    #[error("reading {pki} failed: {stderr}")]
+    ReadShared { pki: String, stderr: String },
+    #[error("malformed reply from the node ({0})")]
+    Reply(&'static str),
+}
+
+impl crate::error::Categorized for NodeError {
+    fn category(&self) -> crate::error::Category {
+        match self {
+            NodeError::Transport(e) => e.category(),
+            NodeError::Facts(e) => e.category(),
+            NodeError::Spawn(_) => crate::error::Category::Unexpected,
+            _ => crate::error::Category::NodesFailed,
+        }
+    }
+}
+
 /// Reads a node's facts over an open session.
 pub fn read_facts(
     session: &mut dyn crate::transport::Session,
     paths: &NodePaths,
     scope: FactsScope,
-) -> Result<facts::NodeFacts, String> {
+) -> Result<facts::NodeFacts, NodeError> {
     read_facts_with(session, paths, scope, &[])
 }
 
@@ -117,24 +148,19 @@ pub fn read_facts_with(
     paths: &NodePaths,
     scope: FactsScope,
     artifact_dests: &[&str],
-) -> Result<facts::NodeFacts, String> {
+) -> Result<facts::NodeFacts, NodeError> {
     let (resolve, scope) = match scope {
         FactsScope::Pki => ("", "pki"),
         FactsScope::Join { resolve } => (resolve.unwrap_or(""), "join"),
     };
     let mut args = vec![paths.kube_dir.as_str(), paths.state_dir.as_str(), resolve, scope];
     args.extend_from_slice(artifact_dests);
-    let out =
-        session.run(&facts_script(), &args, &mut std::io::empty()).map_err(|e| e.to_string())?;
+    let out = session.run(&facts_script(), &args, &mut std::io::empty())?;
     if out.code.unwrap_or(-1) != 0 {
-        return Err(format!(
-            "reading the node's state failed (exit {}): {}",
-            out.code.unwrap_or(-1),
-            stderr_tail(&out.stderr)
-        ));
+        let (code, stderr) = (out.code.unwrap_or(-1), stderr_tail(&out.stderr));
+        return Err(NodeError::Script { code, stderr });
     }
-    let pki = paths.pki_dir();
-    facts::NodeFacts::parse(&out.stdout, &pki).map_err(|e| e.to_string())
+    Ok(facts::NodeFacts::parse(&out.stdout, &paths.pki_dir())?)
 }
 
 /// The last line of a remote stderr, for one-line messages.
@@ -146,7 +172,7 @@ pub fn stderr_tail(stderr: &[u8]) -> String {
 }
 
 /// Runs the facts script on this machine (for `audit --local`), with the same parser.
-pub fn read_facts_local(paths: &NodePaths) -> Result<facts::NodeFacts, String> {
+pub fn read_facts_local(paths: &NodePaths) -> Result<facts::NodeFacts, NodeError> {
     let out = std::process::Command::new("sh")
         .arg("-c")
         .arg(facts_script())
@@ -157,12 +183,11 @@ pub fn read_facts_local(paths: &NodePaths) -> Result<facts::NodeFacts, String> {
         .arg("pki")
         .stdin(std::process::Stdio::null())
         .output()
-        .map_err(|e| format!("could not run sh: {e}"))?;
+        .map_err(NodeError::Spawn)?;
     if !out.status.success() {
-        return Err(format!("reading this machine's state failed: {}", stderr_tail(&out.stderr)));
+        return Err(NodeError::LocalScript { stderr: stderr_tail(&out.stderr) });
     }
-    let pki = paths.pki_dir();
-    facts::NodeFacts::parse(&out.stdout, &pki).map_err(|e| e.to_string())
+    Ok(facts::NodeFacts::parse(&out.stdout, &paths.pki_dir())?)
 }
 
 /// Reads the eight shared files from a node, for `hapki bundle --from NODE`. Missing files are
@@ -170,34 +195,32 @@ pub fn read_facts_local(paths: &NodePaths) -> Result<facts::NodeFacts, String> {
 pub fn read_shared_files(
     session: &mut dyn crate::transport::Session,
     paths: &NodePaths,
-) -> Result<Vec<crate::pki::PkiFile>, String> {
+) -> Result<Vec<crate::pki::PkiFile>, NodeError> {
     let script = format!("{COMMON}{}", include_str!("read_shared.sh"));
     let pki = paths.pki_dir();
-    let out =
-        session.run(&script, &[pki.as_str()], &mut std::io::empty()).map_err(|e| e.to_string())?;
+    let out = session.run(&script, &[pki.as_str()], &mut std::io::empty())?;
     if !out.success() {
-        return Err(format!("reading {pki} failed: {}", stderr_tail(&out.stderr)));
+        return Err(NodeError::ReadShared { pki, stderr: stderr_tail(&out.stderr) });
     }
     parse_shared_files(&out.stdout)
 }
 
-fn parse_shared_files(mut data: &[u8]) -> Result<Vec<crate::pki::PkiFile>, String> {
+fn parse_shared_files(mut data: &[u8]) -> Result<Vec<crate::pki::PkiFile>, NodeError> {
     // The largest sane PEM file; anything bigger is not a kubeadm key or certificate.
     const MAX: usize = 1024 * 1024;
-    let bad = |why: &str| format!("malformed reply from the node ({why})");
     let mut files = Vec::new();
     while !data.is_empty() {
-        let nl = data.iter().position(|&b| b == b'\n').ok_or_else(|| bad("no header"))?;
-        let header = std::str::from_utf8(&data[..nl]).map_err(|_| bad("header"))?;
+        let nl = data.iter().position(|&b| b == b'\n').ok_or(NodeError::Reply("no header"))?;
+        let header = std::str::from_utf8(&data[..nl]).map_err(|_| NodeError::Reply("header"))?;
         data = &data[nl + 1..];
         let f: Vec<&str> = header.split(' ').collect();
         match f.as_slice() {
             ["M", _] => {}
             ["F", name, mode, size] => {
-                let spec = crate::pki::shared_file(name).ok_or_else(|| bad("unknown file"))?;
-                let size: usize = size.parse().map_err(|_| bad("size"))?;
+                let spec = crate::pki::shared_file(name).ok_or(NodeError::Reply("unknown file"))?;
+                let size: usize = size.parse().map_err(|_| NodeError::Reply("size"))?;
                 if size > MAX || size > data.len() {
-                    return Err(bad("size"));
+                    return Err(NodeError::Reply("size"));
                 }
                 files.push(crate::pki::PkiFile {
                     name: spec.name.to_string(),
@@ -206,7 +229,7 @@ fn parse_shared_files(mut data: &[u8]) -> Result<Vec<crate::pki::PkiFile>, Strin
                 });
                 data = &data[size..];
             }
-            _ => return Err(bad("header")),
+            _ => return Err(NodeError::Reply("header")),
         }
     }
     Ok(files)

@@ -5,8 +5,10 @@
 //! side sends: the signer's key is then pinned on the node, and an operator who only pushes
 //! cannot make a node install anything another key signed.
 
+use serde::Serialize;
+
 use crate::error::{Categorized, Category};
-use crate::transport::Session;
+use crate::transport::{Session, Target, Transport, TransportError};
 
 /// Where a node keeps its pinned trust file (read by the install script).
 pub const PINNED_TRUST: &str = "/etc/hapki/allowed_signers";
@@ -20,6 +22,8 @@ pub enum TrustInstallError {
     Invalid(String),
     #[error("installing {PINNED_TRUST} failed: {0}")]
     Node(String),
+    #[error(transparent)]
+    Transport(#[from] TransportError),
 }
 
 impl Categorized for TrustInstallError {
@@ -27,6 +31,7 @@ impl Categorized for TrustInstallError {
         match self {
             TrustInstallError::Invalid(_) => Category::Usage,
             TrustInstallError::Node(_) => Category::NodesFailed,
+            TrustInstallError::Transport(e) => e.category(),
         }
     }
 }
@@ -82,13 +87,52 @@ pub fn check(text: &[u8]) -> Result<(), TrustInstallError> {
 pub fn install(session: &mut dyn Session, text: &[u8]) -> Result<(), TrustInstallError> {
     check(text)?;
     let script = include_str!("trust_install.sh");
-    let out = session
-        .run(script, &[], &mut &text[..])
-        .map_err(|e| TrustInstallError::Node(e.to_string()))?;
+    let out = session.run(script, &[], &mut &text[..])?;
     if !out.success() {
         return Err(TrustInstallError::Node(super::stderr_tail(&out.stderr)));
     }
     Ok(())
+}
+
+/// One node's outcome of `hapki trust install` (JSON: `node`, `ok`, `message`).
+#[derive(Debug, Clone, Serialize)]
+pub struct InstallResult {
+    pub node: String,
+    pub ok: bool,
+    pub message: String,
+    /// For a failure: which exit-code class it is in (a host key: exit 4).
+    #[serde(skip)]
+    pub category: Option<Category>,
+}
+
+/// Installs `text` on every target in parallel, one result per target in order.
+pub fn install_all(
+    targets: &[&Target],
+    transport: &dyn Transport,
+    text: &[u8],
+    parallel: usize,
+) -> Vec<InstallResult> {
+    crate::transport::for_each_parallel(targets, parallel.max(1), |target| {
+        let node = target.name.clone();
+        let done = transport
+            .connect(target)
+            .map_err(TrustInstallError::from)
+            .and_then(|mut s| install(s.as_mut(), text));
+        match done {
+            Ok(()) => InstallResult {
+                node,
+                ok: true,
+                message: format!("installed {PINNED_TRUST}"),
+                category: None,
+            },
+            Err(e) => InstallResult {
+                node,
+                ok: false,
+                message: e.to_string(),
+                category: Some(e.category()),
+            },
+        }
+    })
 }
 
 #[cfg(test)]

@@ -108,6 +108,20 @@ pub enum NodeStatus {
     Failed,
 }
 
+/// The interface's name (`installed`, …), as in the JSON.
+impl std::fmt::Display for NodeStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.pad(match self {
+            NodeStatus::Installed => "installed",
+            NodeStatus::Unchanged => "unchanged",
+            NodeStatus::Joined => "joined",
+            NodeStatus::Planned => "planned",
+            NodeStatus::Skipped => "skipped",
+            NodeStatus::Failed => "failed",
+        })
+    }
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct NodeResult {
     pub node: String,

@@ -248,6 +248,35 @@ impl Testbed {
         // SAFETY: signalling a pid the testbed recorded for this node.
         unsafe { libc::kill(pid, libc::SIGKILL) };
     }
+
+    /// Gives `node` new host keys for real: fresh key files, sshd re-reads them on SIGHUP, and the
+    /// node is then polled (bounded) until `ssh-keyscan` sees the new ed25519 key.
+    pub fn change_host_keys(&self, node: &str) {
+        let n = self.node(node);
+        for (kind, extra) in [("ed25519", ""), ("ecdsa", "-b 256")] {
+            let key = n.dir.join(format!("ssh_host_{kind}_key"));
+            let _ = std::fs::remove_file(&key);
+            let _ = std::fs::remove_file(n.host_key_pub(kind));
+            let cmd =
+                format!("ssh-keygen -q -t {kind} {extra} -N '' -C {node} -f {}", key.display());
+            assert!(Command::new("sh").arg("-c").arg(&cmd).status().unwrap().success(), "{cmd}");
+        }
+        let new_key = std::fs::read_to_string(n.host_key_pub("ed25519")).unwrap();
+        let new_key: Vec<&str> = new_key.split_whitespace().take(2).collect();
+        // SAFETY: signalling the sshd pid the testbed recorded for this node.
+        unsafe { libc::kill(n.sshd_pid(), libc::SIGHUP) };
+        for _ in 0..100 {
+            let scan = Command::new("ssh-keyscan")
+                .args(["-T", "2", "-t", "ed25519", "-p", &self.port.to_string(), &n.address])
+                .output()
+                .unwrap();
+            if String::from_utf8_lossy(&scan.stdout).contains(new_key[1]) {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        panic!("{node} does not serve its new host key after SIGHUP");
+    }
 }
 
 impl Drop for Testbed {
