@@ -33,7 +33,7 @@ pub use keygen::{keygen, KeygenOutput};
 pub use reader::{ArtifactEvent, CHUNK};
 pub use sign::{load_signing_key, Signer};
 pub use trust::AllowedSigners;
-pub use writer::{create, create_with_artifacts, CreateOptions, Protection};
+pub use writer::{create, CreateOptions, Protection};
 
 use crate::pki::check;
 pub use crate::pki::PkiFile;
@@ -193,6 +193,10 @@ pub fn open_and_verify(
 ///
 /// `on_head` returning `Ok(false)` stops the read after the head (the caller needs no
 /// artifact; their hashes are then unchecked, so the caller must not use any artifact bytes).
+///
+/// A bundle without artifacts (`manifest.artifacts` empty) has nothing after its head:
+/// `on_head` then runs only once the whole file has been read and checked to its last byte, so
+/// what it gets is the verified bundle and the caller may act on it at once.
 pub fn open_streaming(
     path: &Path,
     trust: &AllowedSigners,
@@ -368,13 +372,7 @@ fn check_artifacts(
     complete: bool,
 ) -> Result<(), BundleError> {
     let bad = |m: String| BundleError::Manifest(m);
-    let sums: Vec<(String, String)> = if raw.files.is_empty() && manifest.artifacts.is_empty() {
-        Vec::new()
-    } else if manifest.artifacts.is_empty() {
-        format::parse_sums(&raw.sums).map_err(bad)?
-    } else {
-        format::parse_sums_with_artifacts(&raw.sums).map_err(bad)?
-    };
+    let sums = format::parse_sums(&raw.sums).map_err(bad)?;
     let listed: Vec<&(String, String)> =
         sums.iter().filter(|(n, _)| n.starts_with(format::ARTIFACT_PREFIX)).collect();
     if listed.len() != manifest.artifacts.len() {
