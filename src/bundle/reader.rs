@@ -127,11 +127,11 @@ pub fn read_bundle_streaming<R: Read>(
     let input = BufReader::new(io::Cursor::new(head.clone()).chain(input));
     if head.starts_with(crypt::AGE_MAGIC) {
         let plain = crypt::decrypt(input, ids)?;
-        let mut raw = read_gzip(plain, check_signature, on_head, sink)?;
-        raw.encrypted = true;
-        Ok(raw)
+        let mut walk = TarWalk::new(check_signature);
+        walk.raw.encrypted = true;
+        read_gzip(plain, walk, on_head, sink)
     } else if head.starts_with(&[0x1f, 0x8b]) {
-        read_gzip(input, check_signature, on_head, sink)
+        read_gzip(input, TarWalk::new(check_signature), on_head, sink)
     } else if head.starts_with(crypt::AGE_ARMOR_MAGIC) {
         Err(layout(None, "the bundle is an ASCII-armored age file; hapki reads the binary format: `age -d` it, or encrypt without -a"))
     } else if head.starts_with(crypt::AGE_MAGIC.split_at(8).0) {
@@ -144,7 +144,7 @@ pub fn read_bundle_streaming<R: Read>(
 /// The gzip layer ([`super::stored`]'s one encoding) and the tar inside it, to the last byte.
 fn read_gzip<R: Read>(
     input: R,
-    check_signature: &mut SignatureCheck<'_>,
+    walk: TarWalk<'_, '_>,
     on_head: &mut HeadCheck<'_>,
     sink: &mut ArtifactSink<'_>,
 ) -> Result<RawBundle, BundleError> {
@@ -156,7 +156,7 @@ fn read_gzip<R: Read>(
         .map_err(|e| corrupt("reading the bundle", e))?;
     check_gzip_header(&header)?;
     let mut tar = StoredGzReader::new(input);
-    let raw = read_tar_with(&mut tar, check_signature, on_head, sink)?;
+    let raw = read_tar_with(&mut tar, walk, on_head, sink)?;
     if !raw.complete {
         return Ok(raw);
     }
@@ -194,18 +194,17 @@ pub fn read_tar<R: Read>(
     r: &mut R,
     check_signature: &mut SignatureCheck<'_>,
 ) -> Result<RawBundle, BundleError> {
-    read_tar_with(r, check_signature, &mut |_| Ok(true), &mut |_| Ok(()))
+    read_tar_with(r, TarWalk::new(check_signature), &mut |_| Ok(true), &mut |_| Ok(()))
 }
 
 /// Walks the archive entry by entry (see [`TarWalk`]); `on_head` runs here only before the
 /// first artifact.
 fn read_tar_with<R: Read>(
     r: &mut R,
-    check_signature: &mut SignatureCheck<'_>,
+    mut walk: TarWalk<'_, '_>,
     on_head: &mut HeadCheck<'_>,
     sink: &mut ArtifactSink<'_>,
 ) -> Result<RawBundle, BundleError> {
-    let mut walk = TarWalk::new(check_signature);
     let mut block = [0u8; BLOCK];
     loop {
         read_block(r, &mut block, "a tar header")?;
