@@ -55,7 +55,8 @@ pub(super) fn push_node(
     // not end early here, or the node would wait on a reader that waits on it.
     let exchange = Exchange::new(deadline, |out| job.on_facts(out));
     let report = |sent| job.sending(sent);
-    let mut stdin = DecisionSource(exchange.clone()).chain(ChannelReader::new(data, &report));
+    let mut stdin =
+        DecisionSource(exchange.clone()).chain(ChannelReader::new(data, ready.as_ref(), &report));
     let mut stdout = FactsSink(exchange.clone());
     let args = job.args();
     let args: Vec<&str> = args.iter().map(String::as_str).collect();

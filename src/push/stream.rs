@@ -128,6 +128,10 @@ pub(super) struct Link<'a> {
 /// (only if the whole bundle verified), then end of input. No channel: end of input at once.
 pub(super) struct ChannelReader<'a> {
     rx: Option<Receiver<Msg>>,
+    /// Said before the first wait: stdin only gets here past the decision, so a node that never
+    /// decided (its facts did not end by the deadline) never will, and the pass must not wait
+    /// for its word while this waits for the pass.
+    ready: Option<&'a ReadySignal<'a>>,
     cur: Arc<Vec<u8>>,
     pos: usize,
     done: bool,
@@ -136,8 +140,13 @@ pub(super) struct ChannelReader<'a> {
 }
 
 impl<'a> ChannelReader<'a> {
-    pub(super) fn new(rx: Option<Receiver<Msg>>, report: &'a (dyn Fn(u64) + Sync)) -> Self {
-        ChannelReader { rx, cur: Arc::new(Vec::new()), pos: 0, done: false, sent: 0, report }
+    pub(super) fn new(
+        rx: Option<Receiver<Msg>>,
+        ready: Option<&'a ReadySignal<'a>>,
+        report: &'a (dyn Fn(u64) + Sync),
+    ) -> Self {
+        let cur = Arc::new(Vec::new());
+        ChannelReader { rx, ready, cur, pos: 0, done: false, sent: 0, report }
     }
 }
 
@@ -145,6 +154,9 @@ impl Read for ChannelReader<'_> {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
         while self.pos == self.cur.len() {
             let Some(rx) = self.rx.as_ref().filter(|_| !self.done) else { return Ok(0) };
+            if let Some(r) = self.ready {
+                r.send(Ready::Nothing);
+            }
             match rx.recv() {
                 Ok(Msg::Data(c)) => {
                     self.sent += c.len() as u64;
