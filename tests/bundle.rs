@@ -415,3 +415,47 @@ fn signing_with_a_passphrase_protected_key() {
     assert!(!screen.contains("sekret"), "the passphrase was echoed: {screen}");
     assert!(fx.dir.path().join("t.tgz").exists());
 }
+
+/// A bundle written by hapki 0.1.0 in the compressed encoding it used for PKI-only bundles
+/// (`tests/vectors/legacy-bundle`, made by that release) is refused on one line that says what
+/// it is and what to do, plaintext or age-encrypted, by `verify` and by `push` (before any node
+/// is contacted: the one given does not exist).
+#[test]
+fn a_bundle_in_the_old_compressed_encoding_is_refused_naming_the_fix() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/vectors/legacy-bundle");
+    let tgz = dir.join("legacy-pki.tgz");
+    let raw = std::fs::read(&tgz).unwrap();
+    // What the vector is, by stock tools: flate2's gzip header (XFL 2, OS 255), eleven entries.
+    assert_eq!(raw[..10], [0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 2, 0xff]);
+    let listing = sh(&format!("tar -tzf {}", tgz.display()), &dir).stdout;
+    assert_eq!(String::from_utf8(listing).unwrap().lines().count(), 11);
+    // Control: the very same tar in the stored encoding verifies, so the refusal below is the
+    // encoding's alone (not the signature, the entries or the dates).
+    let mut tar = Vec::new();
+    std::io::Read::read_to_end(&mut flate2::read::GzDecoder::new(&raw[..]), &mut tar).unwrap();
+    let x = tempfile::tempdir().unwrap();
+    let control = x.path().join("control.tgz");
+    std::fs::write(&control, gzip(&tar)).unwrap();
+    hapki()
+        .args(["verify", control.to_str().unwrap(), "--trust"])
+        .arg(dir.join("allowed_signers"))
+        .assert()
+        .success();
+
+    let want = "hapki: error: bundle rejected: this bundle is in the compressed encoding of hapki 0.1.0 and before, which this hapki no longer reads; re-create it with `hapki bundle`\n";
+    let age = dir.join("legacy-pki.tgz.age");
+    let key = dir.join("age.key");
+    let trust = dir.join("allowed_signers");
+    let runs: [Vec<&std::ffi::OsStr>; 3] = [
+        vec!["verify".as_ref(), tgz.as_ref()],
+        vec!["verify".as_ref(), age.as_ref(), "--decrypt-key".as_ref(), key.as_ref()],
+        vec!["push".as_ref(), tgz.as_ref(), "--nodes".as_ref(), "127.0.0.1:1".as_ref()],
+    ];
+    for args in runs {
+        let out = hapki().args(&args).arg("--trust").arg(&trust).output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(3), "{args:?}: {err}");
+        assert_eq!(err, want, "{args:?}");
+        assert!(out.stdout.is_empty(), "{args:?}");
+    }
+}

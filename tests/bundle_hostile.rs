@@ -269,8 +269,14 @@ fn broken_framing_is_rejected() {
     let tar = raw_tar(&base);
     let gz = gzip(&tar);
 
-    assert_rejected(&fx, "truncated-gzip", &gz[..gz.len() - 10], "truncated");
-    assert_rejected(&fx, "truncated-gzip-mid", &gz[..gz.len() / 2], "truncated");
+    assert_rejected(&fx, "truncated-gzip", &gz[..gz.len() - 10], "truncated gzip stream");
+    assert_rejected(&fx, "truncated-gzip-mid", &gz[..gz.len() / 2], "truncated gzip stream");
+    // The same tar in another gzip encoding: hapki 0.1.0's compressed one is named, any other
+    // (stock `gzip -9n`: OS 3) is not hapki's.
+    assert_rejected(&fx, "old-encoding", &legacy_gzip(&tar), "encoding of hapki 0.1.0");
+    std::fs::write(fx.path("t.tar"), &tar).unwrap();
+    let stock = sh("gzip -9 -n -c t.tar", fx.dir.path()).stdout;
+    assert_rejected(&fx, "stock-gzip", &stock, "gzip header is not the one hapki writes");
     // A tar that simply stops after its last entry, without the end-of-archive blocks.
     assert_rejected(&fx, "truncated-tar", &gzip(&tar[..tar.len() - 1024]), "truncated tar");
     assert_rejected(&fx, "truncated-entry", &gzip(&tar[..tar.len() - 1400]), "truncated");

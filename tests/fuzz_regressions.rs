@@ -47,7 +47,7 @@ fn replay(target: &str, run: fn(&[u8]), at_least: usize) {
 
 #[test]
 fn every_bundle_reader_regression_input_is_refused_without_a_panic() {
-    replay("bundle_reader", harness::bundle_reader, 10);
+    replay("bundle_reader", harness::bundle_reader, 22);
 }
 
 #[test]

@@ -51,24 +51,27 @@ pub fn artifact_index(name: &str) -> Option<usize> {
 
 /// Caps on each entry's size. A real manifest is ~3 KiB, SHA256SUMS ~700 bytes, a signature
 /// ~300 bytes (Ed25519) to ~1.5 KiB (RSA-4096), a PEM file ≤ ~3.3 KiB; the caps leave room
-/// while keeping a hostile archive's cost fixed.
+/// while keeping a hostile archive's cost fixed. `MANIFEST_MAX` and `SUMS_MAX` hold in a bundle
+/// without artifacts, checked once the signed `SHA256SUMS` says there are none (before that,
+/// [`ARTIFACTS_MANIFEST_MAX`] and [`ARTIFACTS_SUMS_MAX`] bound what is read).
 pub const MANIFEST_MAX: u64 = 64 * 1024;
 pub const SUMS_MAX: u64 = 16 * 1024;
 pub const SIGNATURE_MAX: u64 = 8 * 1024;
 pub const PKI_FILE_MAX: u64 = 64 * 1024;
 
-/// Cap on the whole decompressed stream: every entry at its cap, its header and padding, and the
-/// end-of-archive blocks padded to GNU tar's 10 KiB record, rounded up. Past it the reader stops,
-/// which is what bounds a decompression bomb.
-pub const DECOMPRESSED_MAX: u64 = 1024 * 1024;
+/// Cap on the bytes read from the file until the signature over `SHA256SUMS` has verified: the
+/// three metadata entries at their caps, their headers and the age and gzip framing around them
+/// fit. This is what bounds the work a hostile, unsigned file can cause.
+pub const INPUT_MAX: u64 = 2 * 1024 * 1024;
 
-/// Cap on the bytes read from the file itself (age and gzip framing around at most
-/// [`DECOMPRESSED_MAX`]); it also bounds what the gzip header parser may buffer.
-pub const INPUT_MAX: u64 = 2 * DECOMPRESSED_MAX;
+/// Cap on the zero padding after the end-of-archive blocks: GNU tar pads an archive to its
+/// 10 KiB record; hapki's writer adds none.
+pub const END_PADDING_MAX: u64 = 10 * 1024;
 
-/// The one gzip header hapki writes (flate2, best compression, mtime 0, no name): magic,
-/// deflate, no flags, mtime 0, XFL 2 (maximum compression), OS 255 (unknown).
-pub const GZIP_HEADER: [u8; 10] = [0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 2, 0xff];
+/// The gzip header older hapki versions (0.1.0 and before) wrote for bundles without artifacts:
+/// flate2 at best compression (XFL 2), mtime 0, OS 255. Such a bundle is refused with a message
+/// saying to re-create it (see [`super::stored`] for why there is one encoding now).
+pub const LEGACY_GZIP_HEADER: [u8; 10] = [0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 2, 0xff];
 
 /// The archive's entries, in the only order a bundle may have them.
 pub fn entry_names() -> Vec<String> {
@@ -77,24 +80,26 @@ pub fn entry_names() -> Vec<String> {
     names
 }
 
-/// The cap for an entry named `name` (a name from [`entry_names`]).
+/// The cap on the entry named `name`, checked from its tar header before any of its bytes are
+/// read. Until the signature has verified nothing says whether artifacts follow, so the
+/// metadata may have the larger caps of a bundle that lists many; [`metadata_cap`] tightens
+/// them afterwards.
 pub fn entry_cap(name: &str) -> u64 {
     match name {
-        MANIFEST => MANIFEST_MAX,
-        SUMS => SUMS_MAX,
+        MANIFEST => ARTIFACTS_MANIFEST_MAX,
+        SUMS => ARTIFACTS_SUMS_MAX,
         SIGNATURE => SIGNATURE_MAX,
         n if n.starts_with(ARTIFACT_PREFIX) => ARTIFACT_MAX,
         _ => PKI_FILE_MAX,
     }
 }
 
-/// [`entry_cap`] in a bundle that carries artifacts (told apart by its gzip encoding, before
-/// anything is trusted): its metadata may be larger.
-pub fn entry_cap_with_artifacts(name: &str) -> u64 {
-    match name {
-        MANIFEST => ARTIFACTS_MANIFEST_MAX,
-        SUMS => ARTIFACTS_SUMS_MAX,
-        n => entry_cap(n),
+/// The cap on `bundle.json` or `SHA256SUMS` in a bundle with or without artifacts.
+pub fn metadata_cap(name: &str, artifacts: bool) -> u64 {
+    match (name, artifacts) {
+        (MANIFEST, false) => MANIFEST_MAX,
+        (SUMS, false) => SUMS_MAX,
+        _ => entry_cap(name),
     }
 }
 
@@ -279,26 +284,18 @@ pub fn render_sums(entries: &[(String, String)]) -> Vec<u8> {
     out.into_bytes()
 }
 
-/// Parses `SHA256SUMS` strictly: exactly one line for `bundle.json` and each `pki/` entry, in
-/// bundle order, lowercase hex, text mode, nothing else. Returns `(name, hex)` pairs.
-pub fn parse_sums(bytes: &[u8]) -> Result<Vec<(String, String)>, String> {
-    let expected: Vec<String> =
-        entry_names().into_iter().filter(|n| n != SUMS && n != SIGNATURE).collect();
-    parse_sums_for(bytes, &expected)
-}
-
-/// [`parse_sums`] for a bundle that carries artifacts: `bundle.json`, then either all eight
-/// `pki/` lines or none, then `artifacts/0000`, `artifacts/0001`, … (at least one), in order.
-pub fn parse_sums_with_artifacts(bytes: &[u8]) -> Result<Vec<(String, String)>, String> {
+/// Parses `SHA256SUMS` strictly: `bundle.json`, then all eight `pki/` lines or none, then
+/// `artifacts/0000`, `artifacts/0001`, … (none in a PKI-only bundle), each once, in bundle
+/// order, lowercase hex, text mode, nothing else; the PKI, artifacts or both. Returns
+/// `(name, hex)` pairs.
+pub(crate) fn parse_sums(bytes: &[u8]) -> Result<Vec<(String, String)>, String> {
     let lines = bytes.iter().filter(|&&b| b == b'\n').count();
     let has_pki =
         bytes.split(|&b| b == b'\n').nth(1).is_some_and(|l| l.windows(6).any(|w| w == b"  pki/"));
     let pki = if has_pki { SHARED_FILES.len() } else { 0 };
     let n = lines.saturating_sub(1 + pki);
-    if n == 0 {
-        return Err(
-            "SHA256SUMS lists no artifacts, yet the bundle is in the artifacts encoding".into()
-        );
+    if !has_pki && n == 0 {
+        return Err("SHA256SUMS lists neither the PKI nor any artifact".into());
     }
     if n > crate::artifacts::MAX_ARTIFACTS {
         return Err(format!(
@@ -371,6 +368,21 @@ mod tests {
         // The binary-mode marker `*` is not what hapki writes; refusing it keeps one canonical form.
         let star = String::from_utf8(text).unwrap().replacen("  bundle.json", " *bundle.json", 1);
         assert!(parse_sums(star.as_bytes()).is_err());
+    }
+
+    #[test]
+    fn sums_list_the_pki_the_artifacts_or_both_but_not_neither() {
+        let line = |n: &str| format!("{}  {n}\n", "a".repeat(64));
+        let pki: String = entry_names()[3..].iter().map(|n| line(n)).collect();
+        let arts = line("artifacts/0000") + &line("artifacts/0001");
+        let head = line("bundle.json");
+        for (text, n) in [(head.clone() + &pki, 9), (head.clone() + &arts, 3)] {
+            assert_eq!(parse_sums(text.as_bytes()).unwrap().len(), n, "{text}");
+        }
+        assert_eq!(parse_sums((head.clone() + &pki + &arts).as_bytes()).unwrap().len(), 11);
+        assert!(parse_sums(head.as_bytes()).is_err(), "bundle.json alone");
+        let skipped = head + &line("artifacts/0001");
+        assert!(parse_sums(skipped.as_bytes()).is_err(), "artifacts out of sequence");
     }
 
     #[test]

@@ -33,7 +33,7 @@ pub use keygen::{keygen, KeygenOutput};
 pub use reader::{ArtifactEvent, CHUNK};
 pub use sign::{load_signing_key, Signer};
 pub use trust::AllowedSigners;
-pub use writer::{create, create_with_artifacts, CreateOptions, Protection};
+pub use writer::{create, CreateOptions, Protection};
 
 use crate::pki::check;
 pub use crate::pki::PkiFile;
@@ -193,6 +193,10 @@ pub fn open_and_verify(
 ///
 /// `on_head` returning `Ok(false)` stops the read after the head (the caller needs no
 /// artifact; their hashes are then unchecked, so the caller must not use any artifact bytes).
+///
+/// A bundle without artifacts (`manifest.artifacts` empty) has nothing after its head:
+/// `on_head` then runs only once the whole file has been read and checked to its last byte, so
+/// what it gets is the verified bundle and the caller may act on it at once.
 pub fn open_streaming(
     path: &Path,
     trust: &AllowedSigners,
@@ -202,18 +206,27 @@ pub fn open_streaming(
     sink: &mut dyn FnMut(ArtifactEvent<'_>) -> Result<(), BundleError>,
 ) -> Result<VerifiedBundle, BundleError> {
     let file = std::fs::File::open(path).map_err(|e| BundleError::io(path, e))?;
+    let mut head = None;
     let raw = reader::read_bundle_streaming(
         file,
         identities,
         &mut |sums, sig| sign::verify(sums, sig, trust, opts.now),
         &mut |raw| {
-            let head = check_contents(raw.clone(), opts, false)?;
-            on_head(&head)
+            let verified = check_contents(raw.clone(), opts, false)?;
+            let go_on = on_head(&verified)?;
+            head = Some(verified);
+            Ok(go_on)
         },
         sink,
     )?;
-    let complete = raw.complete;
-    check_contents(raw, opts, complete)
+    match head {
+        // Nothing was read after the head: it is the answer, checked once.
+        Some(head) if raw.artifacts.is_empty() => Ok(head),
+        _ => {
+            let complete = raw.complete;
+            check_contents(raw, opts, complete)
+        }
+    }
 }
 
 /// [`open_and_verify`] on any reader (a bundle received over a pipe or held in memory).
@@ -238,6 +251,33 @@ fn check_contents(
     opts: &VerifyOptions,
     complete: bool,
 ) -> Result<VerifiedBundle, BundleError> {
+    let manifest = check_manifest(&raw)?;
+    check_artifacts(&manifest, &raw, complete)?;
+    let files: Vec<BundleFile> = raw
+        .files
+        .iter()
+        .map(|(n, mode, bytes)| BundleFile {
+            name: n.strip_prefix(format::PKI_PREFIX).unwrap_or(n).to_string(),
+            mode: *mode,
+            bytes: bytes.clone(),
+        })
+        .collect();
+    check_pki(&manifest, &files, opts)?;
+    check_validity(&manifest, opts)?;
+    Ok(VerifiedBundle {
+        manifest,
+        signer: raw.signer,
+        sha256sums: raw.sums,
+        signature: raw.signature,
+        manifest_bytes: raw.manifest_bytes,
+        files,
+        encrypted: raw.encrypted,
+    })
+}
+
+/// `bundle.json` parsed, of this format version, naming the key that signed, dated as the tar
+/// headers are, listing the files the archive holds.
+fn check_manifest(raw: &reader::RawBundle) -> Result<Manifest, BundleError> {
     let bad = |m: String| BundleError::Manifest(m);
     let manifest: Manifest = serde_json::from_slice(&raw.manifest_bytes)
         .map_err(|e| bad(format!("invalid JSON: {e}")))?;
@@ -274,16 +314,16 @@ fn check_contents(
     if names != want {
         return Err(bad(format!("files are {names:?}, expected {want:?}")));
     }
-    check_artifacts(&manifest, &raw, complete)?;
-    let files: Vec<BundleFile> = raw
-        .files
-        .iter()
-        .map(|(n, mode, bytes)| BundleFile {
-            name: n.strip_prefix(format::PKI_PREFIX).unwrap_or(n).to_string(),
-            mode: *mode,
-            bytes: bytes.clone(),
-        })
-        .collect();
+    Ok(manifest)
+}
+
+/// The PKI files are coherent, and bundle.json says of each what the file itself shows.
+fn check_pki(
+    manifest: &Manifest,
+    files: &[BundleFile],
+    opts: &VerifyOptions,
+) -> Result<(), BundleError> {
+    let bad = |m: String| BundleError::Manifest(m);
     let pki_files: Vec<PkiFile> = files
         .iter()
         .map(|f| PkiFile { name: f.name.clone(), bytes: f.bytes.clone(), mode: Some(f.mode) })
@@ -298,7 +338,7 @@ fn check_contents(
     if !report.ok && !files.is_empty() {
         return Err(BundleError::incoherent(&report));
     }
-    for (m, f) in manifest.files.iter().zip(&files) {
+    for (m, f) in manifest.files.iter().zip(files) {
         let rep = report
             .files
             .iter()
@@ -332,8 +372,13 @@ fn check_contents(
             manifest.discovery_token_ca_cert_hash, report.discovery_token_ca_cert_hash
         )));
     }
+    Ok(())
+}
+
+/// Not expired, not dated in the future (beyond the allowed skew).
+fn check_validity(manifest: &Manifest, opts: &VerifyOptions) -> Result<(), BundleError> {
     if manifest.expires_at <= manifest.created_at {
-        return Err(bad("expires_at is not after created_at".into()));
+        return Err(BundleError::Manifest("expires_at is not after created_at".into()));
     }
     let fmt = |t: OffsetDateTime| {
         t.format(&time::format_description::well_known::Rfc3339).unwrap_or_else(|_| t.to_string())
@@ -350,15 +395,7 @@ fn check_contents(
             now: fmt(opts.now),
         });
     }
-    Ok(VerifiedBundle {
-        manifest,
-        signer: raw.signer,
-        sha256sums: raw.sums,
-        signature: raw.signature,
-        manifest_bytes: raw.manifest_bytes,
-        files,
-        encrypted: raw.encrypted,
-    })
+    Ok(())
 }
 
 /// bundle.json's artifact list against the signed SHA256SUMS lines and what was read.
@@ -368,13 +405,7 @@ fn check_artifacts(
     complete: bool,
 ) -> Result<(), BundleError> {
     let bad = |m: String| BundleError::Manifest(m);
-    let sums: Vec<(String, String)> = if raw.files.is_empty() && manifest.artifacts.is_empty() {
-        Vec::new()
-    } else if manifest.artifacts.is_empty() {
-        format::parse_sums(&raw.sums).map_err(bad)?
-    } else {
-        format::parse_sums_with_artifacts(&raw.sums).map_err(bad)?
-    };
+    let sums = format::parse_sums(&raw.sums).map_err(bad)?;
     let listed: Vec<&(String, String)> =
         sums.iter().filter(|(n, _)| n.starts_with(format::ARTIFACT_PREFIX)).collect();
     if listed.len() != manifest.artifacts.len() {

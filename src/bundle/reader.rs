@@ -1,20 +1,24 @@
 //! The strict, streaming bundle reader.
 //!
-//! It never extracts anything to disk, and its memory is bounded whatever the input (a few MiB:
-//! the compressed stream ≤ [`format::INPUT_MAX`], the tar it decodes to ≤
-//! [`format::DECOMPRESSED_MAX`]): the file, the age plaintext and the gzip output are each read
-//! through a hard cap, so a decompression bomb costs a fixed amount of work and memory before
+//! It never extracts anything to disk, and its memory is bounded whatever the input: the file
+//! is read through a hard cap ([`format::INPUT_MAX`]) until the signature over `SHA256SUMS` has
+//! verified, every entry through its own cap, and the zero padding after the archive through
+//! [`format::END_PADDING_MAX`], so a hostile file costs a fixed amount of work and memory before
 //! it is rejected. Each tar header is checked before its entry's bytes are read.
 //!
+//! One encoding for every bundle, PKI-only or carrying artifacts: age (optional) → the
+//! canonical stored-block gzip of [`super::stored`], checked while streaming → tar. A bundle in
+//! the compressed encoding older hapki versions wrote is refused by name.
+//!
 //! The tar layer is parsed here rather than with the `tar` crate: the format admits exactly one
-//! shape (eleven regular files with known names, in order), and a reader that only ever sees
-//! raw 512-byte headers cannot be talked into following a long-name, PAX or sparse extension,
-//! nor into accepting an archive that simply stops without its end-of-archive blocks.
+//! shape (regular files with known names, in order), and a reader that only ever sees raw
+//! 512-byte headers cannot be talked into following a long-name, PAX or sparse extension, nor
+//! into accepting an archive that simply stops without its end-of-archive blocks.
 //!
 //! Order of trust: `bundle.json` and `SHA256SUMS` are only buffered until `SHA256SUMS.sig` has
-//! been checked (by the caller's `check_signature`); then `SHA256SUMS` is parsed and
-//! `bundle.json`'s hash matched, and each `pki/` entry is hashed as it arrives. Nothing in
-//! `bundle.json` is looked at here.
+//! been checked (by the caller's `check_signature`); then `SHA256SUMS` is parsed (it says what
+//! follows) and `bundle.json`'s hash matched, and each later entry is hashed as it arrives.
+//! Nothing in `bundle.json` is looked at here.
 
 use std::collections::HashSet;
 use std::io::{self, BufReader, Read};
@@ -24,6 +28,7 @@ use std::sync::Arc;
 use super::crypt::{self, Identities};
 use super::format::{self, entry_cap, entry_mode, entry_names, MANIFEST, SIGNATURE, SUMS};
 use super::sign::Signer;
+use super::stored::{StoredGzReader, STORED_GZIP_HEADER};
 use super::BundleError;
 use crate::pki::fingerprint::sha256_hex;
 
@@ -65,22 +70,15 @@ pub enum ArtifactEvent<'a> {
 /// Receives artifact bytes; an error stops the read.
 pub type ArtifactSink<'a> = dyn FnMut(ArtifactEvent<'_>) -> Result<(), BundleError> + 'a;
 
-/// Called once every entry before the first artifact has been read and checked (the signature,
-/// `bundle.json`'s hash, every `pki/` entry), with what has been read so far. `Ok(false)` stops
-/// the read there (the caller needs no artifact): the result is then marked incomplete.
+/// Called once with everything before the first artifact read and checked (the signature,
+/// `bundle.json`'s hash, every `pki/` entry). In a bundle without artifacts that is the whole
+/// bundle, and the call comes only once its last byte has been checked (the end of the archive,
+/// the gzip trailer, nothing after it). `Ok(false)` stops the read there (the caller needs no
+/// artifact): the result is then marked incomplete.
 pub type HeadCheck<'a> = dyn FnMut(&RawBundle) -> Result<bool, BundleError> + 'a;
 
 /// The size of the chunks artifacts stream in.
 pub const CHUNK: usize = 256 * 1024;
-
-/// Which of the two encodings a bundle uses (see [`super::stored`]).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Variant {
-    /// PKI only: flate2 best compression, checked by recompression.
-    Pki,
-    /// Carries artifacts: stored deflate blocks, checked while streaming.
-    Artifacts,
-}
 
 /// Decides whether `SHA256SUMS` (first argument) is authentic given `SHA256SUMS.sig` (second).
 pub type SignatureCheck<'a> = dyn FnMut(&[u8], &[u8]) -> Result<Signer, BundleError> + 'a;
@@ -129,11 +127,11 @@ pub fn read_bundle_streaming<R: Read>(
     let input = BufReader::new(io::Cursor::new(head.clone()).chain(input));
     if head.starts_with(crypt::AGE_MAGIC) {
         let plain = crypt::decrypt(input, ids)?;
-        let mut raw = read_any_gzip(plain, check_signature, on_head, sink)?;
-        raw.encrypted = true;
-        Ok(raw)
+        let mut walk = TarWalk::new(check_signature);
+        walk.raw.encrypted = true;
+        read_gzip(plain, walk, on_head, sink)
     } else if head.starts_with(&[0x1f, 0x8b]) {
-        read_any_gzip(input, check_signature, on_head, sink)
+        read_gzip(input, TarWalk::new(check_signature), on_head, sink)
     } else if head.starts_with(crypt::AGE_ARMOR_MAGIC) {
         Err(layout(None, "the bundle is an ASCII-armored age file; hapki reads the binary format: `age -d` it, or encrypt without -a"))
     } else if head.starts_with(crypt::AGE_MAGIC.split_at(8).0) {
@@ -143,110 +141,51 @@ pub fn read_bundle_streaming<R: Read>(
     }
 }
 
-/// Dispatches on the gzip header: hapki's PKI-only encoding, or the stored-block encoding of
-/// bundles that carry artifacts ([`super::stored`]).
-fn read_any_gzip<R: Read>(
+/// The gzip layer ([`super::stored`]'s one encoding) and the tar inside it, to the last byte.
+fn read_gzip<R: Read>(
     input: R,
-    check_signature: &mut SignatureCheck<'_>,
+    walk: TarWalk<'_, '_>,
     on_head: &mut HeadCheck<'_>,
     sink: &mut ArtifactSink<'_>,
 ) -> Result<RawBundle, BundleError> {
     let mut input = BufReader::with_capacity(CHUNK, input);
-    let mut header = Vec::with_capacity(format::GZIP_HEADER.len());
+    let mut header = Vec::with_capacity(STORED_GZIP_HEADER.len());
     (&mut input)
-        .take(format::GZIP_HEADER.len() as u64)
+        .take(STORED_GZIP_HEADER.len() as u64)
         .read_to_end(&mut header)
         .map_err(|e| corrupt("reading the bundle", e))?;
-    if header[..] != super::stored::STORED_GZIP_HEADER {
-        let all = io::Cursor::new(header).chain(input);
-        return read_gzip_with(all, check_signature, on_head);
-    }
-    let mut tar = super::stored::StoredGzReader::new(input);
-    let raw = read_tar_with(&mut tar, Variant::Artifacts, check_signature, on_head, sink)?;
+    check_gzip_header(&header)?;
+    let mut tar = StoredGzReader::new(input);
+    let raw = read_tar_with(&mut tar, walk, on_head, sink)?;
     if !raw.complete {
         return Ok(raw);
     }
     // Only zero padding may follow the end-of-archive blocks; reading to the end also checks
     // the stored stream's framing, CRC-32, length and that nothing follows it.
     drain_zero_padding(&mut tar)?;
-    Ok(raw)
-}
-
-/// The structural reader without decryption: gzip → tar. Public for the fuzz target.
-///
-/// The compressed stream (≤ [`format::INPUT_MAX`]) is held in memory, and the tar it decodes to
-/// (≤ [`format::DECOMPRESSED_MAX`]) is recorded as it streams through the entry checks: once
-/// everything else passed, the compressed bytes must be exactly what hapki's writer makes of
-/// that tar. The signature covers the entries, gzip's CRC the tar, but nothing covers the
-/// gzip header nor the padding bits that end the deflate stream; this last check is what makes
-/// one flipped bit anywhere in a plaintext bundle fatal. (The price: a bundle recompressed by
-/// another tool, or by a hapki with a different deflate implementation, is refused; bundles
-/// live days, and `hapki bundle` remakes one.)
-pub fn read_gzip<R: Read>(
-    input: R,
-    check_signature: &mut SignatureCheck<'_>,
-) -> Result<RawBundle, BundleError> {
-    read_gzip_with(input, check_signature, &mut |_| Ok(true))
-}
-
-fn read_gzip_with<R: Read>(
-    input: R,
-    check_signature: &mut SignatureCheck<'_>,
-    on_head: &mut HeadCheck<'_>,
-) -> Result<RawBundle, BundleError> {
-    let mut compressed = Vec::new();
-    Capped::new(input, format::INPUT_MAX, "the compressed archive")
-        .read_to_end(&mut compressed)
-        .map_err(|e| corrupt("reading the bundle", e))?;
-    if compressed.len() < format::GZIP_HEADER.len() {
-        return Err(layout(None, "truncated gzip header"));
-    }
-    if compressed[..format::GZIP_HEADER.len()] != format::GZIP_HEADER {
-        return Err(layout(
-            None,
-            "gzip header is not the one hapki writes (no name, no flags, mtime 0, best compression, OS unknown)",
-        ));
-    }
-    let gz = flate2::bufread::GzDecoder::new(&compressed[..]);
-    let mut tar = Recorded {
-        inner: Capped::new(gz, format::DECOMPRESSED_MAX, "the decompressed archive"),
-        record: Vec::new(),
-    };
-    let raw = read_tar_with(&mut tar, Variant::Pki, check_signature, on_head, &mut |_| {
-        Err(BundleError::Internal("artifact in a PKI-only bundle".into()))
-    })?;
-    // After the end-of-archive blocks only zero padding may follow (GNU tar pads to 10 KiB).
-    // Reading to the end also makes flate2 check the gzip trailer (CRC-32 and length).
-    drain_zero_padding(&mut tar)?;
-    // flate2 decodes one gzip member; anything after it (a second member, garbage) is left here.
-    let left = tar.inner.inner.into_inner();
-    if !left.is_empty() {
-        let what =
-            if left.starts_with(&[0x1f, 0x8b]) { "a second gzip member" } else { "trailing data" };
-        return Err(layout(None, &format!("{what} after the gzip stream")));
-    }
-    let canonical = super::writer::gzip(&tar.record)
-        .map_err(|e| BundleError::Internal(format!("recompressing: {e}")))?;
-    if canonical != compressed {
-        return Err(layout(
-            None,
-            "the gzip stream is not hapki's encoding of its contents (altered, or recompressed by another tool)",
-        ));
+    if raw.artifacts.is_empty() {
+        // No artifact came to call it: the head is the whole bundle, now checked to its end.
+        on_head(&raw)?;
     }
     Ok(raw)
 }
 
-/// Keeps a copy of what is read through it.
-struct Recorded<R> {
-    inner: R,
-    record: Vec<u8>,
-}
-
-impl<R: Read> Read for Recorded<R> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let n = self.inner.read(buf)?;
-        self.record.extend_from_slice(&buf[..n]);
-        Ok(n)
+/// The gzip header must be the stored encoding's; an older hapki's compressed one is named.
+fn check_gzip_header(header: &[u8]) -> Result<(), BundleError> {
+    if header == STORED_GZIP_HEADER {
+        Ok(())
+    } else if header.len() < STORED_GZIP_HEADER.len() {
+        Err(layout(None, "truncated gzip header"))
+    } else if header == format::LEGACY_GZIP_HEADER {
+        Err(layout(
+            None,
+            "this bundle is in the compressed encoding of hapki 0.1.0 and before, which this hapki no longer reads; re-create it with `hapki bundle`",
+        ))
+    } else {
+        Err(layout(
+            None,
+            "gzip header is not the one hapki writes (no name, no flags, mtime 0, stored blocks, OS unknown): altered, or recompressed by another tool; re-create the bundle with `hapki bundle`",
+        ))
     }
 }
 
@@ -255,42 +194,17 @@ pub fn read_tar<R: Read>(
     r: &mut R,
     check_signature: &mut SignatureCheck<'_>,
 ) -> Result<RawBundle, BundleError> {
-    read_tar_with(r, Variant::Pki, check_signature, &mut |_| Ok(true), &mut |_| Ok(()))
+    read_tar_with(r, TarWalk::new(check_signature), &mut |_| Ok(true), &mut |_| Ok(()))
 }
 
+/// Walks the archive entry by entry (see [`TarWalk`]); `on_head` runs here only before the
+/// first artifact.
 fn read_tar_with<R: Read>(
     r: &mut R,
-    variant: Variant,
-    check_signature: &mut SignatureCheck<'_>,
+    mut walk: TarWalk<'_, '_>,
     on_head: &mut HeadCheck<'_>,
     sink: &mut ArtifactSink<'_>,
 ) -> Result<RawBundle, BundleError> {
-    // Until the signature has verified, only the three metadata entries are expected; then
-    // SHA256SUMS (now authentic) says what follows.
-    let mut expected: Vec<String> = match variant {
-        Variant::Pki => entry_names(),
-        Variant::Artifacts => vec![MANIFEST.into(), SUMS.into(), SIGNATURE.into()],
-    };
-    let known = |name: &str| {
-        entry_names().iter().any(|n| n == name) || format::artifact_index(name).is_some()
-    };
-    let mut seen: HashSet<String> = HashSet::new();
-    let mut next = 0usize;
-    let mut raw = RawBundle {
-        signer: Signer { fingerprint: String::new(), principal: String::new() },
-        manifest_bytes: Vec::new(),
-        sums: Vec::new(),
-        signature: Vec::new(),
-        files: Vec::new(),
-        encrypted: false,
-        artifacts: Vec::new(),
-        complete: true,
-        mtime: 0,
-    };
-    let mut mtime: Option<u64> = None;
-    let mut signed = false;
-    let mut head_done = false;
-    let mut hashes: Vec<(String, String)> = Vec::new();
     let mut block = [0u8; BLOCK];
     loop {
         read_block(r, &mut block, "a tar header")?;
@@ -302,9 +216,72 @@ fn read_tar_with<R: Read>(
                     "a zero tar block followed by data (broken end-of-archive marker)",
                 ));
             }
-            break;
+            return walk.finish();
         }
-        let h = Header::parse(&block)?;
+        let (name, h) = walk.header(&block)?;
+        if let Some(index) = format::artifact_index(&name) {
+            if !walk.head_done {
+                walk.head_done = true;
+                if !on_head(&walk.raw)? {
+                    walk.raw.complete = false;
+                    return Ok(walk.raw);
+                }
+            }
+            let sha = stream_entry(r, &name, h.size, index, sink)?;
+            check_hex(&walk.hashes, &name, &sha)?;
+            sink(ArtifactEvent::End)?;
+            walk.raw.artifacts.push((name, h.size, sha));
+        } else {
+            let data = read_small_entry(r, &name, h.size, &mut block)?;
+            walk.small_entry(name, h.mode, data)?;
+        }
+    }
+}
+
+/// The reader's state between entries: what has been read, what may come next.
+struct TarWalk<'c, 'f> {
+    check_signature: &'c mut SignatureCheck<'f>,
+    raw: RawBundle,
+    /// Until the signature has verified, only the three metadata entries are expected; then
+    /// `SHA256SUMS` (now authentic) says what follows.
+    expected: Vec<String>,
+    next: usize,
+    seen: HashSet<String>,
+    mtime: Option<u64>,
+    signed: bool,
+    head_done: bool,
+    hashes: Vec<(String, String)>,
+}
+
+impl<'c, 'f> TarWalk<'c, 'f> {
+    fn new(check_signature: &'c mut SignatureCheck<'f>) -> Self {
+        TarWalk {
+            check_signature,
+            raw: RawBundle {
+                signer: Signer { fingerprint: String::new(), principal: String::new() },
+                manifest_bytes: Vec::new(),
+                sums: Vec::new(),
+                signature: Vec::new(),
+                files: Vec::new(),
+                encrypted: false,
+                artifacts: Vec::new(),
+                complete: true,
+                mtime: 0,
+            },
+            expected: vec![MANIFEST.into(), SUMS.into(), SIGNATURE.into()],
+            next: 0,
+            seen: HashSet::new(),
+            mtime: None,
+            signed: false,
+            head_done: false,
+            hashes: Vec::new(),
+        }
+    }
+
+    /// Checks an entry's header before any of its bytes are read: a safe, known, regular,
+    /// first-seen name in its place, within its cap, and every header byte hapki's writer makes.
+    fn header(&mut self, block: &[u8; BLOCK]) -> Result<(String, Header), BundleError> {
+        let h = Header::parse(block)?;
         let name = h.name.clone();
         if let Some(why) = unsafe_path(&name) {
             return Err(layout(Some(&name), why));
@@ -315,32 +292,19 @@ fn read_tar_with<R: Read>(
                 &format!("is a {kind}; a bundle holds only regular files"),
             ));
         }
-        if !known(&name) || (variant == Variant::Pki && format::artifact_index(&name).is_some()) {
+        if !entry_names().contains(&name) && format::artifact_index(&name).is_none() {
             return Err(layout(Some(&name), "is not part of the bundle format (unknown entry)"));
         }
-        if !seen.insert(name.clone()) {
+        if !self.seen.insert(name.clone()) {
             return Err(layout(Some(&name), "appears twice (duplicate entry)"));
         }
-        match expected.get(next) {
-            Some(e) if *e == name => {}
-            Some(e) => {
-                return Err(layout(
-                    Some(&name),
-                    &format!("is out of order: expected {e} at this position"),
-                ))
-            }
-            None => return Err(layout(Some(&name), "is not listed in SHA256SUMS")),
+        self.in_order(&name)?;
+        if format::artifact_index(&name).is_some() && !self.signed {
+            return Err(layout(Some(&name), "comes before the signature"));
         }
-        next += 1;
-        let cap = match variant {
-            Variant::Pki => entry_cap(&name),
-            Variant::Artifacts => format::entry_cap_with_artifacts(&name),
-        };
+        let cap = entry_cap(&name);
         if h.size > cap {
-            return Err(layout(
-                Some(&name),
-                &format!("is {} bytes, over the {cap}-byte cap", h.size),
-            ));
+            return Err(over_cap(&name, h.size, cap));
         }
         let want = entry_mode(&name);
         if h.mode != want {
@@ -351,66 +315,86 @@ fn read_tar_with<R: Read>(
         }
         // The signature covers the entries' bytes, not their headers: every header byte must be
         // the one hapki's writer makes (owner 0:0 root/root, mode, type, one mtime, padding).
-        raw.mtime = *mtime.get_or_insert(h.mtime);
-        check_header_bytes(&block, &name, h.size, raw.mtime)?;
-        if let Some(index) = format::artifact_index(&name) {
-            if !signed {
-                return Err(layout(Some(&name), "comes before the signature"));
-            }
-            if !head_done {
-                head_done = true;
-                if !on_head(&raw)? {
-                    raw.complete = false;
-                    return Ok(raw);
-                }
-            }
-            let sha = stream_entry(r, &name, h.size, index, sink)?;
-            check_hex(&hashes, &name, &sha)?;
-            sink(ArtifactEvent::End)?;
-            raw.artifacts.push((name, h.size, sha));
-            continue;
-        }
-        // Metadata and PKI entries: size ≤ cap ≤ 1 MiB, so this cast and allocation are bounded.
-        let mut data = vec![0u8; h.size as usize];
-        r.read_exact(&mut data).map_err(|e| truncated(&name, e))?;
-        let pad = (BLOCK - data.len() % BLOCK) % BLOCK;
-        r.read_exact(&mut block[..pad]).map_err(|e| truncated(&name, e))?;
-        check_zero_padding(&block[..pad], &name)?;
+        self.raw.mtime = *self.mtime.get_or_insert(h.mtime);
+        check_header_bytes(block, &name, h.size, self.raw.mtime)?;
+        Ok((name, h))
+    }
 
+    fn in_order(&mut self, name: &str) -> Result<(), BundleError> {
+        match self.expected.get(self.next) {
+            Some(e) if e == name => {
+                self.next += 1;
+                Ok(())
+            }
+            Some(e) => {
+                Err(layout(Some(name), &format!("is out of order: expected {e} at this position")))
+            }
+            None => Err(layout(Some(name), "is not listed in SHA256SUMS")),
+        }
+    }
+
+    /// A metadata or `pki/` entry, read whole.
+    fn small_entry(&mut self, name: String, mode: u32, data: Vec<u8>) -> Result<(), BundleError> {
         match name.as_str() {
-            MANIFEST => raw.manifest_bytes = data,
-            SUMS => raw.sums = data,
+            MANIFEST => self.raw.manifest_bytes = data,
+            SUMS => self.raw.sums = data,
             SIGNATURE => {
-                raw.signature = data;
-                raw.signer = check_signature(&raw.sums, &raw.signature)?;
-                signed = true;
-                hashes = match variant {
-                    Variant::Pki => format::parse_sums(&raw.sums),
-                    Variant::Artifacts => format::parse_sums_with_artifacts(&raw.sums),
-                }
-                .map_err(|m| layout(Some(SUMS), &m))?;
-                check_hash(&hashes, MANIFEST, &raw.manifest_bytes)?;
-                if variant == Variant::Artifacts {
-                    expected.extend(hashes.iter().skip(1).map(|(n, _)| n.clone()));
-                }
+                self.raw.signature = data;
+                self.raw.signer = (self.check_signature)(&self.raw.sums, &self.raw.signature)?;
+                self.signed = true;
+                self.after_signature()?;
             }
             _ => {
-                check_hash(&hashes, &name, &data)?;
-                raw.files.push((name, h.mode, data));
+                check_hash(&self.hashes, &name, &data)?;
+                self.raw.files.push((name, mode, data));
             }
         }
+        Ok(())
     }
-    if let Some(missing) = expected.get(next) {
-        return Err(layout(Some(missing), "is missing"));
+
+    /// `SHA256SUMS` is authentic: it says which entries follow, and whether the metadata is
+    /// held to the PKI-only caps.
+    fn after_signature(&mut self) -> Result<(), BundleError> {
+        self.hashes = format::parse_sums(&self.raw.sums).map_err(|m| layout(Some(SUMS), &m))?;
+        let artifacts = self.hashes.iter().any(|(n, _)| format::artifact_index(n).is_some());
+        for (name, len) in [(MANIFEST, self.raw.manifest_bytes.len()), (SUMS, self.raw.sums.len())]
+        {
+            let cap = format::metadata_cap(name, artifacts);
+            if len as u64 > cap {
+                return Err(over_cap(name, len as u64, cap));
+            }
+        }
+        check_hash(&self.hashes, MANIFEST, &self.raw.manifest_bytes)?;
+        self.expected.extend(self.hashes.iter().skip(1).map(|(n, _)| n.clone()));
+        Ok(())
     }
-    if !signed {
-        return Err(layout(Some(SIGNATURE), "is missing"));
+
+    fn finish(self) -> Result<RawBundle, BundleError> {
+        if let Some(missing) = self.expected.get(self.next) {
+            return Err(layout(Some(missing), "is missing"));
+        }
+        Ok(self.raw)
     }
-    if !head_done {
-        // Nothing left to stop reading: the answer does not matter.
-        on_head(&raw)?;
-    }
-    Ok(raw)
+}
+
+fn over_cap(name: &str, size: u64, cap: u64) -> BundleError {
+    layout(Some(name), &format!("is {size} bytes, over the {cap}-byte cap"))
+}
+
+/// A metadata or PKI entry's bytes and its tar padding: size ≤ cap ≤ 1 MiB, so this cast and
+/// allocation are bounded.
+fn read_small_entry<R: Read>(
+    r: &mut R,
+    name: &str,
+    size: u64,
+    block: &mut [u8; BLOCK],
+) -> Result<Vec<u8>, BundleError> {
+    let mut data = vec![0u8; size as usize];
+    r.read_exact(&mut data).map_err(|e| truncated(name, e))?;
+    let pad = (BLOCK - data.len() % BLOCK) % BLOCK;
+    r.read_exact(&mut block[..pad]).map_err(|e| truncated(name, e))?;
+    check_zero_padding(&block[..pad], name)?;
+    Ok(data)
 }
 
 /// Streams one artifact entry's `size` bytes (and its tar padding) to `sink`, returning the
@@ -691,9 +675,11 @@ impl<R: Read> Read for Capped<R> {
 }
 
 /// Reads to the end of the archive stream, which may hold only zero padding after the
-/// end-of-archive blocks (GNU tar pads to 10 KiB); anything else is a layout error.
+/// end-of-archive blocks, at most [`format::END_PADDING_MAX`] bytes of it (GNU tar pads to its
+/// 10 KiB record); anything else is a layout error.
 fn drain_zero_padding<R: Read>(tar: &mut R) -> Result<(), BundleError> {
     let mut buf = [0u8; 8192];
+    let mut padding = 0u64;
     loop {
         let n = tar.read(&mut buf).map_err(|e| corrupt("after the end of the tar archive", e))?;
         if n == 0 {
@@ -701,6 +687,16 @@ fn drain_zero_padding<R: Read>(tar: &mut R) -> Result<(), BundleError> {
         }
         if buf[..n].iter().any(|&b| b != 0) {
             return Err(layout(None, "data after the end of the tar archive"));
+        }
+        padding += n as u64;
+        if padding > format::END_PADDING_MAX {
+            return Err(layout(
+                None,
+                &format!(
+                    "zero padding after the end of the tar archive is over the {}-byte cap",
+                    format::END_PADDING_MAX
+                ),
+            ));
         }
     }
 }

@@ -1,18 +1,25 @@
-//! The gzip encoding of bundles that carry artifacts: one gzip member of *stored* deflate blocks
-//! (no compression), written and parsed here by hand.
+//! The gzip encoding of every bundle: one gzip member of *stored* deflate blocks (no
+//! compression), written and parsed here by hand.
 //!
-//! Why not flate2 at some level: the PKI-only reader proves a bundle canonical by recompressing
-//! it and comparing, which works for 20 KiB but would cost a full deflate of every GiB on every
-//! `verify` and `push` (measured with flate2's rust backend: level 1 ~100 MB/s, level 0
-//! ~120–200 MB/s, inflate of level 1 ~220 MB/s). Stored blocks make the canonical form
-//! checkable while streaming at memcpy + CRC-32 speed, and image archives and CNI tarballs are
-//! compressed already (kubeadm's binaries are the only loss, ~2.5×).
+//! Why stored blocks: a bundle must have exactly one encoding, so that one flipped bit anywhere
+//! in a plaintext bundle is fatal (the signature covers the entries, gzip's CRC the tar, but
+//! nothing covers the gzip framing itself). With compressed deflate the only way to prove that
+//! is to recompress and compare, which ties every bundle to one deflate implementation and
+//! version (a flate2 or miniz_oxide release that encodes differently would make every existing
+//! bundle unreadable) and costs a full deflate of every GiB of artifacts on every `verify` and
+//! `push`. Stored blocks are checkable while streaming at memcpy + CRC-32 speed, independent
+//! of any deflate implementation; and compression buys nothing that matters: PKI-only bundles
+//! are ~20 KiB, image archives and CNI tarballs are compressed already (kubeadm's binaries are
+//! the only loss, ~2.5×). Stock `gzip -d` and `tar -xz` read it as any gzip file.
 //!
 //! The one canonical layout: header [`STORED_GZIP_HEADER`]; blocks of exactly
 //! [`BLOCK_LEN`] bytes with the header byte `0x00` (not final, stored, zero padding bits),
 //! then one final block (`0x01`) of fewer than [`BLOCK_LEN`] bytes (possibly none); the trailer's
-//! CRC-32 and length; then nothing. Any other bit anywhere is a rejected bundle, so one flipped
-//! bit in a plaintext bundle is always fatal, as for the PKI-only encoding.
+//! CRC-32 and length; then nothing. Any other bit anywhere is a rejected bundle.
+//!
+//! hapki 0.1.0 and before wrote bundles without artifacts with flate2's best compression; the
+//! reader names that encoding ([`super::format::LEGACY_GZIP_HEADER`]) and says to re-create the
+//! bundle with `hapki bundle`.
 
 use std::io::{self, Read, Write};
 
@@ -123,8 +130,12 @@ impl<R: Read> StoredGzReader<R> {
             if t[..4] != self.crc.sum().to_le_bytes() || t[4..] != self.crc.amount().to_le_bytes() {
                 return Err(bad("gzip trailer CRC-32 or length mismatch (corrupt archive)"));
             }
-            let mut extra = [0u8; 1];
-            if self.inner.read(&mut extra)? != 0 {
+            let mut extra = Vec::with_capacity(2);
+            (&mut self.inner).take(2).read_to_end(&mut extra)?;
+            if extra == [0x1f, 0x8b] {
+                return Err(bad("a second gzip member after the gzip stream"));
+            }
+            if !extra.is_empty() {
                 return Err(bad("trailing data after the gzip stream"));
             }
             self.done = true;

@@ -1,5 +1,6 @@
-//! Builds a bundle: check the PKI, write `bundle.json`, `SHA256SUMS`, its signature and the
-//! `pki/` entries into a deterministic tar.gz, encrypt it, and put it in place atomically.
+//! Builds a bundle: check the PKI, write `bundle.json`, `SHA256SUMS`, its signature, the
+//! `pki/` entries and the artifacts into a deterministic tar in the one gzip encoding of
+//! [`super::stored`], encrypt it, and put it in place atomically.
 //!
 //! Determinism: same files, options, key and creation time give the same tar.gz bytes (an
 //! Ed25519 signature is deterministic; the age layer is not, by design: fresh file key).
@@ -42,37 +43,6 @@ pub enum Protection {
     /// Written as a plain tar.gz, CA private keys readable by anyone holding the file. Only ever
     /// chosen explicitly (`--insecure-plaintext`).
     InsecurePlaintext,
-}
-
-/// Builds the plaintext tar.gz of a bundle in memory and returns it with its manifest.
-///
-/// Refuses (Incoherent, exit 3) a PKI that fails the coherence check: a missing file, a key that
-/// does not match its certificate, a certificate that is not a CA.
-pub fn build(
-    files: &[PkiFile],
-    key: &PrivateKey,
-    opts: &CreateOptions,
-) -> Result<(Manifest, Vec<u8>), BundleError> {
-    let created_at = opts.created_at.replace_nanosecond(0).unwrap_or(opts.created_at);
-    let (discovery, mfiles, entries) = pki_part(files)?;
-    let manifest = manifest(key, opts, discovery, mfiles, Vec::new())?;
-    let manifest_bytes =
-        manifest.to_bytes().map_err(|e| BundleError::Internal(format!("bundle.json: {e}")))?;
-    let mut sums =
-        vec![(format::MANIFEST.to_string(), crate::pki::fingerprint::sha256_hex(&manifest_bytes))];
-    sums.extend(entries.iter().map(|(n, b)| (n.clone(), crate::pki::fingerprint::sha256_hex(b))));
-    let sums = format::render_sums(&sums);
-    let sig = sign::sign(key, &sums)?;
-
-    let mut all: Vec<(String, &[u8])> = vec![
-        (format::MANIFEST.into(), &manifest_bytes),
-        (format::SUMS.into(), &sums),
-        (format::SIGNATURE.into(), &sig),
-    ];
-    all.extend(entries);
-    let tgz = tar_gz(&all, created_at.unix_timestamp().max(0) as u64)
-        .map_err(|e| BundleError::Internal(format!("building the archive: {e}")))?;
-    Ok((manifest, tgz))
 }
 
 /// The manifest fields every bundle shares.
@@ -146,16 +116,6 @@ fn pki_part(
     Ok((discovery, mfiles, entries))
 }
 
-/// The deterministic tar.gz of `entries` (name, bytes), in the given order.
-pub fn tar_gz(entries: &[(String, &[u8])], mtime: u64) -> std::io::Result<Vec<u8>> {
-    let mut tar = tar::Builder::new(Vec::new());
-    for (name, bytes) in entries {
-        let h = tar_header(name, bytes.len() as u64, mtime)?;
-        tar.append(&h, *bytes)?;
-    }
-    gzip(&tar.into_inner()?)
-}
-
 /// The one header shape a bundle entry has; the reader requires exactly these 512 bytes.
 pub(crate) fn tar_header(name: &str, size: u64, mtime: u64) -> std::io::Result<tar::Header> {
     let mut h = tar::Header::new_ustar();
@@ -170,39 +130,6 @@ pub(crate) fn tar_header(name: &str, size: u64, mtime: u64) -> std::io::Result<t
     h.set_entry_type(tar::EntryType::Regular);
     h.set_cksum();
     Ok(h)
-}
-
-/// hapki's one gzip encoding (header [`format::GZIP_HEADER`]); the reader recompresses with it
-/// to check that a bundle's compressed bytes are canonical.
-pub fn gzip(tar: &[u8]) -> std::io::Result<Vec<u8>> {
-    let mut gz = flate2::GzBuilder::new().mtime(0).write(Vec::new(), flate2::Compression::best());
-    gz.write_all(tar)?;
-    gz.finish()
-}
-
-/// Builds a bundle and writes it to `out` atomically (temp file with mode 0600 in the same
-/// directory, fsync, rename): `out` is either the complete bundle or untouched.
-pub fn create(
-    files: &[PkiFile],
-    key: &PrivateKey,
-    opts: &CreateOptions,
-    protection: &Protection,
-    out: &Path,
-) -> Result<Manifest, BundleError> {
-    let (manifest, tgz) = build(files, key, opts)?;
-    let mut tmp = temp_beside(out)?;
-    match protection {
-        Protection::Encrypt(r) => {
-            crypt::encrypt(&tgz, r, std::io::BufWriter::new(tmp.as_file_mut()))?
-                .flush()
-                .map_err(|e| BundleError::io(out, e))?;
-        }
-        Protection::InsecurePlaintext => {
-            tmp.write_all(&tgz).map_err(|e| BundleError::io(out, e))?
-        }
-    }
-    persist_durably(tmp, out)?;
-    Ok(manifest)
 }
 
 /// Where the archive bytes go: straight to the file, or through age.
@@ -235,12 +162,17 @@ impl<W: Write> Sink<W> {
     }
 }
 
-/// Builds a bundle that carries artifacts (and the PKI if `files` is given), streaming: each
-/// source is hashed once (pass 1: `SHA256SUMS` and its signature precede the data), then
-/// streamed into tar → stored-block gzip ([`super::stored`]) → age → a 0600 temp file, hashed
-/// again on the way; a source that changed between the passes fails the build. Memory stays
-/// bounded whatever the sizes. The temp file is renamed to `out` only when complete.
-pub fn create_with_artifacts(
+/// Builds a bundle of the PKI `files`, the `artifacts`, or both, and writes it to `out`
+/// atomically, streaming: each artifact source is hashed once (pass 1: `SHA256SUMS` and its
+/// signature precede the data), then everything is streamed into tar → stored-block gzip
+/// ([`super::stored`]) → age → a 0600 temp file beside `out`, each source hashed again on the
+/// way; a source that changed between the passes fails the build. Memory stays bounded whatever
+/// the sizes. The temp file is fsynced and renamed to `out` only when complete: `out` is either
+/// the complete bundle or untouched.
+///
+/// Refuses (Incoherent, exit 3) a PKI that fails the coherence check: a missing file, a key that
+/// does not match its certificate, a certificate that is not a CA.
+pub fn create(
     files: Option<&[PkiFile]>,
     artifacts: &[crate::artifacts::Artifact],
     key: &PrivateKey,
@@ -248,17 +180,41 @@ pub fn create_with_artifacts(
     protection: &Protection,
     out: &Path,
 ) -> Result<Manifest, BundleError> {
-    if artifacts.is_empty() {
-        let files = files.ok_or_else(|| {
-            BundleError::Usage("nothing to bundle: give --pki-dir, --artifacts, or both".into())
-        })?;
-        return create(files, key, opts, protection, out);
+    if files.is_none() && artifacts.is_empty() {
+        return Err(BundleError::Usage(
+            "nothing to bundle: give --pki-dir, --artifacts, or both".into(),
+        ));
     }
     let (discovery, mfiles, entries) = match files {
         Some(f) => pki_part(f)?,
         None => (String::new(), Vec::new(), Vec::new()),
     };
-    // Pass 1: hash every source once.
+    let marts = hash_artifacts(artifacts)?;
+    let manifest = manifest(key, opts, discovery, mfiles, marts)?;
+    let manifest_bytes = manifest_bytes(&manifest)?;
+    let mut sums =
+        vec![(format::MANIFEST.to_string(), crate::pki::fingerprint::sha256_hex(&manifest_bytes))];
+    sums.extend(entries.iter().map(|(n, b)| (n.clone(), crate::pki::fingerprint::sha256_hex(b))));
+    sums.extend(manifest.artifacts.iter().map(|a| (a.name.clone(), a.sha256.clone())));
+    let sums = format::render_sums(&sums);
+    let sig = sign::sign(key, &sums)?;
+    let mut small: Vec<(String, &[u8])> = vec![
+        (format::MANIFEST.into(), &manifest_bytes),
+        (format::SUMS.into(), &sums),
+        (format::SIGNATURE.into(), &sig),
+    ];
+    small.extend(entries);
+    let mut tmp = temp_beside(out)?;
+    let archive = Archive { small: &small, artifacts, manifest: &manifest };
+    archive.write(tmp.as_file_mut(), protection, out)?;
+    persist_durably(tmp, out)?;
+    Ok(manifest)
+}
+
+/// Pass 1: hash every artifact source once, for `bundle.json` and `SHA256SUMS`.
+fn hash_artifacts(
+    artifacts: &[crate::artifacts::Artifact],
+) -> Result<Vec<format::ManifestArtifact>, BundleError> {
     let mut marts = Vec::with_capacity(artifacts.len());
     for (i, a) in artifacts.iter().enumerate() {
         let (sha, size) = hash_file(&a.source)?;
@@ -280,48 +236,55 @@ pub fn create_with_artifacts(
             size,
         });
     }
-    let manifest = manifest(key, opts, discovery, mfiles, marts)?;
-    let manifest_bytes =
+    Ok(marts)
+}
+
+/// `bundle.json`'s bytes, within the cap the reader holds it to.
+fn manifest_bytes(manifest: &Manifest) -> Result<Vec<u8>, BundleError> {
+    let bytes =
         manifest.to_bytes().map_err(|e| BundleError::Internal(format!("bundle.json: {e}")))?;
-    if manifest_bytes.len() as u64 > format::ARTIFACTS_MANIFEST_MAX {
+    let cap = format::metadata_cap(format::MANIFEST, !manifest.artifacts.is_empty());
+    if bytes.len() as u64 > cap {
         return Err(BundleError::Usage(format!(
-            "bundle.json would be {} bytes, over the {}-byte cap; carry fewer, larger artifacts (pack small files into an archive)",
-            manifest_bytes.len(),
-            format::ARTIFACTS_MANIFEST_MAX
+            "bundle.json would be {} bytes, over the {cap}-byte cap; carry fewer, larger artifacts (pack small files into an archive)",
+            bytes.len(),
         )));
     }
-    let mut sums =
-        vec![(format::MANIFEST.to_string(), crate::pki::fingerprint::sha256_hex(&manifest_bytes))];
-    sums.extend(entries.iter().map(|(n, b)| (n.clone(), crate::pki::fingerprint::sha256_hex(b))));
-    sums.extend(manifest.artifacts.iter().map(|a| (a.name.clone(), a.sha256.clone())));
-    let sums = format::render_sums(&sums);
-    let sig = sign::sign(key, &sums)?;
-    let mtime = manifest.created_at.unix_timestamp().max(0) as u64;
+    Ok(bytes)
+}
 
-    let mut tmp = temp_beside(out)?;
-    let io = |e: std::io::Error| BundleError::io(out, e);
-    {
-        let file = std::io::BufWriter::with_capacity(super::CHUNK, tmp.as_file_mut());
+/// What goes into the archive, in order: the small entries (metadata and `pki/`), then the
+/// artifacts as `manifest` lists them.
+struct Archive<'a> {
+    small: &'a [(String, &'a [u8])],
+    artifacts: &'a [crate::artifacts::Artifact],
+    manifest: &'a Manifest,
+}
+
+impl Archive<'_> {
+    /// Pass 2: the whole archive into `file`, through age unless plaintext.
+    fn write(
+        &self,
+        file: &mut std::fs::File,
+        protection: &Protection,
+        out: &Path,
+    ) -> Result<(), BundleError> {
+        let io = |e: std::io::Error| BundleError::io(out, e);
+        let file = std::io::BufWriter::with_capacity(super::CHUNK, file);
         let sink = match protection {
             Protection::Encrypt(r) => Sink::Age(crypt::encrypt_stream(r, file)?),
             Protection::InsecurePlaintext => Sink::Plain(file),
         };
         let mut gz = super::stored::StoredGzWriter::new(sink).map_err(io)?;
-        let mut small: Vec<(String, &[u8])> = vec![
-            (format::MANIFEST.into(), &manifest_bytes),
-            (format::SUMS.into(), &sums),
-            (format::SIGNATURE.into(), &sig),
-        ];
-        small.extend(entries);
-        for (name, bytes) in &small {
+        let mtime = self.manifest.created_at.unix_timestamp().max(0) as u64;
+        for (name, bytes) in self.small {
             gz.write_all(tar_header(name, bytes.len() as u64, mtime).map_err(io)?.as_bytes())
                 .map_err(io)?;
             gz.write_all(bytes).map_err(io)?;
             gz.write_all(&[0u8; 512][..(512 - bytes.len() % 512) % 512]).map_err(io)?;
         }
-        // Pass 2: stream each source, checking it is still what pass 1 hashed.
         let mut buf = vec![0u8; super::CHUNK];
-        for (a, m) in artifacts.iter().zip(&manifest.artifacts) {
+        for (a, m) in self.artifacts.iter().zip(&self.manifest.artifacts) {
             gz.write_all(tar_header(&m.name, m.size, mtime).map_err(io)?.as_bytes()).map_err(io)?;
             let mut f =
                 std::fs::File::open(&a.source).map_err(|e| BundleError::io(&a.source, e))?;
@@ -333,14 +296,12 @@ pub fn create_with_artifacts(
             }
             gz.write_all(&[0u8; 512][..((512 - m.size % 512) % 512) as usize]).map_err(io)?;
         }
-        // End of archive: two zero blocks, as tar::Builder writes them for PKI-only bundles.
+        // End of archive: two zero blocks, no record padding.
         gz.write_all(&[0u8; 1024]).map_err(io)?;
         let sink = gz.finish().map_err(io)?;
         let mut file = sink.finish().map_err(io)?;
-        file.flush().map_err(io)?;
+        file.flush().map_err(io)
     }
-    persist_durably(tmp, out)?;
-    Ok(manifest)
 }
 
 /// A temporary file in `out`'s directory (so the final rename stays on one filesystem), created

@@ -177,15 +177,9 @@ pub fn bundle(args: BundleArgs) -> anyhow::Result<u8> {
         serial: args.serial,
         source: sources.join(" "),
     };
-    let manifest = bundle::create_with_artifacts(
-        files.as_deref(),
-        &artifacts,
-        &key,
-        &opts,
-        &protection,
-        &args.out,
-    )
-    .categorized()?;
+    let manifest =
+        bundle::create(files.as_deref(), &artifacts, &key, &opts, &protection, &args.out)
+            .categorized()?;
     let encrypted = matches!(protection, Protection::Encrypt(_));
     match args.output {
         Output::Json => print_json(&serde_json::json!({

@@ -8,13 +8,10 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 
 use hapki::bundle;
-use hapki::inventory::Role;
 use hapki::push::backups::{self, BackupOp, NodeBackups};
-use hapki::push::stream::{Event, NodeTarget};
-use hapki::push::{self, NodeStatus, Payload, PushOptions, PushReport, Step};
-
-/// Above this size a bundle cannot be PKI-only (the reader's cap on a compressed PKI bundle).
-const PKI_BUNDLE_MAX: u64 = 2 * 1024 * 1024;
+use hapki::push::{
+    self, BundleSource, Event, NodeStatus, NodeTarget, PushOptions, PushReport, PushRun, Step,
+};
 
 use super::nodes::NodeArgs;
 use super::ssh::SshArgs;
@@ -87,109 +84,101 @@ pub fn run(args: PushArgs) -> anyhow::Result<u8> {
         ));
     };
     let targets = push_targets(&args)?;
-    if targets.is_empty() {
-        return Err(super::usage_error(
-            "no target nodes: the inventory has no control-plane node besides the first master",
-        ));
-    }
     let (trust, ids) = super::nodes::load_trust(trust_path, &args.principal, &args.decrypt_key)?;
     let transport = args.ssh.transport()?;
     let mut opts = PushOptions::new(args.replace, args.dry_run, args.parallel);
     opts.allow_downgrade = args.allow_downgrade;
 
-    // One line per node: its step, then (for artifacts) a byte bar with rate and ETA.
-    let multi = stderr_is_tty().then(indicatif::MultiProgress::new);
-    let bars: Mutex<HashMap<String, indicatif::ProgressBar>> = Mutex::new(HashMap::new());
-    let width = targets.iter().map(|t| t.target.name.len()).max().unwrap_or(4);
-    let progress = |node: &str, ev: Event| {
-        let Some(m) = &multi else { return };
-        let mut bars = bars.lock().unwrap_or_else(|p| p.into_inner());
-        let bar = bars.entry(node.to_string()).or_insert_with(|| {
-            let b = m.add(indicatif::ProgressBar::new_spinner());
-            b.set_style(
-                indicatif::ProgressStyle::with_template(&format!(
-                    "{{prefix:{width}}} {{spinner}} {{wide_msg}}"
-                ))
-                .unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner()),
-            );
-            b.set_prefix(node.to_string());
-            b.enable_steady_tick(std::time::Duration::from_millis(120));
-            b
-        });
-        match ev {
-            Event::Step(Step::Done) => bar.finish_with_message("done"),
-            Event::Step(s) => bar.set_message(format!("{s:?}").to_lowercase()),
-            Event::Sending { sent, total } => {
-                if bar.length() != Some(total) {
-                    bar.set_length(total);
-                    bar.set_style(
-                        indicatif::ProgressStyle::with_template(&format!(
-                            "{{prefix:{width}}} [{{bar:30}}] {{bytes}}/{{total_bytes}} {{binary_bytes_per_sec}} ETA {{eta}} {{msg}}"
-                        ))
-                        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
-                    );
-                    // The rate counts from the first byte, not from when the node connected
-                    // (sending starts only once every node has planned).
-                    bar.set_message("");
-                    bar.reset_elapsed();
-                    bar.reset_eta();
-                }
-                bar.set_position(sent);
-                if sent == total {
-                    // The node hashes what it staged and waits for the whole bundle to verify.
-                    bar.set_message("checking");
-                }
-            }
-        }
+    let bars = Bars::new(&targets);
+    let progress = |node: &str, ev: Event| bars.event(node, ev);
+    let run = PushRun {
+        bundle: BundleSource {
+            path: bundle_path,
+            trust: &trust,
+            identities: &ids,
+            verify: bundle::VerifyOptions::default(),
+        },
+        targets: &targets,
+        transport: transport.as_ref(),
+        opts: &opts,
+        progress: &progress,
     };
-    // A PKI-only bundle is small (the reader caps it at 2 MiB): verify it whole here first,
-    // then one SSH exec per node does facts, decision and install. Only bundles that carry
-    // artifacts take the streaming path, which verifies while it streams and installs nothing
-    // anywhere until the whole bundle has verified.
-    let size = std::fs::metadata(bundle_path).map(|m| m.len()).unwrap_or(u64::MAX);
-    if size <= PKI_BUNDLE_MAX {
-        let verified =
-            bundle::open_and_verify(bundle_path, &trust, &ids, &bundle::VerifyOptions::default())
-                .categorized()?;
-        if verified.manifest.artifacts.is_empty() {
-            let pki_targets: Vec<_> =
-                targets.iter().filter(|t| t.pki).map(|t| t.target.clone()).collect();
-            if pki_targets.is_empty() {
-                return Err(super::usage_error(
-                    "no target nodes for this bundle: it holds only the PKI, and the inventory has no control-plane node besides the first master",
-                ));
-            }
-            let payload = Payload::from_verified(&verified).categorized()?;
-            let step = |node: &str, s: Step| progress(node, Event::Step(s));
-            let report = push::push(&payload, &pki_targets, transport.as_ref(), &opts, &step);
-            if let Some(m) = &multi {
-                let _ = m.clear();
-            }
-            print_report(&report, args.output)?;
-            return Ok(report.category().map(Category::exit_code).unwrap_or(0));
-        }
-    }
-    let result = push::stream::push_bundle(
-        bundle_path,
-        &trust,
-        &ids,
-        &bundle::VerifyOptions::default(),
-        &targets,
-        transport.as_ref(),
-        &opts,
-        &progress,
-    );
-    if let Some(m) = &multi {
-        let _ = m.clear();
-    }
+    let result = push::push(&run);
+    bars.clear();
     let report = result.categorized()?;
-    if report.nodes.is_empty() {
-        return Err(super::usage_error(
-            "no target nodes for this bundle: it holds only the PKI, and the inventory has no control-plane node besides the first master",
-        ));
-    }
     print_report(&report, args.output)?;
     Ok(report.category().map(Category::exit_code).unwrap_or(0))
+}
+
+/// One line per node on a terminal: its step, then (for artifacts) a byte bar with rate and ETA.
+struct Bars {
+    multi: Option<indicatif::MultiProgress>,
+    bars: Mutex<HashMap<String, indicatif::ProgressBar>>,
+    width: usize,
+}
+
+impl Bars {
+    fn new(targets: &[NodeTarget]) -> Self {
+        Bars {
+            multi: stderr_is_tty().then(indicatif::MultiProgress::new),
+            bars: Mutex::new(HashMap::new()),
+            width: targets.iter().map(|t| t.target.name.len()).max().unwrap_or(4),
+        }
+    }
+
+    fn event(&self, node: &str, ev: Event) {
+        let Some(m) = &self.multi else { return };
+        let mut bars = self.bars.lock().unwrap_or_else(|p| p.into_inner());
+        let bar = bars.entry(node.to_string()).or_insert_with(|| self.spinner(m, node));
+        match ev {
+            Event::Step(Step::Done) => bar.finish_with_message("done"),
+            Event::Step(s) => bar.set_message(s.to_string()),
+            Event::Sending { sent, total } => self.sending(bar, sent, total),
+        }
+    }
+
+    fn spinner(&self, m: &indicatif::MultiProgress, node: &str) -> indicatif::ProgressBar {
+        let b = m.add(indicatif::ProgressBar::new_spinner());
+        b.set_style(
+            indicatif::ProgressStyle::with_template(&format!(
+                "{{prefix:{}}} {{spinner}} {{wide_msg}}",
+                self.width
+            ))
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner()),
+        );
+        b.set_prefix(node.to_string());
+        b.enable_steady_tick(std::time::Duration::from_millis(120));
+        b
+    }
+
+    fn sending(&self, bar: &indicatif::ProgressBar, sent: u64, total: u64) {
+        if bar.length() != Some(total) {
+            bar.set_length(total);
+            bar.set_style(
+                indicatif::ProgressStyle::with_template(&format!(
+                    "{{prefix:{}}} [{{bar:30}}] {{bytes}}/{{total_bytes}} {{binary_bytes_per_sec}} ETA {{eta}} {{msg}}",
+                    self.width
+                ))
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+            );
+            // The rate counts from the first byte, not from when the node connected (sending
+            // starts only once every node has planned).
+            bar.set_message("");
+            bar.reset_elapsed();
+            bar.reset_eta();
+        }
+        bar.set_position(sent);
+        if sent == total {
+            // The node hashes what it staged and waits for the whole bundle to verify.
+            bar.set_message("checking");
+        }
+    }
+
+    fn clear(&self) {
+        if let Some(m) = &self.multi {
+            let _ = m.clear();
+        }
+    }
 }
 
 /// `--list-backups` / `--prune-backups`: the same target nodes as a push, one exec each.
@@ -246,27 +235,17 @@ fn escape(s: &str) -> String {
         .collect()
 }
 
-/// With an inventory: every node (the first master and workers get artifacts only, the other
-/// control planes the PKI as well); with --nodes: the nodes given, all PKI targets.
+/// With an inventory: every node in it; with --nodes: the nodes given. Which of them get the
+/// PKI is the library's decision ([`push::targets`]).
 fn push_targets(args: &PushArgs) -> anyhow::Result<Vec<NodeTarget>> {
     if args.nodes.nodes.is_none() && args.nodes.inventory.is_some() {
         let (inv, all) = args.nodes.all(&args.ssh)?;
-        let first = inv.as_ref().map(|i| i.first_master().name.clone()).unwrap_or_default();
-        return Ok(all
-            .into_iter()
-            .map(|s| NodeTarget {
-                pki: s.role == Role::ControlPlane && s.target.name != first,
-                role: s.role,
-                target: s.target,
-            })
-            .collect());
+        let first = inv.as_ref().map(|i| i.first_master().name.clone());
+        let nodes = all.into_iter().map(|s| (s.target, s.role));
+        return Ok(push::targets(nodes, first.as_deref()));
     }
-    Ok(args
-        .nodes
-        .push_targets(&args.ssh)?
-        .into_iter()
-        .map(|s| NodeTarget { target: s.target, role: s.role, pki: true })
-        .collect())
+    let nodes = args.nodes.push_targets(&args.ssh)?.into_iter().map(|s| (s.target, s.role));
+    Ok(push::targets(nodes, None))
 }
 
 fn print_report(report: &PushReport, output: Output) -> anyhow::Result<()> {
@@ -276,8 +255,7 @@ fn print_report(report: &PushReport, output: Output) -> anyhow::Result<()> {
             let w = report.nodes.iter().map(|n| n.node.len()).max().unwrap_or(4).max(4);
             println!("{:w$}  {:9}  MESSAGE", "NODE", "STATUS");
             for n in &report.nodes {
-                let status = serde_json::to_value(n.status)?.as_str().unwrap_or("?").to_string();
-                println!("{:w$}  {:9}  {}", n.node, status, n.message);
+                println!("{:w$}  {:9}  {}", n.node, n.status.to_string(), n.message);
             }
             let failed = report.nodes.iter().filter(|n| n.status == NodeStatus::Failed).count();
             if failed > 0 {

@@ -1,26 +1,35 @@
-//! `hapki push`: put a verified bundle's shared files on every target control-plane node.
+//! `hapki push`: put a verified bundle's shared files and artifacts on every target node.
 //!
-//! Per node, on one SSH connection: read the node's facts (read-only), [`plan::plan`] what to
-//! do, then run the node install script once, which takes the node's lock, stages and verifies
-//! the bundle on the node's own disk with the node's own `ssh-keygen` and `sha256sum`, and
-//! installs by rename. Nodes run in parallel, bounded; a failure on one never stops the others.
+//! One engine, [`push`]: one streaming pass over the bundle feeds the nodes ([`stream`]), and
+//! each node gets one SSH exec ([`node`]): it prints its facts, hapki [`plan::plan`]s while the
+//! command waits, and the decision, the small parts and any artifacts the node lacks follow on
+//! the same stdin. The node's install script takes its lock, stages and verifies everything on
+//! the node's own disk with its own `ssh-keygen` and `sha256sum`, and installs by rename only
+//! once it reads "commit", which is sent only once the whole bundle has verified here.
+//!
+//! A PKI-only bundle is one with zero artifacts: its head is the whole bundle, verified to its
+//! last byte before any node is contacted, so "commit" goes with each node's decision and the
+//! nodes need not share a pass (at most `parallel` at once, each starting as another ends).
+//! With artifacts, nodes go in batches of `parallel`, one pass over the bundle per batch.
+//! A failure on one node never stops the others.
 
 pub mod backups;
 pub mod exchange;
+mod node;
 pub mod plan;
-pub mod stream;
+mod stream;
 
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::path::Path;
 
 use serde::Serialize;
 
-use crate::error::Category;
-use crate::node::{self, facts::NodeFacts};
-use crate::transport::{self, Target, Transport};
-use exchange::{DecisionSource, Exchange, FactsSink};
+use crate::bundle::{AllowedSigners, BundleError, Identities, VerifyOptions};
+use crate::error::{Categorized, Category};
+use crate::inventory::Role;
+use crate::node as remote;
+use crate::transport::{Target, Transport};
 
-pub use plan::{plan, Plan};
+pub use plan::{plan, targets, Plan};
 
 /// One shared file as it will be installed.
 #[derive(Clone)]
@@ -65,16 +74,9 @@ impl Payload {
         self.files.iter().find(|f| f.name == name)
     }
 
-    /// The install script's trailing arguments and the matching stdin bytes, ending with the
-    /// confirmation word (the payload was verified in full before it was built).
-    fn parts(&self) -> (Vec<String>, Vec<u8>) {
-        let (args, mut data) = self.parts_for(true);
-        data.extend_from_slice(b"commit\n");
-        (args, data)
-    }
-
-    /// The signed metadata parts, and the `pki/` files if `pki`; no confirmation word.
-    fn parts_for(&self, pki: bool) -> (Vec<String>, Vec<u8>) {
+    /// The install script's trailing arguments for the signed metadata parts, and the `pki/`
+    /// files if `pki`, with the matching stdin bytes (no confirmation word).
+    fn parts(&self, pki: bool) -> (Vec<String>, Vec<u8>) {
         let mut args = Vec::new();
         let mut data = Vec::new();
         let mut add = |name: &str, bytes: &[u8], mode: u32| {
@@ -157,7 +159,7 @@ pub struct PushOptions {
     pub replace: bool,
     pub dry_run: bool,
     pub parallel: usize,
-    pub paths: node::NodePaths,
+    pub paths: remote::NodePaths,
     /// This push's id: the UTC time and random bits. Names the backup directory on each node
     /// (`/var/lib/hapki/backup/<stamp>`, unique, so no later push touches it) and the staging
     /// directories next to artifacts (so a node removes only its own dead ones).
@@ -177,7 +179,7 @@ impl PushOptions {
             replace,
             dry_run,
             parallel: parallel.max(1),
-            paths: node::NodePaths::default(),
+            paths: remote::NodePaths::default(),
             stamp,
             allow_downgrade: false,
         }
@@ -193,8 +195,100 @@ pub enum Step {
     Done,
 }
 
+impl std::fmt::Display for Step {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Step::Connecting => "connecting",
+            Step::Inspecting => "inspecting",
+            Step::Installing => "installing",
+            Step::Done => "done",
+        })
+    }
+}
+
+/// What the library reports while it pushes (the binary draws progress bars from it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Event {
+    Step(Step),
+    /// Bytes of artifacts sent to the node so far, out of `total` planned for it.
+    Sending {
+        sent: u64,
+        total: u64,
+    },
+}
+
+/// A node push may send something to.
+#[derive(Debug, Clone)]
+pub struct NodeTarget {
+    pub target: Target,
+    pub role: Role,
+    /// Whether the node gets the shared PKI (see [`targets`]).
+    pub pki: bool,
+}
+
+/// The bundle a push reads, and what it must pass.
+pub struct BundleSource<'a> {
+    pub path: &'a Path,
+    pub trust: &'a AllowedSigners,
+    pub identities: &'a Identities,
+    pub verify: VerifyOptions,
+}
+
+/// One push: the bundle, the nodes, how to reach them, the operator's options and where
+/// progress goes. Everything the engine needs, in one place.
+pub struct PushRun<'a> {
+    pub bundle: BundleSource<'a>,
+    pub targets: &'a [NodeTarget],
+    pub transport: &'a dyn Transport,
+    pub opts: &'a PushOptions,
+    pub progress: &'a (dyn Fn(&str, Event) + Sync),
+}
+
+/// Why a push did not get as far as the nodes.
+#[derive(Debug, thiserror::Error)]
+pub enum PushError {
+    /// The bundle was rejected: nothing was installed anywhere.
+    #[error(transparent)]
+    Bundle(#[from] BundleError),
+    /// No node gets anything from this bundle.
+    #[error("no target nodes for this bundle: {0}")]
+    NoTargets(&'static str),
+}
+
+impl Categorized for PushError {
+    fn category(&self) -> Category {
+        match self {
+            PushError::Bundle(e) => e.category(),
+            PushError::NoTargets(_) => Category::Usage,
+        }
+    }
+}
+
+/// Pushes the bundle to every target (see the module docs) and reports each node's outcome in
+/// the order given. `Err` means nothing was installed anywhere: the bundle was rejected, or no
+/// node gets anything from it; node failures are in the report.
+pub fn push(run: &PushRun<'_>) -> Result<PushReport, PushError> {
+    let queue = stream::Queue::new(run.targets.len());
+    let artifacts = loop {
+        let artifacts = stream::pass(run, &queue)?;
+        if queue.is_empty() {
+            break artifacts;
+        }
+    };
+    let nodes = queue.into_results();
+    if nodes.is_empty() {
+        return Err(PushError::NoTargets(if artifacts {
+            "no node has a role its artifacts are for, and the inventory has no control-plane node besides the first master"
+        } else {
+            "it holds only the PKI, and the inventory has no control-plane node besides the first master"
+        }));
+    }
+    let ok = nodes.iter().all(|n| n.status != NodeStatus::Failed);
+    Ok(PushReport { ok, nodes })
+}
+
 /// A node whose install script confirmed the install; `stdout` names the backup, if any.
-pub(crate) fn installed(node: &str, reason: String, stdout: &str) -> NodeResult {
+fn installed(node: &str, reason: String, stdout: &str) -> NodeResult {
     let backup = stdout.lines().find_map(|l| l.strip_prefix("backup ")).map(str::to_string);
     let kubeconfigs: Vec<&str> =
         stdout.lines().filter_map(|l| l.strip_prefix("kubeconfig ")).collect();
@@ -216,12 +310,12 @@ pub(crate) fn installed(node: &str, reason: String, stdout: &str) -> NodeResult 
 }
 
 /// A node whose install script failed: its exit code picks the category, its stderr the message.
-pub(crate) fn install_failed(node: &str, out: &crate::transport::RemoteOutput) -> NodeResult {
+fn install_failed(node: &str, out: &crate::transport::RemoteOutput) -> NodeResult {
     let category = match out.code {
-        Some(node::install_exit::VERIFY) => Category::Verification,
+        Some(remote::install_exit::VERIFY) => Category::Verification,
         _ => Category::NodesFailed,
     };
-    let msg = node::stderr_tail(&out.stderr);
+    let msg = remote::stderr_tail(&out.stderr);
     let msg = if msg.is_empty() {
         match (&out.code, &out.signal) {
             (Some(c), _) => format!("the install script failed (exit {c})"),
@@ -235,7 +329,7 @@ pub(crate) fn install_failed(node: &str, out: &crate::transport::RemoteOutput) -
     failed(node, category, msg)
 }
 
-pub(crate) fn failed(node: &str, category: Category, message: impl Into<String>) -> NodeResult {
+fn failed(node: &str, category: Category, message: impl Into<String>) -> NodeResult {
     NodeResult {
         node: node.into(),
         status: NodeStatus::Failed,
@@ -246,183 +340,9 @@ pub(crate) fn failed(node: &str, category: Category, message: impl Into<String>)
     }
 }
 
-/// The decision that makes the node install: the install script's arguments on one line (every
-/// word is from a checked alphabet, so the node splits it safely), then the parts' bytes.
-pub(crate) fn install_decision(
-    action: &str,
-    reissue_ca: bool,
-    payload: &Payload,
-    facts: &NodeFacts,
-    opts: &PushOptions,
-    parts: &[String],
-    data: &[u8],
-) -> Vec<u8> {
-    let mut line = format!(
-        "{action} {} {} {} {} {}",
-        payload.principal,
-        facts.shared_state_token(),
-        payload.serial,
-        opts.stamp,
-        install_flags(opts.allow_downgrade, reissue_ca)
-    );
-    for p in parts {
-        line.push(' ');
-        line.push_str(p);
-    }
-    line.push('\n');
-    let mut bytes = line.into_bytes();
-    bytes.extend_from_slice(data);
-    bytes
-}
-
-/// The install script's flags word: `-`, or a comma list of `allow-downgrade` and `reissue-ca`
-/// (the bundle's `ca.crt` is a same-key re-issue of the node's: the node updates every
-/// kubeconfig whose `certificate-authority-data` is the old one in the same install).
-fn install_flags(allow_downgrade: bool, reissue_ca: bool) -> String {
-    let flags: Vec<&str> = [(allow_downgrade, "allow-downgrade"), (reissue_ca, "reissue-ca")]
-        .into_iter()
-        .filter_map(|(on, f)| on.then_some(f))
-        .collect();
-    if flags.is_empty() {
-        "-".into()
-    } else {
-        flags.join(",")
-    }
-}
-
-/// Whether a plan installs a same-key re-issue of the cluster CA (`ca.crt`).
-pub(crate) fn reissues_cluster_ca(reissued: &[String]) -> bool {
-    reissued.iter().any(|n| n == "ca.crt")
-}
-
-/// What the decision made of the node's facts, for the report.
-type Decided = Result<Plan, String>;
-
-fn push_one(
-    payload: &Arc<Payload>,
-    target: &Target,
-    transport: &dyn Transport,
-    opts: &PushOptions,
-    progress: &(dyn Fn(&str, Step) + Sync),
-) -> NodeResult {
-    let name = target.name.as_str();
-    progress(name, Step::Connecting);
-    let mut session = match transport.connect(target) {
-        Ok(s) => s,
-        Err(e) => {
-            use crate::error::Categorized;
-            return failed(name, e.category(), e.to_string());
-        }
-    };
-    progress(name, Step::Inspecting);
-    let decided: Arc<Mutex<Option<Decided>>> = Arc::default();
-    let exchange = {
-        let (payload, decided, opts) = (payload.clone(), decided.clone(), opts.clone());
-        let pki_dir = opts.paths.pki_dir();
-        Exchange::new(target.connect_timeout + Duration::from_secs(60), move |out| {
-            let facts = match NodeFacts::parse(out, &pki_dir) {
-                Ok(f) => f,
-                Err(e) => {
-                    *decided.lock().unwrap_or_else(|p| p.into_inner()) = Some(Err(e.to_string()));
-                    return b"skip\n".to_vec();
-                }
-            };
-            let plan = plan(&payload, &facts, opts.replace, opts.allow_downgrade);
-            let send = match &plan {
-                Plan::Install { replacing, reissued, .. } if !opts.dry_run => {
-                    let action = if replacing.is_empty() { "install" } else { "replace" };
-                    let (parts, data) = payload.parts();
-                    let re = reissues_cluster_ca(reissued);
-                    install_decision(action, re, &payload, &facts, &opts, &parts, &data)
-                }
-                _ => b"skip\n".to_vec(),
-            };
-            *decided.lock().unwrap_or_else(|p| p.into_inner()) = Some(Ok(plan));
-            send
-        })
-    };
-    let pki_dir = opts.paths.pki_dir();
-    let args = [opts.paths.kube_dir.as_str(), opts.paths.state_dir.as_str()];
-    let mut stdin = DecisionSource(exchange.clone());
-    let mut stdout = FactsSink(exchange.clone());
-    let out = session.run_streaming(&node::push_script(), &args, &mut stdin, &mut stdout);
-    progress(name, Step::Done);
-    let decision = decided.lock().unwrap_or_else(|p| p.into_inner()).take();
-    let out = match (out, decision) {
-        (Err(e), Some(Ok(Plan::Install { .. }))) => {
-            return failed(
-                name,
-                Category::NodesFailed,
-                format!(
-                    "{e}; the node's installed files were not changed, push again to complete it"
-                ),
-            )
-        }
-        (Err(e), _) => return failed(name, Category::NodesFailed, e.to_string()),
-        (Ok(o), _) if !exchange.decided() => {
-            let why = node::stderr_tail(&o.stderr);
-            return failed(
-                name,
-                Category::NodesFailed,
-                format!("reading the node's state under {pki_dir} failed: {why}"),
-            );
-        }
-        (Ok(_), Some(Err(e))) => return failed(name, Category::NodesFailed, e),
-        (Ok(_), None) => {
-            return failed(name, Category::NodesFailed, "the node sent no facts to decide on")
-        }
-        (Ok(o), Some(Ok(plan))) => (o, plan),
-    };
-    let (out, plan) = out;
-    match plan {
-        Plan::Unchanged => NodeResult {
-            node: name.into(),
-            status: NodeStatus::Unchanged,
-            message: "the eight shared files are already in place".into(),
-            category: None,
-            backup: None,
-        },
-        Plan::Refuse { category, reason } => failed(name, category, reason),
-        Plan::Install { reason, .. } if opts.dry_run => NodeResult {
-            node: name.into(),
-            status: NodeStatus::Planned,
-            message: format!("would {reason}"),
-            category: None,
-            backup: None,
-        },
-        Plan::Install { reason, .. } => {
-            if !out.success() {
-                return install_failed(name, &out);
-            }
-            let after = exchange.after_facts();
-            let stdout = String::from_utf8_lossy(&after);
-            if !stdout.lines().any(|l| l == "installed") {
-                return failed(
-                    name,
-                    Category::NodesFailed,
-                    "the install script ended without confirming the install",
-                );
-            }
-            installed(name, reason, &stdout)
-        }
-    }
-}
-
-/// Pushes to every target, at most `opts.parallel` at once, and reports each node's outcome in
-/// the order given.
-pub fn push(
-    payload: &Payload,
-    targets: &[Target],
-    transport: &dyn Transport,
-    opts: &PushOptions,
-    progress: &(dyn Fn(&str, Step) + Sync),
-) -> PushReport {
-    let payload = Arc::new(payload.clone());
-    let nodes = transport::for_each_parallel(targets, opts.parallel, |t| {
-        push_one(&payload, t, transport, opts, progress)
-    });
-    let ok = nodes.iter().all(|n| n.status != NodeStatus::Failed);
-    PushReport { ok, nodes }
+/// A node that needs nothing written, or one a dry run only inspected.
+fn done(node: &str, status: NodeStatus, message: String) -> NodeResult {
+    NodeResult { node: node.into(), status, message, category: None, backup: None }
 }
 
 /// Why a verified bundle could not be turned into a payload (only a malformed signature blob,
@@ -476,5 +396,18 @@ impl Payload {
                 })
                 .collect(),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn statuses_print_as_the_json_names_them() {
+        use NodeStatus::*;
+        for s in [Installed, Unchanged, Joined, Planned, Skipped, Failed] {
+            assert_eq!(serde_json::to_value(s).unwrap(), s.to_string());
+        }
     }
 }

@@ -1,12 +1,34 @@
-//! Deciding, from a node's facts alone, what a push does there. Pure and side-effect free, so
-//! every branch is unit-tested without a node.
+//! Deciding what a push does: which nodes it goes to ([`targets`]), and, from a node's facts
+//! alone, what it does there ([`plan`]). Pure and side-effect free, so every branch is
+//! unit-tested without a node.
 
 use crate::error::Category;
+use crate::inventory::Role;
 use crate::node::facts::{NodeFacts, PathKind};
 use crate::pki::chain::{self, ChainCheck};
 use crate::pki::renew::{self, Ca, Reissue};
+use crate::transport::Target;
 
-use super::Payload;
+use super::{NodeTarget, Payload};
+
+/// Which nodes a push goes to, and which of them get the shared PKI. Every node given is a
+/// target (it gets the artifacts its role is named in); the PKI goes to control planes only:
+/// never to a worker (a worker's `ca.crt` comes with `kubeadm join`, and a CA key there is an
+/// audit finding), nor to `first_master`, the node the cluster's PKI comes from. `None` when
+/// the operator named the nodes: every control plane named gets the PKI.
+pub fn targets(
+    nodes: impl IntoIterator<Item = (Target, Role)>,
+    first_master: Option<&str>,
+) -> Vec<NodeTarget> {
+    nodes
+        .into_iter()
+        .map(|(target, role)| NodeTarget {
+            pki: role == Role::ControlPlane && Some(target.name.as_str()) != first_master,
+            role,
+            target,
+        })
+        .collect()
+}
 
 /// What push will do on one node.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -237,6 +259,30 @@ mod tests {
                 .insert(file.name.clone(), state(PathKind::File, file.mode, Some(&file.sha256)));
         }
         f
+    }
+
+    #[test]
+    fn the_pki_goes_to_control_planes_but_never_the_first_master_nor_workers() {
+        let node = |name: &str, role| (Target::new(name, "127.0.0.1", "/dev/null".into()), role);
+        let nodes = || {
+            [
+                node("m1", Role::ControlPlane),
+                node("m2", Role::ControlPlane),
+                node("w1", Role::Worker),
+            ]
+        };
+        let pki = |ts: Vec<NodeTarget>| {
+            ts.iter().map(|t| (t.target.name.clone(), t.pki)).collect::<Vec<_>>()
+        };
+        let s = |n: &str| n.to_string();
+        assert_eq!(
+            pki(targets(nodes(), Some("m1"))),
+            [(s("m1"), false), (s("m2"), true), (s("w1"), false)]
+        );
+        assert_eq!(
+            pki(targets(nodes(), None)),
+            [(s("m1"), true), (s("m2"), true), (s("w1"), false)]
+        );
     }
 
     #[test]

@@ -1,84 +1,137 @@
-//! `push` of a bundle that may carry artifacts: one streaming pass over the bundle, fanned out
-//! to every node at once.
+//! One pass over the bundle, fanned out to the nodes it serves.
 //!
 //! One thread reads the bundle (decrypt → stored gzip → tar, [`crate::bundle::open_streaming`])
-//! and hashes each byte once; every node has its own worker thread and one SSH exec, as for a
-//! PKI-only push ([`super::exchange`]): the node prints its facts, the worker decides while the
-//! command waits, and the decision, the small parts and then the artifacts follow on the same
-//! stdin, fed through a bounded channel of shared chunks. A slow node throttles
-//! the reader (its channel fills up); a failed node's channel is dropped and the others carry
-//! on. Nodes stage each artifact next to its destination and check it against the signed
-//! `SHA256SUMS` themselves; nothing is moved into place until the reader has verified the whole
-//! bundle and sends "commit" — one flipped byte anywhere and no node installs anything.
+//! and hashes each byte once; every node worker has its own thread and one SSH exec
+//! ([`super::node`]). The verified head (everything before the first artifact) goes to every
+//! worker; each node prints its facts, plans, and says which artifacts it lacks; only then are
+//! the artifacts read, each chunk sent to the nodes that want it through bounded channels of
+//! shared chunks. A slow node throttles the reader (its channel fills up); a failed node's
+//! channel is dropped and the others carry on. Nodes stage each artifact next to its destination
+//! and check it against the signed `SHA256SUMS` themselves; nothing is moved into place until
+//! the reader has verified the whole bundle and sends "commit" — one flipped byte anywhere and
+//! no node installs anything.
 //!
-//! Incremental: each node's facts include the SHA-256 of every artifact destination its role
-//! gets; an artifact already there with the signed hash, mode and owner is not sent.
+//! A bundle without artifacts has nothing to stream: its head comes only once the whole file
+//! has verified, so each node's decision carries "commit" itself, and the pass's workers take
+//! node after node from the [`Queue`] until it is empty, without waiting for one another.
 
 use std::cell::RefCell;
 use std::collections::BTreeSet;
 use std::io::Read;
-use std::path::Path;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc::{self, Receiver, SyncSender};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::mpsc::{self, Receiver, Sender, SyncSender};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
-use crate::artifacts::{self, After, Role};
-use crate::bundle::{
-    self, AllowedSigners, ArtifactEvent, BundleError, Identities, ManifestArtifact, VerifiedBundle,
-    VerifyOptions,
-};
-use crate::error::{Categorized, Category};
-use crate::node::{self, facts::NodeFacts, facts::PathKind};
-use crate::transport::{Target, Transport};
+use crate::bundle::{self, ArtifactEvent, BundleError, VerifiedBundle};
 
-use super::exchange::{DecisionSource, Exchange, FactsSink};
-use super::{failed, plan, NodeResult, NodeStatus, Payload, Plan, PushOptions, PushReport, Step};
-
-/// A node push may send something to.
-#[derive(Debug, Clone)]
-pub struct NodeTarget {
-    pub target: Target,
-    pub role: Role,
-    /// Whether the node gets the shared PKI (a control plane other than the first master).
-    pub pki: bool,
-}
-
-/// What the library reports while it pushes (the binary draws progress bars from it).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Event {
-    Step(Step),
-    /// Bytes of artifacts sent to the node so far, out of `total` planned for it.
-    Sending {
-        sent: u64,
-        total: u64,
-    },
-}
+use super::{node, NodeResult, Payload, PushRun};
 
 /// Bytes in flight to all nodes together: each node's channel holds its share (4 to 32 chunks
 /// of [`bundle::CHUNK`]), so memory stays bounded whatever the payload while each node can fall
 /// a few MiB behind the others (scheduling hiccups) without stalling them.
 const IN_FLIGHT: usize = 32 << 20;
 
-/// How long a node may take to print its facts (see `node_worker`): they hash every artifact
-/// already at its destination, minutes for tens of GiB (4 GiB took 5 s here), so an hour is
-/// generous; it bounds a hostile node that trickles its facts below the size cap, keeping the
-/// transport's idle timeout from being reset for ever.
-const FACTS_DEADLINE: Duration = Duration::from_secs(3600);
-
 fn depth(nodes: usize) -> usize {
     (IN_FLIGHT / bundle::CHUNK / nodes.max(1)).clamp(4, 32)
 }
 
-enum Msg {
+/// The targets not yet taken by a pass, and every node's result by target index.
+pub(super) struct Queue {
+    next: AtomicUsize,
+    results: Mutex<Vec<Option<NodeResult>>>,
+}
+
+impl Queue {
+    pub(super) fn new(len: usize) -> Self {
+        Queue { next: AtomicUsize::new(0), results: Mutex::new((0..len).map(|_| None).collect()) }
+    }
+
+    fn len(&self) -> usize {
+        self.results.lock().unwrap_or_else(|p| p.into_inner()).len()
+    }
+
+    fn left(&self) -> usize {
+        self.len().saturating_sub(self.next.load(Ordering::SeqCst))
+    }
+
+    pub(super) fn is_empty(&self) -> bool {
+        self.left() == 0
+    }
+
+    fn take(&self) -> Option<usize> {
+        let i = self.next.fetch_add(1, Ordering::SeqCst);
+        (i < self.len()).then_some(i)
+    }
+
+    fn put(&self, i: usize, r: Option<NodeResult>) {
+        self.results.lock().unwrap_or_else(|p| p.into_inner())[i] = r;
+    }
+
+    /// The results in target order; nodes with nothing to do with the bundle are left out.
+    pub(super) fn into_results(self) -> Vec<NodeResult> {
+        let results = self.results.into_inner().unwrap_or_else(|p| p.into_inner());
+        results.into_iter().flatten().collect()
+    }
+}
+
+/// What every node of a pass gets once the bundle's head has verified.
+pub(super) struct Head {
+    pub payload: Payload,
+    pub bundle: VerifiedBundle,
+    /// The bundle has no artifacts: the head is the whole bundle, verified.
+    pub complete: bool,
+}
+
+pub(super) enum Msg {
     Data(Arc<Vec<u8>>),
     Commit,
 }
 
-/// A node's stdin: the small parts from memory, then the artifact chunks from the channel,
-/// then "commit" (only if the operator verified the whole bundle), then end of input.
-struct ChannelReader<'a> {
-    rx: Receiver<Msg>,
+/// What a node worker tells the reader once it has planned.
+pub(super) enum Ready {
+    /// Send these artifacts (indices) to the node.
+    Send(BTreeSet<usize>),
+    /// Nothing to stream (done, unchanged, planned, failed, or not a target).
+    Nothing,
+}
+
+/// A worker's word to the reader, said exactly once: [`ReadySignal::send`], or
+/// [`Ready::Nothing`] when dropped unsaid (the reader waits for every worker's word before it
+/// reads the first artifact, so no path may leave it unsaid).
+pub(super) struct ReadySignal<'a> {
+    tx: &'a Sender<(usize, Ready)>,
+    slot: usize,
+    said: AtomicBool,
+}
+
+impl ReadySignal<'_> {
+    pub(super) fn send(&self, r: Ready) {
+        if !self.said.swap(true, Ordering::SeqCst) {
+            let _ = self.tx.send((self.slot, r));
+        }
+    }
+}
+
+impl Drop for ReadySignal<'_> {
+    fn drop(&mut self) {
+        self.send(Ready::Nothing);
+    }
+}
+
+/// A node's link to a streamed pass (both `None` when the head is the whole bundle).
+pub(super) struct Link<'a> {
+    pub ready: Option<ReadySignal<'a>>,
+    pub data: Option<Receiver<Msg>>,
+}
+
+/// A node's stdin after the decision: the artifact chunks from the channel, then "commit"
+/// (only if the whole bundle verified), then end of input. No channel: end of input at once.
+pub(super) struct ChannelReader<'a> {
+    rx: Option<Receiver<Msg>>,
+    /// Said before the first wait: stdin only gets here past the decision, so a node that never
+    /// decided (its facts did not end by the deadline) never will, and the pass must not wait
+    /// for its word while this waits for the pass.
+    ready: Option<&'a ReadySignal<'a>>,
     cur: Arc<Vec<u8>>,
     pos: usize,
     done: bool,
@@ -86,13 +139,25 @@ struct ChannelReader<'a> {
     report: &'a (dyn Fn(u64) + Sync),
 }
 
+impl<'a> ChannelReader<'a> {
+    pub(super) fn new(
+        rx: Option<Receiver<Msg>>,
+        ready: Option<&'a ReadySignal<'a>>,
+        report: &'a (dyn Fn(u64) + Sync),
+    ) -> Self {
+        let cur = Arc::new(Vec::new());
+        ChannelReader { rx, ready, cur, pos: 0, done: false, sent: 0, report }
+    }
+}
+
 impl Read for ChannelReader<'_> {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
         while self.pos == self.cur.len() {
-            if self.done {
-                return Ok(0);
+            let Some(rx) = self.rx.as_ref().filter(|_| !self.done) else { return Ok(0) };
+            if let Some(r) = self.ready {
+                r.send(Ready::Nothing);
             }
-            match self.rx.recv() {
+            match rx.recv() {
                 Ok(Msg::Data(c)) => {
                     self.sent += c.len() as u64;
                     (self.report)(self.sent);
@@ -115,379 +180,160 @@ impl Read for ChannelReader<'_> {
     }
 }
 
-/// What a node worker tells the reader once it has planned.
-enum Ready {
-    /// Send these artifacts (indices) to the node.
-    Send(BTreeSet<usize>),
-    /// Nothing to stream (done, unchanged, planned, failed, or not a target).
-    Nothing,
-}
-
-/// Whether the node already holds artifact `a` as the bundle has it.
-fn in_place(a: &ManifestArtifact, facts: &NodeFacts) -> bool {
-    let Some(st) = facts.artifact_dests.get(&a.dest) else { return false };
-    if st.kind != PathKind::File || st.sha256.as_deref() != Some(a.sha256.as_str()) {
-        return false;
-    }
-    if st.mode != Some(a.mode) {
-        return false;
-    }
-    // An image archive is in place only once containerd holds its images, digests and pins.
-    if a.after == Some(After::ImportImages) && !artifacts::images_in_place(facts, &a.dest) {
-        return false;
-    }
-    // Numeric owners are compared; names would need the node's passwd, so they count as met.
-    match a.owner.split_once(':') {
-        Some((u, g)) => {
-            let num =
-                |s: &str, v: Option<u32>| s.parse::<u32>().map(|n| Some(n) == v).unwrap_or(true);
-            num(u, st.uid) && num(g, st.gid)
-        }
-        None => false,
-    }
-}
-
-/// Pushes the bundle at `path` to `targets`, verifying it in the same pass (see the module
-/// docs). `Err` means the bundle itself was rejected (nothing was installed anywhere); node
-/// failures are in the report.
-#[allow(clippy::too_many_arguments)]
-pub fn push_bundle(
-    path: &Path,
-    trust: &AllowedSigners,
-    identities: &Identities,
-    verify: &VerifyOptions,
-    targets: &[NodeTarget],
-    transport: &dyn Transport,
-    opts: &PushOptions,
-    progress: &(dyn Fn(&str, Event) + Sync),
-) -> Result<PushReport, BundleError> {
-    // Nodes go in batches of `parallel`, one pass over the bundle per batch.
-    let mut nodes = Vec::new();
-    for batch in targets.chunks(opts.parallel.max(1)) {
-        let done = push_batch(path, trust, identities, verify, batch, transport, opts, progress)?;
-        nodes.extend(done.into_iter().flatten());
-    }
-    let ok = nodes.iter().all(|n| n.status != NodeStatus::Failed);
-    Ok(PushReport { ok, nodes })
-}
-
-#[allow(clippy::too_many_arguments)]
-fn push_batch(
-    path: &Path,
-    trust: &AllowedSigners,
-    identities: &Identities,
-    verify: &VerifyOptions,
-    targets: &[NodeTarget],
-    transport: &dyn Transport,
-    opts: &PushOptions,
-    progress: &(dyn Fn(&str, Event) + Sync),
-) -> Result<Vec<Option<NodeResult>>, BundleError> {
-    let n = targets.len();
-    let results: Mutex<Vec<Option<NodeResult>>> = Mutex::new((0..n).map(|_| None).collect());
+/// One pass over the bundle for up to `parallel` workers (see the module docs). Returns whether
+/// the bundle carries artifacts; `Err` means it was rejected and no node installed anything.
+pub(super) fn pass(run: &PushRun<'_>, queue: &Queue) -> Result<bool, BundleError> {
+    let workers = run.opts.parallel.max(1).min(queue.left());
     std::thread::scope(|s| {
         let (ready_tx, ready_rx) = mpsc::channel::<(usize, Ready)>();
-        let mut head_txs = Vec::new();
-        let mut data_txs: Vec<Option<SyncSender<Msg>>> = Vec::new();
-        for (i, t) in targets.iter().enumerate() {
-            let (head_tx, head_rx) = mpsc::channel::<Arc<(Payload, VerifiedBundle)>>();
-            let (data_tx, data_rx) = mpsc::sync_channel::<Msg>(depth(n));
-            head_txs.push(head_tx);
-            data_txs.push(Some(data_tx));
+        let mut fan = Fanout::new(ready_rx);
+        for slot in 0..workers {
+            let (head_tx, head_rx) = mpsc::channel::<Arc<Head>>();
+            let (data_tx, data_rx) = mpsc::sync_channel::<Msg>(depth(workers));
+            fan.head_txs.push(head_tx);
+            fan.txs.push(Some(data_tx));
             let ready_tx = ready_tx.clone();
-            let results = &results;
-            s.spawn(move || {
-                let r = node_worker(t, head_rx, data_rx, &ready_tx, i, transport, opts, progress);
-                results.lock().unwrap_or_else(|p| p.into_inner())[i] = r;
-            });
+            s.spawn(move || worker(run, queue, slot, head_rx, data_rx, ready_tx));
         }
         drop(ready_tx);
-        // Shared by the two callbacks below (both run on this thread).
-        struct State {
-            wants: Vec<BTreeSet<usize>>,
-            txs: Vec<Option<SyncSender<Msg>>>,
-            sizes: Vec<u64>,
-            current: Option<usize>,
-        }
-        let st = RefCell::new(State {
-            wants: vec![BTreeSet::new(); n],
-            txs: data_txs,
-            sizes: Vec::new(),
-            current: None,
-        });
+        let fan = RefCell::new(fan);
+        let b = &run.bundle;
         let outcome = bundle::open_streaming(
-            path,
-            trust,
-            identities,
-            verify,
-            &mut |head| {
-                let payload = Payload::from_verified(head)
-                    .map_err(|e| BundleError::Manifest(e.to_string()))?;
-                let mut st = st.borrow_mut();
-                st.sizes = head.manifest.artifacts.iter().map(|a| a.size).collect();
-                let shared = Arc::new((payload, head.clone()));
-                for tx in &head_txs {
-                    let _ = tx.send(shared.clone());
-                }
-                // Every node plans before the first artifact byte is read.
-                for _ in 0..n {
-                    match ready_rx.recv() {
-                        Ok((i, Ready::Send(set))) => st.wants[i] = set,
-                        Ok((i, Ready::Nothing)) => st.txs[i] = None,
-                        Err(_) => break,
-                    }
-                }
-                // No node installs anything: the artifacts need not be read at all (which is
-                // what makes a repeated push take seconds whatever the payload).
-                Ok(st.txs.iter().any(Option::is_some))
-            },
-            &mut |ev| {
-                let mut st = st.borrow_mut();
-                let st = &mut *st;
-                match ev {
-                    ArtifactEvent::Start { index, size } => {
-                        if st.sizes.get(index) != Some(&size) {
-                            return Err(BundleError::Manifest(format!(
-                                "artifacts/{index:04} is {size} bytes but bundle.json says otherwise"
-                            )));
-                        }
-                        st.current = Some(index);
-                    }
-                    ArtifactEvent::Data(chunk) => {
-                        let Some(idx) = st.current else { return Ok(()) };
-                        if !st.wants.iter().any(|w| w.contains(&idx)) {
-                            return Ok(());
-                        }
-                        // One copy per chunk, shared by every node it goes to.
-                        let chunk = Arc::new(chunk.to_vec());
-                        for (i, tx) in st.txs.iter_mut().enumerate() {
-                            if !st.wants[i].contains(&idx) {
-                                continue;
-                            }
-                            if let Some(t) = tx {
-                                if t.send(Msg::Data(chunk.clone())).is_err() {
-                                    // The node failed; the others go on.
-                                    *tx = None;
-                                }
-                            }
-                        }
-                    }
-                    ArtifactEvent::End => st.current = None,
-                }
-                Ok(())
-            },
+            b.path,
+            b.trust,
+            b.identities,
+            &b.verify,
+            &mut |head| fan.borrow_mut().head(head),
+            &mut |ev| fan.borrow_mut().artifact(ev),
         );
-        let data_txs = st.into_inner().txs;
-        drop(head_txs);
-        if outcome.is_ok() {
-            for t in data_txs.iter().flatten() {
-                let _ = t.send(Msg::Commit);
-            }
-        }
-        // Dropping the senders ends every node's input: after "commit", or without it.
-        drop(data_txs);
-        outcome.map(|_| ())
-    })?;
-    Ok(results.into_inner().unwrap_or_else(|p| p.into_inner()))
-}
-
-/// One node: connect, read facts, plan, then install with the streamed input. `None` when the
-/// node has nothing to do with this bundle (a worker and a PKI-only bundle).
-#[allow(clippy::too_many_arguments)]
-fn node_worker(
-    t: &NodeTarget,
-    head_rx: Receiver<Arc<(Payload, VerifiedBundle)>>,
-    data_rx: Receiver<Msg>,
-    ready: &mpsc::Sender<(usize, Ready)>,
-    i: usize,
-    transport: &dyn Transport,
-    opts: &PushOptions,
-    progress: &(dyn Fn(&str, Event) + Sync),
-) -> Option<NodeResult> {
-    let not_ready = || {
-        let _ = ready.send((i, Ready::Nothing));
-    };
-    // The bundle's head, verified; no head means the bundle was rejected before it.
-    let head = head_rx.recv().ok()?;
-    let (payload, verified) = (&head.0, &head.1);
-    let name = t.target.name.as_str();
-    let pki = t.pki && verified.has_pki();
-    let mine: Vec<(usize, &ManifestArtifact)> = verified
-        .manifest
-        .artifacts
-        .iter()
-        .enumerate()
-        .filter(|(_, a)| a.roles.contains(&t.role))
-        .collect();
-    if !pki && mine.is_empty() {
-        not_ready();
-        return None;
-    }
-    progress(name, Event::Step(Step::Connecting));
-    let mut session = match transport.connect(&t.target) {
-        Ok(s) => s,
-        Err(e) => {
-            not_ready();
-            return Some(failed(name, e.category(), e.to_string()));
-        }
-    };
-    progress(name, Event::Step(Step::Inspecting));
-    // One exec: the node prints its facts (the artifact dests' hashes included), the decision
-    // below runs on the transport's thread while the command waits for it, and the decision
-    // line, the small parts and then the streamed artifacts follow on the same stdin.
-    let dests: Vec<String> =
-        mine.iter().map(|(_, a)| artifacts::facts_arg(&a.dest, a.after)).collect();
-    let pki_dir = opts.paths.pki_dir();
-    let decided: Mutex<Option<NodeDecision>> = Mutex::new(None);
-    let total = AtomicU64::new(0);
-    // No short deadline for the facts: they hash every artifact already at its destination,
-    // which takes as long as the node's disk needs (minutes for tens of GiB); and stdin must
-    // not end early here, or the worker would wait on a reader that waits on it.
-    let exchange = Exchange::new(FACTS_DEADLINE, |out| {
-        let (d, line) = decide(out, name, pki, &pki_dir, payload, &mine, opts);
-        match &d {
-            NodeDecision::Install { send, bytes, .. } => {
-                total.store(*bytes, Ordering::Relaxed);
-                let _ = ready.send((i, Ready::Send(send.clone())));
-                progress(name, Event::Step(Step::Installing));
-            }
-            NodeDecision::Done(_) => not_ready(),
-        }
-        *decided.lock().unwrap_or_else(|p| p.into_inner()) = Some(d);
-        line
-    });
-    let report =
-        |sent: u64| progress(name, Event::Sending { sent, total: total.load(Ordering::Relaxed) });
-    let chan = ChannelReader {
-        rx: data_rx,
-        cur: Arc::new(Vec::new()),
-        pos: 0,
-        done: false,
-        sent: 0,
-        report: &report,
-    };
-    let mut args = vec![opts.paths.kube_dir.as_str(), opts.paths.state_dir.as_str()];
-    args.extend(dests.iter().map(String::as_str));
-    let mut stdin = DecisionSource(exchange.clone()).chain(chan);
-    let mut stdout = FactsSink(exchange.clone());
-    let out = session.run_streaming(&node::push_script(), &args, &mut stdin, &mut stdout);
-    drop(stdin);
-    progress(name, Event::Step(Step::Done));
-    let decision = decided.lock().unwrap_or_else(|p| p.into_inner()).take();
-    if decision.is_none() {
-        // The facts never arrived: the reader still waits for this node's word.
-        not_ready();
-    }
-    Some(match (out, decision) {
-        (_, Some(NodeDecision::Done(r))) => r,
-        (Err(e), Some(NodeDecision::Install { .. })) => failed(
-            name,
-            Category::NodesFailed,
-            format!(
-                "{e}; nothing staged was installed unless the node's history says so; push again"
-            ),
-        ),
-        (Err(e), None) => failed(name, Category::NodesFailed, e.to_string()),
-        (Ok(o), None) => failed(
-            name,
-            Category::NodesFailed,
-            format!(
-                "reading the node's state under {pki_dir} failed: {}",
-                node::stderr_tail(&o.stderr)
-            ),
-        ),
-        (Ok(o), Some(NodeDecision::Install { reason, .. })) => {
-            if !o.success() {
-                return Some(super::install_failed(name, &o));
-            }
-            let after = exchange.after_facts();
-            let stdout = String::from_utf8_lossy(&after);
-            if !stdout.lines().any(|l| l == "installed") {
-                return Some(failed(
-                    name,
-                    Category::NodesFailed,
-                    "the install script ended without confirming the install",
-                ));
-            }
-            super::installed(name, reason, &stdout)
-        }
+        fan.into_inner().finish(outcome.is_ok());
+        outcome.map(|v| !v.manifest.artifacts.is_empty())
     })
 }
 
-/// What a node's facts decided.
-enum NodeDecision {
-    /// Nothing to install (unchanged, planned by a dry run, refused, unreadable facts).
-    Done(NodeResult),
-    /// Install: these artifacts (indices), `bytes` in all.
-    Install { send: BTreeSet<usize>, bytes: u64, reason: String },
+/// A pass's worker: nodes from the queue, one if the pass streams artifacts (they share its
+/// stream), else until the queue is empty.
+fn worker(
+    run: &PushRun<'_>,
+    queue: &Queue,
+    slot: usize,
+    head_rx: Receiver<Arc<Head>>,
+    data_rx: Receiver<Msg>,
+    ready_tx: Sender<(usize, Ready)>,
+) {
+    // No head: the bundle was rejected before it, and no node is contacted.
+    let Ok(head) = head_rx.recv() else { return };
+    let mut data = Some(data_rx);
+    loop {
+        let link = match head.complete {
+            true => Link { ready: None, data: None },
+            false => Link {
+                ready: Some(ReadySignal { tx: &ready_tx, slot, said: AtomicBool::new(false) }),
+                data: data.take(),
+            },
+        };
+        let Some(i) = queue.take() else { return };
+        queue.put(i, node::push_node(run, &run.targets[i], &head, link));
+        if !head.complete {
+            return;
+        }
+    }
 }
 
-/// Plans one node from its facts; returns the plan and what to send as the decision (the
-/// install script's arguments and the small parts, or `skip`).
-fn decide(
-    out: &[u8],
-    name: &str,
-    pki: bool,
-    pki_dir: &str,
-    payload: &Payload,
-    mine: &[(usize, &ManifestArtifact)],
-    opts: &PushOptions,
-) -> (NodeDecision, Vec<u8>) {
-    let skip = |r: NodeResult| (NodeDecision::Done(r), b"skip\n".to_vec());
-    let facts = match NodeFacts::parse(out, pki_dir) {
-        Ok(f) => f,
-        Err(e) => return skip(failed(name, Category::NodesFailed, e.to_string())),
-    };
-    if let Some(Plan::Refuse { category, reason }) =
-        super::plan::downgrade_refusal(payload.serial, &facts, opts.allow_downgrade)
-    {
-        return skip(failed(name, category, reason));
+/// The reader's side of a pass: who gets which artifact.
+struct Fanout {
+    head_txs: Vec<Sender<Arc<Head>>>,
+    ready_rx: Receiver<(usize, Ready)>,
+    wants: Vec<BTreeSet<usize>>,
+    txs: Vec<Option<SyncSender<Msg>>>,
+    sizes: Vec<u64>,
+    current: Option<usize>,
+}
+
+impl Fanout {
+    fn new(ready_rx: Receiver<(usize, Ready)>) -> Self {
+        Fanout {
+            head_txs: Vec::new(),
+            ready_rx,
+            wants: Vec::new(),
+            txs: Vec::new(),
+            sizes: Vec::new(),
+            current: None,
+        }
     }
-    let (action, reissue_ca, mut reason) = if pki {
-        match plan(payload, &facts, opts.replace, opts.allow_downgrade) {
-            Plan::Unchanged => ("none", false, String::new()),
-            Plan::Refuse { category, reason } => return skip(failed(name, category, reason)),
-            Plan::Install { replacing, reissued, reason } => {
-                let action = if replacing.is_empty() { "install" } else { "replace" };
-                (action, super::reissues_cluster_ca(&reissued), reason)
+
+    /// The verified head: to every worker; then, if artifacts follow, every node's plan before
+    /// the first artifact byte is read. `Ok(false)`: no node wants anything more, so the
+    /// artifacts need not be read at all (which is what makes a repeated push take seconds
+    /// whatever the payload).
+    fn head(&mut self, v: &VerifiedBundle) -> Result<bool, BundleError> {
+        let payload =
+            Payload::from_verified(v).map_err(|e| BundleError::Manifest(e.to_string()))?;
+        let complete = v.manifest.artifacts.is_empty();
+        let head = Arc::new(Head { payload, bundle: v.clone(), complete });
+        for tx in &self.head_txs {
+            let _ = tx.send(head.clone());
+        }
+        if complete {
+            // Nothing follows: the workers go on alone, "commit" in each decision.
+            self.txs.clear();
+            return Ok(true);
+        }
+        self.sizes = v.manifest.artifacts.iter().map(|a| a.size).collect();
+        self.wants = vec![BTreeSet::new(); self.txs.len()];
+        for _ in 0..self.txs.len() {
+            match self.ready_rx.recv() {
+                Ok((i, Ready::Send(set))) => self.wants[i] = set,
+                Ok((i, Ready::Nothing)) => self.txs[i] = None,
+                Err(_) => break,
             }
         }
-    } else {
-        ("none", false, String::new())
-    };
-    let send: Vec<(usize, &ManifestArtifact)> =
-        mine.iter().copied().filter(|(_, a)| !in_place(a, &facts)).collect();
-    let bytes: u64 = send.iter().map(|(_, a)| a.size).sum();
-    if !send.is_empty() {
-        let what = format!("{} artifact(s), {bytes} bytes", send.len());
-        reason = if reason.is_empty() { what } else { format!("{reason}; {what}") };
+        Ok(self.txs.iter().any(Option::is_some))
     }
-    let done = |status, message: String| {
-        skip(NodeResult { node: name.into(), status, message, category: None, backup: None })
-    };
-    if action == "none" && send.is_empty() {
-        let msg = match (pki, mine.is_empty()) {
-            (true, true) => "the eight shared files are already in place",
-            (true, false) => "the shared files and artifacts are already in place",
-            _ => "the artifacts are already in place",
-        };
-        return done(NodeStatus::Unchanged, msg.into());
+
+    fn artifact(&mut self, ev: ArtifactEvent<'_>) -> Result<(), BundleError> {
+        match ev {
+            ArtifactEvent::Start { index, size } => {
+                if self.sizes.get(index) != Some(&size) {
+                    return Err(BundleError::Manifest(format!(
+                        "artifacts/{index:04} is {size} bytes but bundle.json says otherwise"
+                    )));
+                }
+                self.current = Some(index);
+            }
+            ArtifactEvent::Data(chunk) => self.send(chunk),
+            ArtifactEvent::End => self.current = None,
+        }
+        Ok(())
     }
-    if opts.dry_run {
-        return done(NodeStatus::Planned, format!("would {reason}"));
+
+    /// One copy per chunk, shared by every node it goes to.
+    fn send(&mut self, chunk: &[u8]) {
+        let Some(idx) = self.current else { return };
+        if !self.wants.iter().any(|w| w.contains(&idx)) {
+            return;
+        }
+        let chunk = Arc::new(chunk.to_vec());
+        for (tx, wants) in self.txs.iter_mut().zip(&self.wants) {
+            if !wants.contains(&idx) {
+                continue;
+            }
+            if let Some(t) = tx {
+                if t.send(Msg::Data(chunk.clone())).is_err() {
+                    // The node failed; the others go on.
+                    *tx = None;
+                }
+            }
+        }
     }
-    let (mut parts, small) = payload.parts_for(action != "none");
-    for (_, a) in &send {
-        parts.extend([
-            a.name.clone(),
-            a.size.to_string(),
-            format!("{:04o}", a.mode),
-            a.dest.clone(),
-            a.owner.clone(),
-            a.after.map(|x| x.as_str().to_string()).unwrap_or_else(|| "-".into()),
-        ]);
+
+    /// Ends every node's input: after "commit" if the whole bundle verified, else without it.
+    fn finish(self, verified: bool) {
+        drop(self.head_txs);
+        if verified {
+            for t in self.txs.iter().flatten() {
+                let _ = t.send(Msg::Commit);
+            }
+        }
     }
-    let bytes_out =
-        super::install_decision(action, reissue_ca, payload, &facts, opts, &parts, &small);
-    let send = send.iter().map(|(k, _)| *k).collect();
-    (NodeDecision::Install { send, bytes, reason }, bytes_out)
 }

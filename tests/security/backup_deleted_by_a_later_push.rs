@@ -3,8 +3,9 @@
 //! what two pushes in the same second had before: each backup still gets a fresh directory that
 //! no later push deletes, and the node's history names it.
 
-use hapki::bundle::{self, AllowedSigners, Identities, VerifyOptions};
-use hapki::push::{self, Payload, PushOptions};
+use hapki::bundle::{AllowedSigners, Identities, VerifyOptions};
+use hapki::inventory::Role;
+use hapki::push::{self, BundleSource, PushOptions, PushRun};
 use hapki::transport::{self, Backend};
 
 use crate::fixture::{text, Fixture};
@@ -19,12 +20,23 @@ fn push_lib(
     let trust = AllowedSigners::from_file(&fx.allowed()).unwrap();
     let mut ids = Identities::default();
     ids.load(&fx.signer()).unwrap();
-    let v = bundle::open_and_verify(bundle, &trust, &ids, &VerifyOptions::default()).unwrap();
-    let payload = Payload::from_verified(&v).unwrap();
     let mut opts = PushOptions::new(replace, false, 1);
     opts.stamp = "20260101T000000Z".into();
     let t = transport::transport(Backend::Builtin).unwrap();
-    push::push(&payload, &[tb.target("kubemaster-2")], t.as_ref(), &opts, &|_, _| {})
+    let targets = push::targets([(tb.target("kubemaster-2"), Role::ControlPlane)], None);
+    let run = PushRun {
+        bundle: BundleSource {
+            path: bundle,
+            trust: &trust,
+            identities: &ids,
+            verify: VerifyOptions::default(),
+        },
+        targets: &targets,
+        transport: t.as_ref(),
+        opts: &opts,
+        progress: &|_, _| {},
+    };
+    push::push(&run).unwrap()
 }
 
 #[test]

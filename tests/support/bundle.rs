@@ -214,9 +214,35 @@ pub fn bundle_mtime(bundle: &Path) -> u64 {
     first.header().mtime().unwrap()
 }
 
+/// hapki's one bundle encoding, written here from RFC 1951/1952 rather than by hapki: header
+/// (no flags, mtime 0, XFL 0, OS 255), 65535-byte non-final stored blocks, one shorter final
+/// block (possibly empty), CRC-32, length.
 pub fn gzip(data: &[u8]) -> Vec<u8> {
+    let mut out = vec![0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 0, 0xff];
+    let mut chunks: Vec<&[u8]> = data.chunks(65535).collect();
+    if chunks.last().is_none_or(|c| c.len() == 65535) {
+        chunks.push(&[]);
+    }
+    let n = chunks.len();
+    for (i, c) in chunks.into_iter().enumerate() {
+        let len = c.len() as u16;
+        out.push(u8::from(i + 1 == n));
+        out.extend_from_slice(&len.to_le_bytes());
+        out.extend_from_slice(&(!len).to_le_bytes());
+        out.extend_from_slice(c);
+    }
+    let mut crc = flate2::Crc::new();
+    crc.update(data);
+    out.extend_from_slice(&crc.sum().to_le_bytes());
+    out.extend_from_slice(&(data.len() as u32).to_le_bytes());
+    out
+}
+
+/// The compressed encoding hapki 0.1.0 and before wrote for PKI-only bundles (flate2, best
+/// compression, mtime 0), which hapki now refuses by name.
+pub fn legacy_gzip(data: &[u8]) -> Vec<u8> {
     use std::io::Write;
-    let mut g = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+    let mut g = flate2::GzBuilder::new().mtime(0).write(Vec::new(), flate2::Compression::best());
     g.write_all(data).unwrap();
     g.finish().unwrap()
 }
