@@ -55,11 +55,13 @@ printf '%s\n' "$facts"
 # 64 KiB among the X records, in their order, concatenated in one base64 line (the operator
 # cuts it by the described sizes and keeps each piece whose SHA-256 is the described one).
 set --
-while IFS= read -r f; do
-    [ -n "$f" ] && set -- "$@" "$f"
+while IFS=' ' read -r t kd _ _ _ sz hs p; do
+    { [ "$t" = X ] && [ "$kd" = file ]; } || continue
+    case $p in *.crt) ;; *) continue ;; esac
+    case $hs$sz in *[!0-9a-f]* | '') continue ;; esac
+    [ "$sz" -le 65536 ] 2> /dev/null && set -- "$@" "$p"
 done << CERTS
-$(printf '%s\n' "$facts" | awk '$1 == "X" && $2 == "file" && $7 ~ /^[0-9a-f]+$/ && $6 + 0 <= 65536 && /\.crt$/ {
-    p = $0; for (i = 0; i < 7; i++) p = substr(p, index(p, " ") + 1); print p }')
+$facts
 CERTS
 [ $# -gt 0 ] && printf 'BA %s\n' "$(cat -- "$@" | base64 -w0)"
 # Only the CA data of the kubeconfigs (they also hold client keys, which never leave the node):

@@ -147,7 +147,7 @@ stage=$(mktemp -d "$k/.hapki-stage.XXXXXX")
 mkdir -p "$stage/b/pki/etcd"
 parts=
 arts=
-sizes=
+sizes='' total=0
 # The trust file: the node's own pinned one when present (only its hapki-bundle lines), else the
 # line the operator sent for the key it verified.
 trust_file() { # -> $tf
@@ -310,9 +310,33 @@ while [ $# -ge 3 ]; do
         ;;
     *) die 1 "unexpected payload part $name" ;;
     esac
-    head -c "$len" > "$dest" || die 1 "could not stage $name (disk full?)"
-    sizes="$sizes$len $dest$nl"
+    sizes="$sizes$len $dest$nl" total=$((total + len))
 done
+# The parts arrive back to back: one head reads them all (exactly their bytes: what follows on
+# stdin is the artifacts' and the commit line's) and one awk cuts them at the announced lengths
+# (binary-safe: awk keeps every byte, NUL included; each part's length is checked below and its
+# content by the signature and SHA256SUMS).
+if [ -n "$sizes" ]; then
+    head -c "$total" > "$stage/parts" || die 1 "could not stage the bundle (disk full?)"
+    HAPKI_PARTS=$sizes awk 'function next_part() {
+            while (++i <= n) {
+                rem = L[i]; sub(/ .*/, "", rem); rem += 0; out = L[i]; sub(/^[0-9]+ /, "", out)
+                printf "" > out
+                if (rem > 0) return
+                close(out)
+            }
+            out = ""
+        }
+        BEGIN { n = split(ENVIRON["HAPKI_PARTS"], L, "\n"); if (L[n] == "") n--; next_part() }
+        {
+            s = $0 "\n"
+            while (s != "" && out != "") {
+                if (length(s) <= rem) { printf "%s", s > out; rem -= length(s); s = "" }
+                else { printf "%s", substr(s, 1, rem) > out; s = substr(s, rem + 1); rem = 0 }
+                if (rem == 0) { close(out); next_part() }
+            }
+        }' "$stage/parts" || die 1 "could not stage the bundle's parts (disk full?)"
+fi
 # Every staged part has its announced length: one stat for all of them ("LEN PATH" lines).
 check_sizes() {
     set --
@@ -358,9 +382,7 @@ had=
 pki_new=
 if [ "$action" != none ]; then
     for x in "$pki" "$pki/etcd"; do [ -d "$x" ] || pki_new="$x $pki_new"; done
-    mkdir -p "$pki/etcd"
-    chown 0:0 "$pki" "$pki/etcd"
-    chmod 0755 "$pki" "$pki/etcd"
+    install -d -o 0 -g 0 -m 0755 "$pki" "$pki/etcd" || die 1 "could not create $pki/etcd"
     # Modes and owner are set on the staged copies, so each rename publishes a finished file;
     # the names are kubeadm's (checked above), so they split safely into one call each. Each
     # part's mode was checked to be kubeadm's: 0644 for certificates, 0600 for the rest.
@@ -376,19 +398,19 @@ if [ "$action" != none ]; then
         { [ -z "$keys" ] || chmod 0600 $keys; }) || die 1 "could not set the staged files' owner and modes"
     # Keep whatever is there now, so a failed rename can be undone and --replace leaves a backup.
     # Each push its own, fresh backup directory (mktemp: unique whatever the push id says); no
-    # later push ever deletes it.
-    mkdir -p "$st/backup"
-    bk=$(mktemp -d "$st/backup/$stamp.XXXXXX") || die 1 "could not create a backup directory under $st/backup (disk full?)"
-    # (cp --parents below makes $bk/etcd when a file there is backed up.)
+    # later push ever deletes it. Nothing there yet: nothing to keep, no directory.
     had=
     for p in $parts; do
         n=${p%%:*} rel=${n#pki/}
         if [ -e "$pki/$rel" ] || [ -L "$pki/$rel" ]; then had="$had $rel"; fi
     done
-    # One cp for all of them (--parents: etcd/ca.key lands in $bk/etcd).
-    # shellcheck disable=SC2086
-    [ -z "$had" ] || (cd "$pki" && cp -P -p --parents -- $had "$bk"/) ||
-        die 1 "could not back up the files in $pki (disk full?)"
+    if [ -n "$had" ]; then
+        mkdir -p "$st/backup"
+        bk=$(mktemp -d "$st/backup/$stamp.XXXXXX") || die 1 "could not create a backup directory under $st/backup (disk full?)"
+        # One cp for all of them (--parents: etcd/ca.key lands in $bk/etcd).
+        # shellcheck disable=SC2086
+        (cd "$pki" && cp -P -p --parents -- $had "$bk"/) || die 1 "could not back up the files in $pki (disk full?)"
+    fi
 fi
 # What each artifact's dest holds now is kept beside it: a hard link (free, whatever the size),
 # or a copy where the dest cannot be linked.
@@ -480,7 +502,12 @@ if [ "$action" != none ]; then
         rollback
         die 1 "could not install the files in $pki; $put_back"
     fi
-    if ! (cd "$k" && grep ' pki/' "$stage/b/SHA256SUMS" | sha256sum -c --strict --quiet > /dev/null 2>&1); then
+    # The installed files, read again, against every pki line of SHA256SUMS (read by the shell).
+    psums=
+    while IFS= read -r l; do
+        case $l in *" pki/"*) psums="$psums$l$nl" ;; esac
+    done < "$stage/b/SHA256SUMS"
+    if ! (cd "$k" && printf '%s' "$psums" | sha256sum -c --strict --quiet > /dev/null 2>&1); then
         rollback
         die 3 "the installed files do not match SHA256SUMS; $put_back"
     fi
@@ -510,10 +537,10 @@ printf '%s\n' "$serial" > "$st/.last-serial.tmp" && mv -f "$st/.last-serial.tmp"
 [ -n "$downgrade" ] &&
     printf '%s downgrade from=%s to=%s signer=%s (--allow-downgrade)\n' "$stamp" "$last" "$serial" "$principal" >> "$st/history"
 if [ "$action" != none ]; then
-    if [ "$action" != replace ] || [ -z "$had" ]; then
+    if [ -n "$bk" ] && [ "$action" != replace ]; then
         rm -rf "$bk"
+        rmdir "$st/backup" 2> /dev/null || true
     fi
-    rmdir "$st/backup" 2> /dev/null || true
     cp "$stage/b/bundle.json" "$st/.last-bundle.json.tmp" && mv -f "$st/.last-bundle.json.tmp" "$st/last-bundle.json"
     printf '%s serial=%s signer=%s action=%s\n' "$stamp" "$serial" "$principal" "$action" >> "$st/history"
     for n in $kc_done; do
