@@ -803,9 +803,10 @@ fn a_node_whose_facts_die_fails_alone_without_holding_up_the_push() {
     let fx = Fixture::new();
     let d = tempfile::tempdir().unwrap();
     let bundle = one_artifact(&fx, d.path(), &format!("{TB_ROOT}/f"), b"payload\n");
-    // kubemaster-2's `id` (the facts ask for the uid) kills the shell that runs it.
+    // kubemaster-2's `date` (the facts' first program: the node's clock) kills the shell that
+    // runs it.
     let n2 = tb.node("kubemaster-2");
-    let id = n2.dir.join("bin/id");
+    let id = n2.dir.join("bin/date");
     std::fs::write(&id, "#!/bin/sh\nkill -KILL $PPID\n").unwrap();
     std::fs::set_permissions(&id, std::fs::Permissions::from_mode(0o755)).unwrap();
     for transport in ["builtin", "openssh"] {

@@ -21,17 +21,17 @@ case $keep in '' | *[!0-9]* | 0*) die 1 "bad keep count" ;; esac
 case $stamp in '' | *[!A-Za-z0-9._-]*) die 1 "bad arguments" ;; esac
 b=$st/backup
 [ -L "$st" ] || [ -L "$st/push.lock" ] || [ -L "$b" ] &&
-    die 77 "$st, $st/push.lock or $b is a symlink: refusing to work through it"
+    die "$EX_UNSAFE_PATH" "$st, $st/push.lock or $b is a symlink: refusing to work through it"
 [ -d "$b" ] || exit 0
 for d in "$st" "$b"; do
     # shellcheck disable=SC2046
     set -- $(stat -c '%u %a' -- "$d")
-    [ "$1" = 0 ] || die 77 "$d is owned by uid $1, not root; refusing this node (fix: chown root:root $d)"
-    case ${2#"${2%??}"} in *[2367]*) die 77 "$d is writable by group or others (mode $2); refusing this node (fix: chmod go-w $d)" ;; esac
+    [ "$1" = 0 ] || die "$EX_UNSAFE_PATH" "$d is owned by uid $1, not root; refusing this node (fix: chown root:root $d)"
+    case ${2#"${2%??}"} in *[2367]*) die "$EX_UNSAFE_PATH" "$d is writable by group or others (mode $2); refusing this node (fix: chmod go-w $d)" ;; esac
 done
 command -v flock > /dev/null 2>&1 || die 1 "this node lacks flock(1) (util-linux), which hapki's lock needs"
 exec 9>> "$st/push.lock"
-flock -n 9 || die 75 "another hapki push holds the lock on this node ($st/push.lock); wait for it to end and try again"
+flock -n 9 || die "$EX_LOCKED" "another hapki push holds the lock on this node ($st/push.lock); wait for it to end and try again"
 set -- "$b"/*
 [ -e "$1" ] || [ -L "$1" ] || exit 0
 # One stat for every entry: type, mtime, path; real directories only, newest first. Newest is

@@ -160,6 +160,37 @@ fn esc(s: &str) -> String {
     crate::transport::escape_node_text(s, false)
 }
 
+/// Largest certificate whose content the facts script sends (`BA`).
+const MAX_CERT: u64 = 65536;
+
+/// Whether an `X` record's content is in the `BA` line: the facts script's own rule (a regular
+/// `.crt` file it could hash, of at most [`MAX_CERT`] bytes).
+fn in_cert_line(st: &PathState) -> bool {
+    st.is_file()
+        && st.sha256.is_some()
+        && st.size.is_some_and(|s| s <= MAX_CERT)
+        && st.path.ends_with(".crt")
+}
+
+/// Cuts the `BA` line (the certificates' contents, concatenated in the order of their `X`
+/// records) by the described sizes; a piece whose SHA-256 is not the described one (the file
+/// changed while the script ran) is left out.
+fn cut_certificates(
+    data: &[u8],
+    order: &[(String, PathState)],
+    out: &mut BTreeMap<String, Vec<u8>>,
+) {
+    let mut off = 0usize;
+    for (name, st) in order {
+        let size = st.size.unwrap_or(0) as usize;
+        let Some(piece) = data.get(off..off + size) else { return };
+        off += size;
+        if st.sha256.as_deref() == Some(hex::encode(Sha256::digest(piece)).as_str()) {
+            out.insert(name.clone(), piece.to_vec());
+        }
+    }
+}
+
 impl NodeFacts {
     /// Parses the facts script's stdout. `pki_dir` is the node's pki directory, used to turn
     /// absolute paths into the relative names the rest of hapki uses.
@@ -168,6 +199,8 @@ impl NodeFacts {
         let mut f = NodeFacts::default();
         let mut complete = false;
         let mut last_cert: Option<String> = None;
+        let mut cert_order: Vec<(String, PathState)> = Vec::new();
+        let mut cert_data: Option<Vec<u8>> = None;
         let prefix = format!("{}/", pki_dir.trim_end_matches('/'));
         let rel = |p: &str| p.strip_prefix(&prefix).unwrap_or(p).to_string();
         let base = |p: &str| p.rsplit('/').next().unwrap_or(p).to_string();
@@ -201,6 +234,9 @@ impl NodeFacts {
                     let st = parse_state(line, rest)?;
                     let name = rel(&st.path);
                     last_cert = Some(name.clone());
+                    if in_cert_line(&st) {
+                        cert_order.push((name.clone(), st.clone()));
+                    }
                     f.pki_entries.insert(name, st);
                 }
                 "B" => {
@@ -210,6 +246,7 @@ impl NodeFacts {
                     })?;
                     f.certificates.insert(name, b64(line, rest)?);
                 }
+                "BA" => cert_data = Some(b64(line, rest)?),
                 "Q" => {
                     let st = parse_state(line, rest)?;
                     f.kubeconfigs.insert(base(&st.path), st);
@@ -258,6 +295,9 @@ impl NodeFacts {
         }
         if !complete {
             return Err(FactsError::Truncated);
+        }
+        if let Some(data) = cert_data {
+            cut_certificates(&data, &cert_order, &mut f.certificates);
         }
         // A directory (not a file) where /var/lib/etcd's `ls` found entries still counts;
         // "E" with no entries means present and empty.

@@ -33,8 +33,6 @@ k=$1 st=$2 action=$3 principal=$4 expect=$5 serial=$6 stamp=$7 flags=$8
 shift 8
 pki=$k/pki
 pinned=/etc/hapki/allowed_signers
-nl='
-'
 case $action in install | replace | none) ;; *) printf 'hapki: bad action\n' >&2; exit 1 ;; esac
 case $principal$expect$serial$stamp in *[!A-Za-z0-9@._-]*) printf 'hapki: bad arguments\n' >&2; exit 1 ;; esac
 case $serial in '' | *[!0-9]*) printf 'hapki: bad serial\n' >&2; exit 1 ;; esac
@@ -63,7 +61,7 @@ trap 'exit 130' INT
 trap 'exit 143' TERM
 
 [ -L "$k" ] || [ -L "$pki" ] || [ -L "$pki/etcd" ] || [ -L "$st" ] || [ -L "$st/push.lock" ] &&
-    die 77 "$k, $pki, $pki/etcd, $st or $st/push.lock is a symlink: refusing to write through it"
+    die "$EX_UNSAFE_PATH" "$k, $pki, $pki/etcd, $st or $st/push.lock is a symlink: refusing to write through it"
 mkdir -p "$k" "$st"
 # Owner and mode of each path, one stat for all: "uid mode path" lines.
 root_only() { # paths... -> fails naming the first that is not root's or is group/other writable
@@ -84,7 +82,7 @@ add_chain() {
     while [ -n "$rest" ]; do
         sub=$sub/${rest%%/*}
         case $rest in */*) rest=${rest#*/} ;; *) rest= ;; esac
-        [ -L "$sub" ] && die 77 "$sub is a symlink on the way to $2; refusing this node: use the real path"
+        [ -L "$sub" ] && die "$EX_UNSAFE_PATH" "$sub is a symlink on the way to $2; refusing this node: use the real path"
         [ -e "$sub" ] || break
         [ -d "$sub" ] || die 1 "$sub is not a directory (it is on the way to $2); move it away and push again"
         case " $chain " in *" $sub "*) ;; *) chain="$chain $sub" ;; esac
@@ -97,7 +95,7 @@ add_chain "$k" "$k"
 add_chain "$st" "$st"
 # shellcheck disable=SC2086
 root_only $chain ||
-    die 77 "$ro_bad: hapki writes keys as root only through directories that root alone can change; refusing this node (fix: chown root:root and chmod go-w that directory)"
+    die "$EX_UNSAFE_PATH" "$ro_bad: hapki writes keys as root only through directories that root alone can change; refusing this node (fix: chown root:root and chmod go-w that directory)"
 
 chmod 0700 "$st"
 # The lock: flock(1) on a file in the root-only state dir. The kernel releases it when its
@@ -105,7 +103,7 @@ chmod 0700 "$st"
 # actions (a daemon they start must not inherit it).
 command -v flock > /dev/null 2>&1 || die 1 "this node lacks flock(1) (util-linux), which hapki's lock needs"
 exec 9>> "$st/push.lock"
-flock -n 9 || die 75 "another hapki push holds the lock on this node ($st/push.lock); wait for it to end and push again"
+flock -n 9 || die "$EX_LOCKED" "another hapki push holds the lock on this node ($st/push.lock); wait for it to end and push again"
 
 # Serials only go up, whatever the bundle carries (PKI, artifacts or both).
 older() { # a b: whether decimal serial a is smaller than b (any length)
@@ -141,13 +139,15 @@ for g in "$k"/.hapki-stage.*; do
     [ -d "$g" ] && rm -rf "$g"
 done
 
-got=$(shared_state "$pki" | sha256sum)
-[ "${got%% *}" = "$expect" ] || die 76 "the shared files on this node changed while hapki was planning; run push again"
+shared_list "$pki"
+got=$(describe "$sl" | sha256sum)
+[ "${got%% *}" = "$expect" ] || die "$EX_CHANGED" "the shared files on this node changed while hapki was planning; run push again"
 
 stage=$(mktemp -d "$k/.hapki-stage.XXXXXX")
 mkdir -p "$stage/b/pki/etcd"
 parts=
 arts=
+sizes='' total=0
 # The trust file: the node's own pinned one when present (only its hapki-bundle lines), else the
 # line the operator sent for the key it verified.
 trust_file() { # -> $tf
@@ -181,10 +181,15 @@ check_signed() {
         die 3 "the bundle signature does not verify on this node against $tf (ssh-keygen -Y verify failed)"
     n_list=bundle.json
     for p in $parts; do n_list="$n_list ${p%%:*}"; done
+    # One awk picks the lines naming them (mawk has no {64}: the hash is 64 characters, none
+    # outside 0-9a-f); a name without one is refused.
+    sums=$(awk -v names="$n_list" 'BEGIN { n = split(names, l, " "); for (i = 1; i <= n; i++) w[l[i]] = 1 }
+        substr($0, 65, 2) == "  " && substr($0, 1, 64) !~ /[^0-9a-f]/ && (substr($0, 67) in w)' \
+        "$stage/b/SHA256SUMS") || die 3 "could not read the staged SHA256SUMS"
     for n in $n_list; do
-        grep -q "^[0-9a-f]\{64\}  $n\$" "$stage/b/SHA256SUMS" || die 3 "$n is not covered by SHA256SUMS"
-        grep "^[0-9a-f]\{64\}  $n\$" "$stage/b/SHA256SUMS"
-    done > "$stage/small.sums"
+        case $nl$sums$nl in *"  $n$nl"*) ;; *) die 3 "$n is not covered by SHA256SUMS" ;; esac
+    done
+    printf '%s\n' "$sums" > "$stage/small.sums"
     (cd "$stage/b" && sha256sum -c --strict --quiet "$stage/small.sums" > /dev/null 2>&1) ||
         die 3 "a staged file does not match SHA256SUMS on this node (corrupted in transit?)"
 }
@@ -239,7 +244,7 @@ check_artifacts() { # the artifact argument words
     for d in $dirs; do add_chain "$d" "an artifact dest"; done
     # shellcheck disable=SC2086
     root_only $chain ||
-        die 77 "$ro_bad: hapki installs artifacts as root only through directories that root alone can change; refusing this node (fix: chown root:root and chmod go-w that directory, or pick another dest)"
+        die "$EX_UNSAFE_PATH" "$ro_bad: hapki installs artifacts as root only through directories that root alone can change; refusing this node (fix: chown root:root and chmod go-w that directory, or pick another dest)"
     for d in $dirs; do
         [ -d "$d" ] && continue
         # Remember the directories created here (outermost first), to remove them if the push
@@ -258,7 +263,7 @@ stage_artifact() { # name|sha256|len|mode|dest|owner|after
     adest=${r%%|*} r=${r#*|} owner=${r%%|*} after=${r#*|}
     d=${adest%/*}
     [ -n "$d" ] || d=/
-    [ -L "$adest" ] && [ -d "$adest" ] && die 77 "$adest is a symlink to a directory: refusing to replace it"
+    [ -L "$adest" ] && [ -d "$adest" ] && die "$EX_UNSAFE_PATH" "$adest is a symlink to a directory: refusing to replace it"
     [ -d "$adest" ] && [ ! -L "$adest" ] && die 1 "$adest is a directory; move it away and push again"
     # This node's staging left by an interrupted push (not this push's own) goes first.
     for g in "$d/$sprefix"*; do
@@ -305,9 +310,46 @@ while [ $# -ge 3 ]; do
         ;;
     *) die 1 "unexpected payload part $name" ;;
     esac
-    head -c "$len" > "$dest" || die 1 "could not stage $name (disk full?)"
-    [ "$(wc -c < "$dest")" -eq "$len" ] || die 1 "staging $name came out short (disk full or truncated upload)"
+    sizes="$sizes$len $dest$nl" total=$((total + len))
 done
+# The parts arrive back to back: one head reads them all (exactly their bytes: what follows on
+# stdin is the artifacts' and the commit line's) and one awk cuts them at the announced lengths
+# (binary-safe: awk keeps every byte, NUL included; each part's length is checked below and its
+# content by the signature and SHA256SUMS).
+if [ -n "$sizes" ]; then
+    head -c "$total" > "$stage/parts" || die 1 "could not stage the bundle (disk full?)"
+    HAPKI_PARTS=$sizes awk 'function next_part() {
+            while (++i <= n) {
+                rem = L[i]; sub(/ .*/, "", rem); rem += 0; out = L[i]; sub(/^[0-9]+ /, "", out)
+                printf "" > out
+                if (rem > 0) return
+                close(out)
+            }
+            out = ""
+        }
+        BEGIN { n = split(ENVIRON["HAPKI_PARTS"], L, "\n"); if (L[n] == "") n--; next_part() }
+        {
+            s = $0 "\n"
+            while (s != "" && out != "") {
+                if (length(s) <= rem) { printf "%s", s > out; rem -= length(s); s = "" }
+                else { printf "%s", substr(s, 1, rem) > out; s = substr(s, rem + 1); rem = 0 }
+                if (rem == 0) { close(out); next_part() }
+            }
+        }' "$stage/parts" || die 1 "could not stage the bundle's parts (disk full?)"
+fi
+# Every staged part has its announced length: one stat for all of them ("LEN PATH" lines).
+check_sizes() {
+    set --
+    while IFS= read -r sz; do
+        [ -n "$sz" ] && set -- "$@" "${sz#* }"
+    done << SZ
+$sizes
+SZ
+    [ $# -gt 0 ] || return 0
+    sz=$(stat -c '%s %n' -- "$@") || die 1 "could not stat the staged parts (disk full?)"
+    [ "$sz$nl" = "$sizes" ] || die 1 "staging a part came out short (disk full or truncated upload)"
+}
+check_sizes
 check_signed
 # The serial the operator named (and the node checked against its last one) must be the
 # signed one; a PKI install carries all eight shared files.
@@ -340,29 +382,35 @@ had=
 pki_new=
 if [ "$action" != none ]; then
     for x in "$pki" "$pki/etcd"; do [ -d "$x" ] || pki_new="$x $pki_new"; done
-    mkdir -p "$pki/etcd"
-    chown 0:0 "$pki" "$pki/etcd"
-    chmod 0755 "$pki" "$pki/etcd"
-    # Modes and owner are set on the staged copies, so each rename publishes a finished file.
+    install -d -o 0 -g 0 -m 0755 "$pki" "$pki/etcd" || die 1 "could not create $pki/etcd"
+    # Modes and owner are set on the staged copies, so each rename publishes a finished file;
+    # the names are kubeadm's (checked above), so they split safely into one call each. Each
+    # part's mode was checked to be kubeadm's: 0644 for certificates, 0600 for the rest.
+    names='' crts='' keys='' ptop='' psub=''
     for p in $parts; do
-        n=${p%%:*} m=${p#*:}
-        chown 0:0 "$stage/b/$n"
-        chmod "$m" "$stage/b/$n"
+        n=${p%%:*} rel=${p%%:*} rel=${rel#pki/}
+        names="$names $n"
+        case ${p#*:} in 0644) crts="$crts $n" ;; *) keys="$keys $n" ;; esac
+        case $rel in */*) psub="$psub $rel" ;; *) ptop="$ptop $rel" ;; esac
     done
+    # shellcheck disable=SC2086
+    (cd "$stage/b" && chown 0:0 $names && { [ -z "$crts" ] || chmod 0644 $crts; } &&
+        { [ -z "$keys" ] || chmod 0600 $keys; }) || die 1 "could not set the staged files' owner and modes"
     # Keep whatever is there now, so a failed rename can be undone and --replace leaves a backup.
     # Each push its own, fresh backup directory (mktemp: unique whatever the push id says); no
-    # later push ever deletes it.
-    mkdir -p "$st/backup"
-    bk=$(mktemp -d "$st/backup/$stamp.XXXXXX") || die 1 "could not create a backup directory under $st/backup (disk full?)"
-    mkdir "$bk/etcd"
+    # later push ever deletes it. Nothing there yet: nothing to keep, no directory.
     had=
     for p in $parts; do
         n=${p%%:*} rel=${n#pki/}
-        if [ -e "$pki/$rel" ] || [ -L "$pki/$rel" ]; then
-            cp -P -p "$pki/$rel" "$bk/$rel" || die 1 "could not back up $pki/$rel (disk full?)"
-            had="$had $rel"
-        fi
+        if [ -e "$pki/$rel" ] || [ -L "$pki/$rel" ]; then had="$had $rel"; fi
     done
+    if [ -n "$had" ]; then
+        mkdir -p "$st/backup"
+        bk=$(mktemp -d "$st/backup/$stamp.XXXXXX") || die 1 "could not create a backup directory under $st/backup (disk full?)"
+        # One cp for all of them (--parents: etcd/ca.key lands in $bk/etcd).
+        # shellcheck disable=SC2086
+        (cd "$pki" && cp -P -p --parents -- $had "$bk"/) || die 1 "could not back up the files in $pki (disk full?)"
+    fi
 fi
 # What each artifact's dest holds now is kept beside it: a hard link (free, whatever the size),
 # or a copy where the dest cannot be linked.
@@ -425,6 +473,8 @@ rollback() { # (its own variable names: the caller's message still needs $adest)
         fi
     done
     for rr in $done_list; do
+        # Not renamed yet: its staged copy is still there.
+        { [ -e "$stage/b/pki/$rr" ] || [ -L "$stage/b/pki/$rr" ]; } && continue
         case " $had " in
         *" $rr "*) mv -f "$bk/$rr" "$pki/$rr" || rb_failed="$rb_failed $pki/$rr" ;;
         *) rm -f "$pki/$rr" || rb_failed="$rb_failed $pki/$rr" ;;
@@ -442,16 +492,22 @@ rollback() { # (its own variable names: the caller's message still needs $adest)
 }
 renaming=1
 if [ "$action" != none ]; then
-    for p in $parts; do
-        n=${p%%:*} rel=${n#pki/}
-        # rename(2) replaces a symlink at the target itself; it never writes through it.
-        if ! mv -f "$stage/b/$n" "$pki/$rel"; then
-            rollback
-            die 1 "could not install $pki/$rel; $put_back"
-        fi
-        done_list="$done_list $rel"
-    done
-    if ! (cd "$k" && grep ' pki/' "$stage/b/SHA256SUMS" | sha256sum -c --strict --quiet > /dev/null 2>&1); then
+    # Two renaming calls (the pki directory, then pki/etcd); each rename(2) replaces a symlink
+    # at the target itself, never writing through it. Every part counts as done from here: the
+    # rollback puts back only those whose staged copy is gone.
+    done_list="$ptop $psub"
+    # shellcheck disable=SC2086
+    if ! (cd "$stage/b/pki" && { [ -z "$ptop" ] || mv -f -- $ptop "$pki"/; } &&
+        { [ -z "$psub" ] || mv -f -- $psub "$pki/etcd"/; }); then
+        rollback
+        die 1 "could not install the files in $pki; $put_back"
+    fi
+    # The installed files, read again, against every pki line of SHA256SUMS (read by the shell).
+    psums=
+    while IFS= read -r l; do
+        case $l in *" pki/"*) psums="$psums$l$nl" ;; esac
+    done < "$stage/b/SHA256SUMS"
+    if ! (cd "$k" && printf '%s' "$psums" | sha256sum -c --strict --quiet > /dev/null 2>&1); then
         rollback
         die 3 "the installed files do not match SHA256SUMS; $put_back"
     fi
@@ -481,10 +537,10 @@ printf '%s\n' "$serial" > "$st/.last-serial.tmp" && mv -f "$st/.last-serial.tmp"
 [ -n "$downgrade" ] &&
     printf '%s downgrade from=%s to=%s signer=%s (--allow-downgrade)\n' "$stamp" "$last" "$serial" "$principal" >> "$st/history"
 if [ "$action" != none ]; then
-    if [ "$action" != replace ] || [ -z "$had" ]; then
+    if [ -n "$bk" ] && [ "$action" != replace ]; then
         rm -rf "$bk"
+        rmdir "$st/backup" 2> /dev/null || true
     fi
-    rmdir "$st/backup" 2> /dev/null || true
     cp "$stage/b/bundle.json" "$st/.last-bundle.json.tmp" && mv -f "$st/.last-bundle.json.tmp" "$st/last-bundle.json"
     printf '%s serial=%s signer=%s action=%s\n' "$stamp" "$serial" "$principal" "$action" >> "$st/history"
     for n in $kc_done; do
@@ -515,8 +571,8 @@ done
 run_after() { # name, command...
     n=$1
     shift
-    command -v "$1" > /dev/null 2>&1 || die 78 "files installed, but the after action $n needs $1, which this node lacks"
-    "$@" > /dev/null 2>&1 9>&- || die 78 "files installed, but the after action $n failed ($*)"
+    command -v "$1" > /dev/null 2>&1 || die "$EX_AFTER_FAILED" "files installed, but the after action $n needs $1, which this node lacks"
+    "$@" > /dev/null 2>&1 9>&- || die "$EX_AFTER_FAILED" "files installed, but the after action $n failed ($*)"
     printf '%s after=%s\n' "$stamp" "$n" >> "$st/history"
     printf 'after %s\n' "$n"
 }
@@ -542,7 +598,7 @@ drop_incomplete() { # names
 }
 import_images() { # staged copy, dest
     command -v ctr > /dev/null 2>&1 ||
-        die 78 "files installed, but importing $2 needs ctr (containerd), which this node lacks"
+        die "$EX_AFTER_FAILED" "files installed, but importing $2 needs ctr (containerd), which this node lacks"
     names=$(tar -xOf "$1" --occurrence=1 index.json 2> /dev/null | grep -o '"io.containerd.image.name":"[^"]*"' |
         cut -d'"' -f4 | tr -cd 'A-Za-z0-9._/:@\n-' | tr '\n' ' ')
     names=${names% }
@@ -556,15 +612,15 @@ import_images() { # staged copy, dest
         io=$(printf '%s' "$io" | tail -n 1 | tr -cd '[:print:]' | cut -c1-300)
         printf '%s after=import-images FAILED dest=%s images=%s\n' "$stamp" "$2" "$(printf '%s' "${names:--}" | tr ' ' ,)" >> "$st/history"
         drop_incomplete "$names"
-        die 78 "files installed, but containerd could not import $2 (images: ${names:-none named}): $io"
+        die "$EX_AFTER_FAILED" "files installed, but containerd could not import $2 (images: ${names:-none named}): $io"
     fi
     got=$(printf '%s\n' "$io" | sed -n 's/^unpacking \([^ ]*\) (sha256:[0-9a-f]*)\.\.\..*$/\1/p' | tr '\n' ' ')
     got=${got% }
-    [ -n "$got" ] || die 78 "files installed, but importing $2 created no named image (the archive's index.json names none)"
-    case " $got" in *" -"* | *[!A-Za-z0-9._/:@\ -]*) die 78 "importing $2 created an image named outside hapki's alphabet" ;; esac
+    [ -n "$got" ] || die "$EX_AFTER_FAILED" "files installed, but importing $2 created no named image (the archive's index.json names none)"
+    case " $got" in *" -"* | *[!A-Za-z0-9._/:@\ -]*) die "$EX_AFTER_FAILED" "importing $2 created an image named outside hapki's alphabet" ;; esac
     for n in $got; do
         ctr -n k8s.io images label "$n" io.cri-containerd.pinned=pinned > /dev/null 2>&1 9>&- ||
-            die 78 "files installed and $n imported, but labelling it pinned failed"
+            die "$EX_AFTER_FAILED" "files installed and $n imported, but labelling it pinned failed"
     done
     printf '%s after=import-images dest=%s images=%s pinned\n' "$stamp" "$2" "$(printf '%s' "$got" | tr ' ' ,)" >> "$st/history"
     printf 'after import-images %s\n' "$got"

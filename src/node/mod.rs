@@ -61,7 +61,7 @@ fn strip_comments(script: &str) -> String {
 /// The backups script (`hapki push --list-backups` / `--prune-backups`): `$1` state dir,
 /// `$2` list|prune|prune-dry, `$3` how many to keep, `$4` this run's id.
 pub fn backups_script() -> String {
-    strip_comments(include_str!("backups.sh"))
+    strip_comments(&format!("{COMMON}{}", include_str!("backups.sh")))
 }
 
 /// The push script: the facts, then one decision line read from stdin (`skip`, or the install

@@ -86,8 +86,8 @@ pub fn check(text: &[u8]) -> Result<(), TrustInstallError> {
 /// Installs `text` (checked with [`check`]) as the node's pinned trust file.
 pub fn install(session: &mut dyn Session, text: &[u8]) -> Result<(), TrustInstallError> {
     check(text)?;
-    let script = include_str!("trust_install.sh");
-    let out = session.run(script, &[], &mut &text[..])?;
+    let script = format!("{}{}", include_str!("common.sh"), include_str!("trust_install.sh"));
+    let out = session.run(&script, &[], &mut &text[..])?;
     if !out.success() {
         return Err(TrustInstallError::Node(super::stderr_tail(&out.stderr)));
     }

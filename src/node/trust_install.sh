@@ -4,7 +4,7 @@ set -eu
 umask 022
 d=/etc/hapki
 f=$d/allowed_signers
-[ -L "$d" ] && { printf 'hapki: %s is a symlink; replace it with a real directory\n' "$d" >&2; exit 77; }
+[ -L "$d" ] && { printf 'hapki: %s is a symlink; replace it with a real directory\n' "$d" >&2; exit "$EX_UNSAFE_PATH"; }
 mkdir -p "$d"
 chown 0:0 "$d"
 chmod 0755 "$d"
