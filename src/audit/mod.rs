@@ -86,14 +86,18 @@ pub struct Reference {
 impl Reference {
     /// The artifact destinations a node of `role` should hold.
     pub fn artifact_dests(&self, role: Role) -> Vec<&str> {
-        self.artifacts.iter().filter(|a| a.roles.contains(&role)).map(|a| a.dest.as_str()).collect()
+        self.artifacts
+            .iter()
+            .filter(|a| a.roles.contains(&role) && crate::artifacts::After::on_nodes(a.after))
+            .map(|a| a.dest.as_str())
+            .collect()
     }
 
     /// [`Reference::artifact_dests`] as the facts script takes them (image archives marked).
     pub fn facts_args(&self, role: Role) -> Vec<String> {
         self.artifacts
             .iter()
-            .filter(|a| a.roles.contains(&role))
+            .filter(|a| a.roles.contains(&role) && crate::artifacts::After::on_nodes(a.after))
             .map(|a| crate::artifacts::facts_arg(&a.dest, a.after))
             .collect()
     }
@@ -383,7 +387,10 @@ pub fn audit_node(
 
     // Artifacts from the bundle: present, with the signed hash, mode and numeric owner.
     let mut artifacts = BTreeMap::new();
-    for a in reference.artifacts.iter().filter(|a| a.roles.contains(&role)) {
+    let on_node = |a: &&crate::bundle::ManifestArtifact| {
+        a.roles.contains(&role) && crate::artifacts::After::on_nodes(a.after)
+    };
+    for a in reference.artifacts.iter().filter(on_node) {
         let st = facts.artifact_dests.get(&a.dest);
         let present = st.is_some_and(|s| s.kind != PathKind::Missing);
         artifacts.insert(
@@ -509,7 +516,7 @@ fn audit_images(
     let archives = reference
         .artifacts
         .iter()
-        .filter(|a| a.roles.contains(&role) && a.after == Some(After::ImportImages));
+        .filter(|a| a.roles.contains(&role) && a.after.is_some_and(After::names_images));
     for a in archives {
         let intact = facts.artifact_dests.get(&a.dest).is_some_and(|s| {
             s.kind == PathKind::File && s.sha256.as_deref() == Some(a.sha256.as_str())

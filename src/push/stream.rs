@@ -133,7 +133,7 @@ fn in_place(a: &ManifestArtifact, facts: &NodeFacts) -> bool {
         return false;
     }
     // An image archive is in place only once containerd holds its images, digests and pins.
-    if a.after == Some(After::ImportImages) && !artifacts::images_in_place(facts, &a.dest) {
+    if a.after.is_some_and(After::names_images) && !artifacts::images_in_place(facts, &a.dest) {
         return false;
     }
     // Numeric owners are compared; names would need the node's passwd, so they count as met.
@@ -316,7 +316,7 @@ fn node_worker(
         .artifacts
         .iter()
         .enumerate()
-        .filter(|(_, a)| a.roles.contains(&t.role))
+        .filter(|(_, a)| a.roles.contains(&t.role) && After::on_nodes(a.after))
         .collect();
     if !pki && mine.is_empty() {
         not_ready();
