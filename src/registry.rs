@@ -27,7 +27,7 @@ use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use crate::artifacts::{self, After, Artifact, ArchiveImage, IndexJsonScanner, Role};
+use crate::artifacts::{self, After, ArchiveImage, Artifact, IndexJsonScanner, Role};
 use crate::bundle::{self, AllowedSigners, BundleError, Identities, VerifyOptions};
 use crate::error::{Categorized, Category};
 
@@ -108,7 +108,8 @@ pub fn repo_and_tag(name: &str) -> Option<(String, String)> {
         _ => path,
     };
     let ok = |s: &str, extra: &str| {
-        !s.is_empty() && s.bytes().all(|b| b.is_ascii_alphanumeric() || extra.as_bytes().contains(&b))
+        !s.is_empty()
+            && s.bytes().all(|b| b.is_ascii_alphanumeric() || extra.as_bytes().contains(&b))
     };
     (ok(path, "._-/") && ok(tag, "._-") && !name.contains('@'))
         .then(|| (path.to_string(), tag.to_string()))
@@ -128,15 +129,16 @@ pub fn hosts_toml(registry: &str) -> String {
 /// size, name), each annotated with the reference it is pulled by, one per line (what the node
 /// script reads). An error says why an image cannot go through a registry.
 pub fn pull_index(index_json: &[u8], registry: &str) -> Result<Vec<u8>, String> {
-    let v: serde_json::Value =
-        serde_json::from_slice(index_json).map_err(|e| format!("its index.json is not JSON ({e})"))?;
+    let v: serde_json::Value = serde_json::from_slice(index_json)
+        .map_err(|e| format!("its index.json is not JSON ({e})"))?;
     let mut lines = Vec::new();
     for img in artifacts::archive_images(index_json)? {
         let (repo, _) = repo_and_tag(&img.name).ok_or_else(|| {
             format!("image name {:?} is not NAME:TAG of a conservative alphabet", img.name)
         })?;
         let hex = img.digest.strip_prefix("sha256:").unwrap_or("");
-        if hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()) {
+        if hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
+        {
             return Err(format!("{}: digest {:?} is not sha256:<64 hex>", img.name, img.digest));
         }
         let d = v["manifests"]
@@ -162,7 +164,10 @@ pub fn pull_index(index_json: &[u8], registry: &str) -> Result<Vec<u8>, String> 
         "{{\"schemaVersion\":2,\"mediaType\":\"application/vnd.oci.image.index.v1+json\",\"manifests\":[\n{}\n]}}\n",
         lines.join(",\n")
     );
-    Ok(tar_of(&[("oci-layout", b"{\"imageLayoutVersion\":\"1.0.0\"}".as_slice()), ("index.json", body.as_bytes())]))
+    Ok(tar_of(&[
+        ("oci-layout", b"{\"imageLayoutVersion\":\"1.0.0\"}".as_slice()),
+        ("index.json", body.as_bytes()),
+    ]))
 }
 
 /// A deterministic tar (root-owned 0644 entries, time 0).
@@ -249,7 +254,9 @@ pub fn for_registry(
         ));
     }
     let all = vec![Role::ControlPlane, Role::Worker];
-    for (file, data) in [("ca.crt", pem.clone()), ("hosts.toml", hosts_toml(&registry).into_bytes())] {
+    for (file, data) in
+        [("ca.crt", pem.clone()), ("hosts.toml", hosts_toml(&registry).into_bytes())]
+    {
         out.push(Artifact {
             source: write(file, &data)?,
             dest: format!("{CERTS_D}/{registry}/{file}"),
@@ -451,7 +458,8 @@ fn unpack_layout(archive: &Path, dir: &Path) -> Result<Vec<LayoutImage>, String>
     Ok(imgs
         .into_iter()
         .filter_map(|img| {
-            let d = v["manifests"].as_array()?.iter().find(|d| d["digest"] == img.digest.as_str())?;
+            let d =
+                v["manifests"].as_array()?.iter().find(|d| d["digest"] == img.digest.as_str())?;
             Some((img, d.clone()))
         })
         .collect())
@@ -531,12 +539,26 @@ mod tests {
         for ok in ["registry.example.org", "127.0.0.1:5000", "reg-1.local:443", "localhost:5000"] {
             assert_eq!(parse_host(ok).unwrap(), ok);
         }
-        for bad in ["", "a b", "reg:0", "reg:99999", "reg:05000", "-reg", "reg/x", "[::1]:5000", "a..b", "x\ny"] {
+        for bad in [
+            "",
+            "a b",
+            "reg:0",
+            "reg:99999",
+            "reg:05000",
+            "-reg",
+            "reg/x",
+            "[::1]:5000",
+            "a..b",
+            "x\ny",
+        ] {
             assert!(parse_host(bad).is_err(), "{bad:?} accepted");
         }
         let rt = |n: &str| repo_and_tag(n).map(|(r, t)| format!("{r} {t}"));
         assert_eq!(rt("k8s.gcr.io/pause:3.2").as_deref(), Some("pause 3.2"));
-        assert_eq!(rt("registry.k8s.io/coredns/coredns:v1.8.0").as_deref(), Some("coredns/coredns v1.8.0"));
+        assert_eq!(
+            rt("registry.k8s.io/coredns/coredns:v1.8.0").as_deref(),
+            Some("coredns/coredns v1.8.0")
+        );
         assert_eq!(rt("localhost:5000/a/b:1").as_deref(), Some("a/b 1"));
         assert_eq!(rt("library/busybox:1").as_deref(), Some("library/busybox 1"));
         for bad in ["k8s.gcr.io/pause", "pause@sha256:00", "a/b:c d", "reg:5000/x", ":1"] {
@@ -559,7 +581,10 @@ mod tests {
             vec![ArchiveImage { name: "k8s.gcr.io/pause:3.2".into(), digest: d.clone() }]
         );
         let text = String::from_utf8(index).unwrap();
-        assert!(text.contains(&format!("\"{PULL_ANNOTATION}\":\"127.0.0.1:5000/pause@{d}\"")), "{text}");
+        assert!(
+            text.contains(&format!("\"{PULL_ANNOTATION}\":\"127.0.0.1:5000/pause@{d}\"")),
+            "{text}"
+        );
         let line = format!(
             r#"{{"mediaType":"application/vnd.oci.image.manifest.v1+json","digest":"{d}","size":7,"annotations":{{"io.containerd.image.name":"k8s.gcr.io/pause:3.2","org.hapki.pull":"127.0.0.1:5000/pause@{d}"}}}}"#
         );

@@ -157,7 +157,8 @@ pub fn bundle(args: BundleArgs) -> anyhow::Result<u8> {
     let _registry_work = tempfile::tempdir()?;
     let artifacts = match (&args.registry, &args.registry_ca) {
         (Some(reg), Some(ca)) => {
-            hapki::registry::for_registry(artifacts, reg, ca, _registry_work.path()).categorized()?
+            hapki::registry::for_registry(artifacts, reg, ca, _registry_work.path())
+                .categorized()?
         }
         _ => artifacts,
     };

@@ -69,7 +69,7 @@ pub struct PushArgs {
     pub keep: Option<u32>,
     /// Copy the bundle's image archives (a `hapki bundle --registry` bundle), verified first,
     /// into this OCI registry before the nodes pull them from it by digest.
-    #[arg(long, value_name = "HOST[:PORT]", conflicts_with_all = BACKUP_CONFLICTS)]
+    #[arg(long, value_name = "HOST[:PORT]", conflicts_with_all = ["list_backups", "prune_backups"])]
     pub registry: Option<String>,
     /// containers-auth.json with the --registry's credentials (skopeo --authfile); without it,
     /// skopeo's defaults ($REGISTRY_AUTH_FILE, ~/.docker/config.json).
@@ -107,7 +107,11 @@ pub fn run(args: PushArgs) -> anyhow::Result<u8> {
         let verify = bundle::VerifyOptions::default();
         let up = hapki::registry::upload(bundle_path, &trust, &ids, &verify, reg, &opts)
             .categorized()?;
-        eprintln!("hapki: {reg} holds the bundle's {} images ({} bytes of archives)", up.images.len(), up.bytes);
+        eprintln!(
+            "hapki: {reg} holds the bundle's {} images ({} bytes of archives)",
+            up.images.len(),
+            up.bytes
+        );
     }
     let mut opts = PushOptions::new(args.replace, args.dry_run, args.parallel);
     opts.allow_downgrade = args.allow_downgrade;
