@@ -336,3 +336,39 @@ fn a_registry_feeds_the_fleet_by_digest_for_one_upload() {
     let h = std::fs::read_to_string(tb.node("kubenode-1").state().join("history")).unwrap();
     assert!(h.lines().any(|l| l.contains("pull-images FAILED") && l.contains(pause)), "{h}");
 }
+
+/// `push --registry` uploads nothing unless the whole bundle verified: one byte of an archive
+/// changed after signing → exit 3, and the registry holds no blob (the same bundle unchanged
+/// fills it: the negative control).
+#[test]
+fn an_unverified_byte_never_reaches_the_registry() {
+    let fx = Fixture::new();
+    let reg = Registry::start(&fx.path("registry"));
+    let work = fx.path("images");
+    let nd = oci_archive_sized(&work, &work.join("node.tar"), &[KUBEADM_1_20_2[4]], 1 << 20);
+    let spec = work.join("spec.toml");
+    let entry = format!("source = \"{}\"\ndest = \"{IMAGES_DIR}/node.tar\"", nd.display());
+    std::fs::write(&spec, format!("[[artifacts]]\n{entry}\nafter = \"import-images\"\n")).unwrap();
+    let b = fx.path("registry.bundle");
+    let mut c = hapki();
+    c.args(["bundle", "--artifacts"]).arg(&spec).args(["--registry", &reg.host]);
+    c.arg("--registry-ca").arg(reg.ca()).arg("--sign-key").arg(fx.signer()).arg("--out").arg(&b);
+    c.assert().success();
+    let mut bytes = std::fs::read(&b).unwrap();
+    let flipped = fx.path("flipped.bundle");
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0x01;
+    std::fs::write(&flipped, &bytes).unwrap();
+    let blobs = reg.dir.join("data/docker/registry/v2/blobs");
+    let push = |b: &Path| {
+        let mut c = fixture::hapki_process();
+        c.arg("push").arg(b).arg("--trust").arg(fx.allowed());
+        c.args(["--nodes", "127.0.0.1:1", "--registry", &reg.host]).output().unwrap()
+    };
+    let out = push(&flipped);
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out));
+    assert!(!blobs.exists(), "the registry received bytes of an unverified bundle");
+    let out = push(&b);
+    assert!(text(&out).contains("1 image(s) copied and served by digest"), "{}", text(&out));
+    assert!(blobs.exists(), "the verified bundle did not reach the registry: {}", text(&out));
+}

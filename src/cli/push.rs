@@ -108,7 +108,7 @@ pub fn run(args: PushArgs) -> anyhow::Result<u8> {
         let up = hapki::registry::upload(bundle_path, &trust, &ids, &verify, reg, &opts)
             .categorized()?;
         eprintln!(
-            "hapki: {reg} holds the bundle's {} images ({} bytes of archives)",
+            "hapki: {reg}: {} image(s) copied and served by digest ({} bytes of archives)",
             up.images.len(),
             up.bytes
         );
