@@ -295,8 +295,8 @@ pub struct UploadOptions {
 /// What the streaming read keeps: the registry-only archives and the CA, written to `dir`.
 #[derive(Default)]
 struct Extract {
-    /// (artifact index, where its bytes go).
-    wanted: Vec<(usize, PathBuf)>,
+    /// (artifact index, where its bytes go, whether it is an image archive).
+    wanted: Vec<(usize, PathBuf, bool)>,
     current: Option<std::fs::File>,
     /// The bundle names another registry (or none).
     mismatch: Option<String>,
@@ -327,42 +327,15 @@ pub fn upload(
         .map_err(|e| RegistryError::Upload(format!("cannot create a temporary directory: {e}")))?;
     let certs = tmp.path().join("certs");
     std::fs::create_dir(&certs).map_err(|e| RegistryError::Upload(e.to_string()))?;
-    let hosts = format!("{CERTS_D}/{registry}/hosts.toml");
-    let ca = format!("{CERTS_D}/{registry}/ca.crt");
     let st = RefCell::new(Extract::default());
     let verified = bundle::open_streaming(
         path,
         trust,
         identities,
         verify,
-        &mut |head| {
-            let arts = &head.manifest.artifacts;
-            let mut st = st.borrow_mut();
-            if !arts.iter().any(|a| a.dest == hosts) {
-                let named: Vec<&str> = arts
-                    .iter()
-                    .filter_map(|a| a.dest.strip_prefix(&format!("{CERTS_D}/")))
-                    .filter_map(|d| d.strip_suffix("/hosts.toml"))
-                    .collect();
-                st.mismatch = Some(if named.is_empty() {
-                    "the bundle names no registry; make it with hapki bundle --registry HOST --registry-ca FILE".into()
-                } else {
-                    format!("the bundle was made for registry {}, not {registry}; push with --registry {}", named.join(","), named[0])
-                });
-                return Ok(false);
-            }
-            for (i, a) in arts.iter().enumerate() {
-                if a.after == Some(After::RegistryOnly) {
-                    st.wanted.push((i, tmp.path().join(format!("{i}.tar"))));
-                } else if a.dest == ca {
-                    st.wanted.push((i, certs.join("ca.crt")));
-                }
-            }
-            Ok(true)
-        },
+        &mut |head| Ok(st.borrow_mut().plan(&head.manifest.artifacts, &registry, tmp.path())),
         &mut |ev| {
-            let mut st = st.borrow_mut();
-            sink(&mut st, ev);
+            sink(&mut st.borrow_mut(), ev);
             Ok(())
         },
     )?;
@@ -375,20 +348,52 @@ pub fn upload(
     }
     // The whole bundle verified: every extracted byte is the signed one.
     let mut done = Uploaded::default();
-    for (i, file) in st.wanted.iter().filter(|(_, f)| f.extension().is_some_and(|e| e == "tar")) {
+    for (i, file, _) in st.wanted.iter().filter(|w| w.2) {
         let a = &verified.manifest.artifacts[*i];
         done.bytes += a.size;
+        let err = |e: String| RegistryError::Upload(format!("{}: {e}", a.dest));
         let layout = tmp.path().join(format!("layout-{i}"));
-        let imgs = unpack_layout(file, &layout)
-            .map_err(|e| RegistryError::Upload(format!("{}: {e}", a.dest)))?;
-        std::fs::remove_file(file).map_err(|e| RegistryError::Upload(e.to_string()))?;
+        let imgs = unpack_layout(file, &layout).map_err(err)?;
+        std::fs::remove_file(file).map_err(|e| err(e.to_string()))?;
         for img in imgs {
             copy_image(&layout, &img, &registry, &certs, opts)
-                .map_err(|e| RegistryError::Upload(format!("{} ({}): {e}", img.0.name, a.dest)))?;
+                .map_err(|e| err(format!("{}: {e}", img.0.name)))?;
             done.images.push(img.0);
         }
     }
     Ok(done)
+}
+
+impl Extract {
+    /// From the verified head: which artifacts to keep (the registry-only archives, the CA),
+    /// or why the bundle is not for `registry` (then `false`: stop reading).
+    fn plan(&mut self, arts: &[bundle::ManifestArtifact], registry: &str, tmp: &Path) -> bool {
+        let hosts = format!("{CERTS_D}/{registry}/hosts.toml");
+        let ca = format!("{CERTS_D}/{registry}/ca.crt");
+        if !arts.iter().any(|a| a.dest == hosts) {
+            let named: Vec<&str> = arts
+                .iter()
+                .filter_map(|a| a.dest.strip_prefix(CERTS_D)?.strip_prefix('/'))
+                .filter_map(|d| d.strip_suffix("/hosts.toml"))
+                .collect();
+            self.mismatch = Some(match named.first() {
+                None => "the bundle names no registry; make it with hapki bundle --registry HOST --registry-ca FILE".into(),
+                Some(first) => format!(
+                    "the bundle was made for registry {}, not {registry}; push with --registry {first}",
+                    named.join(",")
+                ),
+            });
+            return false;
+        }
+        for (i, a) in arts.iter().enumerate() {
+            if a.after == Some(After::RegistryOnly) {
+                self.wanted.push((i, tmp.join(format!("{i}.tar")), true));
+            } else if a.dest == ca {
+                self.wanted.push((i, tmp.join("certs/ca.crt"), false));
+            }
+        }
+        true
+    }
 }
 
 fn sink(st: &mut Extract, ev: bundle::ArtifactEvent<'_>) {
@@ -398,8 +403,8 @@ fn sink(st: &mut Extract, ev: bundle::ArtifactEvent<'_>) {
     let r = match ev {
         bundle::ArtifactEvent::Start { index, .. } => {
             st.current = None;
-            match st.wanted.iter().find(|(i, _)| *i == index) {
-                Some((_, p)) => std::fs::OpenOptions::new()
+            match st.wanted.iter().find(|w| w.0 == index) {
+                Some((_, p, _)) => std::fs::OpenOptions::new()
                     .write(true)
                     .create_new(true)
                     .open(p)
