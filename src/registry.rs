@@ -599,4 +599,57 @@ mod tests {
         assert!(pull_index(idx.replace(&d, "sha256:12").as_bytes(), "r").is_err());
         assert!(pull_index(idx.replace("pause:3.2", "pause").as_bytes(), "r").is_err());
     }
+
+    #[test]
+    fn a_registry_bundle_sends_pull_indexes_and_the_registry_config_not_archives() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = format!("sha256:{}", "b".repeat(64));
+        let idx = format!(
+            r#"{{"manifests":[{{"digest":"{d}","size":9,"annotations":{{"io.containerd.image.name":"k8s.gcr.io/pause:3.2"}}}}]}}"#
+        );
+        let archive = dir.path().join("node.tar");
+        std::fs::write(&archive, tar_of(&[("index.json", idx.as_bytes())])).unwrap();
+        let ca = dir.path().join("ca.crt");
+        let cert = rcgen::generate_simple_self_signed(vec!["ca".into()]).unwrap();
+        std::fs::write(&ca, cert.cert.pem()).unwrap();
+        let art = |source: &Path, dest: &str, after| Artifact {
+            source: source.to_path_buf(),
+            dest: dest.into(),
+            mode: 0o644,
+            owner: "0:0".into(),
+            roles: vec![Role::Worker],
+            after,
+        };
+        let spec = vec![
+            art(&archive, "/i/node.tar", Some(After::ImportImages)),
+            art(&ca, "/etc/x.conf", None),
+        ];
+        let work = dir.path().join("work");
+        std::fs::create_dir(&work).unwrap();
+        let out = for_registry(spec.clone(), "reg:5000", &ca, &work).unwrap();
+        let got: Vec<(&str, Option<After>, usize)> =
+            out.iter().map(|a| (a.dest.as_str(), a.after, a.roles.len())).collect();
+        assert_eq!(
+            got,
+            [
+                ("/i/node.tar", Some(After::RegistryOnly), 1),
+                ("/i/node.tar.pull.tar", Some(After::PullImages), 1),
+                ("/etc/x.conf", None, 1),
+                ("/etc/containerd/certs.d/reg:5000/ca.crt", None, 2),
+                ("/etc/containerd/certs.d/reg:5000/hosts.toml", None, 2),
+            ]
+        );
+        let hosts = std::fs::read_to_string(&out[4].source).unwrap();
+        assert!(
+            hosts.contains("[host.\"https://reg:5000\"]") && hosts.contains("reg:5000/ca.crt"),
+            "{hosts}"
+        );
+        let bad =
+            |spec: Vec<Artifact>, ca: &Path| for_registry(spec, "reg:5000", ca, &work).unwrap_err();
+        assert!(bad(spec.clone(), &archive).to_string().contains("not a PEM certificate"));
+        assert!(bad(spec[1..].to_vec(), &ca).to_string().contains("no image archive"));
+        let clash =
+            vec![spec[0].clone(), art(&ca, "/etc/containerd/certs.d/reg:5000/ca.crt", None)];
+        assert!(bad(clash, &ca).to_string().contains("made by --registry"));
+    }
 }
