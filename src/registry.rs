@@ -23,6 +23,7 @@
 //! serves each manifest with its digest, and only then pushes the small artifacts to the nodes.
 
 use std::cell::RefCell;
+use std::collections::{BTreeMap, BTreeSet};
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -125,10 +126,87 @@ pub fn hosts_toml(registry: &str) -> String {
     )
 }
 
-/// The pull index for an archive's `index.json`: the same descriptors (digest, media type,
-/// size, name), each annotated with the reference it is pulled by, one per line (what the node
-/// script reads). An error says why an image cannot go through a registry.
-pub fn pull_index(index_json: &[u8], registry: &str) -> Result<Vec<u8>, String> {
+/// Media types of an image index (a multi-platform image).
+const INDEX_TYPES: [&str; 2] = [
+    "application/vnd.oci.image.index.v1+json",
+    "application/vnd.docker.distribution.manifest.list.v2+json",
+];
+
+/// What an archive's blobs say about the image indexes its `index.json` names: which blobs it
+/// holds, and the bytes of each such index (to tell which platforms it carries).
+#[derive(Debug, Default)]
+pub struct ArchiveBlobs {
+    pub present: BTreeSet<String>,
+    pub indexes: BTreeMap<String, Vec<u8>>,
+}
+
+/// The descriptor a node pulls for an image: the archive's own, or — for an image index whose
+/// archive holds one platform's content only (what `ctr images export` writes for an image
+/// pulled for one platform) — that platform's manifest, since a registry refuses an index
+/// whose manifests it lacks.
+fn pullable(
+    desc: &serde_json::Value,
+    name: &str,
+    blobs: &ArchiveBlobs,
+) -> Result<serde_json::Value, String> {
+    let media = desc["mediaType"].as_str().unwrap_or_default();
+    if !INDEX_TYPES.contains(&media) {
+        return Ok(desc.clone());
+    }
+    let digest = desc["digest"].as_str().unwrap_or_default();
+    let bytes = blobs
+        .indexes
+        .get(digest)
+        .ok_or_else(|| format!("{name}: the archive lacks its image index {digest}"))?;
+    let idx: serde_json::Value = serde_json::from_slice(bytes)
+        .map_err(|e| format!("{name}: its image index is not JSON ({e})"))?;
+    let children = idx["manifests"].as_array().map(Vec::as_slice).unwrap_or_default();
+    let held: Vec<&serde_json::Value> = children
+        .iter()
+        .filter(|c| c["digest"].as_str().is_some_and(|d| blobs.present.contains(d)))
+        .collect();
+    match held.as_slice() {
+        _ if held.len() == children.len() => Ok(desc.clone()),
+        [one] => Ok((*one).clone()),
+        _ => Err(format!(
+            "{name}: the archive holds {} of the {} platforms of its image index, which a registry refuses as a whole; export all of them (ctr images export --all-platforms) or one",
+            held.len(),
+            children.len()
+        )),
+    }
+}
+
+/// Reads the tar at `path` through once: which `blobs/sha256/…` it holds, and the bytes of
+/// those among `wanted` (image indexes, a few KiB each; capped).
+fn scan_blobs(path: &Path, wanted: &BTreeSet<String>) -> Result<ArchiveBlobs, String> {
+    let f = std::fs::File::open(path).map_err(|e| format!("cannot read it: {e}"))?;
+    let mut out = ArchiveBlobs::default();
+    let mut t = tar::Archive::new(f);
+    for e in t.entries().map_err(|e| format!("not a tar: {e}"))? {
+        let mut e = e.map_err(|e| format!("not a tar: {e}"))?;
+        let path = e.path().map_err(|e| e.to_string())?.to_string_lossy().into_owned();
+        let Some(hex) = path.trim_start_matches("./").strip_prefix("blobs/sha256/") else {
+            continue;
+        };
+        let digest = format!("sha256:{hex}");
+        if wanted.contains(&digest) && e.size() <= artifacts::MAX_INDEX_JSON as u64 {
+            let mut b = Vec::new();
+            e.read_to_end(&mut b).map_err(|e| e.to_string())?;
+            out.indexes.insert(digest.clone(), b);
+        }
+        out.present.insert(digest);
+    }
+    Ok(out)
+}
+
+/// The pull index for an archive's `index.json`: each image's descriptor (see [`pullable`]) and
+/// name, annotated with the reference it is pulled by, one per line (what the node script
+/// reads). An error says why an image cannot go through a registry.
+pub fn pull_index(
+    index_json: &[u8],
+    registry: &str,
+    blobs: &ArchiveBlobs,
+) -> Result<Vec<u8>, String> {
     let v: serde_json::Value = serde_json::from_slice(index_json)
         .map_err(|e| format!("its index.json is not JSON ({e})"))?;
     let mut lines = Vec::new();
@@ -145,6 +223,13 @@ pub fn pull_index(index_json: &[u8], registry: &str) -> Result<Vec<u8>, String> 
             .as_array()
             .and_then(|m| m.iter().find(|d| d["digest"] == img.digest.as_str()))
             .ok_or("its index.json lost a descriptor")?;
+        let d = pullable(d, &img.name, blobs)?;
+        let digest = d["digest"].as_str().unwrap_or_default();
+        let hex = digest.strip_prefix("sha256:").unwrap_or("");
+        if hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
+        {
+            return Err(format!("{}: digest {digest:?} is not sha256:<64 hex>", img.name));
+        }
         let media = d["mediaType"].as_str().unwrap_or("application/vnd.oci.image.manifest.v1+json");
         if !media.bytes().all(|b| b.is_ascii_alphanumeric() || b"./+-".contains(&b)) {
             return Err(format!("{}: media type {media:?} is not one of OCI's", img.name));
@@ -153,10 +238,10 @@ pub fn pull_index(index_json: &[u8], registry: &str) -> Result<Vec<u8>, String> 
         // value is of an alphabet that needs no JSON escaping.
         let line = format!(
             "{{\"mediaType\":\"{media}\",\"digest\":\"{}\",\"size\":{},\"annotations\":{{\"io.containerd.image.name\":\"{}\",\"{PULL_ANNOTATION}\":\"{registry}/{repo}@{}\"}}}}",
-            img.digest,
+            digest,
             d["size"].as_u64().unwrap_or(0),
             img.name,
-            img.digest
+            digest
         );
         lines.push(line);
     }
@@ -200,6 +285,23 @@ fn read_index(path: &Path) -> Result<Vec<u8>, String> {
     scan.finish().ok_or_else(|| "it holds no index.json (an OCI image archive does)".to_string())
 }
 
+/// The blobs of the archive at `path`, read only when its `index.json` names an image index.
+fn index_blobs(path: &Path, index_json: &[u8]) -> Result<ArchiveBlobs, String> {
+    let v: serde_json::Value = serde_json::from_slice(index_json).unwrap_or_default();
+    let wanted: BTreeSet<String> = v["manifests"]
+        .as_array()
+        .map(Vec::as_slice)
+        .unwrap_or_default()
+        .iter()
+        .filter(|d| d["mediaType"].as_str().is_some_and(|m| INDEX_TYPES.contains(&m)))
+        .filter_map(|d| d["digest"].as_str().map(str::to_string))
+        .collect();
+    if wanted.is_empty() {
+        return Ok(ArchiveBlobs::default());
+    }
+    scan_blobs(path, &wanted)
+}
+
 /// `hapki bundle --registry`: the spec's artifacts with each image archive made registry-only
 /// plus its pull index, and the registry's `hosts.toml` and CA (see the module docs). The
 /// generated files are written under `work`, which must outlive the bundle's creation.
@@ -233,7 +335,8 @@ pub fn for_registry(
         }
         let err = |m: String| usage(format!("{} (for {}): {m}", a.source.display(), a.dest));
         let index = read_index(&a.source).map_err(&err)?;
-        let pull = pull_index(&index, &registry).map_err(&err)?;
+        let blobs = index_blobs(&a.source, &index).map_err(&err)?;
+        let pull = pull_index(&index, &registry, &blobs).map_err(&err)?;
         let dest = artifacts::check_dest(&format!("{}{PULL_SUFFIX}", a.dest)).map_err(&err)?;
         let source = write(&format!("pull-{i}.tar"), &pull)?;
         let pull_art = Artifact {
@@ -295,8 +398,10 @@ pub struct UploadOptions {
 /// What the streaming read keeps: the registry-only archives and the CA, written to `dir`.
 #[derive(Default)]
 struct Extract {
-    /// (artifact index, where its bytes go, whether it is an image archive).
-    wanted: Vec<(usize, PathBuf, bool)>,
+    /// (artifact index, where its bytes go).
+    wanted: Vec<(usize, PathBuf)>,
+    /// (registry-only archive, its pull index): artifact indices.
+    archives: Vec<(usize, usize)>,
     current: Option<std::fs::File>,
     /// The bundle names another registry (or none).
     mismatch: Option<String>,
@@ -348,13 +453,18 @@ pub fn upload(
     }
     // The whole bundle verified: every extracted byte is the signed one.
     let mut done = Uploaded::default();
-    for (i, file, _) in st.wanted.iter().filter(|w| w.2) {
-        let a = &verified.manifest.artifacts[*i];
+    for &(i, j) in &st.archives {
+        let a = &verified.manifest.artifacts[i];
         done.bytes += a.size;
         let err = |e: String| RegistryError::Upload(format!("{}: {e}", a.dest));
-        let layout = tmp.path().join(format!("layout-{i}"));
-        let imgs = unpack_layout(file, &layout).map_err(err)?;
-        std::fs::remove_file(file).map_err(|e| err(e.to_string()))?;
+        // What the nodes will pull: the signed pull index's descriptors.
+        let imgs = read_index(&tmp.path().join(format!("{j}.tar")))
+            .and_then(|idx| layout_images(&idx))
+            .map_err(err)?;
+        let (file, layout) =
+            (tmp.path().join(format!("{i}.tar")), tmp.path().join(format!("layout-{i}")));
+        unpack_layout(&file, &layout).map_err(err)?;
+        std::fs::remove_file(&file).map_err(|e| err(e.to_string()))?;
         for img in imgs {
             copy_image(&layout, &img, &registry, &certs, opts)
                 .map_err(|e| err(format!("{}: {e}", img.0.name)))?;
@@ -386,10 +496,22 @@ impl Extract {
             return false;
         }
         for (i, a) in arts.iter().enumerate() {
-            if a.after == Some(After::RegistryOnly) {
-                self.wanted.push((i, tmp.join(format!("{i}.tar")), true));
-            } else if a.dest == ca {
-                self.wanted.push((i, tmp.join("certs/ca.crt"), false));
+            let pull = format!("{}{PULL_SUFFIX}", a.dest);
+            let pull =
+                arts.iter().position(|p| p.dest == pull && p.after == Some(After::PullImages));
+            match (a.after, pull) {
+                (Some(After::RegistryOnly), Some(j)) => {
+                    self.wanted.push((i, tmp.join(format!("{i}.tar"))));
+                    self.wanted.push((j, tmp.join(format!("{j}.tar"))));
+                    self.archives.push((i, j));
+                }
+                (Some(After::RegistryOnly), None) => {
+                    self.error =
+                        Some(format!("{} has no pull index {pull:?} in the bundle", a.dest));
+                    return false;
+                }
+                _ if a.dest == ca => self.wanted.push((i, tmp.join("certs/ca.crt"))),
+                _ => {}
             }
         }
         true
@@ -404,7 +526,7 @@ fn sink(st: &mut Extract, ev: bundle::ArtifactEvent<'_>) {
         bundle::ArtifactEvent::Start { index, .. } => {
             st.current = None;
             match st.wanted.iter().find(|w| w.0 == index) {
-                Some((_, p, _)) => std::fs::OpenOptions::new()
+                Some((_, p)) => std::fs::OpenOptions::new()
                     .write(true)
                     .create_new(true)
                     .open(p)
@@ -430,8 +552,8 @@ fn sink(st: &mut Extract, ev: bundle::ArtifactEvent<'_>) {
 type LayoutImage = (ArchiveImage, serde_json::Value);
 
 /// Unpacks an OCI archive into `dir`: regular files `oci-layout`, `index.json` and
-/// `blobs/sha256/<hex>` only (nothing else, no links, no other paths). Returns its images.
-fn unpack_layout(archive: &Path, dir: &Path) -> Result<Vec<LayoutImage>, String> {
+/// `blobs/sha256/<hex>` only (nothing else, no links, no other paths).
+fn unpack_layout(archive: &Path, dir: &Path) -> Result<(), String> {
     let blobs = dir.join("blobs/sha256");
     std::fs::create_dir_all(&blobs).map_err(|e| e.to_string())?;
     let f = std::fs::File::open(archive).map_err(|e| e.to_string())?;
@@ -457,9 +579,13 @@ fn unpack_layout(archive: &Path, dir: &Path) -> Result<Vec<LayoutImage>, String>
             .map_err(|e| format!("{name}: {e}"))?;
         std::io::copy(&mut e, &mut out).map_err(|e| format!("{name}: {e}"))?;
     }
-    let index = std::fs::read(dir.join("index.json")).map_err(|_| "no index.json".to_string())?;
-    let v: serde_json::Value = serde_json::from_slice(&index).map_err(|e| e.to_string())?;
-    let imgs = artifacts::archive_images(&index)?;
+    Ok(())
+}
+
+/// The images an `index.json` names, each with its descriptor.
+fn layout_images(index: &[u8]) -> Result<Vec<LayoutImage>, String> {
+    let v: serde_json::Value = serde_json::from_slice(index).map_err(|e| e.to_string())?;
+    let imgs = artifacts::archive_images(index)?;
     Ok(imgs
         .into_iter()
         .filter_map(|img| {
@@ -577,7 +703,7 @@ mod tests {
         let idx = format!(
             r#"{{"manifests":[{{"mediaType":"application/vnd.oci.image.manifest.v1+json","digest":"{d}","size":7,"annotations":{{"io.containerd.image.name":"k8s.gcr.io/pause:3.2"}}}}]}}"#
         );
-        let tar = pull_index(idx.as_bytes(), "127.0.0.1:5000").unwrap();
+        let tar = pull_index(idx.as_bytes(), "127.0.0.1:5000", &ArchiveBlobs::default()).unwrap();
         let mut s = IndexJsonScanner::default();
         s.feed(&tar);
         let index = s.finish().unwrap();
@@ -596,8 +722,9 @@ mod tests {
         assert!(text.lines().any(|l| l == line), "{text}");
         // One descriptor a line: what the node script reads.
         assert_eq!(text.lines().filter(|l| l.contains(PULL_ANNOTATION)).count(), 1);
-        assert!(pull_index(idx.replace(&d, "sha256:12").as_bytes(), "r").is_err());
-        assert!(pull_index(idx.replace("pause:3.2", "pause").as_bytes(), "r").is_err());
+        let none = ArchiveBlobs::default();
+        assert!(pull_index(idx.replace(&d, "sha256:12").as_bytes(), "r", &none).is_err());
+        assert!(pull_index(idx.replace("pause:3.2", "pause").as_bytes(), "r", &none).is_err());
     }
 
     #[test]
@@ -651,5 +778,25 @@ mod tests {
         let clash =
             vec![spec[0].clone(), art(&ca, "/etc/containerd/certs.d/reg:5000/ca.crt", None)];
         assert!(bad(clash, &ca).to_string().contains("made by --registry"));
+    }
+
+    #[test]
+    fn an_index_with_one_platform_held_is_pulled_as_that_platform() {
+        let h = |c: char| format!("sha256:{}", c.to_string().repeat(64));
+        let child = |c: char, arch: &str| serde_json::json!({"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": h(c), "size": 5, "platform": {"architecture": arch, "os": "linux"}});
+        let index = serde_json::json!({"manifests": [child('1', "amd64"), child('2', "arm64"), child('3', "386")]});
+        let desc = serde_json::json!({"mediaType": INDEX_TYPES[0], "digest": h('9'), "size": 300});
+        let mut blobs = ArchiveBlobs::default();
+        blobs.indexes.insert(h('9'), serde_json::to_vec(&index).unwrap());
+        assert!(pullable(&desc, "x", &ArchiveBlobs::default()).is_err(), "index blob missing");
+        blobs.present.insert(h('1'));
+        assert_eq!(pullable(&desc, "x", &blobs).unwrap()["digest"], h('1'));
+        blobs.present.insert(h('2'));
+        let e = pullable(&desc, "x", &blobs).unwrap_err();
+        assert!(e.contains("2 of the 3 platforms"), "{e}");
+        blobs.present.insert(h('3'));
+        assert_eq!(pullable(&desc, "x", &blobs).unwrap(), desc, "all held: the index itself");
+        let manifest = child('4', "amd64");
+        assert_eq!(pullable(&manifest, "x", &ArchiveBlobs::default()).unwrap(), manifest);
     }
 }

@@ -20,7 +20,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 
 use fixture::{hapki, text, Fixture};
-use images::{index_digests, oci_archive_sized, parse_ctr_ls, KUBEADM_1_20_2};
+use images::{index_digests, oci_archive_sized, parse_ctr_ls, pulled_digests, KUBEADM_1_20_2};
 use testbed::Testbed;
 
 const IMAGES_DIR: &str = "/etc/kubernetes/images";
@@ -193,7 +193,7 @@ fn node_images(tb: &Testbed, node: &str) -> BTreeMap<String, (String, bool)> {
 fn assert_pulled(tb: &Testbed, node: &str, archives: &[&Path]) {
     let have = node_images(tb, node);
     for a in archives {
-        for (name, digest) in index_digests(a) {
+        for (name, digest) in pulled_digests(a) {
             let (d, pinned) =
                 have.get(&name).unwrap_or_else(|| panic!("{node}: no {name}: {have:?}"));
             assert_eq!(d, &digest, "{node}: {name} has another digest");
@@ -229,8 +229,16 @@ fn a_registry_feeds_the_fleet_by_digest_for_one_upload() {
     let work = fx.path("images");
     let cp_names = [KUBEADM_1_20_2[0], KUBEADM_1_20_2[1], KUBEADM_1_20_2[2], KUBEADM_1_20_2[5]];
     let node_names = [KUBEADM_1_20_2[3], KUBEADM_1_20_2[4]];
-    let cp = oci_archive_sized(&work, &work.join("control-plane.tar"), &cp_names, PER_IMAGE);
-    let nd = oci_archive_sized(&work, &work.join("node.tar"), &node_names, PER_IMAGE);
+    // kube-apiserver as `ctr images export` writes an image pulled for one platform: a
+    // multi-platform index whose archive holds only this machine's platform; the registry gets,
+    // and the nodes pull, that platform's manifest.
+    let cp = oci_archive_sized(&work, &work.join("control-plane.tar"), &cp_names, PER_IMAGE, true);
+    let nd = oci_archive_sized(&work, &work.join("node.tar"), &node_names, PER_IMAGE, false);
+    assert_ne!(
+        pulled_digests(&cp)[0],
+        index_digests(&cp)[0],
+        "kube-apiserver is not a partial index"
+    );
     let archives = std::fs::metadata(&cp).unwrap().len() + std::fs::metadata(&nd).unwrap().len();
     let spec = work.join("spec.toml");
     std::fs::write(
@@ -345,7 +353,7 @@ fn an_unverified_byte_never_reaches_the_registry() {
     let fx = Fixture::new();
     let reg = Registry::start(&fx.path("registry"));
     let work = fx.path("images");
-    let nd = oci_archive_sized(&work, &work.join("node.tar"), &[KUBEADM_1_20_2[4]], 1 << 20);
+    let nd = oci_archive_sized(&work, &work.join("node.tar"), &[KUBEADM_1_20_2[4]], 1 << 20, false);
     let spec = work.join("spec.toml");
     let entry = format!("source = \"{}\"\ndest = \"{IMAGES_DIR}/node.tar\"", nd.display());
     std::fs::write(&spec, format!("[[artifacts]]\n{entry}\nafter = \"import-images\"\n")).unwrap();

@@ -590,7 +590,7 @@ pull_images() { # staged copy, dest
         if ! io=$(ctr -n k8s.io images pull --hosts-dir /etc/containerd/certs.d --platform "$pf" "$ref" 2>&1 9>&- < /dev/null); then
             io=$(printf '%s' "$io" | tail -n 1 | tr -cd '[:print:]' | cut -c1-300)
             printf '%s after=pull-images FAILED dest=%s image=%s ref=%s\n' "$stamp" "$2" "$n" "$ref" >> "$st/history"
-            die 78 "files installed, but pulling $n ($ref) failed: $io"
+            die 78 "files installed, but pulling $n ($ref) failed (is it in the registry? hapki push --registry fills it): $io"
         fi
         { ctr -n k8s.io images tag --force "$ref" "$n" && ctr -n k8s.io images label "$n" io.cri-containerd.pinned=pinned &&
             ctr -n k8s.io images label "$ref" io.cri-containerd.pinned=pinned; } > /dev/null 2>&1 9>&- < /dev/null ||

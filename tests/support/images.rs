@@ -48,8 +48,15 @@ pub fn oci_archive_with(
 
 /// [`oci_archive`] whose every image also carries `random_bytes` of random data (which gzip
 /// cannot shrink): archives of a known, real size, for measuring what a transfer costs.
-pub fn oci_archive_sized(work: &Path, out: &Path, names: &[&str], random_bytes: usize) -> PathBuf {
-    build(work, out, names, false, false, random_bytes)
+/// With `partial_index`, the first image is an index as [`oci_archive_with`] makes it.
+pub fn oci_archive_sized(
+    work: &Path,
+    out: &Path,
+    names: &[&str],
+    random_bytes: usize,
+    partial_index: bool,
+) -> PathBuf {
+    build(work, out, names, false, partial_index, random_bytes)
 }
 
 fn build(
@@ -191,6 +198,40 @@ pub fn parse_ctr_ls(ls: &str) -> std::collections::BTreeMap<String, (String, boo
             let w: Vec<&str> = l.split_whitespace().collect();
             let pinned = w.last()?.split(',').any(|x| x == "io.cri-containerd.pinned=pinned");
             Some((w.first()?.to_string(), (w.get(2)?.to_string(), pinned)))
+        })
+        .collect()
+}
+
+/// name → the digest a node pulls for it: [`index_digests`], except that an image index whose
+/// archive holds one platform's manifest only resolves to that manifest (read with tar and
+/// serde_json from the archive's own blobs).
+pub fn pulled_digests(archive: &Path) -> Vec<(String, String)> {
+    let out = Command::new("tar").arg("-tf").arg(archive).output().unwrap();
+    let listing = String::from_utf8_lossy(&out.stdout).into_owned();
+    let held = |d: &str| listing.lines().any(|l| l.ends_with(d.trim_start_matches("sha256:")));
+    index_digests(archive)
+        .into_iter()
+        .map(|(name, digest)| {
+            let hex = digest.trim_start_matches("sha256:");
+            let blob = Command::new("tar")
+                .arg("-xOf")
+                .arg(archive)
+                .arg(format!("blobs/sha256/{hex}"))
+                .output()
+                .unwrap();
+            let v: serde_json::Value = serde_json::from_slice(&blob.stdout).unwrap_or_default();
+            let held: Vec<&str> = v["manifests"]
+                .as_array()
+                .map(|m| {
+                    m.iter().filter_map(|c| c["digest"].as_str()).filter(|d| held(d)).collect()
+                })
+                .unwrap_or_default();
+            match held.as_slice() {
+                [one] if v["manifests"].as_array().is_some_and(|m| m.len() > 1) => {
+                    (name, one.to_string())
+                }
+                _ => (name, digest),
+            }
         })
         .collect()
 }
