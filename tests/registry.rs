@@ -338,8 +338,13 @@ fn a_registry_feeds_the_fleet_by_digest_for_one_upload() {
     let (status, msg) = &statuses(&out)["kubenode-1"];
     assert_eq!(status, "failed", "{msg}");
     eprintln!("negative control, kubenode-1: {msg}");
-    // containerd's own digest check ("failed commit … unexpected commit digest"), not a 404.
-    assert!(msg.contains(pause) && msg.contains("failed commit") && !msg.contains('\n'), "{msg}");
+    // containerd's own digest check ("unexpected commit digest"), not a 404.
+    assert!(
+        msg.contains(pause)
+            && msg.contains("other bytes than the signed digest")
+            && !msg.contains('\n'),
+        "{msg}"
+    );
     assert!(!node_images(&tb, "kubenode-1").contains_key(pause), "a wrong pause was tagged");
     let h = std::fs::read_to_string(tb.node("kubenode-1").state().join("history")).unwrap();
     assert!(h.lines().any(|l| l.contains("pull-images FAILED") && l.contains(pause)), "{h}");

@@ -588,9 +588,14 @@ pull_images() { # staged copy, dest
         case $n$ref in -* | *" "*) die 78 "$2 names an image outside hapki's alphabet" ;; esac
         [ "${ref##*@}" = "$dg" ] || die 78 "$2: the pull reference of $n is not its digest"
         if ! io=$(ctr -n k8s.io images pull --hosts-dir /etc/containerd/certs.d --platform "$pf" "$ref" 2>&1 9>&- < /dev/null); then
-            io=$(printf '%s' "$io" | tail -n 1 | tr -cd '[:print:]' | cut -c1-300)
+            io=$(printf '%s' "$io" | tail -n 1 | tr -cd '[:print:]')
+            case $io in
+            *"unexpected commit digest"*) why="the registry served other bytes than the signed digest, refused" ;;
+            *"not found"*) why="the registry does not hold it (hapki push --registry copies it there)" ;;
+            *) why="see containerd's message" ;;
+            esac
             printf '%s after=pull-images FAILED dest=%s image=%s ref=%s\n' "$stamp" "$2" "$n" "$ref" >> "$st/history"
-            die 78 "files installed, but pulling $n ($ref) failed (is it in the registry? hapki push --registry fills it): $io"
+            die 78 "files installed, but pulling $n ($ref) failed: $why: $(printf '%s' "$io" | cut -c1-240)"
         fi
         { ctr -n k8s.io images tag --force "$ref" "$n" && ctr -n k8s.io images label "$n" io.cri-containerd.pinned=pinned &&
             ctr -n k8s.io images label "$ref" io.cri-containerd.pinned=pinned; } > /dev/null 2>&1 9>&- < /dev/null ||
