@@ -378,7 +378,7 @@ fn an_unverified_byte_never_reaches_the_registry() {
     let blobs = storage.join("registry/v2/blobs");
     let push = |b: &Path| {
         let mut c = fixture::hapki_process();
-        c.arg("push").arg(b).arg("--trust").arg(fx.allowed());
+        c.arg("push").arg(b).arg("--trust").arg(fx.allowed()).arg("--decrypt-key").arg(fx.signer());
         c.args(["--nodes", "127.0.0.1:1", "--registry", &reg.host]).output().unwrap()
     };
     let out = push(&flipped);
@@ -387,4 +387,14 @@ fn an_unverified_byte_never_reaches_the_registry() {
     let out = push(&b);
     assert!(text(&out).contains("1 image(s) copied and served by digest"), "{}", text(&out));
     assert!(blobs.exists(), "the verified bundle did not reach the registry: {}", text(&out));
+    // The same with the PKI, age-encrypted: the archives are read through the decryption.
+    let enc = fx.path("pki-registry.bundle");
+    let recipient = std::fs::read_to_string(fx.signer().with_extension("pub")).unwrap();
+    let mut c = hapki();
+    c.args(["bundle", "--artifacts"]).arg(&spec).args(["--registry", &reg.host]);
+    c.arg("--registry-ca").arg(reg.ca()).arg("--pki-dir").arg(fx.pki());
+    c.args(["--recipient", recipient.trim(), "--sign-key"]).arg(fx.signer()).arg("--out").arg(&enc);
+    c.assert().success();
+    let out = push(&enc);
+    assert!(text(&out).contains("1 image(s) copied and served by digest"), "{}", text(&out));
 }
