@@ -45,6 +45,13 @@ pub enum After {
     ImportImages,
     /// `systemctl restart kubelet` (the kubelet binary or its config changed).
     RestartKubelet,
+    /// The file is an image index (a tar holding only an OCI `index.json`) whose images the
+    /// node pulls by digest from the registry its signed `certs.d` names, then tags with their
+    /// names and pins (made by `hapki bundle --registry`, never written in a spec).
+    PullImages,
+    /// An image archive carried for `hapki push --registry` to copy into the registry: never
+    /// sent to a node (made by `hapki bundle --registry`, never written in a spec).
+    RegistryOnly,
 }
 
 impl After {
@@ -54,7 +61,21 @@ impl After {
             After::DaemonReload => "daemon-reload",
             After::ImportImages => "import-images",
             After::RestartKubelet => "restart-kubelet",
+            After::PullImages => "pull-images",
+            After::RegistryOnly => "registry-only",
         }
+    }
+
+    /// Whether the file names images the node's containerd must hold (an archive it imports,
+    /// or an index whose images it pulls).
+    pub fn names_images(self) -> bool {
+        matches!(self, After::ImportImages | After::PullImages)
+    }
+
+    /// Whether an artifact with this action goes to nodes at all (a registry-only archive
+    /// goes to the registry instead).
+    pub fn on_nodes(after: Option<After>) -> bool {
+        after != Some(After::RegistryOnly)
     }
 
     fn parse(s: &str) -> Option<After> {
@@ -642,7 +663,7 @@ pub fn image_states(
 /// (its index and containerd's images are described too), the path itself otherwise.
 pub fn facts_arg(dest: &str, after: Option<After>) -> String {
     match after {
-        Some(After::ImportImages) => format!("@{dest}"),
+        Some(a) if a.names_images() => format!("@{dest}"),
         _ => dest.to_string(),
     }
 }
@@ -724,6 +745,9 @@ mod tests {
         assert!(check_owner("root:$(id)").is_err());
         assert_eq!(After::parse("import-images"), Some(After::ImportImages));
         assert_eq!(After::parse("systemctl restart kubelet"), None);
+        // Only `hapki bundle --registry` makes these: never taken from a spec.
+        assert_eq!(After::parse("pull-images"), None);
+        assert_eq!(After::parse("registry-only"), None);
     }
 
     fn tar_of(entries: &[(&str, Vec<u8>)]) -> Vec<u8> {

@@ -147,14 +147,14 @@ impl Reference {
 
     /// The artifact destinations a node of `role` should hold.
     pub fn artifact_dests(&self, role: Role) -> Vec<&str> {
-        self.artifacts.iter().filter(|a| a.roles.contains(&role)).map(|a| a.dest.as_str()).collect()
+        self.artifacts.iter().filter(|a| a.on_node(role)).map(|a| a.dest.as_str()).collect()
     }
 
     /// [`Reference::artifact_dests`] as the facts script takes them (image archives marked).
     pub fn facts_args(&self, role: Role) -> Vec<String> {
         self.artifacts
             .iter()
-            .filter(|a| a.roles.contains(&role))
+            .filter(|a| a.on_node(role))
             .map(|a| crate::artifacts::facts_arg(&a.dest, a.after))
             .collect()
     }

@@ -27,4 +27,5 @@ pub mod node;
 pub mod pki;
 pub mod preflight;
 pub mod push;
+pub mod registry;
 pub mod transport;

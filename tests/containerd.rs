@@ -21,20 +21,11 @@ use fixture::{hapki, text, Fixture};
 use images::{index_digests, oci_archive, oci_archive_with, KUBEADM_1_20_2};
 use testbed::Testbed;
 
-const PINNED: &str = "io.cri-containerd.pinned=pinned";
 const IMAGES_DIR: &str = "/etc/kubernetes/images";
 
 /// What a node's containerd holds in k8s.io: name → (digest, pinned), from `ctr` on the node.
 fn node_images(tb: &Testbed, node: &str) -> BTreeMap<String, (String, bool)> {
-    let ls = tb.ok(node, "ctr -n k8s.io images ls");
-    ls.lines()
-        .skip(1)
-        .filter_map(|l| {
-            let w: Vec<&str> = l.split_whitespace().collect();
-            let pinned = w.last()?.split(',').any(|x| x == PINNED);
-            Some((w.first()?.to_string(), (w.get(2)?.to_string(), pinned)))
-        })
-        .collect()
+    images::parse_ctr_ls(&tb.ok(node, "ctr -n k8s.io images ls"))
 }
 
 /// Every image of each archive is on the node with the archive's digest, pinned.

@@ -361,7 +361,7 @@ fn artifacts(
     reference: &Reference,
 ) -> BTreeMap<String, FileCell> {
     let mut cells = BTreeMap::new();
-    for a in reference.artifacts.iter().filter(|a| a.roles.contains(&role)) {
+    for a in reference.artifacts.iter().filter(|a| a.on_node(role)) {
         let st = facts.artifact_dests.get(&a.dest).filter(|s| s.kind != PathKind::Missing);
         let cell = match st {
             None => FileCell::absent(),
@@ -455,7 +455,7 @@ fn audit_images(
     let archives = reference
         .artifacts
         .iter()
-        .filter(|a| a.roles.contains(&role) && a.after == Some(After::ImportImages));
+        .filter(|a| a.roles.contains(&role) && a.after.is_some_and(After::names_images));
     for a in archives {
         let intact = facts.artifact_dests.get(&a.dest).is_some_and(|s| {
             s.kind == PathKind::File && s.sha256.as_deref() == Some(a.sha256.as_str())

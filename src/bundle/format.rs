@@ -163,6 +163,14 @@ pub struct ManifestArtifact {
     pub size: u64,
 }
 
+impl ManifestArtifact {
+    /// Whether a node of `role` receives this artifact (its roles name it, and it is not a
+    /// registry-only archive, which goes to the registry instead).
+    pub fn on_node(&self, role: crate::inventory::Role) -> bool {
+        self.roles.contains(&role) && crate::artifacts::After::on_nodes(self.after)
+    }
+}
+
 /// One PKI file in `bundle.json`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -49,6 +49,15 @@ pub struct BundleArgs {
     /// configs to carry in the bundle, installed by `hapki push` on the nodes whose role needs them.
     #[arg(long, value_name = "SPEC")]
     pub artifacts: Option<PathBuf>,
+    /// Distribute the spec's image archives through this OCI registry (`HOST[:PORT]`): nodes get
+    /// the registry's containerd hosts.toml and CA and pull each image by digest; the archives
+    /// stay in the bundle for `hapki push --registry` to copy there (see the README, Fleets).
+    #[arg(long, value_name = "HOST[:PORT]", requires_all = ["artifacts", "registry_ca"])]
+    pub registry: Option<String>,
+    /// The CA certificate (PEM) that signed the --registry's TLS certificate; installed on the
+    /// nodes with the registry's hosts.toml.
+    #[arg(long, value_name = "FILE", requires = "registry")]
+    pub registry_ca: Option<PathBuf>,
     /// OpenSSH private key that signs SHA256SUMS (`hapki keygen` makes one). If it is
     /// passphrase-protected, hapki asks on the terminal, or reads HAPKI_SIGN_KEY_PASSPHRASE.
     #[arg(long, value_name = "FILE")]
@@ -142,6 +151,16 @@ pub fn bundle(args: BundleArgs) -> anyhow::Result<u8> {
     let artifacts = match &args.artifacts {
         Some(spec) => hapki::artifacts::load(spec).categorized()?,
         None => Vec::new(),
+    };
+    // --registry: image archives become registry-only, each with a pull index (the files it
+    // writes live in `_registry_work` until the bundle is written).
+    let _registry_work = tempfile::tempdir()?;
+    let artifacts = match (&args.registry, &args.registry_ca) {
+        (Some(reg), Some(ca)) => {
+            hapki::registry::for_registry(artifacts, reg, ca, _registry_work.path())
+                .categorized()?
+        }
+        _ => artifacts,
     };
     let created_at = match &args.created_at {
         Some(s) => parse_time("--created-at", s)?,

@@ -64,6 +64,14 @@ pub struct PushArgs {
     /// With --prune-backups: how many of the newest backups each node keeps (at least 1).
     #[arg(long, value_name = "N", requires = "prune_backups", value_parser = clap::value_parser!(u32).range(1..))]
     pub keep: Option<u32>,
+    /// Copy the bundle's image archives (a `hapki bundle --registry` bundle), verified first,
+    /// into this OCI registry before the nodes pull them from it by digest.
+    #[arg(long, value_name = "HOST[:PORT]", conflicts_with_all = ["list_backups", "prune_backups"])]
+    pub registry: Option<String>,
+    /// containers-auth.json with the --registry's credentials (skopeo --authfile); without it,
+    /// skopeo's defaults ($REGISTRY_AUTH_FILE, ~/.docker/config.json).
+    #[arg(long, value_name = "FILE", requires = "registry")]
+    pub registry_authfile: Option<PathBuf>,
     #[arg(long, value_enum, default_value_t)]
     pub output: Output,
     #[command(flatten)]
@@ -86,6 +94,17 @@ pub fn run(args: PushArgs) -> anyhow::Result<u8> {
     let targets = push_targets(&args)?;
     let (trust, ids) = super::nodes::load_trust(trust_path, &args.principal, &args.decrypt_key)?;
     let transport = args.ssh.transport()?;
+    if let (Some(reg), false) = (&args.registry, args.dry_run) {
+        let opts = hapki::registry::UploadOptions { authfile: args.registry_authfile.clone() };
+        let verify = bundle::VerifyOptions::default();
+        let up = hapki::registry::upload(bundle_path, &trust, &ids, &verify, reg, &opts)
+            .categorized()?;
+        eprintln!(
+            "hapki: {reg}: {} image(s) copied and served by digest ({} bytes of archives)",
+            up.images.len(),
+            up.bytes
+        );
+    }
     let mut opts = PushOptions::new(args.replace, args.dry_run, args.parallel);
     opts.allow_downgrade = args.allow_downgrade;
 

@@ -203,7 +203,7 @@ pub fn control_plane_images(
         &bundle::VerifyOptions::default(),
         &mut |head| {
             let wanted = head.manifest.artifacts.iter().enumerate().filter(|(_, a)| {
-                a.after == Some(After::ImportImages) && a.roles.contains(&Role::ControlPlane)
+                a.after.is_some_and(After::names_images) && a.roles.contains(&Role::ControlPlane)
             });
             st.borrow_mut().wanted = wanted.map(|(i, _)| i).collect();
             Ok(true)

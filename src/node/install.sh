@@ -227,7 +227,7 @@ check_artifacts() { # the artifact argument words
         case $name in artifacts/[0-9][0-9][0-9][0-9]*) ;; *) die 1 "unexpected payload part $name" ;; esac
         case $name$len$mode in *..* | *[!A-Za-z0-9/._-]*) die 1 "bad payload part $name" ;; esac
         case $len$mode in *[!0-9]*) die 1 "bad payload part $name" ;; esac
-        case $after in - | restart-kubelet | daemon-reload | import-images) ;; *) die 1 "unknown after action $after" ;; esac
+        case $after in - | restart-kubelet | daemon-reload | import-images | pull-images) ;; *) die 1 "unknown after action $after" ;; esac
         case $adest in /*) ;; *) die 1 "artifact dest $adest is not absolute" ;; esac
         case $adest$owner in *[!A-Za-z0-9/._+@:,=-]*) die 1 "artifact dest $adest or owner $owner has a character outside hapki's alphabet" ;; esac
         case $signed in
@@ -288,7 +288,7 @@ stage_artifact() { # name|sha256|len|mode|dest|owner|after
     chown -h "$owner" "$sd/f" || die 1 "could not chown $adest to $owner (does the user exist on this node?)"
     chmod "$mode" "$sd/f"
     # Images are imported from a root-only copy, never from the dest.
-    [ "$after" = import-images ] && ln "$sd/f" "$sd/img"
+    case $after in import-images | pull-images) ln "$sd/f" "$sd/img" ;; esac
     # "|" is outside the dest alphabet (a dest may hold ":").
     astaged="$astaged $name|$sd|$adest|$after"
 }
@@ -563,7 +563,7 @@ for a in $arts; do
     printf 'artifact %s\n' "$adest"
     case $after in
     -) ;;
-    import-images) actions="$actions import-images|$sd/img|$adest" ;;
+    import-images | pull-images) actions="$actions $after|$sd/img|$adest" ;;
     *) case " $actions " in *" $after "*) ;; *) actions="$actions $after" ;; esac ;;
     esac
 done
@@ -596,18 +596,21 @@ drop_incomplete() { # names
             ctr -n k8s.io images rm "$n" > /dev/null 2>&1 9>&- || :
         done
 }
-import_images() { # staged copy, dest
-    command -v ctr > /dev/null 2>&1 ||
-        die "$EX_AFTER_FAILED" "files installed, but importing $2 needs ctr (containerd), which this node lacks"
-    names=$(tar -xOf "$1" --occurrence=1 index.json 2> /dev/null | grep -o '"io.containerd.image.name":"[^"]*"' |
-        cut -d'"' -f4 | tr -cd 'A-Za-z0-9._/:@\n-' | tr '\n' ' ')
-    names=${names% }
+node_platform() { # -> $pf
     case $(uname -m) in
     x86_64) pf=linux/amd64 ;;
     aarch64 | arm64) pf=linux/arm64 ;;
     armv7l) pf=linux/arm/v7 ;;
     *) pf=linux/$(uname -m) ;;
     esac
+}
+import_images() { # staged copy, dest
+    command -v ctr > /dev/null 2>&1 ||
+        die "$EX_AFTER_FAILED" "files installed, but importing $2 needs ctr (containerd), which this node lacks"
+    names=$(tar -xOf "$1" --occurrence=1 index.json 2> /dev/null | grep -o '"io.containerd.image.name":"[^"]*"' |
+        cut -d'"' -f4 | tr -cd 'A-Za-z0-9._/:@\n-' | tr '\n' ' ')
+    names=${names% }
+    node_platform
     if ! io=$(ctr -n k8s.io images import --platform "$pf" "$1" 2>&1 9>&-); then
         io=$(printf '%s' "$io" | tail -n 1 | tr -cd '[:print:]' | cut -c1-300)
         printf '%s after=import-images FAILED dest=%s images=%s\n' "$stamp" "$2" "$(printf '%s' "${names:--}" | tr ' ' ,)" >> "$st/history"
@@ -625,11 +628,46 @@ import_images() { # staged copy, dest
     printf '%s after=import-images dest=%s images=%s pinned\n' "$stamp" "$2" "$(printf '%s' "$got" | tr ' ' ,)" >> "$st/history"
     printf 'after import-images %s\n' "$got"
 }
+# A pull index (hapki bundle --registry) names each image with the reference it is pulled by,
+# REGISTRY/REPO@DIGEST, one descriptor a line: pulled by digest (containerd refuses bytes whose
+# digest differs, whatever the registry serves) through the signed certs.d just installed,
+# tagged with the image's name, and pinned as an imported one.
+pull_images() { # staged copy, dest
+    command -v ctr > /dev/null 2>&1 ||
+        die "$EX_AFTER_FAILED" "files installed, but pulling the images of $2 needs ctr (containerd), which this node lacks"
+    refs=$(tar -xOf "$1" --occurrence=1 index.json 2> /dev/null | sed -n \
+        's/^{"mediaType":"[^"]*","digest":"\(sha256:[0-9a-f]\{64\}\)","size":[0-9]*,"annotations":{"io.containerd.image.name":"\([A-Za-z0-9._/:-]*\)","org.hapki.pull":"\([A-Za-z0-9._/:-]*@sha256:[0-9a-f]\{64\}\)"}},\{0,1\}$/\1 \2 \3/p')
+    [ -n "$refs" ] || die "$EX_AFTER_FAILED" "files installed, but $2 names no image to pull (not a hapki pull index)"
+    node_platform
+    got=
+    while read -r dg n ref; do
+        case $n$ref in -* | *" "*) die "$EX_AFTER_FAILED" "$2 names an image outside hapki's alphabet" ;; esac
+        [ "${ref##*@}" = "$dg" ] || die "$EX_AFTER_FAILED" "$2: the pull reference of $n is not its digest"
+        if ! io=$(ctr -n k8s.io images pull --hosts-dir /etc/containerd/certs.d --platform "$pf" "$ref" 2>&1 9>&- < /dev/null); then
+            io=$(printf '%s' "$io" | tail -n 1 | tr -cd '[:print:]')
+            case $io in
+            *"unexpected commit digest"*) why="the registry served other bytes than the signed digest, refused" ;;
+            *"not found"*) why="the registry does not hold it (hapki push --registry copies it there)" ;;
+            *) why="see containerd's message" ;;
+            esac
+            printf '%s after=pull-images FAILED dest=%s image=%s ref=%s\n' "$stamp" "$2" "$n" "$ref" >> "$st/history"
+            die "$EX_AFTER_FAILED" "files installed, but pulling $n ($ref) failed: $why: $(printf '%s' "$io" | cut -c1-240)"
+        fi
+        { ctr -n k8s.io images tag --force "$ref" "$n" && ctr -n k8s.io images label "$n" io.cri-containerd.pinned=pinned &&
+            ctr -n k8s.io images label "$ref" io.cri-containerd.pinned=pinned; } > /dev/null 2>&1 9>&- < /dev/null ||
+            die "$EX_AFTER_FAILED" "files installed and $ref pulled, but naming it $n and pinning it failed"
+        got="$got,$n"
+    done << REFS
+$refs
+REFS
+    printf '%s after=pull-images dest=%s images=%s pinned\n' "$stamp" "$2" "${got#,}" >> "$st/history"
+    printf 'after pull-images %s\n' "$(printf '%s' "${got#,}" | tr , ' ')"
+}
 for x in $actions; do
-    case $x in import-images\|*)
-        r=${x#import-images|}
-        import_images "${r%%|*}" "${r#*|}"
-        ;;
+    r=${x#*|}
+    case $x in
+    import-images\|*) import_images "${r%%|*}" "${r#*|}" ;;
+    pull-images\|*) pull_images "${r%%|*}" "${r#*|}" ;;
     esac
 done
 case " $actions " in *" restart-kubelet "*) run_after restart-kubelet systemctl restart kubelet ;; esac

@@ -107,7 +107,7 @@ impl<'a> Job<'a> {
             .artifacts
             .iter()
             .enumerate()
-            .filter(|(_, a)| a.roles.contains(&t.role))
+            .filter(|(_, a)| a.on_node(t.role))
             .collect();
         if !pki && mine.is_empty() {
             return None;
@@ -353,7 +353,7 @@ fn in_place(a: &ManifestArtifact, facts: &NodeFacts) -> bool {
         return false;
     }
     // An image archive is in place only once containerd holds its images, digests and pins.
-    if a.after == Some(After::ImportImages) && !artifacts::images_in_place(facts, &a.dest) {
+    if a.after.is_some_and(After::names_images) && !artifacts::images_in_place(facts, &a.dest) {
         return false;
     }
     // Numeric owners are compared; names would need the node's passwd, so they count as met.

@@ -43,6 +43,30 @@ pub fn oci_archive_with(
     truncate_layer: bool,
     partial_index: bool,
 ) -> PathBuf {
+    build(work, out, names, truncate_layer, partial_index, 0)
+}
+
+/// [`oci_archive`] whose every image also carries `random_bytes` of random data (which gzip
+/// cannot shrink): archives of a known, real size, for measuring what a transfer costs.
+/// With `partial_index`, the first image is an index as [`oci_archive_with`] makes it.
+pub fn oci_archive_sized(
+    work: &Path,
+    out: &Path,
+    names: &[&str],
+    random_bytes: usize,
+    partial_index: bool,
+) -> PathBuf {
+    build(work, out, names, false, partial_index, random_bytes)
+}
+
+fn build(
+    work: &Path,
+    out: &Path,
+    names: &[&str],
+    truncate_layer: bool,
+    partial_index: bool,
+    random_bytes: usize,
+) -> PathBuf {
     let stem = out.file_name().unwrap().to_string_lossy().replace('.', "_");
     let layout = work.join(format!("layout-{stem}"));
     let _ = std::fs::remove_dir_all(&layout);
@@ -55,6 +79,7 @@ pub fn oci_archive_with(
         // Some bytes of its own per image, so every layer (and digest) differs.
         let mut body = format!("hapki test image {name}\n").into_bytes();
         body.resize(body.len() + 4096 * (i + 1), b'x');
+        body.extend((0..random_bytes).map(|_| rand::random::<u8>()));
         std::fs::write(&file, body).unwrap();
         run(Command::new("umoci").args(["insert", "--image", &image]).arg(&file).arg("/content"));
     }
@@ -160,6 +185,53 @@ pub fn index_digests(archive: &Path) -> Vec<(String, String)> {
                 m["annotations"]["io.containerd.image.name"].as_str().unwrap().to_string(),
                 m["digest"].as_str().unwrap().to_string(),
             )
+        })
+        .collect()
+}
+
+/// `ctr -n k8s.io images ls` output as name → (digest, pinned): the columns read by hand here
+/// (REF TYPE DIGEST …, LABELS last), nothing of hapki's.
+pub fn parse_ctr_ls(ls: &str) -> std::collections::BTreeMap<String, (String, bool)> {
+    ls.lines()
+        .skip(1)
+        .filter_map(|l| {
+            let w: Vec<&str> = l.split_whitespace().collect();
+            let pinned = w.last()?.split(',').any(|x| x == "io.cri-containerd.pinned=pinned");
+            Some((w.first()?.to_string(), (w.get(2)?.to_string(), pinned)))
+        })
+        .collect()
+}
+
+/// name → the digest a node pulls for it: [`index_digests`], except that an image index whose
+/// archive holds one platform's manifest only resolves to that manifest (read with tar and
+/// serde_json from the archive's own blobs).
+pub fn pulled_digests(archive: &Path) -> Vec<(String, String)> {
+    let out = Command::new("tar").arg("-tf").arg(archive).output().unwrap();
+    let listing = String::from_utf8_lossy(&out.stdout).into_owned();
+    let held = |d: &str| listing.lines().any(|l| l.ends_with(d.trim_start_matches("sha256:")));
+    index_digests(archive)
+        .into_iter()
+        .map(|(name, digest)| {
+            let hex = digest.trim_start_matches("sha256:");
+            let blob = Command::new("tar")
+                .arg("-xOf")
+                .arg(archive)
+                .arg(format!("blobs/sha256/{hex}"))
+                .output()
+                .unwrap();
+            let v: serde_json::Value = serde_json::from_slice(&blob.stdout).unwrap_or_default();
+            let held: Vec<&str> = v["manifests"]
+                .as_array()
+                .map(|m| {
+                    m.iter().filter_map(|c| c["digest"].as_str()).filter(|d| held(d)).collect()
+                })
+                .unwrap_or_default();
+            match held.as_slice() {
+                [one] if v["manifests"].as_array().is_some_and(|m| m.len() > 1) => {
+                    (name, one.to_string())
+                }
+                _ => (name, digest),
+            }
         })
         .collect()
 }
