@@ -340,8 +340,14 @@ pub fn shell_quote(s: &str) -> String {
     out
 }
 
-/// The command line sent to the node's login shell: `[sudo -n] sh -c SCRIPT hapki ARGS…`, every
+/// The command line sent to the node's login shell: `[sudo -n] sh -c UNPACK hapki ARGS…`, every
 /// part quoted. `hapki` becomes `$0`, so the arguments are `$1…`.
+///
+/// UNPACK carries the script gzip-compressed and base64-encoded, and `eval`s it: libssh2 sends
+/// an exec request as one packet of at most 35000 bytes, which the push script (facts, decision
+/// and install, ~34 KB once quoted) no longer fits; packed it is about a third, and every node
+/// receives fewer bytes. `base64` (coreutils) and `gzip` are on every node kubeadm supports; a
+/// node without them fails with a message naming them (exit 127), never by running nothing.
 pub fn remote_command(
     script: &str,
     args: &[&str],
@@ -357,13 +363,29 @@ pub fn remote_command(
         cmd.push_str("sudo -n ");
     }
     cmd.push_str("sh -c ");
-    cmd.push_str(&shell_quote(script));
+    cmd.push_str(&shell_quote(&unpack_command(script)));
     cmd.push_str(" hapki");
     for a in args {
         cmd.push(' ');
         cmd.push_str(&shell_quote(a));
     }
     Ok(cmd)
+}
+
+/// A shell command that decodes `script` from its packed form and runs it in the same shell
+/// (so `$0` and the arguments are the script's).
+fn unpack_command(script: &str) -> String {
+    use base64::Engine as _;
+    use std::io::Write as _;
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+    // Writing to a Vec cannot fail.
+    let packed = gz.write_all(script.as_bytes()).and_then(|()| gz.finish()).unwrap_or_default();
+    let b64 = base64::engine::general_purpose::STANDARD.encode(packed);
+    format!(
+        "s=$(printf %s {b64} | base64 -d | gzip -dc) && [ -n \"$s\" ] || {{ echo \
+         'hapki: this node cannot unpack the command: it needs base64 (coreutils) and gzip' >&2; \
+         exit 127; }}; eval \"$s\""
+    )
 }
 
 /// Runs `f` on every item with at most `parallel` at a time (at least one), returning the
@@ -599,6 +621,35 @@ mod tests {
         );
         assert!(remote_command("true", &["a\0b"], false).is_err());
         assert!(remote_command("true", &[], true).unwrap().starts_with("sudo -n sh -c "));
+    }
+
+    /// A node lacking the unpacking tools says so instead of running nothing and exiting 0.
+    #[test]
+    fn a_node_without_gzip_fails_by_name() {
+        let cmd = remote_command("echo ran", &[], false).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        // A PATH with sh and base64 but no gzip.
+        for tool in ["sh", "base64"] {
+            let real = which(tool);
+            std::os::unix::fs::symlink(real, dir.path().join(tool)).unwrap();
+        }
+        let out =
+            Command::new("/bin/sh").arg("-c").arg(&cmd).env("PATH", dir.path()).output().unwrap();
+        assert_eq!(out.status.code(), Some(127));
+        assert!(out.stdout.is_empty());
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("needs base64 (coreutils) and gzip"), "{err}");
+        // Negative control: with the system PATH it runs.
+        let ok = Command::new("sh").arg("-c").arg(&cmd).output().unwrap();
+        assert_eq!(String::from_utf8_lossy(&ok.stdout), "ran\n");
+    }
+
+    fn which(tool: &str) -> std::path::PathBuf {
+        ["/usr/bin", "/bin"]
+            .iter()
+            .map(|d| std::path::Path::new(d).join(tool))
+            .find(|p| p.exists())
+            .unwrap_or_else(|| panic!("{tool} not found"))
     }
 
     #[test]
