@@ -302,12 +302,13 @@ fn a_full_disk_fails_clearly_and_keeps_the_old_files() {
     let b_other = fx.bundle_of(&other, "other.age", Some(1));
     let bundle = fx.bundle();
     let n2 = tb.node("kubemaster-2");
-    // A small tmpfs as the node's /etc/kubernetes, holding the old PKI, nearly full.
-    let m = tb.ssh(&n2.name, "mount -t tmpfs -o size=64k,mode=0755 tmpfs /etc/kubernetes");
+    // A small tmpfs as the node's /etc/kubernetes, holding the old PKI, then filled up. (Room
+    // for one install's staging: the stored-block bundle, ~40 KB encrypted, is staged whole.)
+    let m = tb.ssh(&n2.name, "mount -t tmpfs -o size=256k,mode=0755 tmpfs /etc/kubernetes");
     assert!(m.status.success(), "{}", text(&m));
     let out = push(&fx, &tb, &b_other, "builtin", &[]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
-    let fill = tb.ssh(&n2.name, "dd if=/dev/zero of=/etc/kubernetes/filler bs=1k count=64 2>/dev/null; df -k /etc/kubernetes | tail -1");
+    let fill = tb.ssh(&n2.name, "dd if=/dev/zero of=/etc/kubernetes/filler bs=1k count=256 2>/dev/null; df -k /etc/kubernetes | tail -1");
     eprintln!("{}", text(&fill));
     let sums = "cd /etc/kubernetes/pki && sha256sum ca.crt ca.key sa.key sa.pub front-proxy-ca.crt front-proxy-ca.key etcd/ca.crt etcd/ca.key";
     let before = tb.ok(&n2.name, sums);
