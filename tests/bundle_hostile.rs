@@ -241,7 +241,12 @@ fn assert_rejected(fx: &Fixture, name: &str, bytes: &[u8], expect: &str) {
     let out = fx.verify_cmd(&p).current_dir(fx.dir.path()).output().unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(3), "{name}: {stderr}");
-    assert!(stderr.contains(expect), "{name}: expected {expect:?} in {stderr}");
+    // `expect` may list alternatives, `a|b`: where a cut lands in random data decides which
+    // layer (tar, deflate) notices first.
+    assert!(
+        !expect.is_empty() && expect.split('|').any(|e| stderr.contains(e)),
+        "{name}: expected {expect:?} in {stderr}"
+    );
     assert!(out.stdout.is_empty(), "{name}: printed {:?}", String::from_utf8_lossy(&out.stdout));
     assert_eq!(listing(fx.dir.path()), before, "{name}: verify wrote something");
 }
@@ -269,8 +274,9 @@ fn broken_framing_is_rejected() {
     let tar = raw_tar(&base);
     let gz = gzip(&tar);
 
-    assert_rejected(&fx, "truncated-gzip", &gz[..gz.len() - 10], "truncated");
-    assert_rejected(&fx, "truncated-gzip-mid", &gz[..gz.len() / 2], "truncated");
+    let cut = "truncated|incomplete deflate stream";
+    assert_rejected(&fx, "truncated-gzip", &gz[..gz.len() - 10], cut);
+    assert_rejected(&fx, "truncated-gzip-mid", &gz[..gz.len() / 2], cut);
     // A tar that simply stops after its last entry, without the end-of-archive blocks.
     assert_rejected(&fx, "truncated-tar", &gzip(&tar[..tar.len() - 1024]), "truncated tar");
     assert_rejected(&fx, "truncated-entry", &gzip(&tar[..tar.len() - 1400]), "truncated");
