@@ -216,7 +216,9 @@ fn a_node_down_or_cut_off_mid_push_is_failed_partial_free_and_completed_next_tim
         let marker = n3.dir.join("staged.marker");
         std::fs::write(
             bin.join("ssh-keygen"),
-            format!("#!/bin/sh\ntouch {}\nsleep 30\n", marker.display()),
+            // `exec`: the sleep keeps the script's pid, so the kill below cannot miss it (a
+            // sleep forked after the pids were listed held the lock for 30 s: a flake).
+            format!("#!/bin/sh\ntouch {}\nexec sleep 30\n", marker.display()),
         )
         .unwrap();
         std::fs::set_permissions(bin.join("ssh-keygen"), std::fs::Permissions::from_mode(0o755))

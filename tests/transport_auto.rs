@@ -93,7 +93,7 @@ fn auto_runs_the_system_ssh_when_on_path_and_the_builtin_client_otherwise() {
     // Control: forcing the system ssh where there is none fails, naming what is missing.
     let out = push(&fx, &tb, n2, &paths.none, &tb.known_hosts(), &["--transport", "openssh"]);
     assert_ne!(out.status.code(), Some(0), "{}", text(&out));
-    assert!(text(&out).contains("ssh"), "{}", text(&out));
+    assert!(text(&out).contains("no `ssh` client on PATH"), "{}", text(&out));
     assert_eq!(paths.ssh_calls(), calls);
 }
 

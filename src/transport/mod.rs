@@ -307,6 +307,13 @@ pub fn transport_with(
     passphrase: Option<builtin::PassphraseFn>,
 ) -> Result<Box<dyn Transport>, TransportError> {
     Ok(match backend.resolve() {
+        Backend::Openssh if find_on_path("ssh").is_none() => {
+            return Err(TransportError::Invalid(
+                "--transport openssh: no `ssh` client on PATH; install OpenSSH's client, or use \
+                 --transport builtin"
+                    .to_owned(),
+            ))
+        }
         Backend::Openssh => Box::new(openssh::OpensshTransport::new()?),
         _ => {
             let b = builtin::BuiltinTransport::new();
