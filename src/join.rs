@@ -31,6 +31,8 @@ pub enum JoinError {
     Mint { node: String, reason: String },
     #[error("could not mint a join token on the first master {node}: {source}")]
     MintTransport { node: String, source: Box<TransportError> },
+    #[error("the inventory has no control-plane node: a join needs the first master (role control-plane) to mint the token and pin the CA")]
+    NoControlPlane,
     #[error("the first master has no /etc/kubernetes/pki/ca.crt: push the bundle and kubeadm init it first")]
     NoFirstMasterCa,
     #[error(transparent)]
@@ -54,7 +56,7 @@ impl Categorized for JoinError {
             JoinError::HashMismatch { .. } => Category::Verification,
             JoinError::Mint { .. } => Category::NodesFailed,
             JoinError::MintTransport { source, .. } => source.category(),
-            JoinError::NoFirstMasterCa => Category::Usage,
+            JoinError::NoFirstMasterCa | JoinError::NoControlPlane => Category::Usage,
             JoinError::FirstMasterCa(e) => e.category(),
             JoinError::RunDir { .. } => Category::Unexpected,
             JoinError::UnsafeRunDir { .. } => Category::Usage,
@@ -581,12 +583,7 @@ fn join_nodes(
             progress(f.name(), Step::MintingToken);
             mint_token(transport, &f.target, &ca_hash)?
         }
-        (None, None) => {
-            return Err(JoinError::Mint {
-                node: "-".into(),
-                reason: "the inventory has no control-plane node".into(),
-            })
-        }
+        (None, None) => return Err(JoinError::NoControlPlane),
     };
     let ctx = Ctx { transport, opts, token: token.clone(), ca_hash, progress };
     let results = join_all(&ctx, nodes, first);
