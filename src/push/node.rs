@@ -51,8 +51,9 @@ pub(super) fn push_node(
         true => t.target.connect_timeout + PKI_FACTS_DEADLINE,
         false => FACTS_DEADLINE,
     };
-    // The decision runs on the transport's thread while the command waits for it; stdin must
-    // not end early here, or the node would wait on a reader that waits on it.
+    // The decision runs on the transport's thread while the command waits for it. Past the
+    // deadline without facts, stdin ends; in a streamed pass the channel reader then tells the
+    // pass this node wants nothing, so neither waits on the other.
     let exchange = Exchange::new(deadline, |out| job.on_facts(out));
     let report = |sent| job.sending(sent);
     let mut stdin =
