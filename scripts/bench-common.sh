@@ -48,3 +48,16 @@ header() {
     printf '%-6s %-10s %9s %7s %12s %13s %9s %11s\n' nodes method wall ratio "op CPU/node" \
         "node CPU/node" "peak RSS" "${1:-}"
 }
+
+# tb_up N: a testbed of N control planes in $DIR (each run its own), on the first free net from
+# $NET up (another testbed may hold one), each node with its own /root.
+tb_up() {
+    local rc
+    while :; do
+        rc=0
+        scripts/testbed up --control-planes "$1" --dir "$DIR" --net "$NET" --own-root >/dev/null 2>&1 || rc=$?
+        [ "$rc" = 75 ] || break
+        NET=$((NET + 1))
+    done
+    [ "$rc" = 0 ] || { echo "bench: scripts/testbed up failed (exit $rc)" >&2; exit 1; }
+}

@@ -313,12 +313,11 @@ while [ $# -ge 3 ]; do
     sizes="$sizes$len $dest$nl" total=$((total + len))
 done
 # The parts arrive back to back: one head reads them all (exactly their bytes: what follows on
-# stdin is the artifacts' and the commit line's) and one awk cuts them at the announced lengths
-# (binary-safe: awk keeps every byte, NUL included; each part's length is checked below and its
-# content by the signature and SHA256SUMS).
+# stdin is the artifacts' and the commit line's) into one awk, which cuts them at the announced
+# lengths (binary-safe: awk keeps every byte, NUL included; each part's length is checked below
+# and its content by the signature and SHA256SUMS).
 if [ -n "$sizes" ]; then
-    head -c "$total" > "$stage/parts" || die 1 "could not stage the bundle (disk full?)"
-    HAPKI_PARTS=$sizes awk 'function next_part() {
+    head -c "$total" | HAPKI_PARTS=$sizes awk 'function next_part() {
             while (++i <= n) {
                 rem = L[i]; sub(/ .*/, "", rem); rem += 0; out = L[i]; sub(/^[0-9]+ /, "", out)
                 printf "" > out
@@ -335,7 +334,7 @@ if [ -n "$sizes" ]; then
                 else { printf "%s", substr(s, 1, rem) > out; s = substr(s, rem + 1); rem = 0 }
                 if (rem == 0) { close(out); next_part() }
             }
-        }' "$stage/parts" || die 1 "could not stage the bundle's parts (disk full?)"
+        }' || die 1 "could not stage the bundle's parts (disk full?)"
 fi
 # Every staged part has its announced length: one stat for all of them ("LEN PATH" lines).
 check_sizes() {
