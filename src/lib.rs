@@ -25,4 +25,5 @@ pub mod node;
 pub mod pki;
 pub mod preflight;
 pub mod push;
+pub mod renew;
 pub mod transport;
