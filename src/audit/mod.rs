@@ -7,6 +7,7 @@
 //! a time and never the CAs' lifetime — this sees the whole cluster at once.
 
 pub mod report;
+pub mod served;
 
 use std::collections::BTreeMap;
 
@@ -39,6 +40,7 @@ pub enum Kind {
     ImageMissing,
     ImageDigest,
     ImageUnpinned,
+    StaleServedCert,
 }
 
 impl Kind {
@@ -58,6 +60,7 @@ impl Kind {
             Kind::ImageMissing => "image-missing",
             Kind::ImageDigest => "image-digest",
             Kind::ImageUnpinned => "image-unpinned",
+            Kind::StaleServedCert => "stale-served-cert",
         }
     }
 }
@@ -200,6 +203,12 @@ pub struct AuditReport {
     pub reference: String,
     pub nodes: Vec<NodeAudit>,
     pub problems: Vec<Problem>,
+    /// Per node, the certificate that ends first ([`served::nearest`]).
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub nearest_expiry: BTreeMap<String, served::NearestExpiry>,
+    /// With `--served`: per node, what its servers present ([`served::run`]).
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub served: BTreeMap<String, served::NodeServed>,
 }
 
 fn mode_str(m: Option<u32>) -> Option<String> {
@@ -611,7 +620,14 @@ pub fn run(
         nodes.push(n);
         problems.extend(p);
     }
-    AuditReport { ok: problems.is_empty(), reference: reference.source, nodes, problems }
+    AuditReport {
+        ok: problems.is_empty(),
+        reference: reference.source,
+        nodes,
+        problems,
+        nearest_expiry: BTreeMap::new(),
+        served: BTreeMap::new(),
+    }
 }
 
 /// `audit --local`: the same checks on this machine, without SSH (for cron on each node).
@@ -631,11 +647,20 @@ pub fn run_local(
                 reference: reference.source,
                 nodes: vec![n],
                 problems,
+                nearest_expiry: BTreeMap::new(),
+                served: BTreeMap::new(),
             }
         }
         Err(e) => {
             let (n, problems) = unreachable(node, role, &e);
-            AuditReport { ok: false, reference: "none".into(), nodes: vec![n], problems }
+            AuditReport {
+                ok: false,
+                reference: "none".into(),
+                nodes: vec![n],
+                problems,
+                nearest_expiry: BTreeMap::new(),
+                served: BTreeMap::new(),
+            }
         }
     }
 }

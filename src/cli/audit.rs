@@ -41,6 +41,11 @@ pub struct AuditArgs {
     pub parallel: usize,
     #[arg(long, value_enum, default_value_t)]
     pub output: AuditOutput,
+    /// Also connect to every node's TLS servers (:6443, :2379, :2380, :10257, :10259, where
+    /// running) and compare what each presents with its file (stale-served-cert), and read
+    /// every kubeconfig's client certificate (kubelet.conf too, workers too).
+    #[arg(long, conflicts_with = "local")]
+    pub served: bool,
     #[command(flatten)]
     pub ssh: SshArgs,
 }
@@ -49,7 +54,7 @@ pub fn run(args: AuditArgs) -> anyhow::Result<u8> {
     let reference = args.reference.open()?.map(|(p, b)| reference_from(&p, &b));
     let opts = AuditOptions { warn_within: args.warn_within, now: time::OffsetDateTime::now_utc() };
     let paths = NodePaths::default();
-    let report = if args.local {
+    let mut report = if args.local {
         let role = if args.role == "worker" { Role::Worker } else { Role::ControlPlane };
         let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
             .map(|s| s.trim().to_string())
@@ -58,25 +63,53 @@ pub fn run(args: AuditArgs) -> anyhow::Result<u8> {
     } else {
         let (_, selected) = args.nodes.all(&args.ssh)?;
         let transport = args.ssh.transport()?;
+        let addresses: Vec<String> = selected
+            .iter()
+            .map(|s| s.advertise_address.clone().unwrap_or(s.address.clone()))
+            .collect();
         let targets: Vec<audit::AuditTarget> = selected
             .into_iter()
             .map(|s| audit::AuditTarget { target: s.target, role: s.role })
             .collect();
-        audit::run(&targets, transport.as_ref(), reference, &opts, args.parallel, &paths)
+        let mut report =
+            audit::run(&targets, transport.as_ref(), reference, &opts, args.parallel, &paths);
+        if args.served {
+            let served: Vec<audit::served::ServedTarget> = targets
+                .iter()
+                .zip(addresses)
+                .map(|(t, address)| audit::served::ServedTarget { audit: t, address })
+                .collect();
+            audit::served::run(
+                &served,
+                transport.as_ref(),
+                &opts,
+                args.parallel,
+                &paths,
+                &mut report,
+            );
+        }
+        report
     };
-    print(&report, args.output)?;
+    audit::served::nearest(&mut report, opts.now);
+    print(&report, args.output, opts.now)?;
     Ok(if report.ok { 0 } else { 6 })
 }
 
-fn print(report: &AuditReport, output: AuditOutput) -> anyhow::Result<()> {
+fn print(
+    report: &AuditReport,
+    output: AuditOutput,
+    now: time::OffsetDateTime,
+) -> anyhow::Result<()> {
     match output {
         AuditOutput::Json => print_json(report),
         AuditOutput::Prometheus => {
             print!("{}", audit::report::prometheus(report));
+            print!("{}", audit::served::prometheus(report, now));
             Ok(())
         }
         AuditOutput::Table => {
             print!("{}", audit::report::matrix(report));
+            print!("{}", audit::served::table(report));
             Ok(())
         }
     }

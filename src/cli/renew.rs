@@ -25,7 +25,11 @@ pub struct RenewArgs {
     /// Print the plan and every node's current certificates and servers; change nothing.
     #[arg(long)]
     pub dry_run: bool,
-    /// How long a component may take to stop, to come back and to become healthy.
+    /// How long a component may take to stop once its manifest is moved out (a kubelet
+    /// notices within 20 s and grants 30 s of grace); one still running then is reported.
+    #[arg(long, value_name = "DURATION", default_value = "1m")]
+    pub stop_timeout: hapki::duration::Duration,
+    /// How long a component may take to come back, and then to become healthy.
     #[arg(long, value_name = "DURATION", default_value = "3m")]
     pub restart_timeout: hapki::duration::Duration,
     #[arg(long, value_enum, default_value_t)]
@@ -51,6 +55,7 @@ pub fn run(args: RenewArgs) -> anyhow::Result<u8> {
     let opts = RenewOptions {
         certs,
         dry_run: args.dry_run,
+        stop_timeout: std::time::Duration::from_secs(args.stop_timeout.as_secs()),
         restart_timeout: std::time::Duration::from_secs(args.restart_timeout.as_secs()),
         paths: hapki::node::NodePaths::default(),
         run_id: format!("{stamp}-{:08x}", rand::random::<u32>()),
@@ -71,7 +76,12 @@ fn timeline(report: &RenewReport) -> String {
     let mut s = String::new();
     for n in &report.nodes {
         let secs = n.seconds.map(|t| format!(" in {t}s")).unwrap_or_default();
-        s += &format!("{}: {}{secs}: {}\n", n.node, n.status.as_str(), escape_node_text(&n.message, false));
+        s += &format!(
+            "{}: {}{secs}: {}\n",
+            n.node,
+            n.status.as_str(),
+            escape_node_text(&n.message, false)
+        );
         for c in &n.certs {
             let new = c.new_not_after.as_deref().unwrap_or("-");
             let mark = if c.renewed { "renewed" } else { "kept" };

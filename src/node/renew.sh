@@ -3,8 +3,9 @@
 # the kubelet's directory, the component waited on until it is gone, the manifest moved back),
 # and what every local server presents over TLS is read before and after.
 # $1 kubernetes dir  $2 state dir  $3 probe (read-only) | renew  $4 the node's address (the
-# servers are probed there, then at 127.0.0.1)  $5 restart timeout, seconds  $6 this run's id
-# $7... what `kubeadm certs renew` renews: `all` or kubeadm's names.
+# servers are probed there, then at 127.0.0.1)  $5 how long a component may take to stop,
+# seconds  $6 how long it may take to come back and be healthy, seconds  $7 this run's id
+# $8... what `kubeadm certs renew` renews: `all` or kubeadm's names.
 # stdout: sections, each opened by a line "=== KIND ARGS" (parsed by src/renew/snapshot.rs);
 # kubeadm's own output goes to stderr. Exit: 0 done (the served certificates are judged by
 # hapki), 10 kubeadm failed, 11 a component did not come back, 12 the API server not healthy,
@@ -13,14 +14,14 @@ set -eu
 umask 077
 TZ=UTC0
 export TZ
-k=$1 st=$2 op=$3 addr=$4 limit=$5 stamp=$6
-shift 6
+k=$1 st=$2 op=$3 addr=$4 stop_limit=$5 limit=$6 stamp=$7
+shift 7
 die() { # exit code, message
     printf 'hapki: %s\n' "$2" >&2
     exit "$1"
 }
 case $op in probe | renew) ;; *) die 1 "bad operation" ;; esac
-case $limit in '' | *[!0-9]*) die 1 "bad timeout" ;; esac
+case $limit$stop_limit in '' | *[!0-9]*) die 1 "bad timeout" ;; esac
 case $stamp$addr in *[!A-Za-z0-9._:-]*) die 1 "bad arguments" ;; esac
 for n in "$@"; do
     case $n in '' | *[!a-z0-9-]*) die 1 "bad certificate name" ;; esac
@@ -60,11 +61,11 @@ at() {
 }
 
 served() { # $1 port
-    for a in "$addr" 127.0.0.1; do
-        c=$(presented "$a" "$1") || c=
-        if [ -n "$c" ]; then
-            eval "at_$1=\$a"
-            printf '=== served %s %s\n%s\n' "$1" "$a" "$c"
+    for sa in "$addr" 127.0.0.1; do
+        pem=$(presented "$sa" "$1") || pem=
+        if [ -n "$pem" ]; then
+            eval "at_$1=\$sa"
+            printf '=== served %s %s\n%s\n' "$1" "$sa" "$pem"
             return 0
         fi
     done
@@ -88,13 +89,26 @@ snapshot() {
     for f in $(printf '%s\n' "$flagged" | awk '{ print $4 }'); do
         case " $* " in *" $f "*) ;; *) [ ! -f "$f" ] || set -- "$@" "$f" ;; esac
     done
-    for f in admin controller-manager scheduler; do
+    for f in admin controller-manager scheduler kubelet; do
         [ ! -f "$k/$f.conf" ] || set -- "$@" "$k/$f.conf"
     done
+    # A kubeconfig may name its client certificate's file (the kubelet's rotated
+    # kubelet-client-current.pem, certificate and key in one): only its first CERTIFICATE
+    # block is printed, as for every file here; no key line ever leaves the node.
+    # shellcheck disable=SC2013 # awk's $2: one word each
+    for f in $(awk '$1 == "client-certificate:" && $2 ~ /^\// { print $2 }' "$k"/*.conf 2> /dev/null); do
+        [ ! -f "$f" ] || set -- "$@" "$f"
+    done
     [ $# -eq 0 ] || awk '
-        FILENAME ~ /\.conf$/ { if ($1 == "client-certificate-data:") print "=== kubeconfig " FILENAME " " $2; next }
-        FNR == 1 { print "=== file " FILENAME }
-        { print }' "$@"
+        FILENAME ~ /\.conf$/ {
+            if ($1 == "client-certificate-data:") print "=== kubeconfig " FILENAME " " $2
+            if ($1 == "client-certificate:") print "=== kubeconfig-file " FILENAME " " $2
+            next
+        }
+        FNR == 1 { print "=== file " FILENAME; inside = 0; done = 0 }
+        /^-----BEGIN CERTIFICATE-----/ && !done { inside = 1 }
+        inside { print }
+        /^-----END CERTIFICATE-----/ && inside { inside = 0; done = 1 }' "$@"
     for c in $COMPONENTS; do
         for p in $(ports_of "$c"); do served "$p"; done
     done
@@ -113,7 +127,7 @@ answers() {
     [ $rc -ne 7 ] && [ $rc -ne 28 ]
 }
 
-# Waits (up to the timeout) until component $1's ports answer ($2 = up) or not ($2 = down).
+# Waits (up to $3 seconds) until component $1's ports answer ($2 = up) or not ($2 = down).
 wait_ports() {
     i=0
     for p in $(ports_of "$1"); do
@@ -121,7 +135,7 @@ wait_ports() {
         while :; do
             if answers "$p"; then [ "$2" = up ] && break; else [ "$2" = down ] && break; fi
             i=$((i + 1))
-            [ $i -lt $((limit * 2)) ] || return 1
+            [ $i -lt $(($3 * 2)) ] || return 1
             sleep 0.5
         done
     done
@@ -147,15 +161,15 @@ restore() {
 
 # Component $1 stopped (or said not to), its ports free.
 stopped() {
-    if wait_ports "$1" down; then
+    if wait_ports "$1" down "$stop_limit"; then
         step "$1 stopped"
     else
-        step "$1 still answers ${limit}s after its manifest was moved out: not restarted"
+        step "$1 still answers ${stop_limit}s after its manifest was moved out: not restarted"
     fi
 }
 
 started() {
-    wait_ports "$1" up || die 11 "$1 did not answer within ${limit}s after its manifest was moved back; see the kubelet's log"
+    wait_ports "$1" up "$limit" || die 11 "$1 did not answer within ${limit}s after its manifest was moved back; see the kubelet's log"
     step "$1 answers"
 }
 

@@ -93,7 +93,10 @@ pub struct RenewOptions {
     /// `all`, or kubeadm's names ([`validate_only`]).
     pub certs: Vec<String>,
     pub dry_run: bool,
-    /// How long a component may take to stop, to come back, to become healthy.
+    /// How long a component may take to stop once its manifest is gone (a kubelet notices
+    /// within 20 s and grants 30 s of grace).
+    pub stop_timeout: Duration,
+    /// How long a component may take to come back, and then to become healthy.
     pub restart_timeout: Duration,
     pub paths: NodePaths,
     /// This run's id, for the nodes' history.
@@ -249,17 +252,36 @@ fn script_args<'b>(
     opts: &'b RenewOptions,
     op: &'b str,
     n: &'b RenewNode,
-    limit: &'b str,
+    limits: &'b [String; 2],
 ) -> Vec<&'b str> {
     let p = &opts.paths;
     let mut a = vec![p.kube_dir.as_str(), p.state_dir.as_str(), op, n.address.as_str()];
-    a.extend([limit, opts.run_id.as_str()]);
+    a.extend([limits[0].as_str(), limits[1].as_str(), opts.run_id.as_str()]);
     a.extend(opts.certs.iter().map(String::as_str));
     a
 }
 
-impl Run<'_> {
+/// What a node's certificate files, kubeconfigs' client certificates and TLS servers (probed
+/// at `address`, then 127.0.0.1) hold now; read-only.
+pub fn probe(
+    session: &mut dyn Session,
+    paths: &NodePaths,
+    address: &str,
+) -> Result<Snapshot, String> {
+    let args = [&paths.kube_dir, &paths.state_dir, "probe", address, "1", "1", "probe", "all"];
+    let out = session.run(&script(), &args, &mut std::io::empty()).map_err(|e| e.to_string())?;
+    if !out.success() {
+        return Err(format!("reading the node failed: {}", node::stderr_tail(&out.stderr)));
+    }
+    Ok(snapshot::parse(&out.stdout).before)
+}
 
+/// The stop and restart timeouts in whole seconds (at least one).
+fn limits(opts: &RenewOptions) -> [String; 2] {
+    [opts.stop_timeout, opts.restart_timeout].map(|d| d.as_secs().max(1).to_string())
+}
+
+impl Run<'_> {
     /// Every node's current state (read-only), keeping its session.
     fn probe_all(&mut self, nodes: &[RenewNode]) -> Vec<Result<Snapshot, String>> {
         let mut res = Vec::new();
@@ -273,13 +295,7 @@ impl Run<'_> {
                     continue;
                 }
             };
-            let limit = self.opts.restart_timeout.as_secs().to_string();
-            let out = session.run(&script(), &script_args(self.opts, "probe", n, &limit), &mut std::io::empty());
-            res.push(match out {
-                Ok(o) if o.success() => Ok(snapshot::parse(&o.stdout).before),
-                Ok(o) => Err(format!("reading the node failed: {}", node::stderr_tail(&o.stderr))),
-                Err(e) => Err(e.to_string()),
-            });
+            res.push(probe(session.as_mut(), &self.opts.paths, &n.address));
             self.sessions.push(Some(session));
         }
         res
@@ -316,9 +332,9 @@ impl Run<'_> {
         let name = n.target.name.as_str();
         (self.progress)(name, "renewing and restarting its control plane");
         let started = Instant::now();
-        let limit = self.opts.restart_timeout.as_secs().max(1).to_string();
+        let limits = limits(self.opts);
         let script = script();
-        let args = script_args(self.opts, "renew", n, &limit);
+        let args = script_args(self.opts, "renew", n, &limits);
         let Some(session) = self.sessions[i].as_mut() else {
             return NodeRenewal::new(name, RenewStatus::Failed, "no session");
         };
@@ -347,7 +363,13 @@ impl Run<'_> {
 }
 
 /// The file a port must present: the manifest's flag, else kubeadm's default, else none.
-fn expected_file(snap: &Snapshot, comp: &str, flag: &str, default: Option<&str>, pki: &str) -> Option<String> {
+fn expected_file(
+    snap: &Snapshot,
+    comp: &str,
+    flag: &str,
+    default: Option<&str>,
+    pki: &str,
+) -> Option<String> {
     snap.flags
         .get(&(comp.to_string(), flag.to_string()))
         .cloned()
@@ -360,7 +382,7 @@ fn not_after(c: &ParsedCert) -> String {
 
 /// Served certificate against file for every port that answered (after, or before for a
 /// probe), with `before` to tell a restart of a self-signed server.
-fn served_checks(now: &Snapshot, before: Option<&Snapshot>, pki: &str) -> Vec<ServedCheck> {
+pub fn served_checks(now: &Snapshot, before: Option<&Snapshot>, pki: &str) -> Vec<ServedCheck> {
     let mut out = Vec::new();
     for (port, comp, flag, default) in SERVERS {
         let was = before.and_then(|b| b.served.get(&port));
@@ -397,7 +419,12 @@ fn served_checks(now: &Snapshot, before: Option<&Snapshot>, pki: &str) -> Vec<Se
 }
 
 /// Why a served check fails, or empty.
-fn verdict(c: &ServedCheck, cert: Option<&ParsedCert>, was: Option<&ParsedCert>, restarted: bool) -> String {
+fn verdict(
+    c: &ServedCheck,
+    cert: Option<&ParsedCert>,
+    was: Option<&ParsedCert>,
+    restarted: bool,
+) -> String {
     let who = format!("{} on :{}", c.component, c.port);
     let Some(cert) = cert else {
         return match c.address {

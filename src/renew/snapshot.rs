@@ -26,6 +26,8 @@ pub struct Snapshot {
     pub served: BTreeMap<u16, Served>,
     /// (component, flag) → the certificate file its manifest names.
     pub flags: BTreeMap<(String, String), String>,
+    /// Kubeconfig → the file its `client-certificate:` names.
+    pub kubeconfig_files: BTreeMap<String, String>,
 }
 
 /// The whole output: the snapshots and the steps (Unix time, what).
@@ -76,6 +78,11 @@ pub fn parse(out: &[u8]) -> ScriptOutput {
                     open = Open::Served(p, addr.to_string());
                 }
             }
+            (Some("kubeconfig-file"), Some(conf), Some(file), _) => {
+                if let Some(s) = snap.as_mut() {
+                    s.kubeconfig_files.insert(conf.into(), file.into());
+                }
+            }
             (Some("kubeconfig"), Some(path), Some(b64), _) => {
                 if let Some(s) = snap.as_mut() {
                     kubeconfig(s, path, b64);
@@ -100,9 +107,15 @@ pub fn parse(out: &[u8]) -> ScriptOutput {
     res
 }
 
-/// A finished snapshot goes where its phase line said: the first is `before`.
+/// A finished snapshot goes where its phase line said: the first is `before`. A kubeconfig
+/// naming its client certificate's file gets that certificate.
 fn finish(res: &mut ScriptOutput, snap: Option<Snapshot>) {
-    let Some(snap) = snap else { return };
+    let Some(mut snap) = snap else { return };
+    for (conf, file) in &snap.kubeconfig_files {
+        if let Some(c) = snap.certs.get(file).cloned() {
+            snap.certs.insert(conf.clone(), c);
+        }
+    }
     match res.after.as_mut() {
         Some(after) => *after = snap,
         None => res.before = snap,
@@ -129,9 +142,10 @@ fn close(s: &mut Snapshot, open: &Open, body: &str) {
 
 fn kubeconfig(s: &mut Snapshot, path: &str, b64: &str) {
     let pem = base64::engine::general_purpose::STANDARD.decode(b64.trim());
-    match pem.map_err(|e| e.to_string()).and_then(|p| {
-        parse_certificate(path, &p).map_err(|e| e.to_string())
-    }) {
+    match pem
+        .map_err(|e| e.to_string())
+        .and_then(|p| parse_certificate(path, &p).map_err(|e| e.to_string()))
+    {
         Ok(c) => {
             s.certs.insert(path.to_string(), c);
         }
