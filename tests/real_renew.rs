@@ -11,9 +11,12 @@
 //!   the three API servers, as kubeadm's HA guide sets up): no request fails;
 //! - afterwards every served certificate equals its file (openssl s_client against openssl
 //!   x509 of the file), every leaf's notAfter moved forward, every node's history records it;
-//! - negative control: kubemaster-2's API server deliberately not restarted (the kubelet loop
+//! - `--dry-run` prints the plan and changes nothing;
+//! - audit (--served) reports the expired leaf with its node and file, the nearest expiry and
+//!   a negative expiry gauge before, and is clean after;
+//! - negative control: kubemaster-1's API server deliberately not restarted (the kubelet loop
 //!   ignores its manifest): renew fails that node with the served-certificate message, exit 5,
-//!   and kubemaster-3 is not touched.
+//!   kubemaster-2 and -3 are not touched, and audit --served reports stale-served-cert there.
 
 #[path = "support/cluster.rs"]
 mod cluster;
@@ -21,6 +24,8 @@ mod cluster;
 mod endpoint;
 #[path = "support/fixture.rs"]
 mod fixture;
+#[path = "support/openssl.rs"]
+mod openssl;
 #[path = "support/real_kube.rs"]
 mod real_kube;
 #[path = "support/testbed.rs"]
@@ -164,6 +169,7 @@ fn renew_rolls_leaves_across_three_real_control_planes_with_no_failed_request() 
 
     let pki = |n: &str| tb.node(n).etc_kubernetes().join("pki");
     let old: Vec<String> = NODES.iter().map(|n| not_after(&pki(n).join("apiserver.crt"))).collect();
+    dry_run_changes_nothing(&tb);
 
     // The client loop's credentials: kubemaster-1's apiserver-kubelet-client (O=system:masters),
     // copied before renew replaces it.
@@ -208,6 +214,11 @@ fn renew_rolls_leaves_across_three_real_control_planes_with_no_failed_request() 
         wall.as_secs_f64(),
         per_node.join(", ")
     );
+    for n in NODES {
+        for st in node_report(&report, n)["steps"].as_array().unwrap() {
+            eprintln!("  {n} {} {}", st["at"].as_str().unwrap(), st["what"].as_str().unwrap());
+        }
+    }
     assert!(
         tally.failed.is_empty(),
         "requests failed during the rolling renew: {:?}",
@@ -262,6 +273,50 @@ fn renew_rolls_leaves_across_three_real_control_planes_with_no_failed_request() 
     }
 
     not_restarted_is_caught(&tb, &pods);
+    cluster_info_follows_a_reissued_ca(&tb);
+}
+
+/// `pki renew-ca --inventory --which ca` on the real first master: kube-public/cluster-info
+/// (read back with kubectl) carries the new ca.crt, whose discovery hash is the old one.
+fn cluster_info_follows_a_reissued_ca(tb: &Testbed) {
+    let ca = tb.node("kubemaster-1").etc_kubernetes().join("pki/ca.crt");
+    let hash = openssl::openssl_discovery_hash(&ca);
+    let out = hapki()
+        .args(["pki", "renew-ca", "--which", "ca", "--inventory"])
+        .arg(tb.inventory())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "renew-ca: {}", text(&out));
+    assert!(text(&out).contains("cluster-info updated"), "{}", text(&out));
+    assert_eq!(openssl::openssl_discovery_hash(&ca), hash);
+    let info = tb.ok(
+        "kubemaster-1",
+        "kubectl --kubeconfig /etc/kubernetes/admin.conf -n kube-public get configmap cluster-info \
+         -o jsonpath='{.data.kubeconfig}'",
+    );
+    assert!(info.contains(&format!("certificate-authority-data: {}", b64(&ca))), "{info}");
+}
+
+/// `renew --dry-run`: every node planned, its certificates listed, nothing written.
+fn dry_run_changes_nothing(tb: &Testbed) {
+    let files: Vec<std::path::PathBuf> =
+        NODES.iter().map(|n| tb.node(n).etc_kubernetes().join("pki/apiserver.crt")).collect();
+    let before: Vec<String> = files.iter().map(|f| file_fingerprint(f)).collect();
+    let (code, report, out) = renew(tb, &["--dry-run"]);
+    assert_eq!(code, Some(0), "{out}");
+    for n in NODES {
+        let r = node_report(&report, n);
+        assert_eq!(r["status"], "planned", "{r}");
+        assert!(r["certs"].as_array().unwrap().len() >= 7, "{r}");
+        assert!(
+            r["steps"][1]["what"].as_str().unwrap().starts_with("kubeadm certs renew all"),
+            "{r}"
+        );
+    }
+    let after: Vec<String> = files.iter().map(|f| file_fingerprint(f)).collect();
+    assert_eq!(before, after, "--dry-run changed a certificate");
+    let history = std::fs::read_to_string(tb.node("kubemaster-1").state().join("history")).unwrap();
+    assert!(!history.contains(" renew "), "{history}");
 }
 
 fn audit_served(tb: &Testbed, output: &str) -> (Option<i32>, Value, String) {
@@ -301,35 +356,43 @@ fn expired_leaf_is_reported(tb: &Testbed) {
     assert!(secs < 0, "{line}");
 }
 
-/// kubemaster-2's API server keeps running whatever happens to its manifest: renew of the API
-/// server certificates renews kubemaster-1, fails kubemaster-2 with the served-certificate
-/// message (exit 5) and never touches kubemaster-3.
+/// kubemaster-1's API server keeps running whatever happens to its manifest: renewing the API
+/// server certificate fails that node with the served-certificate message (exit 5), and
+/// kubemaster-2 and -3 are never touched.
 fn not_restarted_is_caught(tb: &Testbed, pods: &Pods) {
-    let pki3 = tb.node("kubemaster-3").etc_kubernetes().join("pki/apiserver.crt");
-    let before3 = file_fingerprint(&pki3);
-    pods.pin("kubemaster-2", "kube-apiserver", true);
+    let untouched: Vec<(std::path::PathBuf, String)> = NODES[1..]
+        .iter()
+        .map(|n| tb.node(n).etc_kubernetes().join("pki/apiserver.crt"))
+        .map(|p| {
+            let fp = file_fingerprint(&p);
+            (p, fp)
+        })
+        .collect();
+    pods.pin("kubemaster-1", "kube-apiserver", true);
     let (code, report, out) = renew(tb, &["--only", "apiserver", "--stop-timeout", "5s"]);
-    pods.pin("kubemaster-2", "kube-apiserver", false);
+    pods.pin("kubemaster-1", "kube-apiserver", false);
     assert_eq!(code, Some(5), "{out}");
-    assert_eq!(node_report(&report, "kubemaster-1")["status"], "renewed", "{report}");
-    let m2 = node_report(&report, "kubemaster-2");
-    assert_eq!(m2["status"], "failed", "{report}");
-    let msg = m2["message"].as_str().unwrap();
+    let m1 = node_report(&report, "kubemaster-1");
+    assert_eq!(m1["status"], "failed", "{report}");
+    let msg = m1["message"].as_str().unwrap();
     assert!(
         msg.contains("kube-apiserver on :6443 still presents a certificate")
             && msg.contains("differs from /etc/kubernetes/pki/apiserver.crt")
             && msg.contains("not restarted"),
         "{msg}"
     );
-    let m3 = node_report(&report, "kubemaster-3");
-    assert_eq!(m3["status"], "skipped", "{report}");
-    assert_eq!(file_fingerprint(&pki3), before3, "kubemaster-3 was touched");
-    // Control: the file on kubemaster-2 was renewed; what it serves is the old one (openssl).
-    let n2 = tb.node("kubemaster-2");
-    let pki2 = n2.etc_kubernetes().join("pki");
+    for n in &NODES[1..] {
+        assert_eq!(node_report(&report, n)["status"], "skipped", "{report}");
+    }
+    for (p, fp) in &untouched {
+        assert_eq!(&file_fingerprint(p), fp, "{} was touched", p.display());
+    }
+    // Control: the file on kubemaster-1 was renewed; what it serves is the old one (openssl).
+    let n1 = tb.node("kubemaster-1");
+    let pki1 = n1.etc_kubernetes().join("pki");
     assert_ne!(
-        served_fingerprint(&pki2, &n2.address, 6443),
-        file_fingerprint(&pki2.join("apiserver.crt"))
+        served_fingerprint(&pki1, &n1.address, 6443),
+        file_fingerprint(&pki1.join("apiserver.crt"))
     );
     // audit --served sees it too, on that node and port only.
     let (code, audit, out) = audit_served(tb, "json");
@@ -337,9 +400,121 @@ fn not_restarted_is_caught(tb: &Testbed, pods: &Pods) {
     let stale: Vec<(String, String, String)> =
         cluster::problems(&audit).into_iter().filter(|p| p.2 == "stale-served-cert").collect();
     let want = (
-        "kubemaster-2".into(),
+        "kubemaster-1".into(),
         "/etc/kubernetes/pki/apiserver.crt".into(),
         "stale-served-cert".into(),
     );
     assert_eq!(stale, vec![want], "{audit}");
+}
+
+fn b64(path: &Path) -> String {
+    sh(&format!("base64 -w0 < '{}'", path.display()))
+}
+
+fn pubkey(path: &Path) -> String {
+    sh(&format!("openssl x509 -noout -pubkey -in '{}'", path.display()))
+}
+
+/// `pki renew-ca --inventory` (no Kubernetes needed): the first master's three CAs re-issued
+/// there with their keys (openssl: same public key, later notAfter, old ones backed up), its
+/// kubeconfig pinning the old ca.crt updated; a worker gets the new ca.crt and kubelet.conf's
+/// CA data (another kubeconfig's left alone); a worker holding ANOTHER CA refuses it and keeps
+/// every file (exit 5).
+#[test]
+fn renew_ca_over_ssh_reaches_the_workers_and_refuses_a_foreign_ca() {
+    let Some(tb) = Testbed::up(1, 2) else { return };
+    let fx = Fixture::new();
+    cluster::push_to(&fx, &tb, &fx.bundle(), &["kubemaster-1"], &[]);
+    let m1 = tb.node("kubemaster-1").etc_kubernetes();
+    let old_ca = fx.pki().join("ca.crt");
+    let old_b64 = b64(&old_ca);
+    let conf = |ca: &str| {
+        format!("apiVersion: v1\nclusters:\n- cluster:\n    certificate-authority-data: {ca}\n    server: https://kubeapi.test:6443\n  name: kubernetes\n")
+    };
+    std::fs::write(m1.join("controller-manager.conf"), conf(&old_b64)).unwrap();
+    let foreign = fx.init_pki("foreign");
+    for (w, ca) in [("kubenode-1", &old_ca), ("kubenode-2", &foreign.join("ca.crt"))] {
+        let k = tb.node(w).etc_kubernetes();
+        std::fs::create_dir_all(k.join("pki")).unwrap();
+        std::fs::copy(ca, k.join("pki/ca.crt")).unwrap();
+        std::fs::write(k.join("kubelet.conf"), conf(&b64(ca))).unwrap();
+        std::fs::write(k.join("other.conf"), conf("b3RoZXI=")).unwrap();
+    }
+    let w2 = tb.node("kubenode-2").etc_kubernetes();
+    let w2_before = (
+        std::fs::read(w2.join("pki/ca.crt")).unwrap(),
+        std::fs::read(w2.join("kubelet.conf")).unwrap(),
+    );
+
+    let out = hapki()
+        .args(["pki", "renew-ca", "--inventory"])
+        .arg(tb.inventory())
+        .args(["--validity", "4000d", "--output", "json"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(5), "{}", text(&out));
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        report["discovery_token_ca_cert_hash"],
+        openssl::openssl_discovery_hash(&old_ca).as_str(),
+        "{report}"
+    );
+    for ca in ["ca", "front-proxy-ca", "etcd/ca"] {
+        let new = m1.join(format!("pki/{ca}.crt"));
+        let old = fx.pki().join(format!("{ca}.crt"));
+        assert_eq!(pubkey(&new), pubkey(&old), "{ca}: another key");
+        assert_ne!(
+            std::fs::read(&new).unwrap(),
+            std::fs::read(&old).unwrap(),
+            "{ca} not re-issued"
+        );
+        sh(&format!("openssl x509 -noout -checkend 31536000 -in '{}'", new.display()));
+        sh(&format!("openssl verify -CAfile '{}' '{}'", new.display(), new.display()));
+        let backups: Vec<_> = std::fs::read_dir(new.parent().unwrap())
+            .unwrap()
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().ends_with(".bak"))
+            .filter(|e| std::fs::read(e.path()).unwrap() == std::fs::read(&old).unwrap())
+            .collect();
+        assert_eq!(backups.len(), 1, "{ca}: the old certificate kept once");
+    }
+    let new_ca = m1.join("pki/ca.crt");
+    let new_b64 = b64(&new_ca);
+    let m1_conf = std::fs::read_to_string(m1.join("controller-manager.conf")).unwrap();
+    assert_eq!(m1_conf, conf(&new_b64), "the first master's kubeconfig");
+    let w1 = tb.node("kubenode-1").etc_kubernetes();
+    assert_eq!(std::fs::read(w1.join("pki/ca.crt")).unwrap(), std::fs::read(&new_ca).unwrap());
+    assert_eq!(std::fs::read_to_string(w1.join("kubelet.conf")).unwrap(), conf(&new_b64));
+    assert_eq!(std::fs::read_to_string(w1.join("other.conf")).unwrap(), conf("b3RoZXI="));
+    // The foreign worker: refused, untouched.
+    let nodes = report["nodes"].as_array().unwrap();
+    let r2 = nodes.iter().find(|n| n["node"] == "kubenode-2").unwrap();
+    assert_eq!(r2["ok"], false, "{r2}");
+    assert!(r2["message"].as_str().unwrap().contains("not a same-key re-issue"), "{r2}");
+    let w2_after = (
+        std::fs::read(w2.join("pki/ca.crt")).unwrap(),
+        std::fs::read(w2.join("kubelet.conf")).unwrap(),
+    );
+    assert_eq!(w2_after, w2_before, "the foreign worker was written to");
+    let history = std::fs::read_to_string(tb.node("kubenode-1").state().join("history")).unwrap();
+    assert!(
+        history.contains(" renew-ca ca.crt backup=") && history.contains(" renew-ca kubeconfig="),
+        "{history}"
+    );
+}
+
+/// Bad input: one line naming the problem and the fix, exit 2, before any node is reached.
+#[test]
+fn renew_refuses_an_unknown_certificate_name() {
+    let out = hapki()
+        .args(["renew", "--nodes", "127.0.0.1:1", "--only", "apiserver,apiserver;reboot"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(
+        err.contains("unknown certificate \"apiserver;reboot\" for --only: use kubeadm's names"),
+        "{err}"
+    );
 }

@@ -69,7 +69,7 @@ pub fn run(
     for (t, probe) in targets.iter().zip(probes) {
         let node = t.audit.target.name.clone();
         let Ok(snap) = probe else { continue };
-        let served = renew::served_checks(&snap, None, &paths.pki_dir());
+        let served = renew::served_checks(&snap, None, &paths.pki_dir(), &[]);
         for c in served.iter().filter(|c| !c.ok) {
             let file = c.file.clone().unwrap_or_else(|| format!(":{}", c.port));
             let message = escape_node_text(&c.message, false);

@@ -49,16 +49,13 @@ pub fn run(args: RenewArgs) -> anyhow::Result<u8> {
     if nodes.is_empty() {
         return Err(usage_error("no control plane selected: renew works on control planes (workers' kubelets rotate their own certificates)"));
     }
-    let stamp = time::OffsetDateTime::now_utc()
-        .format(time::macros::format_description!("[year][month][day]T[hour][minute][second]Z"))
-        .unwrap_or_else(|_| "renew".into());
     let opts = RenewOptions {
         certs,
         dry_run: args.dry_run,
         stop_timeout: std::time::Duration::from_secs(args.stop_timeout.as_secs()),
         restart_timeout: std::time::Duration::from_secs(args.restart_timeout.as_secs()),
         paths: hapki::node::NodePaths::default(),
-        run_id: format!("{stamp}-{:08x}", rand::random::<u32>()),
+        run_id: run_id(),
     };
     let transport = args.ssh.transport()?;
     let progress = |node: &str, what: &str| eprintln!("hapki: {node}: {what}");
@@ -108,4 +105,69 @@ fn timeline(report: &RenewReport) -> String {
         }
     }
     s
+}
+
+/// `hapki pki renew-ca --from NODE | --inventory FILE` (see src/renew/ca.rs).
+pub fn renew_ca_remote(
+    args: &super::pki::RenewCaArgs,
+    which: Vec<hapki::pki::Ca>,
+) -> anyhow::Result<u8> {
+    if args.kubeconfig_dir.is_some() {
+        return Err(usage_error("--kubeconfig-dir goes with --pki-dir; over SSH the node's /etc/kubernetes kubeconfigs are updated"));
+    }
+    let nodes = NodeArgs { nodes: args.from.clone(), inventory: args.inventory.clone() };
+    let (inv, selected) = nodes.all(&args.ssh)?;
+    let first = selected
+        .first()
+        .ok_or_else(|| usage_error("no first master: give --from NODE or an inventory"))?;
+    let workers: Vec<hapki::transport::Target> = match (&inv, &args.inventory) {
+        (Some(_), Some(_)) => {
+            let all = NodeArgs { nodes: None, inventory: args.inventory.clone() }.all(&args.ssh)?.1;
+            all.into_iter().filter(|s| s.role == Role::Worker).map(|s| s.target).collect()
+        }
+        _ => Vec::new(),
+    };
+    let opts = hapki::renew::ca::RemoteCaOptions {
+        which,
+        validity: args.validity.to_time(),
+        now: time::OffsetDateTime::now_utc(),
+        dry_run: args.dry_run,
+        paths: hapki::node::NodePaths::default(),
+        run_id: run_id(),
+    };
+    let transport = args.ssh.transport()?;
+    let report =
+        hapki::renew::ca::run(&first.target, &workers, transport.as_ref(), &opts).categorized()?;
+    match args.output {
+        Output::Json => print_json(&report)?,
+        Output::Table => print!("{}", ca_table(&report)),
+    }
+    Ok(if report.ok { 0 } else { 5 })
+}
+
+fn ca_table(r: &hapki::renew::ca::RemoteCaReport) -> String {
+    let verb = if r.dry_run { "would re-issue" } else { "re-issued" };
+    let mut s = format!("{verb} on {}:\n", r.first_master);
+    for c in &r.renewed {
+        s += &format!(
+            "  {}  notAfter {} -> {}  spki {}\n",
+            c.file, c.old_not_after, c.new_not_after, c.spki_sha256
+        );
+    }
+    if let Some(h) = &r.discovery_token_ca_cert_hash {
+        s += &format!("  discovery-token-ca-cert-hash (unchanged): {h}\n");
+    }
+    for n in &r.nodes {
+        let state = if n.ok { "ok" } else { "FAILED" };
+        s +=
+            &format!("{} ({}): {state}: {}\n", n.node, n.role, escape_node_text(&n.message, false));
+    }
+    s
+}
+
+fn run_id() -> String {
+    let stamp = time::OffsetDateTime::now_utc()
+        .format(time::macros::format_description!("[year][month][day]T[hour][minute][second]Z"))
+        .unwrap_or_else(|_| "renew".into());
+    format!("{stamp}-{:08x}", rand::random::<u32>())
 }

@@ -142,15 +142,15 @@ wait_ports() {
 }
 
 move_out() {
-    for c in "$@"; do
-        [ ! -f "$man/$c.yaml" ] || { mv "$man/$c.yaml" "$out/$c.yaml" && step "moved $c.yaml out of $man"; }
+    for mc in "$@"; do
+        [ ! -f "$man/$mc.yaml" ] || { mv "$man/$mc.yaml" "$out/$mc.yaml" && step "moved $mc.yaml out of $man"; }
     done
 }
 
 move_in() {
-    for c in "$@"; do
-        if [ -f "$out/$c.yaml" ] && [ ! -e "$man/$c.yaml" ]; then
-            mv "$out/$c.yaml" "$man/$c.yaml" && step "moved $c.yaml back"
+    for mc in "$@"; do
+        if [ -f "$out/$mc.yaml" ] && [ ! -e "$man/$mc.yaml" ]; then
+            mv "$out/$mc.yaml" "$man/$mc.yaml" && step "moved $mc.yaml back"
         fi
     done
 }
@@ -222,23 +222,45 @@ else
 fi
 step "kubeadm certs renew $*"
 
+# Only the components that read what was renewed restart (admin.conf: none).
+restart=
+for n in "$@"; do
+    case $n in
+        all) restart=$COMPONENTS ;;
+        apiserver | apiserver-kubelet-client | apiserver-etcd-client | front-proxy-client) restart="$restart kube-apiserver" ;;
+        etcd-server | etcd-peer | etcd-healthcheck-client) restart="$restart etcd" ;;
+        controller-manager.conf) restart="$restart kube-controller-manager" ;;
+        scheduler.conf) restart="$restart kube-scheduler" ;;
+    esac
+done
+# Those of $@ that restart.
+only() {
+    for c in "$@"; do
+        case " $restart " in *" $c "*) printf '%s\n' "$c" ;; esac
+    done
+}
+
 # The API server first (its clients move to the other control planes while it is down), then
 # what it depends on; back in the reverse order.
-move_out kube-apiserver
-stopped kube-apiserver
-move_out etcd kube-controller-manager kube-scheduler
-for c in etcd kube-controller-manager kube-scheduler; do stopped "$c"; done
-move_in etcd
-started etcd
-[ "$(at 2379)" = - ] || healthy "etcd member" etcd_health "$(at 2379)" "$pki" ||
-    die 13 "the etcd member did not become healthy within ${limit}s of its restart"
-move_in kube-controller-manager kube-scheduler
-for c in kube-controller-manager kube-scheduler; do started "$c"; done
-move_in kube-apiserver
-started kube-apiserver
-[ "$(at 6443)" = - ] || healthy "kube-apiserver" apiserver_ok ||
-    die 12 "kube-apiserver did not report healthy within ${limit}s of its restart"
+for c in $(only kube-apiserver); do move_out "$c" && stopped "$c"; done
+others=$(only etcd kube-controller-manager kube-scheduler)
+for c in $others; do move_out "$c"; done
+for c in $others; do stopped "$c"; done
+if [ -n "$(only etcd)" ]; then
+    move_in etcd
+    started etcd
+    [ "$(at 2379)" = - ] || healthy "etcd member" etcd_health "$(at 2379)" "$pki" ||
+        die 13 "the etcd member did not become healthy within ${limit}s of its restart"
+fi
+for c in $(only kube-controller-manager kube-scheduler); do move_in "$c" && started "$c"; done
+if [ -n "$(only kube-apiserver)" ]; then
+    move_in kube-apiserver
+    started kube-apiserver
+    [ "$(at 6443)" = - ] || healthy "kube-apiserver" apiserver_ok ||
+        die 12 "kube-apiserver did not report healthy within ${limit}s of its restart"
+fi
 rmdir "$out" 2> /dev/null || true
+# shellcheck disable=SC2086 # the list, one word each
 printf '%s renew certs=%s restarted=%s\n' "$stamp" "$(printf '%s' "$*" | tr ' ' ,)" \
-    "$(printf '%s' "$COMPONENTS" | tr ' ' ,)" >> "$st/history"
+    "$(only $COMPONENTS | tr '\n' , | sed 's/,$//')" >> "$st/history"
 snapshot after

@@ -13,6 +13,7 @@
 //! The node side is src/node/renew.sh (one exec per node for the renewal, one read-only probe
 //! before); this module decides.
 
+pub mod ca;
 pub mod snapshot;
 
 use std::time::{Duration, Instant};
@@ -382,9 +383,15 @@ fn not_after(c: &ParsedCert) -> String {
 
 /// Served certificate against file for every port that answered (after, or before for a
 /// probe), with `before` to tell a restart of a self-signed server.
-pub fn served_checks(now: &Snapshot, before: Option<&Snapshot>, pki: &str) -> Vec<ServedCheck> {
+pub fn served_checks(
+    now: &Snapshot,
+    before: Option<&Snapshot>,
+    pki: &str,
+    restarted: &[String],
+) -> Vec<ServedCheck> {
     let mut out = Vec::new();
     for (port, comp, flag, default) in SERVERS {
+        let restarted = restarted.iter().any(|r| r == comp);
         let was = before.and_then(|b| b.served.get(&port));
         let served = now.served.get(&port);
         if served.is_none() && was.is_none() {
@@ -405,7 +412,7 @@ pub fn served_checks(now: &Snapshot, before: Option<&Snapshot>, pki: &str) -> Ve
             ok: false,
             message: String::new(),
         };
-        c.message = verdict(&c, cert, was.and_then(|w| w.cert.as_ref()), before.is_some());
+        c.message = verdict(&c, cert, was.and_then(|w| w.cert.as_ref()), restarted);
         c.ok = c.message.is_empty();
         if c.ok {
             c.message = "presents the file's certificate".into();
@@ -491,7 +498,15 @@ fn judge(name: &str, parsed: &ScriptOutput, paths: &NodePaths) -> NodeRenewal {
         r.message = "the node's renew script ended early".into();
         return r;
     };
-    r.served = served_checks(after, Some(&parsed.before), &pki);
+    // The components whose manifests the script moved out.
+    let restarted: Vec<String> = parsed
+        .steps
+        .iter()
+        .filter_map(|(_, w)| {
+            w.strip_prefix("moved ")?.split_once(".yaml out").map(|(c, _)| c.into())
+        })
+        .collect();
+    r.served = served_checks(after, Some(&parsed.before), &pki, &restarted);
     let bad: Vec<&str> = r.served.iter().filter(|s| !s.ok).map(|s| s.message.as_str()).collect();
     let renewed = r.certs.iter().filter(|c| c.renewed).count();
     if bad.is_empty() {
@@ -511,7 +526,7 @@ fn judge(name: &str, parsed: &ScriptOutput, paths: &NodePaths) -> NodeRenewal {
 fn plan(name: &str, snap: &Snapshot, opts: &RenewOptions) -> NodeRenewal {
     let mut r = NodeRenewal::new(name, RenewStatus::Planned, "");
     r.certs = changes(snap, None);
-    r.served = served_checks(snap, None, &opts.paths.pki_dir());
+    r.served = served_checks(snap, None, &opts.paths.pki_dir(), &[]);
     let running: Vec<&str> = SERVERS
         .iter()
         .filter(|(p, ..)| snap.served.contains_key(p))

@@ -24,6 +24,7 @@ fn output(old: &str, new: &str, served_after: &str) -> String {
     format!(
         "=== phase before\n=== file {p}/apiserver.crt\n{old}=== served 6443 10.0.0.1\n{old}\
          === served 2379 -\n=== step 1700000000 kubeadm certs renew all\n\
+         === step 1700000001 moved kube-apiserver.yaml out of /etc/kubernetes/manifests\n\
          === phase after\n=== file {p}/apiserver.crt\n{new}=== served 6443 10.0.0.1\n{served_after}"
     )
 }
