@@ -159,9 +159,19 @@ restore() {
     [ ! -d "$out" ] || move_in kube-apiserver etcd kube-controller-manager kube-scheduler
 }
 
+# Whether component $1 served on any of its ports at the last snapshot.
+serving() {
+    for sp in $(ports_of "$1"); do
+        [ "$(at "$sp")" = - ] || return 0
+    done
+    return 1
+}
+
 # Component $1 stopped (or said not to), its ports free.
 stopped() {
-    if wait_ports "$1" down "$stop_limit"; then
+    if ! serving "$1"; then
+        step "$1 was not serving before: not waited on"
+    elif wait_ports "$1" down "$stop_limit"; then
         step "$1 stopped"
     else
         step "$1 still answers ${stop_limit}s after its manifest was moved out: not restarted"
@@ -169,6 +179,7 @@ stopped() {
 }
 
 started() {
+    serving "$1" || return 0
     wait_ports "$1" up "$limit" || die 11 "$1 did not answer within ${limit}s after its manifest was moved back; see the kubelet's log"
     step "$1 answers"
 }

@@ -302,7 +302,9 @@ impl Run<'_> {
         res
     }
 
-    /// The quorum gate: every etcd member the probe found must be healthy now.
+    /// The quorum gate: every node with a stacked etcd member (its manifest, or its port
+    /// answering at the probe) must report it healthy now; a node that could not be read
+    /// counts as degraded (its member's state is unknown).
     fn gate(
         &mut self,
         nodes: &[RenewNode],
@@ -310,20 +312,22 @@ impl Run<'_> {
     ) -> Result<(), String> {
         let pki = self.opts.paths.pki_dir();
         for (i, n) in nodes.iter().enumerate() {
-            let Some(addr) = probes[i].as_ref().ok().and_then(|s| s.served.get(&2379)) else {
-                continue;
-            };
-            let addr = addr.address.clone();
-            let degraded = |why: String| {
+            let degraded = |why: &str| {
                 format!("not touched: the cluster is degraded (etcd member on {}: {why}); renew again once it is healthy", n.target.name)
             };
-            let s = self.sessions[i].as_mut().ok_or_else(|| degraded("unreachable".into()))?;
+            let snap = probes[i].as_ref().map_err(|e| degraded(e))?;
+            let member =
+                snap.flags.keys().any(|(c, _)| c == "etcd") || snap.served.contains_key(&2379);
+            if !member {
+                continue;
+            }
+            let addr = snap.served.get(&2379).map_or(n.address.clone(), |s| s.address.clone());
+            let s = self.sessions[i].as_mut().ok_or_else(|| degraded("unreachable"))?;
             let health = include_str!("../node/join_etcd_health.sh");
-            let out = s.run(health, &[&addr, &pki], &mut std::io::empty());
-            match out {
+            match s.run(health, &[&addr, &pki], &mut std::io::empty()) {
                 Ok(o) if o.success() => {}
-                Ok(o) => return Err(degraded(node::stderr_tail(&o.stderr))),
-                Err(e) => return Err(degraded(e.to_string())),
+                Ok(o) => return Err(degraded(&node::stderr_tail(&o.stderr))),
+                Err(e) => return Err(degraded(&e.to_string())),
             }
         }
         Ok(())
