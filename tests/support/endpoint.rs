@@ -135,7 +135,10 @@ fn copy(mut from: TcpStream, mut to: TcpStream) {
 
 /// A bounded client loop: one `curl` sending `rate` requests a second (each on a new
 /// connection) to `url`'s host resolved to the endpoint, at most `max` of them, until
-/// finished. Every request's status is kept.
+/// finished. Every request's status is kept. HTTP/1.1: an API server shutting down gracefully
+/// serves every connection it accepted, while over HTTP/2 it may refuse a just-opened
+/// connection's first stream, unprocessed, with GOAWAY — which client-go retries and curl
+/// reports as an error (one in ~2000 requests here).
 pub struct ClientLoop {
     child: std::process::Child,
     out: PathBuf,
@@ -159,7 +162,7 @@ impl ClientLoop {
     ) -> ClientLoop {
         let file = std::fs::File::create(&out).unwrap();
         let child = Command::new("curl")
-            .args(["-s", "--rate", &format!("{rate}/s"), "--resolve", resolve])
+            .args(["-s", "--http1.1", "--rate", &format!("{rate}/s"), "--resolve", resolve])
             .args(["-H", "Connection: close", "--connect-timeout", "5", "--max-time", "10"])
             .args(["-w", "\\nHAPKI-REQUEST %{http_code} %{exitcode} %{errormsg}\\n"])
             .args(auth)
