@@ -40,6 +40,8 @@ pub enum FindingKind {
     ImageMissing,
     ImageDigest,
     ImageUnpinned,
+    /// A server presents another certificate than its file (renewed, never reloaded).
+    StaleServedCert,
 
     // preflight: kubeadm's checks, under kubeadm's names.
     /// `Port-N`: the port is in use.
@@ -94,6 +96,7 @@ impl fmt::Display for FindingKind {
             K::ImageMissing => "image-missing",
             K::ImageDigest => "image-digest",
             K::ImageUnpinned => "image-unpinned",
+            K::StaleServedCert => "stale-served-cert",
             K::EtcdDataExists => "DirAvailable--var-lib-etcd",
             K::WorkerCaExists => "FileAvailable--etc-kubernetes-pki-ca.crt",
             K::AdminConf => "admin-conf",

@@ -28,4 +28,5 @@ pub mod pki;
 pub mod preflight;
 pub mod push;
 pub mod registry;
+pub mod renew;
 pub mod transport;

@@ -29,7 +29,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use fixture::{hapki, hapki_process, text, Fixture};
-use real_kube::{curl, wait_for, Pods};
+use real_kube::{
+    config_path, curl, healthz, init_first_master, kubeadm_config, wait_for, wait_healthy, Pods,
+};
 use serde_json::Value;
 use testbed::Testbed;
 
@@ -59,61 +61,6 @@ Port-2379,Port-2380,CRI,ImagePull,Service-Docker,IsDockerSystemdCheck,SystemVeri
 FileContent--proc-sys-net-ipv4-ip_forward,FileContent--proc-sys-net-bridge-bridge-nf-call-iptables,\
 Swap,FileExisting-conntrack,FileExisting-iptables,FileExisting-crictl,FileExisting-ebtables,\
 FileExisting-ethtool,FileExisting-socat,FileExisting-tc,FileExisting-nsenter,FileExisting-mount";
-
-/// kubeadm's configuration for node `name`: the host's address as a value only, every node's
-/// 127.0.K.N in the certificates' SANs (each process really serves there).
-fn kubeadm_config(tb: &Testbed, name: &str, host: &str) -> String {
-    let sans: Vec<String> = tb.nodes.iter().map(|n| n.address.clone()).collect();
-    let sans = sans.join(", ");
-    format!(
-        "apiVersion: kubeadm.k8s.io/v1beta2\nkind: InitConfiguration\nlocalAPIEndpoint:\n  \
-         advertiseAddress: {host}\n  bindPort: 6443\nnodeRegistration:\n  name: {name}\n---\n\
-         apiVersion: kubeadm.k8s.io/v1beta2\nkind: ClusterConfiguration\nkubernetesVersion: {v}\n\
-         controlPlaneEndpoint: kubeapi.test:6443\napiServer:\n  certSANs: [{sans}]\netcd:\n  \
-         local:\n    serverCertSANs: [{sans}]\n    peerCertSANs: [{sans}]\n",
-        v = real_kube::VERSION
-    )
-}
-
-fn config_path(tb: &Testbed, name: &str) -> String {
-    tb.node(name).dir.join("kubeadm.yaml").display().to_string()
-}
-
-fn healthz(fx: &Fixture, addr: &str) -> (u16, String) {
-    let ca = fx.pki().join("ca.crt");
-    curl(&["--cacert", ca.to_str().unwrap()], &format!("https://{addr}:6443/healthz"))
-}
-
-fn wait_healthy(fx: &Fixture, pods: &Pods, node: &str) {
-    let addr = pods.tb.node(node).address.clone();
-    let limit = Duration::from_secs(90);
-    let what = format!("{node}'s API server /healthz\n{}", pods.logs(node));
-    wait_for(&what, limit, || (healthz(fx, &addr) == (200, "ok".into())).then_some(()));
-}
-
-/// kubemaster-1 as `kubeadm init` would make it, phase by phase, from the pushed CAs.
-fn init_first_master(tb: &Testbed, fx: &Fixture, pods: &Pods, host: &str) {
-    let m1 = "kubemaster-1";
-    let c = config_path(tb, m1);
-    let certs = tb.ok(m1, &format!("kubeadm init phase certs all --config {c}"));
-    for used in [
-        "[certs] Using existing ca certificate authority",
-        "[certs] Using existing front-proxy-ca certificate authority",
-        "[certs] Using existing etcd/ca certificate authority",
-        "[certs] Using the existing \"sa\" key",
-    ] {
-        assert!(certs.contains(used), "kubeadm did not use the pushed files ({used}):\n{certs}");
-    }
-    for phase in ["kubeconfig all", "etcd local", "control-plane all"] {
-        tb.ok(m1, &format!("kubeadm init phase {phase} --config {c}"));
-    }
-    pods.start(m1, &["etcd", "kube-apiserver", "kube-controller-manager"], &[]);
-    wait_healthy(fx, pods, m1);
-    let addr = &tb.node(m1).address;
-    tb.ok(m1, &format!("{} register {m1} {addr} {host}", real_kube::runner().display()));
-    tb.ok(m1, &format!("kubeadm init phase upload-config all --config {c}"));
-    tb.ok(m1, &format!("kubeadm init phase bootstrap-token --config {c}"));
-}
 
 /// `hapki bundle --inventory` (the first master's files), then `hapki push --inventory`.
 fn bundle_and_push(tb: &Testbed, fx: &Fixture, name: &str) -> std::path::PathBuf {
@@ -244,7 +191,7 @@ fn join(tb: &Testbed, fx: &Fixture, pods: &Pods, bundle: &Path, host: &str) -> V
             ),
         );
         pods.start(name, &["kube-apiserver", "kube-controller-manager"], &[]);
-        wait_healthy(fx, pods, name);
+        wait_healthy(&fx.pki().join("ca.crt"), pods, name);
         tb.ok(
             name,
             &format!("{} register {name} {} {host}", real_kube::runner().display(), n.address),
@@ -412,7 +359,7 @@ fn foreign_sa_pub_rejects(fx: &Fixture, tb: &Testbed, pods: &Pods, token: &str) 
     pods.stop("kubemaster-3", "kube-apiserver");
     let flag = format!("--service-account-key-file={}", pubkey.display());
     pods.start("kubemaster-3", &["kube-apiserver"], &[&flag]);
-    wait_healthy(fx, pods, "kubemaster-3");
+    wait_healthy(&fx.pki().join("ca.crt"), pods, "kubemaster-3");
     assert_eq!(
         bearer_status(fx, tb, "kubemaster-3", token),
         401,
@@ -433,7 +380,7 @@ fn real_kubeadm_builds_an_ha_control_plane_from_the_pushed_pki() {
         std::fs::write(n.dir.join("kubeadm.yaml"), kubeadm_config(&tb, &n.name, &host)).unwrap();
     }
     cluster::push_to(&fx, &tb, &fx.bundle(), &["kubemaster-1"], &[]);
-    init_first_master(&tb, &fx, &pods, &host);
+    init_first_master(&tb, &fx.pki().join("ca.crt"), &pods, &host);
     let bundle = bundle_and_push(&tb, &fx, "cluster.bundle");
 
     let report = join(&tb, &fx, &pods, &bundle, &host);
@@ -458,7 +405,12 @@ fn real_kubeadm_builds_an_ha_control_plane_from_the_pushed_pki() {
     assert_eq!(members.lines().filter(|l| l.contains(", started, ")).count(), 3, "{members}");
     for n in &tb.nodes {
         assert!(members.contains(&format!("https://{}:2380", n.address)), "{members}");
-        assert_eq!(healthz(&fx, &n.address), (200, "ok".to_string()), "{}", n.name);
+        assert_eq!(
+            healthz(&fx.pki().join("ca.crt"), &n.address),
+            (200, "ok".to_string()),
+            "{}",
+            n.name
+        );
     }
 
     let token = service_account_token(&tb);

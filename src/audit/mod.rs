@@ -7,6 +7,7 @@
 //! a time and never the CAs' lifetime — this sees the whole cluster at once.
 
 pub mod report;
+pub mod served;
 
 use std::collections::BTreeMap;
 
@@ -94,11 +95,24 @@ pub struct AuditReport {
     pub reference: String,
     pub nodes: Vec<NodeAudit>,
     pub problems: Vec<Finding>,
+    /// Per node, the certificate that ends first ([`served::nearest`]).
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub nearest_expiry: BTreeMap<String, served::NearestExpiry>,
+    /// With `--served`: per node, what its servers present ([`served::run`]).
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub served: BTreeMap<String, served::NodeServed>,
 }
 
 impl AuditReport {
     fn new(reference: String, nodes: Vec<NodeAudit>, problems: Vec<Finding>) -> Self {
-        AuditReport { ok: problems.is_empty(), reference, nodes, problems }
+        AuditReport {
+            ok: problems.is_empty(),
+            reference,
+            nodes,
+            problems,
+            nearest_expiry: BTreeMap::new(),
+            served: BTreeMap::new(),
+        }
     }
 
     /// What the exit code says: `None` when clean, [`Category::Findings`] for problems, or the

@@ -43,6 +43,11 @@ pub struct AuditArgs {
     pub parallel: usize,
     #[arg(long, value_enum, default_value_t)]
     pub output: AuditOutput,
+    /// Also connect to every node's TLS servers (:6443, :2379, :2380, :10257, :10259, where
+    /// running) and compare what each presents with its file (stale-served-cert), and read
+    /// every kubeconfig's client certificate (kubelet.conf too, workers too).
+    #[arg(long, conflicts_with = "local")]
+    pub served: bool,
     #[command(flatten)]
     pub ssh: SshArgs,
 }
@@ -51,27 +56,40 @@ pub fn run(args: AuditArgs) -> anyhow::Result<u8> {
     let reference = args.reference.open()?.map(|(p, b)| Reference::from_bundle(&p, &b));
     let opts = AuditOptions { warn_within: args.warn_within, now: time::OffsetDateTime::now_utc() };
     let paths = NodePaths::default();
-    let report = if args.local {
+    let mut report = if args.local {
         let role = if args.role == "worker" { Role::Worker } else { Role::ControlPlane };
         audit::run_local(role, reference, &opts, &paths)
     } else {
         let (_, nodes) = args.nodes.all(&args.ssh)?;
         let transport = args.ssh.transport()?;
-        audit::run(&nodes, transport.as_ref(), reference, &opts, args.parallel, &paths)
+        let mut report =
+            audit::run(&nodes, transport.as_ref(), reference, &opts, args.parallel, &paths);
+        if args.served {
+            let t = transport.as_ref();
+            audit::served::run(&nodes, t, &opts, args.parallel, &paths, &mut report);
+        }
+        report
     };
-    print(&report, args.output)?;
+    audit::served::nearest(&mut report, opts.now);
+    print(&report, args.output, opts.now)?;
     Ok(Category::exit_code_of(report.category()))
 }
 
-fn print(report: &AuditReport, output: AuditOutput) -> anyhow::Result<()> {
+fn print(
+    report: &AuditReport,
+    output: AuditOutput,
+    now: time::OffsetDateTime,
+) -> anyhow::Result<()> {
     match output {
         AuditOutput::Json => print_json(report),
         AuditOutput::Prometheus => {
             print!("{}", audit::report::prometheus(report));
+            print!("{}", audit::served::prometheus(report, now));
             Ok(())
         }
         AuditOutput::Table => {
             print!("{}", audit::report::matrix(report));
+            print!("{}", audit::served::table(report));
             Ok(())
         }
     }

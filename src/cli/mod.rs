@@ -9,6 +9,7 @@ mod nodes;
 mod pki;
 mod preflight;
 mod push;
+mod renew;
 mod ssh;
 mod trust;
 
@@ -62,6 +63,8 @@ pub enum Command {
     /// Pin the bundle signers' keys on the nodes themselves (/etc/hapki/allowed_signers).
     #[command(subcommand)]
     Trust(trust::TrustCommand),
+    /// Renew kubeadm's leaf certificates on every control plane, one at a time, checked on the wire.
+    Renew(renew::RenewArgs),
 }
 
 /// How a report is printed: a table for people or one JSON object for scripts.
@@ -143,6 +146,7 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
         Command::Completions(args) => meta::completions(args),
         Command::Man(args) => meta::man(args),
         Command::Trust(cmd) => trust::run(cmd),
+        Command::Renew(args) => renew::run(args),
     }
 }
 

@@ -49,8 +49,19 @@ pub enum PkiCommand {
 #[derive(Debug, Args)]
 pub struct RenewCaArgs {
     /// The pki directory of the first control plane (kubeadm's is /etc/kubernetes/pki).
-    #[arg(long, value_name = "DIR")]
-    pub pki_dir: PathBuf,
+    #[arg(long, value_name = "DIR", required_unless_present_any = ["from", "inventory"], conflicts_with_all = ["from", "inventory"])]
+    pub pki_dir: Option<PathBuf>,
+    /// Re-issue on this node over SSH (the first master), its kubeconfigs and the
+    /// kube-public/cluster-info ConfigMap updated there.
+    #[arg(long, value_name = "NODE")]
+    pub from: Option<String>,
+    /// Re-issue on the inventory's first master (or --from), then give every worker of the
+    /// inventory the new ca.crt and its kubelet.conf the new CA data; the other control planes
+    /// get it with hapki bundle + hapki push.
+    #[arg(long, value_name = "FILE")]
+    pub inventory: Option<PathBuf>,
+    #[command(flatten)]
+    pub ssh: super::ssh::SshArgs,
     /// Which CAs: a comma-separated list of ca, front-proxy-ca, etcd-ca (or etcd/ca).
     #[arg(
         long,
@@ -156,6 +167,9 @@ fn renew_ca(args: RenewCaArgs) -> anyhow::Result<u8> {
         .map(|w| w.parse::<pki::Ca>())
         .collect::<Result<Vec<_>, _>>()
         .categorized()?;
+    let Some(pki_dir) = args.pki_dir.clone() else {
+        return super::renew::renew_ca_remote(&args, which);
+    };
     let opts = pki::RenewOptions {
         which,
         validity: args.validity.to_time(),
@@ -163,10 +177,10 @@ fn renew_ca(args: RenewCaArgs) -> anyhow::Result<u8> {
         dry_run: args.dry_run,
         kubeconfig_dir: args.kubeconfig_dir,
     };
-    let report = pki::renew_cas(&args.pki_dir, &opts).categorized()?;
+    let report = pki::renew_cas(&pki_dir, &opts).categorized()?;
     match args.output {
         Output::Json => print_json(&report)?,
-        Output::Table => print_renew(&args.pki_dir, &report),
+        Output::Table => print_renew(&pki_dir, &report),
     }
     Ok(0)
 }

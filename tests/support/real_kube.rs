@@ -124,6 +124,35 @@ impl Pods<'_> {
             .ok(node, &format!("{} stop {} {component}", runner().display(), run_dir(n).display()));
     }
 
+    /// Starts the runner's kubelet loop on `node`: from now on its components follow their
+    /// manifests (moved out: stopped; back: started).
+    pub fn kubelet(&self, node: &str) {
+        let n = self.tb.node(node);
+        self.tb.ok(
+            node,
+            &format!(
+                "setsid {} kubelet {} {} {} > /dev/null 2>&1 < /dev/null &",
+                runner().display(),
+                n.address,
+                host_ip(),
+                run_dir(n).display()
+            ),
+        );
+        let pid = run_dir(n).join("kubelet.pid");
+        wait_for("the kubelet loop's pid", Duration::from_secs(10), || pid.exists().then_some(()));
+    }
+
+    /// Makes the kubelet loop of `node` ignore `component` (it keeps running whatever happens
+    /// to its manifest), or heed it again.
+    pub fn pin(&self, node: &str, component: &str, pinned: bool) {
+        let f = run_dir(self.tb.node(node)).join(format!("{component}.pinned"));
+        if pinned {
+            std::fs::write(f, b"").unwrap();
+        } else {
+            let _ = std::fs::remove_file(f);
+        }
+    }
+
     /// The last lines of every runner log of `node`, for failure messages.
     pub fn logs(&self, node: &str) -> String {
         let dir = run_dir(self.tb.node(node));
@@ -188,4 +217,91 @@ pub fn curl(args: &[&str], url: &str) -> (u16, String) {
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
     let (body, code) = text.rsplit_once('\n').unwrap_or(("", "0"));
     (code.trim().parse().unwrap_or(0), body.to_string())
+}
+
+/// kubeadm's configuration for node `name`: the host's address as a value only, every node's
+/// 127.0.K.N in the certificates' SANs (each process really serves there).
+pub fn kubeadm_config(tb: &Testbed, name: &str, host: &str) -> String {
+    let sans: Vec<String> = tb.nodes.iter().map(|n| n.address.clone()).collect();
+    let sans = sans.join(", ");
+    format!(
+        "apiVersion: kubeadm.k8s.io/v1beta2\nkind: InitConfiguration\nlocalAPIEndpoint:\n  \
+         advertiseAddress: {host}\n  bindPort: 6443\nnodeRegistration:\n  name: {name}\n---\n\
+         apiVersion: kubeadm.k8s.io/v1beta2\nkind: ClusterConfiguration\nkubernetesVersion: {v}\n\
+         controlPlaneEndpoint: kubeapi.test:6443\napiServer:\n  certSANs: [{sans}]\netcd:\n  \
+         local:\n    serverCertSANs: [{sans}]\n    peerCertSANs: [{sans}]\n",
+        v = VERSION
+    )
+}
+
+pub fn config_path(tb: &Testbed, name: &str) -> String {
+    tb.node(name).dir.join("kubeadm.yaml").display().to_string()
+}
+
+/// GET /healthz on `addr`'s API server, its certificate checked against `ca`.
+pub fn healthz(ca: &Path, addr: &str) -> (u16, String) {
+    curl(&["--cacert", ca.to_str().unwrap()], &format!("https://{addr}:6443/healthz"))
+}
+
+pub fn wait_healthy(ca: &Path, pods: &Pods, node: &str) {
+    let addr = pods.tb.node(node).address.clone();
+    let limit = Duration::from_secs(90);
+    let what = format!("{node}'s API server /healthz\n{}", pods.logs(node));
+    wait_for(&what, limit, || (healthz(ca, &addr) == (200, "ok".into())).then_some(()));
+}
+
+/// kubemaster-1 as `kubeadm init` would make it, phase by phase, from the pushed CAs.
+pub fn init_first_master(tb: &Testbed, ca: &Path, pods: &Pods, host: &str) {
+    let m1 = "kubemaster-1";
+    let c = config_path(tb, m1);
+    let certs = tb.ok(m1, &format!("kubeadm init phase certs all --config {c}"));
+    for used in [
+        "[certs] Using existing ca certificate authority",
+        "[certs] Using existing front-proxy-ca certificate authority",
+        "[certs] Using existing etcd/ca certificate authority",
+        "[certs] Using the existing \"sa\" key",
+    ] {
+        assert!(certs.contains(used), "kubeadm did not use the pushed files ({used}):\n{certs}");
+    }
+    for phase in ["kubeconfig all", "etcd local", "control-plane all"] {
+        tb.ok(m1, &format!("kubeadm init phase {phase} --config {c}"));
+    }
+    pods.start(m1, &["etcd", "kube-apiserver", "kube-controller-manager"], &[]);
+    wait_healthy(ca, pods, m1);
+    let addr = &tb.node(m1).address;
+    tb.ok(m1, &format!("{} register {m1} {addr} {host}", runner().display()));
+    tb.ok(m1, &format!("kubeadm init phase upload-config all --config {c}"));
+    tb.ok(m1, &format!("kubeadm init phase bootstrap-token --config {c}"));
+}
+
+/// Another control plane as `kubeadm join --control-plane` would make it from the pushed
+/// shared files, without the join itself: the leaves, kubeconfigs and manifests (kubeadm's
+/// `init phase` commands, which join's control-plane-prepare phases run), the runner's
+/// `join-etcd`, then its API server and controller-manager started and registered.
+pub fn prepare_control_plane(
+    tb: &Testbed,
+    ca: &Path,
+    pods: &Pods,
+    name: &str,
+    first: &str,
+    host: &str,
+) {
+    let c = config_path(tb, name);
+    for phase in ["certs all", "kubeconfig all", "control-plane all"] {
+        tb.ok(name, &format!("kubeadm init phase {phase} --config {c}"));
+    }
+    let n = tb.node(name);
+    let first = &tb.node(first).address;
+    tb.ok(
+        name,
+        &format!(
+            "{} join-etcd {name} {} {first} {host} {} {c}",
+            runner().display(),
+            n.address,
+            run_dir(n).display()
+        ),
+    );
+    pods.start(name, &["kube-apiserver", "kube-controller-manager"], &[]);
+    wait_healthy(ca, pods, name);
+    tb.ok(name, &format!("{} register {name} {} {host}", runner().display(), n.address));
 }
