@@ -105,6 +105,25 @@ fn every_node_script_is_a_file_that_parses() {
         let out = Command::new("sh").args(["-n", "-c", &script]).output().unwrap();
         assert!(out.status.success(), "{f}: {}", String::from_utf8_lossy(&out.stderr));
     }
+    // hapki sends them without indentation (src/node/mod.rs): no here-document line may start
+    // with a blank that matters.
+    for f in NODE_SCRIPTS {
+        let text = std::fs::read_to_string(Path::new("src/node").join(f)).unwrap();
+        let mut end: Option<String> = None;
+        for l in text.lines() {
+            match &end {
+                Some(w) if l == w => end = None,
+                Some(_) => assert_eq!(l, l.trim_start(), "{f}: an indented here-document line"),
+                None => {
+                    let word = l.rsplit_once("<<").map(|(_, w)| w.trim());
+                    end = word
+                        .filter(|w| w.chars().all(|c| c.is_ascii_uppercase()) && !w.is_empty())
+                        .map(String::from);
+                }
+            }
+        }
+        assert!(end.is_none(), "{f}: an unterminated here-document");
+    }
     // No script is written in Rust: every node command hapki runs comes from these files.
     for rs in ["src/node/mod.rs", "src/node/trust.rs", "src/join.rs"] {
         let Ok(text) = std::fs::read_to_string(rs) else { continue };

@@ -39,7 +39,7 @@ pub struct AuditArgs {
     /// Warn about certificates that expire within this time.
     #[arg(long, default_value = "30d", value_name = "DURATION")]
     pub warn_within: Duration,
-    #[arg(long, default_value_t = 16, value_name = "N")]
+    #[arg(long, default_value_t = 32, value_name = "N")]
     pub parallel: usize,
     #[arg(long, value_enum, default_value_t)]
     pub output: AuditOutput,

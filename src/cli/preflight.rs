@@ -25,7 +25,7 @@ pub struct PreflightArgs {
     pub nodes: NodeArgs,
     #[command(flatten)]
     pub reference: BundleRefArgs,
-    #[arg(long, default_value_t = 16, value_name = "N")]
+    #[arg(long, default_value_t = 32, value_name = "N")]
     pub parallel: usize,
     #[arg(long, value_enum, default_value_t)]
     pub output: Output,
@@ -70,7 +70,7 @@ pub struct JoinArgs {
     /// Where kubeadm's output is kept per node (default: ./hapki-join-<time>).
     #[arg(long, value_name = "DIR")]
     pub run_dir: Option<PathBuf>,
-    #[arg(long, default_value_t = 16, value_name = "N")]
+    #[arg(long, default_value_t = 32, value_name = "N")]
     pub parallel: usize,
     #[arg(long, value_enum, default_value_t)]
     pub output: Output,

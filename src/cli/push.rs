@@ -51,7 +51,7 @@ pub struct PushArgs {
     #[arg(long)]
     pub dry_run: bool,
     /// How many nodes to work on at once.
-    #[arg(long, default_value_t = 16, value_name = "N")]
+    #[arg(long, default_value_t = 32, value_name = "N")]
     pub parallel: usize,
     /// List each node's --replace backups (directory, time, files) instead of pushing; no
     /// bundle or --trust.

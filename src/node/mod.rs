@@ -41,10 +41,11 @@ pub fn facts_script() -> String {
     strip_comments(&format!("{COMMON}{}", include_str!("facts.sh")))
 }
 
-/// The script without its comment-only lines: they are for readers of the source, and the
-/// whole script travels as one SSH exec request, which libssh2 (the builtin transport) caps
-/// at 35000 bytes a packet. The node scripts have no multi-line string with a line starting
-/// with `#` (a unit test checks the result still parses and fits).
+/// The script without its comment-only lines and its indentation: they are for readers of the
+/// source, and the whole script travels as one SSH exec request, which libssh2 (the builtin
+/// transport) caps at 35000 bytes a packet. The node scripts have no multi-line string with a
+/// line starting with `#` or with blanks that matter (a unit test checks the result still
+/// parses and fits; tests/node_scripts.rs that no here-document line is indented).
 fn strip_comments(script: &str) -> String {
     let mut out = String::with_capacity(script.len());
     for line in script.lines() {
@@ -52,7 +53,7 @@ fn strip_comments(script: &str) -> String {
         if t.starts_with('#') && !t.starts_with("#!") {
             continue;
         }
-        out.push_str(line);
+        out.push_str(t);
         out.push('\n');
     }
     out
