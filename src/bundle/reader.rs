@@ -1,13 +1,13 @@
 //! The strict, streaming bundle reader.
 //!
 //! It never extracts anything to disk, and its memory is bounded whatever the input: the file
-//! is read through a hard cap ([`format::INPUT_MAX`]) until the signature over `SHA256SUMS` has
+//! is read through a hard cap (`format::INPUT_MAX`) until the signature over `SHA256SUMS` has
 //! verified, every entry through its own cap, and the zero padding after the archive through
-//! [`format::END_PADDING_MAX`], so a hostile file costs a fixed amount of work and memory before
+//! `format::END_PADDING_MAX`, so a hostile file costs a fixed amount of work and memory before
 //! it is rejected. Each tar header is checked before its entry's bytes are read.
 //!
 //! One encoding for every bundle, PKI-only or carrying artifacts: age (optional) → the
-//! canonical stored-block gzip of [`super::stored`], checked while streaming → tar. A bundle in
+//! canonical stored-block gzip of `super::stored`, checked while streaming → tar. A bundle in
 //! the compressed encoding older hapki versions wrote is refused by name.
 //!
 //! The tar layer is parsed here rather than with the `tar` crate: the format admits exactly one
@@ -101,7 +101,7 @@ pub fn read_bundle<R: Read>(
 /// [`read_bundle`] for bundles that may carry artifacts: `on_head` runs once the signature and
 /// every entry before the artifacts have checked out, then each artifact's bytes go to `sink`
 /// in [`CHUNK`]s, hashed on the way, never held. Memory stays bounded whatever the sizes.
-pub fn read_bundle_streaming<R: Read>(
+pub(crate) fn read_bundle_streaming<R: Read>(
     input: R,
     ids: &Identities,
     check_signature: &mut SignatureCheck<'_>,

@@ -68,12 +68,12 @@ pub struct ImageInputs<'a> {
     pub bundle: &'a Path,
     pub trust: &'a AllowedSigners,
     pub identities: &'a Identities,
-    /// containerd's config; `None`: [`CONTAINERD_CONFIG`] when it exists.
+    /// containerd's config; `None`: `CONTAINERD_CONFIG` when it exists.
     pub containerd_config: Option<&'a Path>,
 }
 
 /// containerd's config file, read by default when present.
-pub const CONTAINERD_CONFIG: &str = "/etc/containerd/config.toml";
+pub(crate) const CONTAINERD_CONFIG: &str = "/etc/containerd/config.toml";
 
 /// Runs the cross-check and adds its findings to `report` (whose `ok` is updated).
 pub fn check_images(inputs: &ImageInputs, report: &mut ConfigReport) -> Result<(), ImagesError> {
@@ -133,7 +133,7 @@ pub enum Listed {
 
 /// `kubeadm config images list --config CONFIG`: the images, or why kubeadm refused the
 /// config; `Err` only when kubeadm cannot be run.
-pub fn kubeadm_images(kubeadm: &Path, config: &Path) -> Result<Listed, ImagesError> {
+pub(crate) fn kubeadm_images(kubeadm: &Path, config: &Path) -> Result<Listed, ImagesError> {
     let out = Command::new(kubeadm)
         .args(["config", "images", "list", "--config"])
         .arg(config)
@@ -184,7 +184,7 @@ pub struct BundledArchive {
 
 /// Verifies the bundle (like every bundle) and reads the `index.json` of every image archive it
 /// imports on control-plane nodes, streaming: nothing but those small files is held.
-pub fn control_plane_images(
+pub(crate) fn control_plane_images(
     path: &Path,
     trust: &AllowedSigners,
     identities: &Identities,
@@ -250,7 +250,7 @@ fn repo_name(image: &str) -> &str {
 
 /// Problems and warnings of `expected` (kubeadm's list) against the bundle's control-plane
 /// archives and containerd's sandbox image (`(config path, setting)` when a config was read).
-pub fn cross_check(
+pub(crate) fn cross_check(
     expected: &[String],
     archives: &[BundledArchive],
     sandbox: Option<(&Path, Option<&str>)>,

@@ -361,7 +361,11 @@ fn handshake(
 
 /// Fetches the host key a node presents (handshake only; nothing is authenticated or run).
 /// Used to show the fingerprint of an unknown host.
-pub fn probe_host_key(host: &str, port: u16, timeout: Duration) -> Result<Vec<u8>, TransportError> {
+pub(crate) fn probe_host_key(
+    host: &str,
+    port: u16,
+    timeout: Duration,
+) -> Result<Vec<u8>, TransportError> {
     let (sess, _tcp) =
         handshake(host, port, DEFAULT_HOST_KEY_PREFS, timeout).map_err(|(e, _)| *e)?;
     sess.host_key().map(|(k, _)| k.to_vec()).ok_or_else(|| TransportError::Protocol {
