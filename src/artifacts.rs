@@ -144,7 +144,7 @@ pub enum SpecProblem {
 
 /// Why a destination path is refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum DestError {
+pub(crate) enum DestError {
     #[error("dest {0:?} is not an absolute path; write it as /path/on/the/node")]
     NotAbsolute(String),
     #[error("dest {0:?}… is longer than 1024 bytes")]
@@ -449,7 +449,7 @@ pub struct ArchiveImage {
 
 /// Why an image archive's `index.json` names no image hapki can check.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum IndexError {
+pub(crate) enum IndexError {
     #[error("it holds no index.json (not an OCI archive)")]
     Absent,
     #[error("its index.json is not JSON ({0})")]
@@ -462,7 +462,7 @@ pub enum IndexError {
 
 /// Why the state of an archive's images in a node's containerd cannot be told.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum NodeImagesError {
+pub(crate) enum NodeImagesError {
     #[error("{0} is not there")]
     NotThere(String),
     #[error("{dest}: {error}")]
@@ -499,7 +499,7 @@ pub(crate) const MAX_INDEX_JSON: usize = 4 << 20;
 /// headers only (a pax or GNU long-name record is skipped like any entry): `index.json` is a
 /// short name at the top of the layout.
 #[derive(Debug, Default)]
-pub struct IndexJsonScanner {
+pub(crate) struct IndexJsonScanner {
     header: Vec<u8>,
     /// Bytes of the current entry's data (padded to 512) still to come.
     skip: u64,
@@ -609,7 +609,7 @@ fn tar_name(h: &[u8]) -> String {
 
 /// An image as containerd lists it (`ctr images ls`).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RuntimeImage {
+pub(crate) struct RuntimeImage {
     pub digest: String,
     pub pinned: bool,
 }
@@ -632,7 +632,7 @@ pub(crate) fn parse_ctr_images(text: &str) -> BTreeMap<String, RuntimeImage> {
 
 /// How an image an archive names stands in the node's containerd.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ImageState {
+pub(crate) enum ImageState {
     Present,
     Missing,
     /// Present under the name, with this other digest.

@@ -99,7 +99,7 @@ pub fn check_file(path: &Path) -> Result<ConfigReport, ConfigError> {
 /// The text is not YAML: the parser's message, on one line.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{0}")]
-pub struct YamlError(pub String);
+pub(crate) struct YamlError(pub String);
 
 /// Check kubeadm config text; `Err` is a YAML syntax error.
 pub(crate) fn check_str(text: &str) -> Result<ConfigReport, YamlError> {
@@ -565,7 +565,7 @@ fn is_dns_name(h: &str) -> bool {
 
 /// An IP network as written in a kubeadm subnet field.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Cidr {
+pub(crate) struct Cidr {
     pub addr: IpAddr,
     pub prefix: u8,
 }

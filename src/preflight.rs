@@ -26,7 +26,7 @@ pub(crate) const WORKER_PORTS: [u16; 1] = [10250];
 
 /// What a node is about to do: the first master is only a source (already initialised).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Joining {
+pub(crate) enum Joining {
     FirstMaster,
     ControlPlane,
     Worker,
@@ -109,7 +109,7 @@ pub(crate) fn split_endpoint(endpoint: &str) -> (&str, Option<&str>) {
 
 /// Per-node inputs besides the facts.
 #[derive(Debug, Clone)]
-pub struct NodeContext<'a> {
+pub(crate) struct NodeContext<'a> {
     pub node: &'a str,
     pub joining: Joining,
     /// The node's own address (for port checks).

@@ -135,7 +135,7 @@ const INDEX_TYPES: [&str; 2] = [
 /// What an archive's blobs say about the image indexes its `index.json` names: which blobs it
 /// holds, and the bytes of each such index (to tell which platforms it carries).
 #[derive(Debug, Default)]
-pub struct ArchiveBlobs {
+pub(crate) struct ArchiveBlobs {
     pub present: BTreeSet<String>,
     pub indexes: BTreeMap<String, Vec<u8>>,
 }

@@ -68,14 +68,14 @@ pub enum ArtifactEvent<'a> {
 }
 
 /// Receives artifact bytes; an error stops the read.
-pub type ArtifactSink<'a> = dyn FnMut(ArtifactEvent<'_>) -> Result<(), BundleError> + 'a;
+pub(crate) type ArtifactSink<'a> = dyn FnMut(ArtifactEvent<'_>) -> Result<(), BundleError> + 'a;
 
 /// Called once with everything before the first artifact read and checked (the signature,
 /// `bundle.json`'s hash, every `pki/` entry). In a bundle without artifacts that is the whole
 /// bundle, and the call comes only once its last byte has been checked (the end of the archive,
 /// the gzip trailer, nothing after it). `Ok(false)` stops the read there (the caller needs no
 /// artifact): the result is then marked incomplete.
-pub type HeadCheck<'a> = dyn FnMut(&RawBundle) -> Result<bool, BundleError> + 'a;
+pub(crate) type HeadCheck<'a> = dyn FnMut(&RawBundle) -> Result<bool, BundleError> + 'a;
 
 /// The size of the chunks artifacts stream in.
 pub const CHUNK: usize = 256 * 1024;

@@ -124,7 +124,7 @@ pub fn check_images(inputs: &ImageInputs, report: &mut ConfigReport) -> Result<(
 
 /// What `kubeadm config images list` answered.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Listed {
+pub(crate) enum Listed {
     /// The images the config needs.
     Images(Vec<String>),
     /// kubeadm refused the config: why (the last line it wrote to stderr).
@@ -176,7 +176,7 @@ pub fn sandbox_image(path: &Path) -> Result<Option<String>, ImagesError> {
 
 /// One image archive the bundle installs (and imports) on control-plane nodes.
 #[derive(Debug, Clone)]
-pub struct BundledArchive {
+pub(crate) struct BundledArchive {
     pub dest: String,
     /// The names its `index.json` gives, or why they cannot be read.
     pub images: Result<Vec<String>, crate::artifacts::IndexError>,

@@ -433,7 +433,7 @@ where
 /// A sink's refusal of more output: carried inside the `io::Error` a sink returns, so that the
 /// transport reports [`TransportError::TooMuchOutput`] and ends the command at once.
 #[derive(Debug)]
-pub struct CapExceeded {
+pub(crate) struct CapExceeded {
     /// Which output: `stdout`, `stderr`, `facts (stdout)`…
     pub stream: String,
     pub cap: u64,
