@@ -28,10 +28,10 @@ use crate::error::{Categorized, Category};
 pub use crate::inventory::Role;
 
 /// Where the shared PKI lives on a node: artifacts never land there (push owns it).
-pub const FORBIDDEN_PREFIXES: [&str; 2] = ["/etc/kubernetes/pki", "/var/lib/hapki"];
+pub(crate) const FORBIDDEN_PREFIXES: [&str; 2] = ["/etc/kubernetes/pki", "/var/lib/hapki"];
 
 /// At most this many files per bundle (each is one archive entry and one `SHA256SUMS` line).
-pub const MAX_ARTIFACTS: usize = 2000;
+pub(crate) const MAX_ARTIFACTS: usize = 2000;
 
 /// A post-install action from the fixed set. Never a shell string: the node script maps each
 /// name to one fixed command.
@@ -144,7 +144,7 @@ pub enum SpecProblem {
 
 /// Why a destination path is refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum DestError {
+pub(crate) enum DestError {
     #[error("dest {0:?} is not an absolute path; write it as /path/on/the/node")]
     NotAbsolute(String),
     #[error("dest {0:?}… is longer than 1024 bytes")]
@@ -395,7 +395,7 @@ fn parse_roles(list: &[String]) -> Result<Vec<Role>, String> {
 
 /// A dest must be absolute, normalized (no `.`, `..`, `//`, trailing `/`), of a conservative
 /// alphabet, and outside what hapki itself owns on a node.
-pub fn check_dest(d: &str) -> Result<String, DestError> {
+pub(crate) fn check_dest(d: &str) -> Result<String, DestError> {
     if !d.starts_with('/') {
         return Err(DestError::NotAbsolute(d.into()));
     }
@@ -436,7 +436,7 @@ fn resolve_source(base: &Path, s: &str) -> Result<PathBuf, String> {
 
 /// The label containerd's CRI plugin (1.7 and later) reports to the kubelet as a pinned image,
 /// which the kubelet's image garbage collection never removes.
-pub const PINNED_LABEL: &str = "io.cri-containerd.pinned=pinned";
+pub(crate) const PINNED_LABEL: &str = "io.cri-containerd.pinned=pinned";
 
 /// One image an archive's `index.json` names: what `ctr images import` creates.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -449,7 +449,7 @@ pub struct ArchiveImage {
 
 /// Why an image archive's `index.json` names no image hapki can check.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum IndexError {
+pub(crate) enum IndexError {
     #[error("it holds no index.json (not an OCI archive)")]
     Absent,
     #[error("its index.json is not JSON ({0})")]
@@ -462,7 +462,7 @@ pub enum IndexError {
 
 /// Why the state of an archive's images in a node's containerd cannot be told.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum NodeImagesError {
+pub(crate) enum NodeImagesError {
     #[error("{0} is not there")]
     NotThere(String),
     #[error("{dest}: {error}")]
@@ -473,7 +473,7 @@ pub enum NodeImagesError {
 
 /// The images an OCI archive's `index.json` names (by `io.containerd.image.name`, the name
 /// `ctr images import` gives them). An error says why the index cannot be read.
-pub fn archive_images(index_json: &[u8]) -> Result<Vec<ArchiveImage>, IndexError> {
+pub(crate) fn archive_images(index_json: &[u8]) -> Result<Vec<ArchiveImage>, IndexError> {
     let v: serde_json::Value =
         serde_json::from_slice(index_json).map_err(|e| IndexError::NotJson(e.to_string()))?;
     let manifests = v.get("manifests").and_then(|m| m.as_array()).ok_or(IndexError::NoManifests)?;
@@ -492,14 +492,14 @@ pub fn archive_images(index_json: &[u8]) -> Result<Vec<ArchiveImage>, IndexError
 }
 
 /// Cap on an image archive's `index.json` (a real one is a few hundred bytes per image).
-pub const MAX_INDEX_JSON: usize = 4 << 20;
+pub(crate) const MAX_INDEX_JSON: usize = 4 << 20;
 
 /// Finds `index.json` in a tar (an OCI image archive) fed in chunks as it streams by, without
 /// holding the rest: headers are read, every other entry's data skipped. Plain ustar/GNU
 /// headers only (a pax or GNU long-name record is skipped like any entry): `index.json` is a
 /// short name at the top of the layout.
 #[derive(Debug, Default)]
-pub struct IndexJsonScanner {
+pub(crate) struct IndexJsonScanner {
     header: Vec<u8>,
     /// Bytes of the current entry's data (padded to 512) still to come.
     skip: u64,
@@ -609,14 +609,14 @@ fn tar_name(h: &[u8]) -> String {
 
 /// An image as containerd lists it (`ctr images ls`).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RuntimeImage {
+pub(crate) struct RuntimeImage {
     pub digest: String,
     pub pinned: bool,
 }
 
 /// Parses `ctr -n k8s.io images ls` (columns REF TYPE DIGEST SIZE PLATFORMS LABELS; SIZE is
 /// two words, LABELS the last, comma-separated or `-`).
-pub fn parse_ctr_images(text: &str) -> BTreeMap<String, RuntimeImage> {
+pub(crate) fn parse_ctr_images(text: &str) -> BTreeMap<String, RuntimeImage> {
     let mut out = BTreeMap::new();
     for line in text.lines().skip(1) {
         let w: Vec<&str> = line.split_whitespace().collect();
@@ -632,7 +632,7 @@ pub fn parse_ctr_images(text: &str) -> BTreeMap<String, RuntimeImage> {
 
 /// How an image an archive names stands in the node's containerd.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ImageState {
+pub(crate) enum ImageState {
     Present,
     Missing,
     /// Present under the name, with this other digest.
@@ -641,7 +641,7 @@ pub enum ImageState {
 }
 
 /// Each image of `archive` against what containerd lists.
-pub fn image_states(
+pub(crate) fn image_states(
     archive: &[ArchiveImage],
     runtime: &BTreeMap<String, RuntimeImage>,
 ) -> Vec<(ArchiveImage, ImageState)> {
@@ -661,7 +661,7 @@ pub fn image_states(
 
 /// How the facts script is asked about an artifact destination: `@/path` for an image archive
 /// (its index and containerd's images are described too), the path itself otherwise.
-pub fn facts_arg(dest: &str, after: Option<After>) -> String {
+pub(crate) fn facts_arg(dest: &str, after: Option<After>) -> String {
     match after {
         Some(a) if a.names_images() => format!("@{dest}"),
         _ => dest.to_string(),
@@ -670,7 +670,7 @@ pub fn facts_arg(dest: &str, after: Option<After>) -> String {
 
 /// The images the archive at `dest` names, each with its state in the node's containerd; an
 /// error when that cannot be told (the archive's index unreadable, containerd not answering).
-pub fn images_on_node(
+pub(crate) fn images_on_node(
     facts: &crate::node::facts::NodeFacts,
     dest: &str,
 ) -> Result<Vec<(ArchiveImage, ImageState)>, NodeImagesError> {
@@ -686,7 +686,7 @@ pub fn images_on_node(
 /// Whether every image of the archive at `dest` is in the node's containerd, with its digest,
 /// pinned. An archive whose index names no image (a docker-archive without index.json) cannot
 /// be checked: its signed hash alone says it is in place, as for any other file.
-pub fn images_in_place(facts: &crate::node::facts::NodeFacts, dest: &str) -> bool {
+pub(crate) fn images_in_place(facts: &crate::node::facts::NodeFacts, dest: &str) -> bool {
     let Some(Ok(imgs)) = facts.image_index.get(dest).map(|i| archive_images(i)) else {
         return true;
     };

@@ -1,6 +1,6 @@
 //! The cluster as the connecting commands see it: its nodes ([`ClusterNode`]), what every node
 //! is compared against ([`Reference`]: a verified bundle, or the first master's files), and
-//! reading every node's facts in parallel ([`gather_facts`]).
+//! reading every node's facts in parallel (`gather_facts`).
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
@@ -54,7 +54,7 @@ pub fn first_master(nodes: &[ClusterNode]) -> Option<usize> {
 
 /// Every node's facts, read in parallel over `transport` (read-only), in `nodes` order. A node
 /// of role R also describes `artifact_dests(R)` (the facts script's artifact arguments).
-pub fn gather_facts(
+pub(crate) fn gather_facts(
     nodes: &[ClusterNode],
     transport: &dyn Transport,
     parallel: usize,

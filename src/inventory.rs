@@ -21,7 +21,7 @@ mod range;
 
 /// The most nodes an inventory may name: Kubernetes' largest supported cluster. A host range
 /// that names more is refused before it is expanded.
-pub const MAX_NODES: usize = 5000;
+pub(crate) const MAX_NODES: usize = 5000;
 
 /// The largest inventory file read (a 5000-node kubespray inventory is well under 1 MiB).
 const MAX_FILE_BYTES: u64 = 4 << 20;
@@ -404,7 +404,7 @@ impl fmt::Display for NodeSpec {
 
 /// Parses one `NODE`: `[user@]host[:port]`; IPv6 as `[addr]:port` (a bare IPv6 address without
 /// a port is accepted too).
-pub fn parse_node(entry: &str) -> Result<NodeSpec, InventoryError> {
+pub(crate) fn parse_node(entry: &str) -> Result<NodeSpec, InventoryError> {
     let err = |message: &str| InventoryError::NodeList {
         entry: entry.to_owned(),
         message: message.to_owned(),
@@ -470,7 +470,7 @@ pub fn parse_node_list(list: &str) -> Result<Vec<NodeSpec>, InventoryError> {
 }
 
 /// Expands a leading `~` or `~/` to `$HOME` (as ssh does for IdentityFile and known_hosts).
-pub fn expand_tilde(path: &str) -> PathBuf {
+pub(crate) fn expand_tilde(path: &str) -> PathBuf {
     let home = std::env::var_os("HOME").filter(|h| !h.is_empty());
     match (path, home) {
         ("~", Some(h)) => PathBuf::from(h),

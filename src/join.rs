@@ -66,7 +66,7 @@ impl Categorized for JoinError {
 }
 
 /// Checks the bootstrap-token format (`[a-z0-9]{6}\.[a-z0-9]{16}`).
-pub fn validate_token(token: &str) -> Result<(), JoinError> {
+pub(crate) fn validate_token(token: &str) -> Result<(), JoinError> {
     let ok = |s: &str, n: usize| {
         s.len() == n && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
     };
@@ -77,7 +77,7 @@ pub fn validate_token(token: &str) -> Result<(), JoinError> {
 }
 
 /// The token with its secret half hidden: safe for output and logs.
-pub fn redact_token(token: &str) -> String {
+pub(crate) fn redact_token(token: &str) -> String {
     match token.split_once('.') {
         Some((id, _)) => format!("{id}.<redacted>"),
         None => "<redacted>".into(),
@@ -85,7 +85,7 @@ pub fn redact_token(token: &str) -> String {
 }
 
 /// Replaces every occurrence of the token's secret in `text`.
-pub fn redact_text(text: &str, token: &str) -> String {
+pub(crate) fn redact_text(text: &str, token: &str) -> String {
     match token.split_once('.') {
         Some((_, secret)) if !secret.is_empty() => text.replace(secret, "<redacted>"),
         _ => text.to_string(),
@@ -107,7 +107,7 @@ fn refusal(arg: &str) -> Option<&'static str> {
 
 /// Checks the extra arguments for `kubeadm join` (e.g. `--skip-phases=…`,
 /// `--ignore-preflight-errors=…`): the ones that carry secrets or skip the CA pin are refused.
-pub fn validate_kubeadm_args(args: &[String]) -> Result<(), JoinError> {
+pub(crate) fn validate_kubeadm_args(args: &[String]) -> Result<(), JoinError> {
     for a in args {
         if let Some(why) = refusal(a) {
             // The flag only: its value may be the very secret being kept out of sight.
@@ -119,7 +119,7 @@ pub fn validate_kubeadm_args(args: &[String]) -> Result<(), JoinError> {
 }
 
 /// Checks the endpoint before it goes into the node's JoinConfiguration.
-pub fn validate_endpoint(endpoint: &str) -> Result<(), JoinError> {
+pub(crate) fn validate_endpoint(endpoint: &str) -> Result<(), JoinError> {
     let ok = !endpoint.is_empty()
         && endpoint.bytes().all(|b| b.is_ascii_alphanumeric() || b".-:[]".contains(&b));
     ok.then_some(()).ok_or_else(|| JoinError::BadEndpoint(endpoint.to_string()))
@@ -127,7 +127,7 @@ pub fn validate_endpoint(endpoint: &str) -> Result<(), JoinError> {
 
 /// The node script's arguments for one node: endpoint, CA hash, role, advertise address, then
 /// the extra kubeadm arguments. The token is not among them: it goes on stdin.
-pub fn join_args(
+pub(crate) fn join_args(
     endpoint: &str,
     ca_hash: &str,
     node: &ClusterNode,
@@ -144,7 +144,7 @@ pub fn join_args(
 
 /// What the node runs, for people: the JoinConfiguration's contents (token redacted) and
 /// kubeadm's command line.
-pub fn describe_join(token: &str, args: &[String]) -> String {
+pub(crate) fn describe_join(token: &str, args: &[String]) -> String {
     let [endpoint, hash, role, adv, extra @ ..] = args else { return String::new() };
     let mut config = format!(
         "apiServerEndpoint: {endpoint}, token: {}, caCertHashes: [{hash}]",
@@ -166,7 +166,7 @@ pub fn describe_join(token: &str, args: &[String]) -> String {
 
 /// Parses `kubeadm token create --print-join-command` (spacing varies between versions, so it
 /// splits on whitespace) into (token, hash).
-pub fn parse_join_command(line: &str) -> (Option<String>, Option<String>) {
+pub(crate) fn parse_join_command(line: &str) -> (Option<String>, Option<String>) {
     let words: Vec<&str> = line.split_whitespace().collect();
     let after = |flag: &str| {
         words.iter().position(|w| *w == flag).and_then(|i| words.get(i + 1)).map(|s| s.to_string())
@@ -245,7 +245,7 @@ pub struct JoinOptions {
     pub copy_cni_config: bool,
     /// Where kubeadm's output is kept per node (created 0700).
     pub run_dir: PathBuf,
-    /// Extra `kubeadm join` arguments (checked by [`validate_kubeadm_args`]).
+    /// Extra `kubeadm join` arguments (checked by `validate_kubeadm_args`).
     pub kubeadm_args: Vec<String>,
 }
 
@@ -651,7 +651,7 @@ fn join_workers(
 
 /// Creates the run directory 0700, or accepts an existing one only if it is a real directory
 /// (not a link) of ours that nobody else can write to.
-pub fn create_run_dir(path: &Path) -> Result<(), JoinError> {
+pub(crate) fn create_run_dir(path: &Path) -> Result<(), JoinError> {
     use std::os::unix::fs::{DirBuilderExt, MetadataExt};
     let unsafe_dir = |why: String| JoinError::UnsafeRunDir { path: path.to_path_buf(), why };
     if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {

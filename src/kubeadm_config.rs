@@ -27,7 +27,7 @@ const GROUP: &str = "kubeadm.k8s.io";
 const VERSIONS: [&str; 3] = ["v1beta2", "v1beta3", "v1beta4"];
 const KINDS: [&str; 3] = ["InitConfiguration", "ClusterConfiguration", "JoinConfiguration"];
 /// kubeadm's default `networking.serviceSubnet`.
-pub const DEFAULT_SERVICE_SUBNET: &str = "10.96.0.0/12";
+pub(crate) const DEFAULT_SERVICE_SUBNET: &str = "10.96.0.0/12";
 /// Registries that cannot be reached from an air-gapped site.
 const PUBLIC_REGISTRIES: [&str; 2] = ["registry.k8s.io", "k8s.gcr.io"];
 /// `ClusterConfiguration.encryptionAlgorithm` values kubeadm knows (ECDSA-P384 from 1.34).
@@ -99,10 +99,10 @@ pub fn check_file(path: &Path) -> Result<ConfigReport, ConfigError> {
 /// The text is not YAML: the parser's message, on one line.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{0}")]
-pub struct YamlError(pub String);
+pub(crate) struct YamlError(pub String);
 
 /// Check kubeadm config text; `Err` is a YAML syntax error.
-pub fn check_str(text: &str) -> Result<ConfigReport, YamlError> {
+pub(crate) fn check_str(text: &str) -> Result<ConfigReport, YamlError> {
     let mut docs = Vec::new();
     for de in serde_yaml_ng::Deserializer::from_str(text) {
         let value = Value::deserialize(de).map_err(|e| YamlError(one_line(&e.to_string())))?;
@@ -472,7 +472,7 @@ fn show(v: &Value) -> String {
 }
 
 /// Whether `s` is a bootstrap token `[a-z0-9]{6}.[a-z0-9]{16}`.
-pub fn is_bootstrap_token(s: &str) -> bool {
+pub(crate) fn is_bootstrap_token(s: &str) -> bool {
     let ok = |p: &str, n: usize| {
         p.len() == n && p.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
     };
@@ -565,7 +565,7 @@ fn is_dns_name(h: &str) -> bool {
 
 /// An IP network as written in a kubeadm subnet field.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Cidr {
+pub(crate) struct Cidr {
     pub addr: IpAddr,
     pub prefix: u8,
 }

@@ -20,13 +20,13 @@ use crate::pki::chain::{self, ChainCheck};
 use crate::pki::{parse, SHARED_FILES};
 
 /// Ports a control-plane join needs free (kubeadm's `Port-N` checks).
-pub const CONTROL_PLANE_PORTS: [u16; 6] = [6443, 10250, 10257, 10259, 2379, 2380];
+pub(crate) const CONTROL_PLANE_PORTS: [u16; 6] = [6443, 10250, 10257, 10259, 2379, 2380];
 /// A worker join needs only the kubelet port.
-pub const WORKER_PORTS: [u16; 1] = [10250];
+pub(crate) const WORKER_PORTS: [u16; 1] = [10250];
 
 /// What a node is about to do: the first master is only a source (already initialised).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Joining {
+pub(crate) enum Joining {
     FirstMaster,
     ControlPlane,
     Worker,
@@ -87,14 +87,14 @@ fn parse_proc_addr(hex_addr: &str) -> Option<IpAddr> {
 /// Whether `port` is taken for a node whose own address is `own`: a listener on that address
 /// or on the wildcard. Other loopback addresses belong to other testbed nodes (or other
 /// services) and do not block a bind to `own`.
-pub fn port_taken(listeners: &[(IpAddr, u16)], own: Option<IpAddr>, port: u16) -> bool {
+pub(crate) fn port_taken(listeners: &[(IpAddr, u16)], own: Option<IpAddr>, port: u16) -> bool {
     listeners
         .iter()
         .any(|(a, p)| *p == port && (a.is_unspecified() || Some(*a) == own || own.is_none()))
 }
 
 /// The host part of an endpoint `host:port`, and whether it had a port.
-pub fn split_endpoint(endpoint: &str) -> (&str, Option<&str>) {
+pub(crate) fn split_endpoint(endpoint: &str) -> (&str, Option<&str>) {
     if let Some(rest) = endpoint.strip_prefix('[') {
         if let Some((h, p)) = rest.split_once("]:") {
             return (h, Some(p));
@@ -109,7 +109,7 @@ pub fn split_endpoint(endpoint: &str) -> (&str, Option<&str>) {
 
 /// Per-node inputs besides the facts.
 #[derive(Debug, Clone)]
-pub struct NodeContext<'a> {
+pub(crate) struct NodeContext<'a> {
     pub node: &'a str,
     pub joining: Joining,
     /// The node's own address (for port checks).
@@ -131,7 +131,11 @@ impl NodeFindings<'_> {
 }
 
 /// Checks one node. `reference` holds the shared files' hashes and CA certificates.
-pub fn check_node(ctx: &NodeContext<'_>, facts: &NodeFacts, reference: &Reference) -> Vec<Finding> {
+pub(crate) fn check_node(
+    ctx: &NodeContext<'_>,
+    facts: &NodeFacts,
+    reference: &Reference,
+) -> Vec<Finding> {
     let mut found = NodeFindings { node: ctx.node, list: Vec::new() };
     if ctx.joining != Joining::FirstMaster {
         kubeadm_checks(&mut found, ctx, facts);
@@ -277,7 +281,7 @@ fn leaf_chains(found: &mut NodeFindings, facts: &NodeFacts, reference: &Referenc
 
 /// Checks across nodes: kubeadm and kubelet versions agree everywhere, the endpoint is a DNS
 /// name with a port and resolves on every node.
-pub fn check_cluster(endpoint: Option<&str>, nodes: &[(&str, &NodeFacts)]) -> Vec<Finding> {
+pub(crate) fn check_cluster(endpoint: Option<&str>, nodes: &[(&str, &NodeFacts)]) -> Vec<Finding> {
     let mut out = endpoint_findings(endpoint, nodes);
     let kubeadm = |f: &NodeFacts| f.kubeadm_version.clone();
     let kubelet = |f: &NodeFacts| f.kubelet_version.clone();

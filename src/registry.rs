@@ -33,13 +33,13 @@ use crate::bundle::{self, AllowedSigners, BundleError, Identities, VerifyOptions
 use crate::error::{Categorized, Category};
 
 /// Where containerd (`ctr --hosts-dir`, and the CRI plugin's `config_path`) reads registry hosts.
-pub const CERTS_D: &str = "/etc/containerd/certs.d";
+pub(crate) const CERTS_D: &str = "/etc/containerd/certs.d";
 
 /// The annotation naming the reference a node pulls an image by (`HOST/REPO@sha256:…`).
-pub const PULL_ANNOTATION: &str = "org.hapki.pull";
+pub(crate) const PULL_ANNOTATION: &str = "org.hapki.pull";
 
 /// The suffix of the pull index installed next to where the archive would have gone.
-pub const PULL_SUFFIX: &str = ".pull.tar";
+pub(crate) const PULL_SUFFIX: &str = ".pull.tar";
 
 /// Why registry distribution failed.
 #[derive(Debug, thiserror::Error)]
@@ -71,7 +71,7 @@ fn usage(m: impl Into<String>) -> RegistryError {
 
 /// Checks `HOST[:PORT]` (a DNS name or IPv4 address, an optional port): what containerd names
 /// its `certs.d` directory after. Returns it unchanged.
-pub fn parse_host(s: &str) -> Result<String, RegistryError> {
+pub(crate) fn parse_host(s: &str) -> Result<String, RegistryError> {
     let bad = || {
         usage(format!(
             "--registry {s:?} is not HOST[:PORT] (a DNS name or IPv4 address, e.g. registry.example.org:5000)"
@@ -102,7 +102,7 @@ pub fn parse_host(s: &str) -> Result<String, RegistryError> {
 /// `name:tag` → (repository path in the registry, tag): the name without its registry host
 /// (the first component when it has a `.` or `:` or is `localhost`), as a containerd mirror of
 /// that host looks it up (`k8s.gcr.io/pause:3.2` → `pause`, `3.2`).
-pub fn repo_and_tag(name: &str) -> Option<(String, String)> {
+pub(crate) fn repo_and_tag(name: &str) -> Option<(String, String)> {
     let (path, tag) = name.rsplit_once(':').filter(|(p, t)| !t.contains('/') && !p.is_empty())?;
     let path = match path.split_once('/') {
         Some((first, rest)) if first.contains(['.', ':']) || first == "localhost" => rest,
@@ -118,7 +118,7 @@ pub fn repo_and_tag(name: &str) -> Option<(String, String)> {
 
 /// containerd's host configuration for the registry: TLS verified against the CA installed
 /// next to it; pull and resolve only.
-pub fn hosts_toml(registry: &str) -> String {
+pub(crate) fn hosts_toml(registry: &str) -> String {
     format!(
         "# Written by hapki (signed bundle): the registry hapki push --registry fills.\n\
          server = \"https://{registry}\"\n\n\
@@ -135,7 +135,7 @@ const INDEX_TYPES: [&str; 2] = [
 /// What an archive's blobs say about the image indexes its `index.json` names: which blobs it
 /// holds, and the bytes of each such index (to tell which platforms it carries).
 #[derive(Debug, Default)]
-pub struct ArchiveBlobs {
+pub(crate) struct ArchiveBlobs {
     pub present: BTreeSet<String>,
     pub indexes: BTreeMap<String, Vec<u8>>,
 }
@@ -202,7 +202,7 @@ fn scan_blobs(path: &Path, wanted: &BTreeSet<String>) -> Result<ArchiveBlobs, St
 /// The pull index for an archive's `index.json`: each image's descriptor (see [`pullable`]) and
 /// name, annotated with the reference it is pulled by, one per line (what the node script
 /// reads). An error says why an image cannot go through a registry.
-pub fn pull_index(
+pub(crate) fn pull_index(
     index_json: &[u8],
     registry: &str,
     blobs: &ArchiveBlobs,

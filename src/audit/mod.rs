@@ -1,6 +1,6 @@
 //! `hapki audit`: which CA is on which node, since when, signed by whom — side by side.
 //!
-//! The comparison is pure: [`audit_node`] turns one node's [`NodeFacts`] and a [`Reference`]
+//! The comparison is pure: `audit_node` turns one node's [`NodeFacts`] and a [`Reference`]
 //! (the bundle, or the first master) into findings; the runner only gathers facts in parallel.
 //! Divergent CAs across control planes are a known hours-long debugging story (a different
 //! front-proxy CA per master breaks webhooks), and kubeadm's own expiry check sees one node at
@@ -164,7 +164,7 @@ pub fn unreachable(node: &str, role: Role, error: &NodeError) -> (NodeAudit, Vec
 }
 
 /// Compares one node's facts with the reference.
-pub fn audit_node(
+pub(crate) fn audit_node(
     node: &str,
     role: Role,
     facts: &NodeFacts,

@@ -117,23 +117,12 @@ impl Identities {
 }
 
 /// The first bytes of a binary age file.
-pub const AGE_MAGIC: &[u8] = b"age-encryption.org/v1\n";
+pub(crate) const AGE_MAGIC: &[u8] = b"age-encryption.org/v1\n";
 /// The first bytes of an armored age file.
-pub const AGE_ARMOR_MAGIC: &[u8] = b"-----BEGIN AGE ENCRYPTED FILE-----";
-
-/// Encrypts `plain` to `recipients` into `out` (age binary format).
-pub fn encrypt<W: Write>(plain: &[u8], recipients: &Recipients, out: W) -> Result<W, BundleError> {
-    let enc = age::Encryptor::with_recipients(
-        recipients.0.iter().map(|r| r.as_ref() as &dyn age::Recipient),
-    )
-    .map_err(|e| BundleError::Usage(format!("cannot encrypt to these recipients: {e}")))?;
-    let mut w = enc.wrap_output(out).map_err(|e| BundleError::Internal(format!("age: {e}")))?;
-    w.write_all(plain).map_err(|e| BundleError::Internal(format!("age: {e}")))?;
-    w.finish().map_err(|e| BundleError::Internal(format!("age: {e}")))
-}
+pub(crate) const AGE_ARMOR_MAGIC: &[u8] = b"-----BEGIN AGE ENCRYPTED FILE-----";
 
 /// A streaming age writer to `recipients` over `out`; `finish()` it to write the last chunk.
-pub fn encrypt_stream<W: Write>(
+pub(crate) fn encrypt_stream<W: Write>(
     recipients: &Recipients,
     out: W,
 ) -> Result<age::stream::StreamWriter<W>, BundleError> {
@@ -146,7 +135,7 @@ pub fn encrypt_stream<W: Write>(
 
 /// Wraps `input` (positioned at the age header) in a streaming decryptor. Every failure, a
 /// damaged header included, is a rejected bundle (exit 3), except having no key at all.
-pub fn decrypt<'a, R: BufRead + 'a>(
+pub(crate) fn decrypt<'a, R: BufRead + 'a>(
     input: R,
     ids: &'a Identities,
 ) -> Result<Box<dyn Read + 'a>, BundleError> {

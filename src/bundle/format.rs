@@ -8,39 +8,39 @@ use time::OffsetDateTime;
 use crate::pki::{FileKind, SHARED_FILES};
 
 /// The only format version this hapki writes and reads.
-pub const FORMAT_VERSION: u32 = 1;
+pub(crate) const FORMAT_VERSION: u32 = 1;
 
 /// SSHSIG namespace of `SHA256SUMS.sig`; `ssh-keygen -Y verify -n hapki-bundle` checks the same.
-pub const NAMESPACE: &str = "hapki-bundle";
+pub(crate) const NAMESPACE: &str = "hapki-bundle";
 
 /// First entry: the metadata.
-pub const MANIFEST: &str = "bundle.json";
+pub(crate) const MANIFEST: &str = "bundle.json";
 /// Second entry: `sha256sum(1)` lines for `bundle.json` and every `pki/` entry.
-pub const SUMS: &str = "SHA256SUMS";
+pub(crate) const SUMS: &str = "SHA256SUMS";
 /// Third entry: the armored SSHSIG of `SHA256SUMS`.
-pub const SIGNATURE: &str = "SHA256SUMS.sig";
+pub(crate) const SIGNATURE: &str = "SHA256SUMS.sig";
 /// Directory prefix of the PKI entries inside the archive.
-pub const PKI_PREFIX: &str = "pki/";
+pub(crate) const PKI_PREFIX: &str = "pki/";
 /// Directory prefix of the artifact entries: `artifacts/0000`, `artifacts/0001`, … in spec
 /// order. Numbered names keep the tar layout strict (no operator-chosen path ever becomes an
 /// archive path) and sort in bundle order.
-pub const ARTIFACT_PREFIX: &str = "artifacts/";
+pub(crate) const ARTIFACT_PREFIX: &str = "artifacts/";
 /// Cap on one artifact entry. Artifacts are never held in memory (they stream through SHA-256),
 /// and are only read after the signature over `SHA256SUMS` has verified.
-pub const ARTIFACT_MAX: u64 = 64 << 30;
+pub(crate) const ARTIFACT_MAX: u64 = 64 << 30;
 /// Caps on `bundle.json` and `SHA256SUMS` in a bundle that carries artifacts (one entry each per
 /// file, up to [`crate::artifacts::MAX_ARTIFACTS`]).
-pub const ARTIFACTS_MANIFEST_MAX: u64 = 1 << 20;
-pub const ARTIFACTS_SUMS_MAX: u64 = 256 * 1024;
+pub(crate) const ARTIFACTS_MANIFEST_MAX: u64 = 1 << 20;
+pub(crate) const ARTIFACTS_SUMS_MAX: u64 = 256 * 1024;
 
 /// The archive name of the `i`-th artifact.
-pub fn artifact_name(i: usize) -> String {
+pub(crate) fn artifact_name(i: usize) -> String {
     format!("{ARTIFACT_PREFIX}{i:04}")
 }
 
 /// The index of an archive name of the `artifacts/NNNN` form (exactly four digits or more, no
 /// sign, no leading `+`), else `None`.
-pub fn artifact_index(name: &str) -> Option<usize> {
+pub(crate) fn artifact_index(name: &str) -> Option<usize> {
     let d = name.strip_prefix(ARTIFACT_PREFIX)?;
     if d.len() < 4 || !d.bytes().all(|b| b.is_ascii_digit()) {
         return None;
@@ -54,27 +54,27 @@ pub fn artifact_index(name: &str) -> Option<usize> {
 /// while keeping a hostile archive's cost fixed. `MANIFEST_MAX` and `SUMS_MAX` hold in a bundle
 /// without artifacts, checked once the signed `SHA256SUMS` says there are none (before that,
 /// [`ARTIFACTS_MANIFEST_MAX`] and [`ARTIFACTS_SUMS_MAX`] bound what is read).
-pub const MANIFEST_MAX: u64 = 64 * 1024;
-pub const SUMS_MAX: u64 = 16 * 1024;
-pub const SIGNATURE_MAX: u64 = 8 * 1024;
-pub const PKI_FILE_MAX: u64 = 64 * 1024;
+pub(crate) const MANIFEST_MAX: u64 = 64 * 1024;
+pub(crate) const SUMS_MAX: u64 = 16 * 1024;
+pub(crate) const SIGNATURE_MAX: u64 = 8 * 1024;
+pub(crate) const PKI_FILE_MAX: u64 = 64 * 1024;
 
 /// Cap on the bytes read from the file until the signature over `SHA256SUMS` has verified: the
 /// three metadata entries at their caps, their headers and the age and gzip framing around them
 /// fit. This is what bounds the work a hostile, unsigned file can cause.
-pub const INPUT_MAX: u64 = 2 * 1024 * 1024;
+pub(crate) const INPUT_MAX: u64 = 2 * 1024 * 1024;
 
 /// Cap on the zero padding after the end-of-archive blocks: GNU tar pads an archive to its
 /// 10 KiB record; hapki's writer adds none.
-pub const END_PADDING_MAX: u64 = 10 * 1024;
+pub(crate) const END_PADDING_MAX: u64 = 10 * 1024;
 
 /// The gzip header older hapki versions (0.1.0 and before) wrote for bundles without artifacts:
 /// flate2 at best compression (XFL 2), mtime 0, OS 255. Such a bundle is refused with a message
 /// saying to re-create it (see [`super::stored`] for why there is one encoding now).
-pub const LEGACY_GZIP_HEADER: [u8; 10] = [0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 2, 0xff];
+pub(crate) const LEGACY_GZIP_HEADER: [u8; 10] = [0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 2, 0xff];
 
 /// The archive's entries, in the only order a bundle may have them.
-pub fn entry_names() -> Vec<String> {
+pub(crate) fn entry_names() -> Vec<String> {
     let mut names = vec![MANIFEST.to_string(), SUMS.to_string(), SIGNATURE.to_string()];
     names.extend(SHARED_FILES.iter().map(|f| format!("{PKI_PREFIX}{}", f.name)));
     names
@@ -84,7 +84,7 @@ pub fn entry_names() -> Vec<String> {
 /// read. Until the signature has verified nothing says whether artifacts follow, so the
 /// metadata may have the larger caps of a bundle that lists many; [`metadata_cap`] tightens
 /// them afterwards.
-pub fn entry_cap(name: &str) -> u64 {
+pub(crate) fn entry_cap(name: &str) -> u64 {
     match name {
         MANIFEST => ARTIFACTS_MANIFEST_MAX,
         SUMS => ARTIFACTS_SUMS_MAX,
@@ -95,7 +95,7 @@ pub fn entry_cap(name: &str) -> u64 {
 }
 
 /// The cap on `bundle.json` or `SHA256SUMS` in a bundle with or without artifacts.
-pub fn metadata_cap(name: &str, artifacts: bool) -> u64 {
+pub(crate) fn metadata_cap(name: &str, artifacts: bool) -> u64 {
     match (name, artifacts) {
         (MANIFEST, false) => MANIFEST_MAX,
         (SUMS, false) => SUMS_MAX,
@@ -105,7 +105,7 @@ pub fn metadata_cap(name: &str, artifacts: bool) -> u64 {
 
 /// The mode an entry has in the archive: kubeadm's for PKI files, 0644 for the metadata
 /// (which holds no secret).
-pub fn entry_mode(name: &str) -> u32 {
+pub(crate) fn entry_mode(name: &str) -> u32 {
     // Artifacts are 0644 in the archive whatever their mode on the node (bundle.json says that):
     // the archive layout stays one fixed shape, and `tar -x` makes nothing executable.
     name.strip_prefix(PKI_PREFIX).and_then(crate::pki::shared_file).map(|f| f.mode).unwrap_or(0o644)
@@ -115,7 +115,7 @@ pub fn entry_mode(name: &str) -> u32 {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Manifest {
-    /// Always [`FORMAT_VERSION`]; a reader refuses any other.
+    /// Always `FORMAT_VERSION`; a reader refuses any other.
     pub format_version: u32,
     /// Cluster name (`--cluster`, default `kubernetes`).
     pub cluster: String,
@@ -213,10 +213,10 @@ mod file_kind {
     use crate::pki::FileKind;
     use serde::{de::Error, Deserialize, Deserializer, Serialize, Serializer};
 
-    pub fn serialize<S: Serializer>(kind: &FileKind, s: S) -> Result<S::Ok, S::Error> {
+    pub(super) fn serialize<S: Serializer>(kind: &FileKind, s: S) -> Result<S::Ok, S::Error> {
         kind.serialize(s)
     }
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<FileKind, D::Error> {
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<FileKind, D::Error> {
         match String::deserialize(d)?.as_str() {
             "certificate" => Ok(FileKind::Certificate),
             "private_key" => Ok(FileKind::PrivateKey),
@@ -227,24 +227,24 @@ mod file_kind {
 }
 
 /// RFC 3339 timestamps in whole seconds (`2025-01-31T12:00:00Z`), UTC.
-pub mod rfc3339 {
+pub(crate) mod rfc3339 {
     use serde::{de::Error, Deserialize, Deserializer, Serializer};
     use time::format_description::well_known::Rfc3339;
     use time::{OffsetDateTime, UtcOffset};
 
-    pub fn serialize<S: Serializer>(t: &OffsetDateTime, s: S) -> Result<S::Ok, S::Error> {
+    pub(crate) fn serialize<S: Serializer>(t: &OffsetDateTime, s: S) -> Result<S::Ok, S::Error> {
         let t = t.to_offset(UtcOffset::UTC);
         s.serialize_str(&t.format(&Rfc3339).map_err(serde::ser::Error::custom)?)
     }
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<OffsetDateTime, D::Error> {
+    pub(crate) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<OffsetDateTime, D::Error> {
         let s = String::deserialize(d)?;
         OffsetDateTime::parse(&s, &Rfc3339)
             .map_err(|_| D::Error::custom(format!("invalid RFC 3339 time {s:?}")))
     }
 
-    pub mod option {
+    pub(crate) mod option {
         use super::*;
-        pub fn serialize<S: Serializer>(
+        pub(crate) fn serialize<S: Serializer>(
             t: &Option<OffsetDateTime>,
             s: S,
         ) -> Result<S::Ok, S::Error> {
@@ -253,7 +253,7 @@ pub mod rfc3339 {
                 None => s.serialize_none(),
             }
         }
-        pub fn deserialize<'de, D: Deserializer<'de>>(
+        pub(crate) fn deserialize<'de, D: Deserializer<'de>>(
             d: D,
         ) -> Result<Option<OffsetDateTime>, D::Error> {
             match Option::<String>::deserialize(d)? {
@@ -269,10 +269,10 @@ pub mod rfc3339 {
 mod octal_mode {
     use serde::{de::Error, Deserialize, Deserializer, Serializer};
 
-    pub fn serialize<S: Serializer>(mode: &u32, s: S) -> Result<S::Ok, S::Error> {
+    pub(super) fn serialize<S: Serializer>(mode: &u32, s: S) -> Result<S::Ok, S::Error> {
         s.serialize_str(&format!("{mode:04o}"))
     }
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
         let s = String::deserialize(d)?;
         u32::from_str_radix(&s, 8).ok().filter(|m| *m <= 0o7777).ok_or_else(|| {
             D::Error::custom(format!("invalid mode {s:?}: expected octal like \"0600\""))
@@ -281,7 +281,7 @@ mod octal_mode {
 }
 
 /// `SHA256SUMS` as `sha256sum(1)` writes it: `<64 hex>  <path>\n` per entry, in bundle order.
-pub fn render_sums(entries: &[(String, String)]) -> Vec<u8> {
+pub(crate) fn render_sums(entries: &[(String, String)]) -> Vec<u8> {
     let mut out = String::new();
     for (name, hex) in entries {
         out.push_str(hex);

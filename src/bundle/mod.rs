@@ -1,7 +1,7 @@
 //! Signed, encrypted bundles of kubeadm's shared PKI: the thing that travels.
 //!
 //! - [`create`] packs the eight shared files (checked coherent first) into the format of
-//!   [`format`], signs `SHA256SUMS` (SSHSIG, [`sign`]), encrypts with age ([`crypt`]) and writes
+//!   `format`, signs `SHA256SUMS` (SSHSIG, `sign`), encrypts with age (`crypt`) and writes
 //!   the file atomically.
 //! - [`open_and_verify`] reads a bundle with the strict streaming [`reader`] and checks, in
 //!   this order: decryption → signature over `SHA256SUMS` against an allowed_signers file
@@ -12,14 +12,14 @@
 //!
 //! Every rejection is a [`BundleError`] of category Verification (exit 3) naming what failed.
 
-pub mod crypt;
-pub mod format;
+pub(crate) mod crypt;
+pub(crate) mod format;
 mod keygen;
 pub mod reader;
-pub mod sign;
-pub mod stored;
+pub(crate) mod sign;
+pub(crate) mod stored;
 pub mod trust;
-pub mod writer;
+pub(crate) mod writer;
 
 use std::path::{Path, PathBuf};
 
@@ -197,7 +197,7 @@ pub fn open_and_verify(
 /// A bundle without artifacts (`manifest.artifacts` empty) has nothing after its head:
 /// `on_head` then runs only once the whole file has been read and checked to its last byte, so
 /// what it gets is the verified bundle and the caller may act on it at once.
-pub fn open_streaming(
+pub(crate) fn open_streaming(
     path: &Path,
     trust: &AllowedSigners,
     identities: &Identities,
@@ -230,7 +230,7 @@ pub fn open_streaming(
 }
 
 /// [`open_and_verify`] on any reader (a bundle received over a pipe or held in memory).
-pub fn verify_reader<R: std::io::Read>(
+pub(crate) fn verify_reader<R: std::io::Read>(
     input: R,
     trust: &AllowedSigners,
     identities: &Identities,

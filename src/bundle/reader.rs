@@ -1,13 +1,13 @@
 //! The strict, streaming bundle reader.
 //!
 //! It never extracts anything to disk, and its memory is bounded whatever the input: the file
-//! is read through a hard cap ([`format::INPUT_MAX`]) until the signature over `SHA256SUMS` has
+//! is read through a hard cap (`format::INPUT_MAX`) until the signature over `SHA256SUMS` has
 //! verified, every entry through its own cap, and the zero padding after the archive through
-//! [`format::END_PADDING_MAX`], so a hostile file costs a fixed amount of work and memory before
+//! `format::END_PADDING_MAX`, so a hostile file costs a fixed amount of work and memory before
 //! it is rejected. Each tar header is checked before its entry's bytes are read.
 //!
 //! One encoding for every bundle, PKI-only or carrying artifacts: age (optional) → the
-//! canonical stored-block gzip of [`super::stored`], checked while streaming → tar. A bundle in
+//! canonical stored-block gzip of `super::stored`, checked while streaming → tar. A bundle in
 //! the compressed encoding older hapki versions wrote is refused by name.
 //!
 //! The tar layer is parsed here rather than with the `tar` crate: the format admits exactly one
@@ -68,14 +68,14 @@ pub enum ArtifactEvent<'a> {
 }
 
 /// Receives artifact bytes; an error stops the read.
-pub type ArtifactSink<'a> = dyn FnMut(ArtifactEvent<'_>) -> Result<(), BundleError> + 'a;
+pub(crate) type ArtifactSink<'a> = dyn FnMut(ArtifactEvent<'_>) -> Result<(), BundleError> + 'a;
 
 /// Called once with everything before the first artifact read and checked (the signature,
 /// `bundle.json`'s hash, every `pki/` entry). In a bundle without artifacts that is the whole
 /// bundle, and the call comes only once its last byte has been checked (the end of the archive,
 /// the gzip trailer, nothing after it). `Ok(false)` stops the read there (the caller needs no
 /// artifact): the result is then marked incomplete.
-pub type HeadCheck<'a> = dyn FnMut(&RawBundle) -> Result<bool, BundleError> + 'a;
+pub(crate) type HeadCheck<'a> = dyn FnMut(&RawBundle) -> Result<bool, BundleError> + 'a;
 
 /// The size of the chunks artifacts stream in.
 pub const CHUNK: usize = 256 * 1024;
@@ -101,7 +101,7 @@ pub fn read_bundle<R: Read>(
 /// [`read_bundle`] for bundles that may carry artifacts: `on_head` runs once the signature and
 /// every entry before the artifacts have checked out, then each artifact's bytes go to `sink`
 /// in [`CHUNK`]s, hashed on the way, never held. Memory stays bounded whatever the sizes.
-pub fn read_bundle_streaming<R: Read>(
+pub(crate) fn read_bundle_streaming<R: Read>(
     input: R,
     ids: &Identities,
     check_signature: &mut SignatureCheck<'_>,

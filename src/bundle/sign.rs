@@ -49,7 +49,7 @@ pub fn load_signing_key(
 }
 
 /// Signs `sums` and returns the armored signature (`-----BEGIN SSH SIGNATURE-----`, LF endings).
-pub fn sign(key: &PrivateKey, sums: &[u8]) -> Result<Vec<u8>, BundleError> {
+pub(crate) fn sign(key: &PrivateKey, sums: &[u8]) -> Result<Vec<u8>, BundleError> {
     let sig = key.sign(NAMESPACE, HashAlg::Sha512, sums).map_err(|e| {
         BundleError::Usage(format!("cannot sign with the {} key: {e}", key.algorithm()))
     })?;
@@ -60,14 +60,14 @@ pub fn sign(key: &PrivateKey, sums: &[u8]) -> Result<Vec<u8>, BundleError> {
 }
 
 /// `SHA256:…` fingerprint of a signing key.
-pub fn fingerprint(key: &PrivateKey) -> String {
+pub(crate) fn fingerprint(key: &PrivateKey) -> String {
     key.public_key().fingerprint(HashAlg::Sha256).to_string()
 }
 
 /// Checks the armored signature `sig` over `sums` against `trust`: the signer's key must be on a
 /// line that allows namespace `hapki-bundle` at `now` (listing it in `namespaces=`, or matching
 /// one of `trust.principals`), and the signature must verify.
-pub fn verify(
+pub(crate) fn verify(
     sums: &[u8],
     sig: &[u8],
     trust: &AllowedSigners,

@@ -24,20 +24,20 @@
 use std::io::{self, Read, Write};
 
 /// magic, deflate, no flags, mtime 0, XFL 0 (no compression level claimed), OS 255 (unknown).
-pub const STORED_GZIP_HEADER: [u8; 10] = [0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 0, 0xff];
+pub(crate) const STORED_GZIP_HEADER: [u8; 10] = [0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 0, 0xff];
 
 /// The largest stored block deflate allows.
-pub const BLOCK_LEN: usize = 65535;
+pub(crate) const BLOCK_LEN: usize = 65535;
 
 /// Writes the canonical stored-block gzip member; [`StoredGzWriter::finish`] ends it.
-pub struct StoredGzWriter<W: Write> {
+pub(crate) struct StoredGzWriter<W: Write> {
     inner: W,
     buf: Vec<u8>,
     crc: flate2::Crc,
 }
 
 impl<W: Write> StoredGzWriter<W> {
-    pub fn new(mut inner: W) -> io::Result<Self> {
+    pub(crate) fn new(mut inner: W) -> io::Result<Self> {
         inner.write_all(&STORED_GZIP_HEADER)?;
         Ok(StoredGzWriter { inner, buf: Vec::with_capacity(BLOCK_LEN), crc: flate2::Crc::new() })
     }
@@ -55,7 +55,7 @@ impl<W: Write> StoredGzWriter<W> {
     }
 
     /// Writes the final block and the trailer, and returns the inner writer.
-    pub fn finish(mut self) -> io::Result<W> {
+    pub(crate) fn finish(mut self) -> io::Result<W> {
         if self.buf.len() == BLOCK_LEN {
             self.block(false)?;
         }
@@ -93,7 +93,7 @@ impl<W: Write> Write for StoredGzWriter<W> {
 /// Reads a stored-block gzip member (positioned after its 10-byte header, which the caller
 /// matched), refusing anything but the canonical layout. Errors are `InvalidData` with a message
 /// for the operator.
-pub struct StoredGzReader<R: Read> {
+pub(crate) struct StoredGzReader<R: Read> {
     inner: R,
     /// Bytes left in the current block.
     left: usize,
@@ -107,7 +107,7 @@ fn bad(msg: &str) -> io::Error {
 }
 
 impl<R: Read> StoredGzReader<R> {
-    pub fn new(inner: R) -> Self {
+    pub(crate) fn new(inner: R) -> Self {
         StoredGzReader { inner, left: 0, last: false, done: false, crc: flate2::Crc::new() }
     }
 

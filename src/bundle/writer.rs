@@ -165,7 +165,7 @@ impl<W: Write> Sink<W> {
 /// Builds a bundle of the PKI `files`, the `artifacts`, or both, and writes it to `out`
 /// atomically, streaming: each artifact source is hashed once (pass 1: `SHA256SUMS` and its
 /// signature precede the data), then everything is streamed into tar → stored-block gzip
-/// ([`super::stored`]) → age → a 0600 temp file beside `out`, each source hashed again on the
+/// (`super::stored`) → age → a 0600 temp file beside `out`, each source hashed again on the
 /// way; a source that changed between the passes fails the build. Memory stays bounded whatever
 /// the sizes. The temp file is fsynced and renamed to `out` only when complete: `out` is either
 /// the complete bundle or untouched.

@@ -132,36 +132,11 @@ pub fn keygen(args: KeygenArgs) -> anyhow::Result<u8> {
 }
 
 pub fn bundle(args: BundleArgs) -> anyhow::Result<u8> {
-    // CA private keys always travel encrypted unless explicitly told otherwise; an
-    // artifacts-only bundle holds nothing secret (and the spec is what the operator chose).
-    let protection = if args.insecure_plaintext
-        || (args.pki_dir.is_none()
-            && args.from.is_none()
-            && args.inventory.is_none()
-            && args.recipients.is_empty())
-    {
-        Protection::InsecurePlaintext
-    } else if args.recipients.is_empty() {
-        return Err(usage_error(
-            "the bundle holds CA private keys: give --recipient age1…|ssh-…|@FILE (or --insecure-plaintext)",
-        ));
-    } else {
-        Protection::Encrypt(Recipients::parse(&args.recipients).categorized()?)
-    };
-    let artifacts = match &args.artifacts {
-        Some(spec) => hapki::artifacts::load(spec).categorized()?,
-        None => Vec::new(),
-    };
+    let protection = protection(&args)?;
     // --registry: image archives become registry-only, each with a pull index (the files it
-    // writes live in `_registry_work` until the bundle is written).
-    let _registry_work = tempfile::tempdir()?;
-    let artifacts = match (&args.registry, &args.registry_ca) {
-        (Some(reg), Some(ca)) => {
-            hapki::registry::for_registry(artifacts, reg, ca, _registry_work.path())
-                .categorized()?
-        }
-        _ => artifacts,
-    };
+    // writes live in `registry_work` until the bundle is written).
+    let registry_work = tempfile::tempdir()?;
+    let artifacts = load_artifacts(&args, registry_work.path())?;
     let created_at = match &args.created_at {
         Some(s) => parse_time("--created-at", s)?,
         None => OffsetDateTime::now_utc(),
@@ -173,24 +148,9 @@ pub fn bundle(args: BundleArgs) -> anyhow::Result<u8> {
             .or_else(|| super::ssh::prompt_passphrase(&args.sign_key))
     };
     let key = bundle::load_signing_key(&args.sign_key, &passphrase).categorized()?;
-    let with_pki = args.pki_dir.is_some() || args.from.is_some() || args.inventory.is_some();
-    let (files, mut sources) = match &args.pki_dir {
-        Some(dir) => {
-            let abs = std::path::absolute(dir).unwrap_or_else(|_| dir.clone());
-            (Some(read_pki_dir(dir)?), vec![format!("local:{}", abs.display())])
-        }
-        None if with_pki => {
-            let (f, s) = read_from_node(&args)?;
-            (Some(f), vec![s])
-        }
-        None => (None, Vec::new()),
-    };
-    if let Some(s) = &args.artifacts {
-        let abs = std::path::absolute(s).unwrap_or_else(|_| s.clone());
-        sources.push(format!("artifacts:{}", abs.display()));
-    }
+    let (files, sources) = read_sources(&args)?;
     let opts = bundle::CreateOptions {
-        cluster: args.cluster,
+        cluster: args.cluster.clone(),
         created_at,
         valid_for: args.valid_for.to_time(),
         serial: args.serial,
@@ -200,6 +160,73 @@ pub fn bundle(args: BundleArgs) -> anyhow::Result<u8> {
         bundle::create(files.as_deref(), &artifacts, &key, &opts, &protection, &args.out)
             .categorized()?;
     let encrypted = matches!(protection, Protection::Encrypt(_));
+    print_bundle(&args, &manifest, encrypted)?;
+    Ok(0)
+}
+
+/// CA private keys always travel encrypted unless explicitly told otherwise; an
+/// artifacts-only bundle holds nothing secret (and the spec is what the operator chose).
+fn protection(args: &BundleArgs) -> anyhow::Result<Protection> {
+    if args.insecure_plaintext
+        || (args.pki_dir.is_none()
+            && args.from.is_none()
+            && args.inventory.is_none()
+            && args.recipients.is_empty())
+    {
+        Ok(Protection::InsecurePlaintext)
+    } else if args.recipients.is_empty() {
+        Err(usage_error(
+            "the bundle holds CA private keys: give --recipient age1…|ssh-…|@FILE (or --insecure-plaintext)",
+        ))
+    } else {
+        Ok(Protection::Encrypt(Recipients::parse(&args.recipients).categorized()?))
+    }
+}
+
+/// The `--artifacts` spec's files, made registry-only with `--registry` (pull indexes
+/// written into `work`).
+fn load_artifacts(
+    args: &BundleArgs,
+    work: &std::path::Path,
+) -> anyhow::Result<Vec<hapki::artifacts::Artifact>> {
+    let artifacts = match &args.artifacts {
+        Some(spec) => hapki::artifacts::load(spec).categorized()?,
+        None => Vec::new(),
+    };
+    Ok(match (&args.registry, &args.registry_ca) {
+        (Some(reg), Some(ca)) => {
+            hapki::registry::for_registry(artifacts, reg, ca, work).categorized()?
+        }
+        _ => artifacts,
+    })
+}
+
+/// The PKI files (none for an artifacts-only bundle) and the `source` recorded in bundle.json.
+fn read_sources(args: &BundleArgs) -> anyhow::Result<(Option<Vec<bundle::PkiFile>>, Vec<String>)> {
+    let with_pki = args.pki_dir.is_some() || args.from.is_some() || args.inventory.is_some();
+    let (files, mut sources) = match &args.pki_dir {
+        Some(dir) => {
+            let abs = std::path::absolute(dir).unwrap_or_else(|_| dir.clone());
+            (Some(read_pki_dir(dir)?), vec![format!("local:{}", abs.display())])
+        }
+        None if with_pki => {
+            let (f, s) = read_from_node(args)?;
+            (Some(f), vec![s])
+        }
+        None => (None, Vec::new()),
+    };
+    if let Some(s) = &args.artifacts {
+        let abs = std::path::absolute(s).unwrap_or_else(|_| s.clone());
+        sources.push(format!("artifacts:{}", abs.display()));
+    }
+    Ok((files, sources))
+}
+
+fn print_bundle(
+    args: &BundleArgs,
+    manifest: &bundle::Manifest,
+    encrypted: bool,
+) -> anyhow::Result<()> {
     match args.output {
         Output::Json => print_json(&serde_json::json!({
             "ok": true,
@@ -239,7 +266,7 @@ pub fn bundle(args: BundleArgs) -> anyhow::Result<u8> {
             }
         }
     }
-    Ok(0)
+    Ok(())
 }
 
 /// `--from NODE` or `--inventory`: the eight files of the first master, over SSH.

@@ -68,12 +68,12 @@ pub struct ImageInputs<'a> {
     pub bundle: &'a Path,
     pub trust: &'a AllowedSigners,
     pub identities: &'a Identities,
-    /// containerd's config; `None`: [`CONTAINERD_CONFIG`] when it exists.
+    /// containerd's config; `None`: `CONTAINERD_CONFIG` when it exists.
     pub containerd_config: Option<&'a Path>,
 }
 
 /// containerd's config file, read by default when present.
-pub const CONTAINERD_CONFIG: &str = "/etc/containerd/config.toml";
+pub(crate) const CONTAINERD_CONFIG: &str = "/etc/containerd/config.toml";
 
 /// Runs the cross-check and adds its findings to `report` (whose `ok` is updated).
 pub fn check_images(inputs: &ImageInputs, report: &mut ConfigReport) -> Result<(), ImagesError> {
@@ -124,7 +124,7 @@ pub fn check_images(inputs: &ImageInputs, report: &mut ConfigReport) -> Result<(
 
 /// What `kubeadm config images list` answered.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Listed {
+pub(crate) enum Listed {
     /// The images the config needs.
     Images(Vec<String>),
     /// kubeadm refused the config: why (the last line it wrote to stderr).
@@ -133,7 +133,7 @@ pub enum Listed {
 
 /// `kubeadm config images list --config CONFIG`: the images, or why kubeadm refused the
 /// config; `Err` only when kubeadm cannot be run.
-pub fn kubeadm_images(kubeadm: &Path, config: &Path) -> Result<Listed, ImagesError> {
+pub(crate) fn kubeadm_images(kubeadm: &Path, config: &Path) -> Result<Listed, ImagesError> {
     let out = Command::new(kubeadm)
         .args(["config", "images", "list", "--config"])
         .arg(config)
@@ -176,7 +176,7 @@ pub fn sandbox_image(path: &Path) -> Result<Option<String>, ImagesError> {
 
 /// One image archive the bundle installs (and imports) on control-plane nodes.
 #[derive(Debug, Clone)]
-pub struct BundledArchive {
+pub(crate) struct BundledArchive {
     pub dest: String,
     /// The names its `index.json` gives, or why they cannot be read.
     pub images: Result<Vec<String>, crate::artifacts::IndexError>,
@@ -184,7 +184,7 @@ pub struct BundledArchive {
 
 /// Verifies the bundle (like every bundle) and reads the `index.json` of every image archive it
 /// imports on control-plane nodes, streaming: nothing but those small files is held.
-pub fn control_plane_images(
+pub(crate) fn control_plane_images(
     path: &Path,
     trust: &AllowedSigners,
     identities: &Identities,
@@ -250,7 +250,7 @@ fn repo_name(image: &str) -> &str {
 
 /// Problems and warnings of `expected` (kubeadm's list) against the bundle's control-plane
 /// archives and containerd's sandbox image (`(config path, setting)` when a config was read).
-pub fn cross_check(
+pub(crate) fn cross_check(
     expected: &[String],
     archives: &[BundledArchive],
     sandbox: Option<(&Path, Option<&str>)>,

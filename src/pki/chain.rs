@@ -8,7 +8,7 @@ use x509_parser::prelude::*;
 
 /// The shared CA certificate (relative name) that the leaf `name` (relative to the pki
 /// directory) must be signed by, following kubeadm's certificate tree.
-pub fn expected_ca(name: &str) -> &'static str {
+pub(crate) fn expected_ca(name: &str) -> &'static str {
     if name.starts_with("etcd/") || name.starts_with("apiserver-etcd-client") {
         "etcd/ca.crt"
     } else if name.starts_with("front-proxy-client") {
@@ -20,7 +20,7 @@ pub fn expected_ca(name: &str) -> &'static str {
 
 /// Outcome of checking one leaf against its CA.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ChainCheck {
+pub(crate) enum ChainCheck {
     /// The CA's key signed the leaf.
     SignedBy,
     /// Parsed fine, but another key signed it. Carries the leaf's issuer name for the message.
@@ -37,7 +37,7 @@ fn first_cert_der(pem: &[u8]) -> Result<Vec<u8>, String> {
 }
 
 /// Checks that `leaf_pem` was signed by the key of `ca_pem` (signature verified, not names compared).
-pub fn check_issued_by(leaf_pem: &[u8], ca_pem: &[u8]) -> ChainCheck {
+pub(crate) fn check_issued_by(leaf_pem: &[u8], ca_pem: &[u8]) -> ChainCheck {
     let (leaf_der, ca_der) = match (first_cert_der(leaf_pem), first_cert_der(ca_pem)) {
         (Ok(l), Ok(c)) => (l, c),
         (Err(e), _) | (_, Err(e)) => return ChainCheck::Unreadable(e),

@@ -15,7 +15,7 @@ use time::OffsetDateTime;
 
 use super::fingerprint::sha256_hex;
 use super::parse::{self, ParsedCert, ParsedKey, PublicKeyInfo};
-use super::{FileKind, PkiError, SHARED_FILES};
+use super::{FileKind, PkiError, SharedFile, SHARED_FILES};
 use crate::duration::Duration;
 
 /// What "now" is and how far ahead expiry is a warning.
@@ -233,57 +233,9 @@ fn check_inner(files: &[PkiFile], unreadable: &[Problem], opts: &CheckOptions) -
             ));
             continue;
         };
-        let content = match shared.kind {
-            FileKind::Certificate => {
-                parse::parse_certificate(name, &file.bytes).map(|c| Content::Cert(Box::new(c)))
-            }
-            FileKind::PrivateKey => parse::parse_private_key(name, &file.bytes).map(Content::Key),
-            FileKind::PublicKey => parse::parse_public_key(name, &file.bytes).map(Content::Pub),
-        };
-        let mut report = FileReport {
-            name: name.to_string(),
-            kind: None,
-            sha256: sha256_hex(&file.bytes),
-            cert_sha256: None,
-            spki_sha256: None,
-            not_after: None,
-            subject: None,
-            issuer: None,
-            is_ca: None,
-            algorithm: None,
-            mode: file.mode.map(|m| format!("{m:04o}")),
-        };
-        if let (FileKind::PrivateKey, Some(mode)) = (shared.kind, file.mode) {
-            if mode & 0o077 != 0 {
-                problems.push(Problem::new(
-                    name,
-                    format!("{name}: mode {mode:04o} lets group or others read a private key: chmod 600 {name}"),
-                ));
-            }
-        }
-        match content {
-            Err(e) => problems.push(Problem::new(name, e.to_string())),
-            Ok(content) => {
-                report.kind = Some(shared.kind);
-                report.spki_sha256 = Some(content.public().spki_sha256());
-                report.algorithm = Some(content.public().algorithm.to_string());
-                if let Content::Cert(cert) = &content {
-                    report.cert_sha256 = Some(cert.cert_sha256());
-                    report.not_after = cert.not_after.format(&Rfc3339).ok();
-                    report.subject = Some(cert.subject.clone());
-                    report.issuer = Some(cert.issuer.clone());
-                    report.is_ca = Some(cert.is_ca);
-                    check_ca_cert(
-                        name,
-                        shared.ca_common_name,
-                        cert,
-                        opts,
-                        &mut problems,
-                        &mut warnings,
-                    );
-                }
-                parsed.insert(name, content);
-            }
+        let (report, content) = check_file(shared, file, opts, &mut problems, &mut warnings);
+        if let Some(content) = content {
+            parsed.insert(name, content);
         }
         reports.push(report);
     }
@@ -302,6 +254,65 @@ fn check_inner(files: &[PkiFile], unreadable: &[Problem], opts: &CheckOptions) -
         warnings,
         cas: super::renew::ca_status(files, opts.now),
     }
+}
+
+/// Parses one shared file and describes it; a private key others may read, an unparsable file
+/// and a certificate unfit for its CA role are problems.
+fn check_file(
+    shared: &SharedFile,
+    file: &PkiFile,
+    opts: &CheckOptions,
+    problems: &mut Vec<Problem>,
+    warnings: &mut Vec<Problem>,
+) -> (FileReport, Option<Content>) {
+    let name = shared.name;
+    let content = match shared.kind {
+        FileKind::Certificate => {
+            parse::parse_certificate(name, &file.bytes).map(|c| Content::Cert(Box::new(c)))
+        }
+        FileKind::PrivateKey => parse::parse_private_key(name, &file.bytes).map(Content::Key),
+        FileKind::PublicKey => parse::parse_public_key(name, &file.bytes).map(Content::Pub),
+    };
+    let mut report = FileReport {
+        name: name.to_string(),
+        kind: None,
+        sha256: sha256_hex(&file.bytes),
+        cert_sha256: None,
+        spki_sha256: None,
+        not_after: None,
+        subject: None,
+        issuer: None,
+        is_ca: None,
+        algorithm: None,
+        mode: file.mode.map(|m| format!("{m:04o}")),
+    };
+    if let (FileKind::PrivateKey, Some(mode)) = (shared.kind, file.mode) {
+        if mode & 0o077 != 0 {
+            problems.push(Problem::new(
+                name,
+                format!("{name}: mode {mode:04o} lets group or others read a private key: chmod 600 {name}"),
+            ));
+        }
+    }
+    let content = match content {
+        Err(e) => {
+            problems.push(Problem::new(name, e.to_string()));
+            return (report, None);
+        }
+        Ok(content) => content,
+    };
+    report.kind = Some(shared.kind);
+    report.spki_sha256 = Some(content.public().spki_sha256());
+    report.algorithm = Some(content.public().algorithm.to_string());
+    if let Content::Cert(cert) = &content {
+        report.cert_sha256 = Some(cert.cert_sha256());
+        report.not_after = cert.not_after.format(&Rfc3339).ok();
+        report.subject = Some(cert.subject.clone());
+        report.issuer = Some(cert.issuer.clone());
+        report.is_ca = Some(cert.is_ca);
+        check_ca_cert(name, shared.ca_common_name, cert, opts, problems, warnings);
+    }
+    (report, Some(content))
 }
 
 fn date(t: OffsetDateTime) -> String {

@@ -1,20 +1,20 @@
 //! kubeadm's shared PKI: the eight files that every control-plane node must hold identically.
 //!
 //! This module is the one place that knows those files, their kinds, modes and pairs
-//! ([`SHARED_FILES`]), and (in [`fingerprint`]) the one place that computes fingerprints.
+//! ([`SHARED_FILES`]), and (in `fingerprint`) the one place that computes fingerprints.
 //! kubeadm itself never checks that a CA key matches its certificate nor that `sa.key` matches
-//! `sa.pub`; [`check`] does, so a wrong pair is caught before anything moves.
+//! `sa.pub`; `check` does, so a wrong pair is caught before anything moves.
 
 mod der;
 mod error;
 
-pub mod chain;
-pub mod check;
-pub mod fingerprint;
-pub mod generate;
-pub mod inspect;
-pub mod parse;
-pub mod renew;
+pub(crate) mod chain;
+pub(crate) mod check;
+pub(crate) mod fingerprint;
+pub(crate) mod generate;
+pub(crate) mod inspect;
+pub(crate) mod parse;
+pub(crate) mod renew;
 
 pub use check::{
     check_dir, check_files, read_dir, CheckOptions, CheckReport, FileReport, PkiFile, Problem,
@@ -115,12 +115,9 @@ pub const SHARED_FILES: [SharedFile; 8] = [
 ];
 
 /// Mode of the pki directory and its `etcd/` subdirectory.
-pub const DIR_MODE: u32 = 0o755;
-
-/// Where kubeadm keeps the PKI on a node.
-pub const DEFAULT_PKI_DIR: &str = "/etc/kubernetes/pki";
+pub(crate) const DIR_MODE: u32 = 0o755;
 
 /// Looks up one of the eight shared files by its relative name.
-pub fn shared_file(name: &str) -> Option<&'static SharedFile> {
+pub(crate) fn shared_file(name: &str) -> Option<&'static SharedFile> {
     SHARED_FILES.iter().find(|f| f.name == name)
 }

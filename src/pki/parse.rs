@@ -143,7 +143,7 @@ impl PublicKeyInfo {
 
 /// How a private key file is encoded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
-pub enum PrivateKeyFormat {
+pub(crate) enum PrivateKeyFormat {
     /// `RSA PRIVATE KEY`, what kubeadm writes for RSA.
     Pkcs1,
     /// `EC PRIVATE KEY`, what kubeadm writes for ECDSA.
@@ -164,7 +164,7 @@ impl fmt::Display for PrivateKeyFormat {
 
 /// A private key that loaded, reduced to its public half. Holds no secret material.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ParsedKey {
+pub(crate) struct ParsedKey {
     pub format: PrivateKeyFormat,
     pub public: PublicKeyInfo,
 }
@@ -206,14 +206,14 @@ impl ParsedCert {
 
 /// Any of the three things a PEM file in the PKI can be.
 #[derive(Debug, Clone)]
-pub enum Parsed {
+pub(crate) enum Parsed {
     Certificate(Box<ParsedCert>),
     PrivateKey(ParsedKey),
     PublicKey(PublicKeyInfo),
 }
 
 /// Parses the first `CERTIFICATE` block of `pem_bytes`, as kubeadm's `certutil` does.
-pub fn parse_certificate(file: &str, pem_bytes: &[u8]) -> Result<ParsedCert, PkiError> {
+pub(crate) fn parse_certificate(file: &str, pem_bytes: &[u8]) -> Result<ParsedCert, PkiError> {
     precheck(file, pem_bytes)?;
     let der = CertificateDer::from_pem_slice(pem_bytes)
         .map_err(|e| pem_error(file, pem_bytes, e, "CERTIFICATE"))?;
@@ -221,7 +221,7 @@ pub fn parse_certificate(file: &str, pem_bytes: &[u8]) -> Result<ParsedCert, Pki
 }
 
 /// Parses the first private key block, as kubeadm's `keyutil.ParsePrivateKeyPEM` does.
-pub fn parse_private_key(file: &str, pem_bytes: &[u8]) -> Result<ParsedKey, PkiError> {
+pub(crate) fn parse_private_key(file: &str, pem_bytes: &[u8]) -> Result<ParsedKey, PkiError> {
     precheck(file, pem_bytes)?;
     let key = PrivateKeyDer::from_pem_slice(pem_bytes).map_err(|e| {
         pem_error(file, pem_bytes, e, "RSA PRIVATE KEY, EC PRIVATE KEY or PRIVATE KEY")
@@ -230,7 +230,7 @@ pub fn parse_private_key(file: &str, pem_bytes: &[u8]) -> Result<ParsedKey, PkiE
 }
 
 /// Parses the first `PUBLIC KEY` block (a SubjectPublicKeyInfo), as kubeadm reads `sa.pub`.
-pub fn parse_public_key(file: &str, pem_bytes: &[u8]) -> Result<PublicKeyInfo, PkiError> {
+pub(crate) fn parse_public_key(file: &str, pem_bytes: &[u8]) -> Result<PublicKeyInfo, PkiError> {
     precheck(file, pem_bytes)?;
     let spki = SubjectPublicKeyInfoDer::from_pem_slice(pem_bytes)
         .map_err(|e| pem_error(file, pem_bytes, e, "PUBLIC KEY"))?;
@@ -239,7 +239,7 @@ pub fn parse_public_key(file: &str, pem_bytes: &[u8]) -> Result<PublicKeyInfo, P
 
 /// Parses the first certificate, private key or public key in `pem_bytes`, whichever comes
 /// first; for `pki inspect`, which does not know what a file should be.
-pub fn parse_any(file: &str, pem_bytes: &[u8]) -> Result<Parsed, PkiError> {
+pub(crate) fn parse_any(file: &str, pem_bytes: &[u8]) -> Result<Parsed, PkiError> {
     precheck(file, pem_bytes)?;
     for section in <(pem::SectionKind, Vec<u8>)>::pem_slice_iter(pem_bytes) {
         let (kind, der) = section.map_err(|e| pem_error(file, pem_bytes, e, ""))?;

@@ -87,9 +87,6 @@ impl std::str::FromStr for Ca {
     }
 }
 
-/// kubeadm's CA lifetime, the default of `--validity`.
-pub const DEFAULT_VALIDITY: time::Duration = time::Duration::days(365 * 10);
-
 /// What `renew-ca` does.
 #[derive(Debug, Clone)]
 pub struct RenewOptions {
@@ -155,7 +152,7 @@ fn read(dir: &Path, name: &str) -> Result<Vec<u8>, PkiError> {
 /// Re-issues one CA certificate (`cert_pem`, named `file`) with its key `key_pem`: same raw
 /// subject, public key and extensions, a new serial, validity `now - 5 min` .. `now + validity`.
 /// Pure: reads and writes nothing.
-pub fn reissue(
+pub(crate) fn reissue(
     file: &str,
     cert_pem: &[u8],
     key_file: &str,
@@ -519,7 +516,7 @@ pub struct CaStatus {
 }
 
 /// The status of each CA among `files` (name → bytes), judged at `now`.
-pub fn ca_status(files: &[super::PkiFile], now: OffsetDateTime) -> Vec<CaStatus> {
+pub(crate) fn ca_status(files: &[super::PkiFile], now: OffsetDateTime) -> Vec<CaStatus> {
     let get = |n: &str| files.iter().find(|f| f.name == n).map(|f| f.bytes.as_slice());
     Ca::ALL
         .into_iter()
@@ -554,7 +551,7 @@ pub fn ca_status(files: &[super::PkiFile], now: OffsetDateTime) -> Vec<CaStatus>
 
 /// How an incoming CA certificate relates to the one a node holds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Reissue {
+pub(crate) enum Reissue {
     /// Not a same-key re-issue (another subject or key, not a CA, unreadable): a different CA.
     No,
     /// Same subject and public key, both CAs, and a later notAfter: safe to install.
@@ -564,7 +561,7 @@ pub enum Reissue {
 }
 
 /// Whether `incoming` is a same-key re-issue of `installed` (both PEM).
-pub fn classify_reissue(installed: &[u8], incoming: &[u8]) -> Reissue {
+pub(crate) fn classify_reissue(installed: &[u8], incoming: &[u8]) -> Reissue {
     let (Ok(old), Ok(new)) = (
         parse::parse_certificate("installed", installed),
         parse::parse_certificate("incoming", incoming),

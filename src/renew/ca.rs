@@ -19,7 +19,7 @@ use crate::transport::{Target, Transport};
 #[derive(Debug, thiserror::Error)]
 pub enum RenewCaError {
     #[error("could not read the CAs on the first master {node}: {reason}")]
-    Read { node: String, reason: crate::node::NodeError },
+    Read { node: String, reason: Box<crate::node::NodeError> },
     #[error(
         "{node} holds no {file}: a same-key re-issue needs the CA's certificate and key there"
     )]
@@ -89,8 +89,10 @@ pub fn run(
     transport: &dyn Transport,
     opts: &RemoteCaOptions,
 ) -> Result<RemoteCaReport, RenewCaError> {
-    let read =
-        |reason: crate::node::NodeError| RenewCaError::Read { node: first.name.clone(), reason };
+    let read = |reason: crate::node::NodeError| RenewCaError::Read {
+        node: first.name.clone(),
+        reason: Box::new(reason),
+    };
     let mut session = transport.connect(first).map_err(|e| read(e.into()))?;
     let files = node::read_shared_files(session.as_mut(), &opts.paths).map_err(read)?;
     let get = |name: &str| {

@@ -14,7 +14,7 @@
 //! before); this module decides.
 
 pub mod ca;
-pub mod snapshot;
+pub(crate) mod snapshot;
 
 use std::time::{Duration, Instant};
 
@@ -38,7 +38,7 @@ pub fn script() -> String {
 }
 
 /// What `kubeadm certs renew` accepts besides `all` (kubeadm v1.20's names).
-pub const KUBEADM_CERTS: [&str; 10] = [
+pub(crate) const KUBEADM_CERTS: [&str; 10] = [
     "admin.conf",
     "apiserver",
     "apiserver-etcd-client",
@@ -387,7 +387,7 @@ fn not_after(c: &ParsedCert) -> String {
 
 /// Served certificate against file for every port that answered (after, or before for a
 /// probe), with `before` to tell a restart of a self-signed server.
-pub fn served_checks(
+pub(crate) fn served_checks(
     now: &Snapshot,
     before: Option<&Snapshot>,
     pki: &str,

@@ -32,7 +32,7 @@ pub struct Snapshot {
 
 /// The whole output: the snapshots and the steps (Unix time, what).
 #[derive(Debug, Clone, Default)]
-pub struct ScriptOutput {
+pub(crate) struct ScriptOutput {
     pub before: Snapshot,
     pub after: Option<Snapshot>,
     pub steps: Vec<(i64, String)>,
@@ -46,7 +46,7 @@ enum Open {
 
 /// Parses the script's stdout; a line it does not understand is ignored (the node's text is
 /// never trusted to be well formed, and nothing in it is executed).
-pub fn parse(out: &[u8]) -> ScriptOutput {
+pub(crate) fn parse(out: &[u8]) -> ScriptOutput {
     let text = String::from_utf8_lossy(out);
     let mut res = ScriptOutput::default();
     let mut snap: Option<Snapshot> = None;

@@ -113,105 +113,138 @@ impl BuiltinTransport {
         }
     }
 
+    /// Tries ssh-agent (unless identities were given explicitly), then each identity file in
+    /// order; the error lists what was tried and how to fix it.
     fn authenticate(
         &self,
         sess: &ssh2::Session,
         r: &Resolved,
         display: &str,
     ) -> Result<(), TransportError> {
-        let mut tried: Vec<String> = Vec::new();
-        let mut encrypted_skipped: Vec<PathBuf> = Vec::new();
-        if self.use_agent && !r.explicit && std::env::var_os("SSH_AUTH_SOCK").is_some() {
-            if let Ok(mut agent) = sess.agent() {
-                if agent.connect().is_ok() && agent.list_identities().is_ok() {
-                    let ids = agent.identities().unwrap_or_default();
-                    tried.push(format!("ssh-agent ({} keys)", ids.len()));
-                    for id in ids {
-                        if agent.userauth(&r.user, &id).is_ok() && sess.authenticated() {
-                            let _ = agent.disconnect();
-                            return Ok(());
-                        }
-                    }
-                    let _ = agent.disconnect();
-                }
-            }
+        let mut a = Attempts::default();
+        if self.use_agent
+            && !r.explicit
+            && std::env::var_os("SSH_AUTH_SOCK").is_some()
+            && try_agent(sess, &r.user, &mut a)
+        {
+            return Ok(());
         }
         for path in &r.identities {
-            let text = match std::fs::read_to_string(path) {
-                Ok(t) => t,
-                Err(e) if e.kind() == ErrorKind::NotFound && !r.explicit => continue,
-                Err(e) => {
-                    return Err(TransportError::Auth {
-                        host: display.to_owned(),
-                        user: r.user.clone(),
-                        tried: path.display().to_string(),
-                        hint: format!(
-                            "cannot read identity {}: {e}; fix --identity",
-                            path.display()
-                        ),
-                    })
-                }
-            };
-            let passphrase = if is_encrypted(&text) {
-                match self.passphrase.as_ref().and_then(|f| f(path)) {
-                    Some(p) => Some(p),
-                    None => {
-                        encrypted_skipped.push(path.clone());
-                        tried.push(format!("{} (encrypted, skipped)", path.display()));
-                        continue;
-                    }
-                }
-            } else {
-                None
-            };
-            tried.push(path.display().to_string());
-            match sess.userauth_pubkey_memory(&r.user, None, &text, passphrase.as_deref()) {
-                Ok(()) if sess.authenticated() => return Ok(()),
-                Ok(()) => {}
-                Err(e) => match session_code(&e) {
-                    Some(ERR_AUTH_FAILED | ERR_PUBKEY_UNVERIFIED) => {}
-                    Some(ERR_FILE) if passphrase.is_some() => {
-                        return Err(TransportError::Auth {
-                            host: display.to_owned(),
-                            user: r.user.clone(),
-                            tried: path.display().to_string(),
-                            hint: format!(
-                                "cannot decrypt {} (wrong passphrase?); try again or load the key with ssh-add",
-                                path.display()
-                            ),
-                        })
-                    }
-                    Some(ERR_TIMEOUT) => {
-                        return Err(TransportError::Timeout {
-                            host: display.to_owned(),
-                            what: "authenticating".to_owned(),
-                            after: Duration::from_millis(u64::from(sess.timeout())),
-                        })
-                    }
-                    _ => tried.push(format!("({})", e.message())),
-                },
+            if self.try_identity(sess, r, display, path, &mut a)? {
+                return Ok(());
             }
         }
-        let hint = if !encrypted_skipped.is_empty() {
-            format!(
-                "{} is encrypted and no passphrase was available; run hapki on a terminal or load the key with `ssh-add {}`",
-                encrypted_skipped[0].display(),
-                encrypted_skipped[0].display()
-            )
-        } else if tried.is_empty() {
-            "no identity found; pass --identity FILE or start ssh-agent".to_owned()
-        } else {
-            format!(
-                "pass --identity FILE (and --user), or add the public key to {}'s authorized_keys on the node",
-                r.user
-            )
-        };
         Err(TransportError::Auth {
             host: display.to_owned(),
             user: r.user.clone(),
-            tried: if tried.is_empty() { "nothing".to_owned() } else { tried.join(", ") },
-            hint,
+            hint: a.hint(&r.user),
+            tried: if a.tried.is_empty() { "nothing".to_owned() } else { a.tried.join(", ") },
         })
+    }
+
+    /// Offers one identity file; `Ok(true)` once authenticated. A missing default key is
+    /// skipped; so is an encrypted one without a passphrase (noted for the hint).
+    fn try_identity(
+        &self,
+        sess: &ssh2::Session,
+        r: &Resolved,
+        display: &str,
+        path: &Path,
+        a: &mut Attempts,
+    ) -> Result<bool, TransportError> {
+        let text = match std::fs::read_to_string(path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == ErrorKind::NotFound && !r.explicit => return Ok(false),
+            Err(e) => {
+                let hint = format!("cannot read identity {}: {e}; fix --identity", path.display());
+                return Err(auth_error(display, r, path, hint));
+            }
+        };
+        let passphrase = if is_encrypted(&text) {
+            match self.passphrase.as_ref().and_then(|f| f(path)) {
+                Some(p) => Some(p),
+                None => {
+                    a.encrypted_skipped.push(path.to_path_buf());
+                    a.tried.push(format!("{} (encrypted, skipped)", path.display()));
+                    return Ok(false);
+                }
+            }
+        } else {
+            None
+        };
+        a.tried.push(path.display().to_string());
+        let Err(e) = sess.userauth_pubkey_memory(&r.user, None, &text, passphrase.as_deref())
+        else {
+            return Ok(sess.authenticated());
+        };
+        match session_code(&e) {
+            Some(ERR_AUTH_FAILED | ERR_PUBKEY_UNVERIFIED) => Ok(false),
+            Some(ERR_FILE) if passphrase.is_some() => {
+                let hint = format!(
+                    "cannot decrypt {} (wrong passphrase?); try again or load the key with ssh-add",
+                    path.display()
+                );
+                Err(auth_error(display, r, path, hint))
+            }
+            Some(ERR_TIMEOUT) => Err(TransportError::Timeout {
+                host: display.to_owned(),
+                what: "authenticating".to_owned(),
+                after: Duration::from_millis(u64::from(sess.timeout())),
+            }),
+            _ => {
+                a.tried.push(format!("({})", e.message()));
+                Ok(false)
+            }
+        }
+    }
+}
+
+/// What authentication tried, for the error when nothing worked.
+#[derive(Default)]
+struct Attempts {
+    tried: Vec<String>,
+    encrypted_skipped: Vec<PathBuf>,
+}
+
+impl Attempts {
+    fn hint(&self, user: &str) -> String {
+        if let Some(first) = self.encrypted_skipped.first() {
+            format!(
+                "{} is encrypted and no passphrase was available; run hapki on a terminal or load the key with `ssh-add {}`",
+                first.display(),
+                first.display()
+            )
+        } else if self.tried.is_empty() {
+            "no identity found; pass --identity FILE or start ssh-agent".to_owned()
+        } else {
+            format!(
+                "pass --identity FILE (and --user), or add the public key to {user}'s authorized_keys on the node"
+            )
+        }
+    }
+}
+
+/// Offers every key ssh-agent holds; whether one was accepted.
+fn try_agent(sess: &ssh2::Session, user: &str, a: &mut Attempts) -> bool {
+    let Ok(mut agent) = sess.agent() else {
+        return false;
+    };
+    if agent.connect().is_err() || agent.list_identities().is_err() {
+        return false;
+    }
+    let ids = agent.identities().unwrap_or_default();
+    a.tried.push(format!("ssh-agent ({} keys)", ids.len()));
+    let ok = ids.iter().any(|id| agent.userauth(user, id).is_ok() && sess.authenticated());
+    let _ = agent.disconnect();
+    ok
+}
+
+fn auth_error(display: &str, r: &Resolved, path: &Path, hint: String) -> TransportError {
+    TransportError::Auth {
+        host: display.to_owned(),
+        user: r.user.clone(),
+        tried: path.display().to_string(),
+        hint,
     }
 }
 
@@ -328,7 +361,11 @@ fn handshake(
 
 /// Fetches the host key a node presents (handshake only; nothing is authenticated or run).
 /// Used to show the fingerprint of an unknown host.
-pub fn probe_host_key(host: &str, port: u16, timeout: Duration) -> Result<Vec<u8>, TransportError> {
+pub(crate) fn probe_host_key(
+    host: &str,
+    port: u16,
+    timeout: Duration,
+) -> Result<Vec<u8>, TransportError> {
     let (sess, _tcp) =
         handshake(host, port, DEFAULT_HOST_KEY_PREFS, timeout).map_err(|(e, _)| *e)?;
     sess.host_key().map(|(k, _)| k.to_vec()).ok_or_else(|| TransportError::Protocol {
@@ -528,128 +565,85 @@ impl Session for BuiltinSession {
         stdout: &mut (dyn Write + Send),
     ) -> Result<RemoteOutput, TransportError> {
         let cmd = remote_command(script, args, self.target.become_)?;
+        let mut ch = self.start_command(&cmd)?;
+        // Pump stdin, stdout and stderr together without blocking: a remote that writes a lot
+        // before reading its input must not deadlock against our writes.
+        self.sess.set_blocking(false);
+        let mut pump = Pump::new();
+        let result = self.pump(&mut ch, &mut pump, stdin, stdout);
+        self.sess.set_blocking(true);
+        result?;
+        self.finish(&mut ch, pump.errbuf)
+    }
+}
+
+impl BuiltinSession {
+    /// Opens a channel and starts `cmd` on it (blocking, bounded by [`Self::dead_after`]).
+    fn start_command(&self, cmd: &str) -> Result<ssh2::Channel, TransportError> {
         self.sess.set_blocking(true);
         self.sess.set_timeout(self.dead_after().as_millis().min(u128::from(u32::MAX)) as u32);
         let mut ch =
             self.sess.channel_session().map_err(|e| self.proto("opening a channel", &e))?;
-        ch.exec(&cmd).map_err(|e| self.proto("starting the command", &e))?;
+        ch.exec(cmd).map_err(|e| self.proto("starting the command", &e))?;
+        Ok(ch)
+    }
 
-        // Pump stdin, stdout and stderr together without blocking: a remote that writes a lot
-        // before reading its input must not deadlock against our writes.
-        self.sess.set_blocking(false);
-        let mut inbuf = vec![0u8; 64 * 1024];
-        let (mut start, mut end) = (0usize, 0usize);
-        let mut stdin_done = false;
-        let mut eof_sent = false;
-        let mut readbuf = vec![0u8; 64 * 1024];
-        let mut errbuf = StderrBuf::new();
-        let mut last_inbound = Instant::now();
-        // Every byte either way resets it; a flood is stopped by the sinks' caps instead.
-        let mut last_progress = Instant::now();
-        let io_err = |what: &str, e: std::io::Error| TransportError::Io {
-            host: self.display.clone(),
-            what: what.to_owned(),
-            source: e,
-        };
-        let result = loop {
-            let mut progress = false;
-            if !stdin_done && start == end {
-                match stdin.read(&mut inbuf) {
-                    Ok(0) => stdin_done = true,
-                    Ok(n) => (start, end) = (0, n),
-                    Err(e) if e.kind() == ErrorKind::Interrupted => {}
-                    Err(e) => break Err(io_err("reading the input to send", e)),
-                }
-            }
-            if start < end {
-                match ch.write(&inbuf[start..end]) {
-                    Ok(n) => {
-                        start += n;
-                        progress |= n > 0;
-                    }
-                    Err(e) if would_block(&e) => {}
-                    // The command stopped reading (exited or closed stdin): drop the rest.
-                    Err(_) => {
-                        (start, end) = (0, 0);
-                        stdin_done = true;
-                    }
-                }
-            }
-            if stdin_done && start == end && !eof_sent {
-                match ch.send_eof() {
-                    Ok(()) => {
-                        eof_sent = true;
-                        progress = true;
-                    }
-                    Err(e) if session_code(&e) == Some(ERR_EAGAIN) => {}
-                    Err(e)
-                        if matches!(
-                            session_code(&e),
-                            Some(ERR_CHANNEL_CLOSED | ERR_CHANNEL_EOF_SENT)
-                        ) =>
-                    {
-                        eof_sent = true
-                    }
-                    Err(e) => break Err(self.proto("closing the input", &e)),
-                }
-            }
-            let mut failed = None;
-            for (stream_id, sink) in
-                [(0, &mut *stdout as &mut dyn Write), (1, &mut errbuf as &mut dyn Write)]
-            {
-                let mut s = ch.stream(stream_id);
-                loop {
-                    match s.read(&mut readbuf) {
-                        Ok(0) => break,
-                        Ok(n) => {
-                            progress = true;
-                            last_inbound = Instant::now();
-                            if let Err(e) = sink.write_all(&readbuf[..n]) {
-                                failed = Some(output_error(&self.display, e));
-                                break;
-                            }
-                        }
-                        Err(e) if would_block(&e) => break,
-                        Err(e) => {
-                            failed = Some(TransportError::Protocol {
-                                host: self.display.clone(),
-                                what: "reading the command's output".to_owned(),
-                                message: e.to_string(),
-                            });
-                            break;
-                        }
-                    }
-                }
-            }
-            if let Some(e) = failed {
-                break Err(e);
-            }
+    /// Moves bytes both ways until the command's output ends, the node stops answering or
+    /// nothing moves for the idle timeout.
+    fn pump(
+        &self,
+        ch: &mut ssh2::Channel,
+        p: &mut Pump,
+        stdin: &mut (dyn Read + Send),
+        stdout: &mut (dyn Write + Send),
+    ) -> Result<(), TransportError> {
+        loop {
+            let mut progress = p.send_input(ch, stdin).map_err(|e| TransportError::Io {
+                host: self.display.clone(),
+                what: "reading the input to send".to_owned(),
+                source: e,
+            })?;
+            progress |= p.close_input(ch).map_err(|e| self.proto("closing the input", &e))?;
+            progress |= p.drain_output(ch, stdout, &self.display)?;
             if ch.eof() {
-                break Ok(());
+                return Ok(());
             }
             if progress {
-                last_progress = Instant::now();
-            } else if last_progress.elapsed() >= self.target.idle_timeout {
-                break Err(TransportError::Idle {
-                    host: self.display.clone(),
-                    after: self.target.idle_timeout,
-                });
+                p.last_progress = Instant::now();
+            } else {
+                self.wait_idle(p)?;
             }
-            if !progress {
-                let left = self.target.idle_timeout.saturating_sub(last_progress.elapsed());
-                let ka = self.target.keepalive.min(left).max(Duration::from_millis(100));
-                if self.wait_socket(ka) {
-                    last_inbound = Instant::now();
-                } else if last_inbound.elapsed() >= self.dead_after() && !self.heard_lately() {
-                    break Err(self.timeout("running a command"));
-                } else {
-                    // Unanswered probes leave the socket silent; an alive idle node answers.
-                    let _ = self.sess.keepalive_send();
-                }
-            }
-        };
-        self.sess.set_blocking(true);
-        result?;
+        }
+    }
+
+    /// Nothing moved: fails after the idle timeout, or when the node is gone; otherwise waits
+    /// for the socket up to one keepalive interval and probes the node.
+    fn wait_idle(&self, p: &mut Pump) -> Result<(), TransportError> {
+        if p.last_progress.elapsed() >= self.target.idle_timeout {
+            return Err(TransportError::Idle {
+                host: self.display.clone(),
+                after: self.target.idle_timeout,
+            });
+        }
+        let left = self.target.idle_timeout.saturating_sub(p.last_progress.elapsed());
+        let ka = self.target.keepalive.min(left).max(Duration::from_millis(100));
+        if self.wait_socket(ka) {
+            p.last_inbound = Instant::now();
+        } else if p.last_inbound.elapsed() >= self.dead_after() && !self.heard_lately() {
+            return Err(self.timeout("running a command"));
+        } else {
+            // Unanswered probes leave the socket silent; an alive idle node answers.
+            let _ = self.sess.keepalive_send();
+        }
+        Ok(())
+    }
+
+    /// Waits for the channel to close and reads how the command ended.
+    fn finish(
+        &self,
+        ch: &mut ssh2::Channel,
+        errbuf: StderrBuf,
+    ) -> Result<RemoteOutput, TransportError> {
         ch.wait_close().map_err(|e| self.proto("waiting for the command to finish", &e))?;
         let signal = ch.exit_signal().ok().and_then(|s| s.exit_signal);
         let code = if signal.is_some() {
@@ -659,6 +653,135 @@ impl Session for BuiltinSession {
         };
         let stderr = super::escape_stderr(&errbuf.into_vec());
         Ok(RemoteOutput { code, signal, stdout: Vec::new(), stderr })
+    }
+}
+
+/// One command's non-blocking pump state: input read but not yet sent, and when bytes last
+/// moved.
+struct Pump {
+    inbuf: Vec<u8>,
+    /// `inbuf[start..end]` is read from stdin and not yet written to the channel.
+    start: usize,
+    end: usize,
+    stdin_done: bool,
+    eof_sent: bool,
+    readbuf: Vec<u8>,
+    errbuf: StderrBuf,
+    last_inbound: Instant,
+    /// Every byte either way resets it; a flood is stopped by the sinks' caps instead.
+    last_progress: Instant,
+}
+
+impl Pump {
+    fn new() -> Pump {
+        Pump {
+            inbuf: vec![0u8; 64 * 1024],
+            start: 0,
+            end: 0,
+            stdin_done: false,
+            eof_sent: false,
+            readbuf: vec![0u8; 64 * 1024],
+            errbuf: StderrBuf::new(),
+            last_inbound: Instant::now(),
+            last_progress: Instant::now(),
+        }
+    }
+
+    /// Reads more input when none is pending and writes what the channel takes now; returns
+    /// whether bytes were written. Only a failure to read the input is an error.
+    fn send_input(
+        &mut self,
+        ch: &mut ssh2::Channel,
+        stdin: &mut (dyn Read + Send),
+    ) -> std::io::Result<bool> {
+        if !self.stdin_done && self.start == self.end {
+            match stdin.read(&mut self.inbuf) {
+                Ok(0) => self.stdin_done = true,
+                Ok(n) => (self.start, self.end) = (0, n),
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        if self.start == self.end {
+            return Ok(false);
+        }
+        match ch.write(&self.inbuf[self.start..self.end]) {
+            Ok(n) => {
+                self.start += n;
+                Ok(n > 0)
+            }
+            Err(e) if would_block(&e) => Ok(false),
+            // The command stopped reading (exited or closed stdin): drop the rest.
+            Err(_) => {
+                (self.start, self.end) = (0, 0);
+                self.stdin_done = true;
+                Ok(false)
+            }
+        }
+    }
+
+    /// Sends EOF once all input is written; returns whether it was sent by this call.
+    fn close_input(&mut self, ch: &mut ssh2::Channel) -> Result<bool, ssh2::Error> {
+        if !self.stdin_done || self.start != self.end || self.eof_sent {
+            return Ok(false);
+        }
+        match ch.send_eof() {
+            Ok(()) => {
+                self.eof_sent = true;
+                Ok(true)
+            }
+            Err(e) if session_code(&e) == Some(ERR_EAGAIN) => Ok(false),
+            Err(e)
+                if matches!(session_code(&e), Some(ERR_CHANNEL_CLOSED | ERR_CHANNEL_EOF_SENT)) =>
+            {
+                self.eof_sent = true;
+                Ok(false)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Copies what is available on stdout (into `stdout`) and stderr (into the capped buffer);
+    /// returns whether anything arrived. A sink's refusal (a cap) ends the command.
+    fn drain_output(
+        &mut self,
+        ch: &mut ssh2::Channel,
+        stdout: &mut (dyn Write + Send),
+        host: &str,
+    ) -> Result<bool, TransportError> {
+        let mut progress = false;
+        let mut failed = None;
+        for (stream_id, sink) in
+            [(0, &mut *stdout as &mut dyn Write), (1, &mut self.errbuf as &mut dyn Write)]
+        {
+            let mut s = ch.stream(stream_id);
+            loop {
+                match s.read(&mut self.readbuf) {
+                    Ok(0) => break,
+                    Ok(n) => {
+                        progress = true;
+                        self.last_inbound = Instant::now();
+                        if let Err(e) = sink.write_all(&self.readbuf[..n]) {
+                            failed = Some(output_error(host, e));
+                            break;
+                        }
+                    }
+                    Err(e) if would_block(&e) => break,
+                    Err(e) => {
+                        failed = Some(TransportError::Protocol {
+                            host: host.to_owned(),
+                            what: "reading the command's output".to_owned(),
+                            message: e.to_string(),
+                        });
+                        break;
+                    }
+                }
+            }
+        }
+        match failed {
+            Some(e) => Err(e),
+            None => Ok(progress),
+        }
     }
 }
 

@@ -2,7 +2,7 @@
 //! entries, `[host]:port`, wildcards and negations, `@revoked`) and the decision a presented key
 //! gets: known, unknown, changed or revoked. Unknown and changed keys are refused, never added.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use base64::engine::general_purpose::STANDARD;
 use base64::engine::general_purpose::STANDARD_NO_PAD;
@@ -29,14 +29,13 @@ enum HostField {
 
 /// The keys a known_hosts file holds.
 #[derive(Debug, Clone, Default)]
-pub struct KnownHosts {
-    path: PathBuf,
+pub(crate) struct KnownHosts {
     entries: Vec<Entry>,
 }
 
 /// What the presented host key is, relative to known_hosts.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Verdict {
+pub(crate) enum Verdict {
     /// A listed key for this host.
     Known,
     /// No key of this type is listed for this host.
@@ -48,7 +47,7 @@ pub enum Verdict {
 }
 
 /// How known_hosts names a host: plain on port 22, `[host]:port` otherwise (as OpenSSH writes it).
-pub fn lookup_name(host: &str, port: u16) -> String {
+pub(crate) fn lookup_name(host: &str, port: u16) -> String {
     if port == 22 {
         host.to_owned()
     } else {
@@ -57,12 +56,12 @@ pub fn lookup_name(host: &str, port: u16) -> String {
 }
 
 /// `SHA256:…` of a public key blob, as `ssh-keygen -l` prints it.
-pub fn fingerprint(blob: &[u8]) -> String {
+pub(crate) fn fingerprint(blob: &[u8]) -> String {
     format!("SHA256:{}", STANDARD_NO_PAD.encode(Sha256::digest(blob)))
 }
 
 /// The key type named inside an SSH public key blob (its first string).
-pub fn blob_key_type(blob: &[u8]) -> Option<String> {
+pub(crate) fn blob_key_type(blob: &[u8]) -> Option<String> {
     let len = u32::from_be_bytes(blob.get(..4)?.try_into().ok()?) as usize;
     let name = blob.get(4..4 + len)?;
     String::from_utf8(name.to_vec()).ok()
@@ -71,23 +70,19 @@ pub fn blob_key_type(blob: &[u8]) -> Option<String> {
 impl KnownHosts {
     /// Reads `path`. A missing file is empty (every host is then unknown); lines this reader does
     /// not understand (markers like `@cert-authority`, bad base64) are skipped, as ssh does.
-    pub fn load(path: &Path) -> std::io::Result<KnownHosts> {
+    pub(crate) fn load(path: &Path) -> std::io::Result<KnownHosts> {
         let text = match std::fs::read_to_string(path) {
             Ok(t) => t,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
             Err(e) => return Err(e),
         };
-        Ok(KnownHosts::parse(&text, path))
+        Ok(KnownHosts::parse(&text))
     }
 
-    /// Parses known_hosts text; `path` only names it in messages.
-    pub fn parse(text: &str, path: &Path) -> KnownHosts {
+    /// Parses known_hosts text.
+    pub(crate) fn parse(text: &str) -> KnownHosts {
         let entries = text.lines().enumerate().filter_map(|(i, l)| parse_line(i + 1, l)).collect();
-        KnownHosts { path: path.to_owned(), entries }
-    }
-
-    pub fn path(&self) -> &Path {
-        &self.path
+        KnownHosts { entries }
     }
 
     fn matching(&self, host: &str, port: u16) -> impl Iterator<Item = &Entry> {
@@ -98,7 +93,7 @@ impl KnownHosts {
     /// Key types listed (not revoked) for this host, in the order the built-in client should
     /// prefer them: pinning the negotiation to these is what makes "changed" detectable, and
     /// stops a server from steering us to a type we have no key for.
-    pub fn key_types(&self, host: &str, port: u16) -> Vec<String> {
+    pub(crate) fn key_types(&self, host: &str, port: u16) -> Vec<String> {
         let mut types: Vec<String> = Vec::new();
         for e in self.matching(host, port).filter(|e| !e.revoked && !e.cert_authority) {
             if !types.contains(&e.key_type) {
@@ -110,7 +105,7 @@ impl KnownHosts {
     }
 
     /// Decides on the key `blob` the node presented.
-    pub fn check(&self, host: &str, port: u16, blob: &[u8]) -> Verdict {
+    pub(crate) fn check(&self, host: &str, port: u16, blob: &[u8]) -> Verdict {
         let key_type = blob_key_type(blob).unwrap_or_default();
         let mut same_type_lines = Vec::new();
         for e in self.matching(host, port).filter(|e| !e.cert_authority) {
@@ -138,7 +133,7 @@ impl KnownHosts {
 impl KnownHosts {
     /// The first `@cert-authority` line for this host, if any: its keys are vouched for by SSH
     /// host certificates, which only the OpenSSH backend checks.
-    pub fn cert_authority_line(&self, host: &str, port: u16) -> Option<usize> {
+    pub(crate) fn cert_authority_line(&self, host: &str, port: u16) -> Option<usize> {
         self.matching(host, port).find(|e| e.cert_authority).map(|e| e.line)
     }
 }
@@ -155,7 +150,7 @@ fn type_rank(t: &str) -> u8 {
 }
 
 /// libssh2 host-key method names that verify a key of type `key_type`.
-pub fn host_key_methods(key_type: &str) -> &'static [&'static str] {
+pub(crate) fn host_key_methods(key_type: &str) -> &'static [&'static str] {
     match key_type {
         "ssh-ed25519" => &["ssh-ed25519"],
         "ecdsa-sha2-nistp256" => &["ecdsa-sha2-nistp256"],
@@ -310,7 +305,7 @@ mod tests {
             "{hashed}# comment\n\n*.example.com,!bad.example.com {k2}\n@cert-authority * {k1}\n\
              @revoked 10.0.0.9 {k2}\n10.0.0.9 {k1}\ngarbage line\n10.0.0.5 ssh-ed25519 AAAA!!\n"
         );
-        let khs = KnownHosts::parse(&text, &kh);
+        let khs = KnownHosts::parse(&text);
 
         assert_eq!(khs.check("10.0.0.1", 22, &b1), Verdict::Known);
         assert_eq!(khs.check("10.0.0.1", 22, &b2), Verdict::Changed { lines: vec![1] });

@@ -7,13 +7,13 @@
 //! [`options`] holds the one precedence between command-line options, the inventory and the
 //! client configuration.
 //!
-//! Host-key policy lives in one place ([`known_hosts`]): unknown or changed keys are refused,
+//! Host-key policy lives in one place (`known_hosts`): unknown or changed keys are refused,
 //! never added, and on a changed key nothing is sent. Inventory values never reach a remote shell
 //! unquoted: a script is a fixed string of ours, and every value is a positional argument
-//! (`$1`, `$2`, …) passed through [`shell_quote`].
+//! (`$1`, `$2`, …) passed through `shell_quote`.
 
 pub mod builtin;
-pub mod known_hosts;
+pub(crate) mod known_hosts;
 pub mod openssh;
 pub mod options;
 pub mod ssh_config;
@@ -67,23 +67,23 @@ impl Target {
 }
 
 /// `--connect-timeout` default.
-pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+pub(crate) const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Keepalive probe interval (OpenSSH's ServerAliveInterval); a node is declared gone after
 /// three unanswered probes, as with ServerAliveCountMax=3.
-pub const DEFAULT_KEEPALIVE: Duration = Duration::from_secs(5);
+pub(crate) const DEFAULT_KEEPALIVE: Duration = Duration::from_secs(5);
 /// `--idle-timeout` default: generous, because a node's facts hash every artifact already at its
 /// destination before printing it (minutes for tens of GiB), and a node of a streaming push may
 /// wait for the slowest node's facts before its data flows.
-pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(15 * 60);
+pub(crate) const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(15 * 60);
 /// At most this much stderr is kept from a remote command (the last bytes: the error a script
 /// prints as it gives up is what matters).
-pub const STDERR_LIMIT: usize = 64 * 1024;
+pub(crate) const STDERR_LIMIT: usize = 64 * 1024;
 /// A command whose stderr exceeds this is ended at once and fails: it is read while it arrives,
 /// so a node that floods it costs nothing but this count.
-pub const STDERR_MAX: u64 = 4 * 1024 * 1024;
+pub(crate) const STDERR_MAX: u64 = 4 * 1024 * 1024;
 /// At most this much stdout is captured by [`Session::run`] (facts are at most 8 MiB); more ends
 /// the command at once and fails it. [`Session::run_streaming`]'s sink sets its own caps.
-pub const STDOUT_LIMIT: usize = 16 * 1024 * 1024;
+pub(crate) const STDOUT_LIMIT: usize = 16 * 1024 * 1024;
 
 /// Opens sessions to nodes. Implementations are shared across the threads of a parallel run.
 pub trait Transport: Send + Sync {
@@ -107,7 +107,7 @@ pub trait Session: Send {
         stdout: &mut (dyn Write + Send),
     ) -> Result<RemoteOutput, TransportError>;
 
-    /// Like [`Session::run_streaming`], capturing stdout (up to [`STDOUT_LIMIT`]).
+    /// Like [`Session::run_streaming`], capturing stdout (up to `STDOUT_LIMIT`).
     fn run(
         &mut self,
         script: &str,
@@ -135,7 +135,7 @@ pub struct RemoteOutput {
     /// The signal name (`TERM`, `KILL`, …) if it died of one.
     pub signal: Option<String>,
     pub stdout: Vec<u8>,
-    /// At most [`STDERR_LIMIT`] bytes.
+    /// At most `STDERR_LIMIT` bytes.
     pub stderr: Vec<u8>,
 }
 
@@ -289,7 +289,7 @@ impl Backend {
 
 /// The first executable regular file called `name` in the directories of `PATH`, as a shell
 /// would find it.
-pub fn find_on_path(name: &str) -> Option<PathBuf> {
+pub(crate) fn find_on_path(name: &str) -> Option<PathBuf> {
     use std::os::unix::fs::PermissionsExt;
     let path = std::env::var_os("PATH")?;
     std::env::split_paths(&path).filter(|d| !d.as_os_str().is_empty()).find_map(|d| {
@@ -333,7 +333,7 @@ pub fn transport(backend: Backend) -> Result<Box<dyn Transport>, TransportError>
 
 /// Quotes `s` for a POSIX shell: the result is one word whose value is exactly `s`.
 /// Single quotes protect everything except `'` itself, which becomes `'\''`.
-pub fn shell_quote(s: &str) -> String {
+pub(crate) fn shell_quote(s: &str) -> String {
     let mut out = String::with_capacity(s.len() + 2);
     out.push('\'');
     for c in s.chars() {
@@ -355,7 +355,7 @@ pub fn shell_quote(s: &str) -> String {
 /// and install, ~34 KB once quoted) no longer fits; packed it is about a third, and every node
 /// receives fewer bytes. `base64` (coreutils) and `gzip` are on every node kubeadm supports; a
 /// node without them fails with a message naming them (exit 127), never by running nothing.
-pub fn remote_command(
+pub(crate) fn remote_command(
     script: &str,
     args: &[&str],
     become_: bool,
@@ -433,7 +433,7 @@ where
 /// A sink's refusal of more output: carried inside the `io::Error` a sink returns, so that the
 /// transport reports [`TransportError::TooMuchOutput`] and ends the command at once.
 #[derive(Debug)]
-pub struct CapExceeded {
+pub(crate) struct CapExceeded {
     /// Which output: `stdout`, `stderr`, `facts (stdout)`…
     pub stream: String,
     pub cap: u64,

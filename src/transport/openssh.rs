@@ -11,9 +11,9 @@
 
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::mpsc::RecvTimeoutError;
+use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::time::{Duration, Instant};
 
 use super::builtin::{probe_host_key, unknown_host_error};
@@ -259,23 +259,7 @@ impl Session for OpensshSession {
         stdout: &mut (dyn Write + Send),
     ) -> Result<RemoteOutput, TransportError> {
         let cmd = remote_command(script, args, self.target.become_)?;
-        let host = self.target.host.clone();
-        let io = |what: &str, e: std::io::Error| TransportError::Io {
-            host: host.clone(),
-            what: what.to_owned(),
-            source: e,
-        };
-        let mut child = Command::new(&self.ssh)
-            .args(common_args(&self.target, self.khc)?)
-            .args(["-o", "ControlMaster=no", "-o"])
-            .arg(format!("ControlPath={}", self.socket.display()))
-            .arg(&self.target.host)
-            .arg(cmd)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .map_err(|e| io(&format!("running {}", self.ssh.display()), e))?;
+        let mut child = self.spawn_client(cmd)?;
         let (Some(mut cin), Some(mut cout), Some(mut cerr)) =
             (child.stdin.take(), child.stdout.take(), child.stderr.take())
         else {
@@ -308,35 +292,8 @@ impl Session for OpensshSession {
         let idle_hit = &idle_hit;
         let idle = self.target.idle_timeout;
         let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
-        let (copy_in, copy_out, errbuf) = std::thread::scope(|s| {
-            let feeder = s.spawn(move || {
-                // A command that exits without reading all its input closes the pipe: not an error.
-                // 256 KiB at a time, not io::copy's 8 KiB: large payloads (artifacts) cost 32×
-                // fewer write(2)s into ssh's pipe.
-                let mut buf = vec![0u8; 256 * 1024];
-                let mut total = 0u64;
-                loop {
-                    let n = match stdin.read(&mut buf) {
-                        Ok(0) => break Ok(total),
-                        Ok(n) => n,
-                        Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {
-                            if output_done.load(Ordering::Acquire) {
-                                break Ok(total);
-                            }
-                            continue;
-                        }
-                        Err(e) => break Err(e),
-                    };
-                    match cin.write_all(&buf[..n]) {
-                        Ok(()) => {
-                            total += n as u64;
-                            touch();
-                        }
-                        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => break Ok(total),
-                        Err(e) => break Err(e),
-                    }
-                }
-            });
+        let ended = std::thread::scope(|s| {
+            let feeder = s.spawn(move || feed_input(stdin, &mut cin, output_done, touch));
             let errs = s.spawn(move || {
                 let mut b = StderrBuf::new();
                 let r = pump(&mut cerr, &mut b, touch);
@@ -345,40 +302,82 @@ impl Session for OpensshSession {
                 }
                 (b.into_vec(), r)
             });
-            s.spawn(move || loop {
-                let quiet = started
-                    .elapsed()
-                    .saturating_sub(Duration::from_millis(last_byte.load(Ordering::Relaxed)));
-                if quiet >= idle {
-                    idle_hit.store(true, Ordering::Release);
-                    kill();
-                    break;
-                }
-                if let Err(RecvTimeoutError::Timeout) = done_rx.recv_timeout(idle - quiet) {
-                    continue;
-                }
-                break;
-            });
+            s.spawn(move || watch_idle(started, last_byte, idle, idle_hit, done_rx, kill));
             let out = pump(&mut cout, stdout, touch);
             if out.is_err() {
                 kill();
             }
             output_done.store(true, Ordering::Release);
-            let joined = (feeder.join(), out, errs.join());
+            let ended = Ended { input: feeder.join(), stdout: out, stderr: errs.join() };
             drop(done_tx);
-            joined
+            ended
         });
-        let status = child.wait().map_err(|e| io("waiting for ssh", e))?;
-        let (errbuf, err_res) = errbuf.unwrap_or_else(|_| (Vec::new(), Ok(())));
+        let host = &self.target.host;
+        let status = child.wait().map_err(|e| TransportError::Io {
+            host: host.clone(),
+            what: "waiting for ssh".to_owned(),
+            source: e,
+        })?;
+        self.outcome(status, ended, idle_hit.load(Ordering::Acquire))
+    }
+}
+
+/// How the three copies of one command ended: input fed (in its thread), stdout, and stderr
+/// (captured, in its thread).
+struct Ended {
+    input: std::thread::Result<std::io::Result<u64>>,
+    stdout: Result<(), PumpError>,
+    stderr: std::thread::Result<(Vec<u8>, Result<(), PumpError>)>,
+}
+
+impl OpensshSession {
+    /// Starts the ssh client for `cmd`, multiplexed over this session's control master.
+    fn spawn_client(&self, cmd: String) -> Result<Child, TransportError> {
+        Command::new(&self.ssh)
+            .args(common_args(&self.target, self.khc)?)
+            .args(["-o", "ControlMaster=no", "-o"])
+            .arg(format!("ControlPath={}", self.socket.display()))
+            .arg(&self.target.host)
+            .arg(cmd)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(|e| TransportError::Io {
+                host: self.target.host.clone(),
+                what: format!("running {}", self.ssh.display()),
+                source: e,
+            })
+    }
+
+    /// The command's result once ssh has exited: the first copy failure, the idle timeout, an
+    /// ssh failure of its own (exit 255 with ssh's message), or the command's exit.
+    fn outcome(
+        &self,
+        status: ExitStatus,
+        ended: Ended,
+        idle_hit: bool,
+    ) -> Result<RemoteOutput, TransportError> {
+        let host = &self.target.host;
+        let (errbuf, err_res) = ended.stderr.unwrap_or_else(|_| (Vec::new(), Ok(())));
         let errbuf = super::escape_stderr(&errbuf);
-        copy_out.map_err(|e| e.into_transport(&host))?;
-        err_res.map_err(|e| e.into_transport(&host))?;
-        if idle_hit.load(Ordering::Acquire) {
-            return Err(TransportError::Idle { host: host.clone(), after: idle });
+        ended.stdout.map_err(|e| e.into_transport(host))?;
+        err_res.map_err(|e| e.into_transport(host))?;
+        if idle_hit {
+            return Err(TransportError::Idle {
+                host: host.clone(),
+                after: self.target.idle_timeout,
+            });
         }
-        match copy_in {
+        match ended.input {
             Ok(Ok(_)) => {}
-            Ok(Err(e)) => return Err(io("sending the input", e)),
+            Ok(Err(e)) => {
+                return Err(TransportError::Io {
+                    host: host.clone(),
+                    what: "sending the input".to_owned(),
+                    source: e,
+                })
+            }
             Err(_) => return Err(TransportError::Invalid("input thread panicked".to_owned())),
         }
         use std::os::unix::process::ExitStatusExt;
@@ -390,6 +389,67 @@ impl Session for OpensshSession {
         }
         let signal = status.signal().map(|s| format!("{s}"));
         Ok(RemoteOutput { code: status.code(), signal, stdout: Vec::new(), stderr: errbuf })
+    }
+}
+
+/// Copies `stdin` into ssh's pipe until either ends; returns how many bytes went in. A
+/// command that exits without reading all its input closes the pipe: not an error. 256 KiB
+/// at a time, not io::copy's 8 KiB: large payloads (artifacts) cost 32× fewer write(2)s into
+/// ssh's pipe.
+fn feed_input(
+    stdin: &mut (dyn Read + Send),
+    cin: &mut ChildStdin,
+    output_done: &AtomicBool,
+    touch: &(dyn Fn() + Sync),
+) -> std::io::Result<u64> {
+    let mut buf = vec![0u8; 256 * 1024];
+    let mut total = 0u64;
+    loop {
+        let n = match stdin.read(&mut buf) {
+            Ok(0) => return Ok(total),
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {
+                if output_done.load(Ordering::Acquire) {
+                    return Ok(total);
+                }
+                continue;
+            }
+            Err(e) => return Err(e),
+        };
+        match cin.write_all(&buf[..n]) {
+            Ok(()) => {
+                total += n as u64;
+                touch();
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => return Ok(total),
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// Calls `kill` (and sets `idle_hit`) once no byte has moved for `idle`; returns early when
+/// `done` is dropped (the copies ended).
+fn watch_idle(
+    started: Instant,
+    last_byte: &AtomicU64,
+    idle: Duration,
+    idle_hit: &AtomicBool,
+    done: Receiver<()>,
+    kill: &(dyn Fn() + Sync),
+) {
+    loop {
+        let quiet = started
+            .elapsed()
+            .saturating_sub(Duration::from_millis(last_byte.load(Ordering::Relaxed)));
+        if quiet >= idle {
+            idle_hit.store(true, Ordering::Release);
+            kill();
+            return;
+        }
+        if let Err(RecvTimeoutError::Timeout) = done.recv_timeout(idle - quiet) {
+            continue;
+        }
+        return;
     }
 }
 
