@@ -141,7 +141,7 @@ impl Bars {
         Bars {
             multi: stderr_is_tty().then(indicatif::MultiProgress::new),
             bars: Mutex::new(HashMap::new()),
-            width: targets.iter().map(|t| t.target.name.len()).max().unwrap_or(4),
+            width: targets.iter().map(|t| t.node.name().len()).max().unwrap_or(4),
         }
     }
 
@@ -202,7 +202,7 @@ impl Bars {
 
 /// `--list-backups` / `--prune-backups`: the same target nodes as a push, one exec each.
 fn run_backups(args: &PushArgs) -> anyhow::Result<u8> {
-    let targets: Vec<_> = push_targets(args)?.into_iter().map(|t| t.target).collect();
+    let targets: Vec<_> = push_targets(args)?.into_iter().map(|t| t.node.target).collect();
     let transport = args.ssh.transport()?;
     let op = match args.keep {
         Some(keep) if args.prune_backups => BackupOp::Prune { keep, dry_run: args.dry_run },
@@ -260,11 +260,9 @@ fn push_targets(args: &PushArgs) -> anyhow::Result<Vec<NodeTarget>> {
     if args.nodes.nodes.is_none() && args.nodes.inventory.is_some() {
         let (inv, all) = args.nodes.all(&args.ssh)?;
         let first = inv.as_ref().map(|i| i.first_master().name.clone());
-        let nodes = all.into_iter().map(|s| (s.target, s.role));
-        return Ok(push::targets(nodes, first.as_deref()));
+        return Ok(push::targets(all, first.as_deref()));
     }
-    let nodes = args.nodes.push_targets(&args.ssh)?.into_iter().map(|s| (s.target, s.role));
-    Ok(push::targets(nodes, None))
+    Ok(push::targets(args.nodes.push_targets(&args.ssh)?, None))
 }
 
 fn print_report(report: &PushReport, output: Output) -> anyhow::Result<()> {

@@ -25,9 +25,8 @@ use serde::Serialize;
 
 use crate::bundle::{AllowedSigners, BundleError, Identities, VerifyOptions};
 use crate::error::{Categorized, Category};
-use crate::inventory::Role;
 use crate::node as remote;
-use crate::transport::{Target, Transport};
+use crate::transport::Transport;
 
 pub use plan::{plan, targets, Plan};
 
@@ -220,8 +219,7 @@ pub enum Event {
 /// A node push may send something to.
 #[derive(Debug, Clone)]
 pub struct NodeTarget {
-    pub target: Target,
-    pub role: Role,
+    pub node: crate::cluster::ClusterNode,
     /// Whether the node gets the shared PKI (see [`targets`]).
     pub pki: bool,
 }

@@ -39,7 +39,7 @@ pub(super) fn push_node(
     let name = job.name;
     let progress = |s| (run.progress)(name, Event::Step(s));
     progress(Step::Connecting);
-    let mut session = match run.transport.connect(&t.target) {
+    let mut session = match run.transport.connect(&t.node.target) {
         Ok(s) => s,
         Err(e) => {
             use crate::error::Categorized;
@@ -48,7 +48,7 @@ pub(super) fn push_node(
     };
     progress(Step::Inspecting);
     let deadline = match job.mine.is_empty() {
-        true => t.target.connect_timeout + PKI_FACTS_DEADLINE,
+        true => t.node.target.connect_timeout + PKI_FACTS_DEADLINE,
         false => FACTS_DEADLINE,
     };
     // The decision runs on the transport's thread while the command waits for it. Past the
@@ -108,12 +108,12 @@ impl<'a> Job<'a> {
             .artifacts
             .iter()
             .enumerate()
-            .filter(|(_, a)| a.on_node(t.role))
+            .filter(|(_, a)| a.on_node(t.node.role))
             .collect();
         if !pki && mine.is_empty() {
             return None;
         }
-        let name = t.target.name.as_str();
+        let name = t.node.target.name.as_str();
         let (decided, total) = (Mutex::new(None), AtomicU64::new(0));
         Some(Job { run, name, head, pki, mine, ready, decided, total })
     }

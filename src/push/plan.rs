@@ -2,12 +2,12 @@
 //! alone, what it does there ([`plan`]). Pure and side-effect free, so every branch is
 //! unit-tested without a node.
 
+use crate::cluster::ClusterNode;
 use crate::error::Category;
 use crate::inventory::Role;
 use crate::node::facts::{NodeFacts, PathKind};
 use crate::pki::chain::{self, ChainCheck};
 use crate::pki::renew::{self, Ca, Reissue};
-use crate::transport::Target;
 
 use super::{NodeTarget, Payload};
 
@@ -16,16 +16,12 @@ use super::{NodeTarget, Payload};
 /// never to a worker (a worker's `ca.crt` comes with `kubeadm join`, and a CA key there is an
 /// audit finding), nor to `first_master`, the node the cluster's PKI comes from. `None` when
 /// the operator named the nodes: every control plane named gets the PKI.
-pub fn targets(
-    nodes: impl IntoIterator<Item = (Target, Role)>,
-    first_master: Option<&str>,
-) -> Vec<NodeTarget> {
+pub fn targets(nodes: Vec<ClusterNode>, first_master: Option<&str>) -> Vec<NodeTarget> {
     nodes
         .into_iter()
-        .map(|(target, role)| NodeTarget {
-            pki: role == Role::ControlPlane && Some(target.name.as_str()) != first_master,
-            role,
-            target,
+        .map(|node| NodeTarget {
+            pki: node.role == Role::ControlPlane && Some(node.name()) != first_master,
+            node,
         })
         .collect()
 }
@@ -220,6 +216,7 @@ mod tests {
     use crate::node::facts::PathState;
     use crate::pki::fingerprint::sha256_hex;
     use crate::push::PayloadFile;
+    use crate::transport::Target;
 
     fn payload() -> Payload {
         let files = crate::pki::SHARED_FILES
@@ -263,16 +260,21 @@ mod tests {
 
     #[test]
     fn the_pki_goes_to_control_planes_but_never_the_first_master_nor_workers() {
-        let node = |name: &str, role| (Target::new(name, "127.0.0.1", "/dev/null".into()), role);
+        let node = |name: &str, role| ClusterNode {
+            target: Target::new(name, "127.0.0.1", "/dev/null".into()),
+            role,
+            address: "127.0.0.1".into(),
+            advertise_address: None,
+        };
         let nodes = || {
-            [
+            vec![
                 node("m1", Role::ControlPlane),
                 node("m2", Role::ControlPlane),
                 node("w1", Role::Worker),
             ]
         };
         let pki = |ts: Vec<NodeTarget>| {
-            ts.iter().map(|t| (t.target.name.clone(), t.pki)).collect::<Vec<_>>()
+            ts.iter().map(|t| (t.node.name().to_string(), t.pki)).collect::<Vec<_>>()
         };
         let s = |n: &str| n.to_string();
         assert_eq!(

@@ -4,6 +4,7 @@
 //! no later push deletes, and the node's history names it.
 
 use hapki::bundle::{AllowedSigners, Identities, VerifyOptions};
+use hapki::cluster::ClusterNode;
 use hapki::inventory::Role;
 use hapki::push::{self, BundleSource, PushOptions, PushRun};
 use hapki::transport::{self, Backend};
@@ -23,7 +24,13 @@ fn push_lib(
     let mut opts = PushOptions::new(replace, false, 1);
     opts.stamp = "20260101T000000Z".into();
     let t = transport::transport(Backend::Builtin).unwrap();
-    let targets = push::targets([(tb.target("kubemaster-2"), Role::ControlPlane)], None);
+    let node = ClusterNode {
+        target: tb.target("kubemaster-2"),
+        role: Role::ControlPlane,
+        address: tb.node("kubemaster-2").address.clone(),
+        advertise_address: None,
+    };
+    let targets = push::targets(vec![node], None);
     let run = PushRun {
         bundle: BundleSource {
             path: bundle,
