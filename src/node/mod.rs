@@ -1,8 +1,9 @@
 //! What happens on a node, and what hapki learns from it.
 //!
 //! Nodes need nothing beyond a POSIX shell, coreutils and OpenSSH (`ssh-keygen` verifies the
-//! bundle signature on the node), so the node side is two fixed shell scripts shipped inside
-//! the binary: [`FACTS_SCRIPT`] (read-only) and [`INSTALL_SCRIPT`]. Every value reaches them as
+//! bundle signature on the node), so the node side is fixed shell scripts shipped inside the
+//! binary (`src/node/*.sh`): the read-only facts ([`facts_script`]) and the push ([`push_script`]:
+//! facts, decision, install). Every value reaches them as
 //! a positional argument quoted by the transport, never spliced into the script text, and key
 //! material only ever travels on stdin, never in an argument (arguments are visible in `ps`).
 

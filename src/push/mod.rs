@@ -1,7 +1,7 @@
 //! `hapki push`: put a verified bundle's shared files and artifacts on every target node.
 //!
-//! One engine, [`push`]: one streaming pass over the bundle feeds the nodes ([`stream`]), and
-//! each node gets one SSH exec ([`node`]): it prints its facts, hapki [`plan::plan`]s while the
+//! One engine, [`push`]: one streaming pass over the bundle feeds the nodes (`stream.rs`), and
+//! each node gets one SSH exec (`node.rs`): it prints its facts, hapki [`plan::plan`]s while the
 //! command waits, and the decision, the small parts and any artifacts the node lacks follow on
 //! the same stdin. The node's install script takes its lock, stages and verifies everything on
 //! the node's own disk with its own `ssh-keygen` and `sha256sum`, and installs by rename only
