@@ -269,7 +269,7 @@ impl std::fmt::Display for Step {
     }
 }
 
-const RUN_KUBEADM: &str = "exec kubeadm \"$@\"";
+const RUN_KUBEADM: &str = include_str!("node/run_kubeadm.sh");
 
 /// `kubeadm join --config` on the node, the token on stdin (see the script's header).
 const JOIN_SCRIPT: &str = include_str!("node/join.sh");
@@ -284,7 +284,7 @@ const READ_CNI: &str = include_str!("node/join_read_cni.sh");
 /// Writes one CNI config file atomically (content on stdin) and restarts kubelet if systemd runs.
 const WRITE_CNI: &str = include_str!("node/join_write_cni.sh");
 
-const RESTART_KUBELET: &str = r#"if command -v systemctl > /dev/null 2>&1 && [ -d /run/systemd/system ]; then systemctl restart kubelet || true; fi"#;
+const RESTART_KUBELET: &str = include_str!("node/restart_kubelet.sh");
 
 struct Ctx<'a> {
     transport: &'a dyn Transport,

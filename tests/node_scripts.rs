@@ -16,7 +16,7 @@ use std::process::{Command, Output, Stdio};
 const COMMON: &str = include_str!("../src/node/common.sh");
 const FACTS: &str = include_str!("../src/node/facts.sh");
 const INSTALL: &str = include_str!("../src/node/install.sh");
-const NODE_SCRIPTS: [&str; 11] = [
+const NODE_SCRIPTS: [&str; 13] = [
     "common.sh",
     "facts.sh",
     "decide.sh",
@@ -28,6 +28,8 @@ const NODE_SCRIPTS: [&str; 11] = [
     "join_etcd_health.sh",
     "join_read_cni.sh",
     "join_write_cni.sh",
+    "run_kubeadm.sh",
+    "restart_kubelet.sh",
 ];
 /// kubeadm's eight shared files, written out (the order hapki and the scripts use).
 const SHARED: [&str; 8] = [
