@@ -387,15 +387,22 @@ fn not_restarted_is_caught(tb: &Testbed, pods: &Pods) {
     for (p, fp) in &untouched {
         assert_eq!(&file_fingerprint(p), fp, "{} was touched", p.display());
     }
-    // Control: the file on kubemaster-1 was renewed; what it serves is the old one (openssl).
+    // kube-apiserver reloads its serving pair from disk by itself (about once a minute), so
+    // on a loaded machine it may have caught up with the renewed file by now. For audit, hold
+    // the mismatch: another node's apiserver.crt over this one's, a certificate the running
+    // server can never load (its key is not this apiserver.key), so what it serves keeps
+    // differing from the file. The renewed file is put back afterwards.
     let n1 = tb.node("kubemaster-1");
     let pki1 = n1.etc_kubernetes().join("pki");
-    assert_ne!(
-        served_fingerprint(&pki1, &n1.address, 6443),
-        file_fingerprint(&pki1.join("apiserver.crt"))
-    );
-    // audit --served sees it too, on that node and port only.
+    let crt = pki1.join("apiserver.crt");
+    let renewed = std::fs::read(&crt).unwrap();
+    let foreign = tb.node("kubemaster-2").etc_kubernetes().join("pki/apiserver.crt");
+    std::fs::copy(&foreign, &crt).unwrap();
+    // Control (openssl): what it serves is not the file.
+    assert_ne!(served_fingerprint(&pki1, &n1.address, 6443), file_fingerprint(&crt));
+    // audit --served sees it, on that node and port only.
     let (code, audit, out) = audit_served(tb, "json");
+    std::fs::write(&crt, renewed).unwrap();
     assert_eq!(code, Some(6), "{out}");
     let stale: Vec<(String, String, String)> =
         cluster::problems(&audit).into_iter().filter(|p| p.2 == "stale-served-cert").collect();
