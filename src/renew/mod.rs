@@ -264,7 +264,7 @@ fn script_args<'b>(
 
 /// What a node's certificate files, kubeconfigs' client certificates and TLS servers (probed
 /// at `address`, then 127.0.0.1) hold now; read-only.
-pub fn probe(
+pub(crate) fn probe(
     session: &mut dyn Session,
     paths: &NodePaths,
     address: &str,
