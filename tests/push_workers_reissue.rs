@@ -203,3 +203,74 @@ fn a_pushed_same_key_ca_reissue_updates_the_workers_ca_and_kubelet_conf_but_neve
     let report: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert!(cluster::problems(&report).is_empty(), "{report}");
 }
+
+/// A bundle with artifacts and the re-issued CA: the worker's artifacts go in first, then its
+/// ca.crt and kubelet.conf in the second exec; the push after it sends nothing.
+#[test]
+fn a_worker_gets_its_artifacts_then_the_reissued_ca() {
+    let Some(tb) = Testbed::up(2, 1) else { return };
+    let fx = Fixture::new();
+    let v1 = fx.bundle_of(&fx.pki(), "v1.age", Some(1000));
+    let out = cluster::push_to(&fx, &tb, &v1, &["kubemaster-1"], &[]);
+    assert!(out.status.success(), "{}", text(&out));
+    let w1 = tb.node("kubenode-1");
+    let old_ca = fx.path("ca-v1.crt");
+    std::fs::copy(fx.pki().join("ca.crt"), &old_ca).unwrap();
+    join_worker(w1, &old_ca);
+
+    let out = hapki().args(["pki", "renew-ca", "--pki-dir"]).arg(fx.pki()).output().unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    let new_ca = fx.pki().join("ca.crt");
+    // One artifact for every node, and the PKI, encrypted to the fixture's recipient.
+    let src = fx.path("art");
+    std::fs::create_dir_all(&src).unwrap();
+    std::fs::write(src.join("f"), b"worker artifact\n").unwrap();
+    let spec = src.join("artifacts.toml");
+    let dest = "/etc/kubernetes/hapki-test/worker-artifact";
+    std::fs::write(&spec, format!("[[artifacts]]\nsource = \"f\"\ndest = \"{dest}\"\n")).unwrap();
+    let bundle = fx.path("v2-artifacts.age");
+    let recipient = std::fs::read_to_string(fx.signer().with_extension("pub")).unwrap();
+    let out = hapki()
+        .args(["bundle", "--artifacts"])
+        .arg(&spec)
+        .arg("--sign-key")
+        .arg(fx.signer())
+        .arg("--pki-dir")
+        .arg(fx.pki())
+        .args(["--recipient", recipient.trim(), "--serial", "1001", "--out"])
+        .arg(&bundle)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+
+    let out = push(&fx, &tb, &bundle, &["--output", "json"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let (v, s) = statuses(&out);
+    assert_eq!(
+        s,
+        pairs(&[
+            ("kubemaster-1", "installed"),
+            ("kubemaster-2", "installed"),
+            ("kubenode-1", "installed")
+        ])
+    );
+    let msg = message(&v, "kubenode-1");
+    assert!(
+        msg.contains("1 artifact(s)") && msg.contains("then updated ca.crt (same-key re-issue"),
+        "{msg}"
+    );
+    let k1 = w1.etc_kubernetes();
+    let on_node = k1.join("hapki-test/worker-artifact");
+    assert_eq!(std::fs::read(&on_node).unwrap(), b"worker artifact\n");
+    assert_eq!(fingerprint(&k1.join("pki/ca.crt")), fingerprint(&new_ca));
+    let decoded = fx.path("kubelet-ca.crt");
+    ca_data_of(&k1.join("kubelet.conf"), &decoded);
+    assert_eq!(fingerprint(&decoded), fingerprint(&new_ca));
+    let listing = run("ls", &["-R", k1.to_str().unwrap()]);
+    assert!(!listing.contains(".key"), "a key on the worker:\n{listing}");
+
+    let out = push(&fx, &tb, &bundle, &["--output", "json"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let (_, s) = statuses(&out);
+    assert!(s.iter().all(|(_, st)| st == "unchanged"), "{s:?}");
+}
