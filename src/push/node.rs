@@ -1,18 +1,23 @@
 //! One node of a push, on one SSH exec: connect, let the node print its facts, decide while the
 //! command waits ([`super::exchange`]), then send the decision, the small parts and (in a
 //! streamed pass) the artifacts it lacks on the same stdin, and read what the install reported.
+//! A worker whose facts show an older same-key `ca.crt` than the bundle's gets a second exec on
+//! the same session, after its artifacts: `renew_ca.sh`, the worker path of `hapki pki
+//! renew-ca` (the certificate and its kubeconfigs' CA data; never a key).
 
 use std::collections::BTreeSet;
 use std::io::Read;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
 
 use crate::artifacts::{self, After};
 use crate::bundle::ManifestArtifact;
 use crate::error::Category;
+use crate::inventory::Role;
 use crate::node::{self as remote, facts::NodeFacts, facts::PathKind};
-use crate::transport::{RemoteOutput, TransportError};
+use crate::pki::renew::{classify_reissue, Reissue};
+use crate::transport::{RemoteOutput, Session, TransportError};
 
 use super::exchange::{DecisionSource, Exchange, FactsSink};
 use super::stream::{ChannelReader, Head, Link, Ready, ReadySignal};
@@ -65,8 +70,12 @@ pub(super) fn push_node(
     drop(stdin);
     progress(Step::Done);
     let decision = job.decided.lock().unwrap_or_else(|p| p.into_inner()).take();
+    if matches!(decision, Some(NodeDecision::Nothing)) {
+        return None;
+    }
     let after = exchange.after_facts();
-    Some(job.outcome(out, decision, &String::from_utf8_lossy(&after)))
+    let result = job.outcome(out, decision, &String::from_utf8_lossy(&after));
+    Some(job.update_worker_ca(session.as_mut(), result))
 }
 
 /// One node's part in a pass, and what its facts decided.
@@ -79,6 +88,11 @@ struct Job<'a> {
     pki: bool,
     /// The artifacts (index, entry) for the node's role.
     mine: Vec<(usize, &'a ManifestArtifact)>,
+    /// A worker and a bundle with the PKI: its facts say whether it holds an older same-key
+    /// `ca.crt` (never a key: a worker gets only the CA certificate and its kubeconfigs' CA data).
+    worker_ca: bool,
+    /// Its facts said so (and not a dry run): a second exec after the artifacts updates it.
+    ca_update: AtomicBool,
     /// Tells a streamed pass what to send the node.
     ready: Option<&'a ReadySignal<'a>>,
     decided: Mutex<Option<NodeDecision>>,
@@ -90,6 +104,9 @@ struct Job<'a> {
 enum NodeDecision {
     /// Nothing to install (unchanged, planned by a dry run, refused, unreadable facts).
     Done(NodeResult),
+    /// The node has nothing to do with this bundle after all: a worker without artifacts that
+    /// holds no `ca.crt`. Left out of the report, as a node push never inspects.
+    Nothing,
     /// Install: these artifacts (indices), `bytes` in all.
     Install { send: BTreeSet<usize>, bytes: u64, reason: String },
 }
@@ -110,12 +127,14 @@ impl<'a> Job<'a> {
             .enumerate()
             .filter(|(_, a)| a.on_node(t.node.role))
             .collect();
-        if !pki && mine.is_empty() {
+        let worker_ca = t.node.role == Role::Worker && head.payload.file("ca.crt").is_some();
+        if !pki && !worker_ca && mine.is_empty() {
             return None;
         }
         let name = t.node.target.name.as_str();
         let (decided, total) = (Mutex::new(None), AtomicU64::new(0));
-        Some(Job { run, name, head, pki, mine, ready, decided, total })
+        let ca_update = AtomicBool::new(false);
+        Some(Job { run, name, head, pki, mine, worker_ca, ca_update, ready, decided, total })
     }
 
     /// The install script's arguments: the node's directories, then each artifact destination
@@ -143,7 +162,7 @@ impl<'a> Job<'a> {
                 }
                 (self.run.progress)(self.name, Event::Step(Step::Installing));
             }
-            NodeDecision::Done(_) => {
+            NodeDecision::Done(_) | NodeDecision::Nothing => {
                 if let Some(r) = self.ready {
                     r.send(Ready::Nothing);
                 }
@@ -166,6 +185,10 @@ impl<'a> Job<'a> {
             Ok(p) => p,
             Err(refused) => return skip(refused),
         };
+        let ca_update = match self.plan_worker_ca(&facts) {
+            Ok(u) => u,
+            Err(refused) => return skip(refused),
+        };
         let send: Vec<(usize, &ManifestArtifact)> =
             self.mine.iter().copied().filter(|(_, a)| !in_place(a, &facts)).collect();
         let bytes: u64 = send.iter().map(|(_, a)| a.size).sum();
@@ -174,11 +197,21 @@ impl<'a> Job<'a> {
             let what = format!("{} artifact(s), {bytes} bytes", send.len());
             reason = if reason.is_empty() { what } else { format!("{reason}; {what}") };
         }
-        if pki.is_none() && send.is_empty() {
-            return skip(done(self.name, NodeStatus::Unchanged, self.unchanged().into()));
+        if ca_update && opts.dry_run {
+            let what = WORKER_CA_PLAN;
+            reason = if reason.is_empty() { what.into() } else { format!("{reason}; {what}") };
         }
-        if opts.dry_run {
+        if opts.dry_run && (pki.is_some() || !send.is_empty() || ca_update) {
             return skip(done(self.name, NodeStatus::Planned, format!("would {reason}")));
+        }
+        // Set before the artifacts' outcome is known; the second exec runs only if they went in.
+        self.ca_update.store(ca_update, Ordering::Relaxed);
+        if pki.is_none() && send.is_empty() {
+            if self.worker_ca && self.mine.is_empty() && !facts.certificates.contains_key("ca.crt")
+            {
+                return (NodeDecision::Nothing, b"skip\n".to_vec());
+            }
+            return skip(done(self.name, NodeStatus::Unchanged, self.unchanged().into()));
         }
         let line = Decision::new(pki.as_ref(), &send, self.head).encode(&facts, self.run);
         let send = send.iter().map(|(k, _)| *k).collect();
@@ -209,10 +242,70 @@ impl<'a> Job<'a> {
         }
     }
 
+    /// Whether this worker's `ca.crt` needs the bundle's same-key re-issue: `Ok(false)` not a
+    /// worker update, no `ca.crt` there, or already the bundle's; `Err` a refusal when it holds
+    /// another CA (another subject or key) or a same-key one that ends no earlier.
+    fn plan_worker_ca(&self, facts: &NodeFacts) -> Result<bool, NodeResult> {
+        let (true, Some(new)) = (self.worker_ca, self.head.payload.file("ca.crt")) else {
+            return Ok(false);
+        };
+        let Some(installed) = facts.certificates.get("ca.crt") else { return Ok(false) };
+        if *installed == new.bytes {
+            return Ok(false);
+        }
+        match classify_reissue(installed, &new.bytes) {
+            Reissue::Later => Ok(true),
+            Reissue::NotLater => Err(failed(
+                self.name,
+                Category::Verification,
+                "the bundle's ca.crt has the same key as this worker's but a notAfter no later than it (a downgrade): nothing written; bundle the re-issued CA (hapki pki renew-ca)",
+            )),
+            Reissue::No => Err(failed(
+                self.name,
+                Category::NodesFailed,
+                "this worker's ca.crt is another CA than the bundle's (another subject or key): nothing written; check the node belongs to this cluster (a worker's CA comes with kubeadm join)",
+            )),
+        }
+    }
+
+    /// After the node's artifacts went in (or none were needed): the second exec that installs
+    /// the bundle's same-key `ca.crt` on a worker and the CA data of its kubeconfigs
+    /// (`renew_ca.sh`, the path `hapki pki renew-ca` uses for workers), when its facts asked.
+    fn update_worker_ca(&self, session: &mut dyn Session, result: NodeResult) -> NodeResult {
+        if !self.ca_update.load(Ordering::Relaxed) || result.status == NodeStatus::Failed {
+            return result;
+        }
+        let Some(ca) = self.head.payload.file("ca.crt") else { return result };
+        let payload = crate::renew::ca::ca_section("ca.crt", &String::from_utf8_lossy(&ca.bytes));
+        let (paths, stamp) = (&self.run.opts.paths, &self.run.opts.stamp);
+        let before = match result.status {
+            NodeStatus::Installed => format!("{}; then ", result.message),
+            _ => String::new(),
+        };
+        let o = match crate::renew::ca::install_over(session, "worker", &payload, paths, stamp) {
+            Ok(o) => o,
+            Err(e) => {
+                let msg = format!("{before}{WORKER_CA} failed: {e}");
+                return failed(self.name, Category::NodesFailed, msg);
+            }
+        };
+        if !o.success() {
+            let category = match o.code {
+                Some(3) => Category::Verification,
+                _ => Category::NodesFailed,
+            };
+            let why = remote::stderr_tail(&o.stderr);
+            return failed(self.name, category, format!("{before}{WORKER_CA} failed: {why}"));
+        }
+        let message = format!("{before}{}", worker_ca_summary(&String::from_utf8_lossy(&o.stdout)));
+        NodeResult { status: NodeStatus::Installed, message, ..result }
+    }
+
     fn unchanged(&self) -> &'static str {
         match (self.pki, self.mine.is_empty()) {
             (true, true) => "the eight shared files are already in place",
             (true, false) => "the shared files and artifacts are already in place",
+            (false, true) => "its ca.crt is already the bundle's",
             _ => "the artifacts are already in place",
         }
     }
@@ -227,6 +320,7 @@ impl<'a> Job<'a> {
         let name = self.name;
         match (out, decision) {
             (_, Some(NodeDecision::Done(r))) => r,
+            (_, Some(NodeDecision::Nothing)) => done(name, NodeStatus::Skipped, String::new()),
             (Err(e), Some(NodeDecision::Install { .. })) => failed(
                 name,
                 Category::NodesFailed,
@@ -261,6 +355,26 @@ impl<'a> Job<'a> {
             }
         }
     }
+}
+
+/// A worker's part of a same-key CA re-issue, as a plan says it.
+const WORKER_CA_PLAN: &str = "update ca.crt (same-key re-issue)";
+const WORKER_CA: &str = "updating the worker's ca.crt (same-key re-issue)";
+
+/// "updated ca.crt (same-key re-issue; old one kept as …); new CA data in …/kubelet.conf", from
+/// `renew_ca.sh`'s report (`R NAME BACKUP`, `K FILE`); node text escaped.
+fn worker_ca_summary(out: &str) -> String {
+    let esc = |s: &str| crate::transport::escape_node_text(s, false);
+    let mut what = String::from("updated ca.crt (same-key re-issue");
+    if let Some(bk) = out.lines().find_map(|l| l.strip_prefix("R ca.crt ")) {
+        what += &format!("; old one kept as {}", esc(bk));
+    }
+    what.push(')');
+    let confs: Vec<String> = out.lines().filter_map(|l| l.strip_prefix("K ")).map(esc).collect();
+    if !confs.is_empty() {
+        what += &format!("; new CA data in {}", confs.join(", "));
+    }
+    what
 }
 
 /// What the PKI's plan makes the install script do.

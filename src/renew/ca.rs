@@ -2,9 +2,9 @@
 //! from the first master's files (read over SSH as `bundle --from` reads them, kept in memory
 //! only), installed back there with the kubeconfigs that pinned the old `ca.crt` and the
 //! `kube-public/cluster-info` ConfigMap; then every worker of the inventory gets the new
-//! `ca.crt` and its kubelet.conf's CA data (push never sends workers anything). The other
-//! control planes get the re-issue through `hapki bundle` + `hapki push` (signed, atomic,
-//! installed without `--replace`). Each node checks with openssl that what it receives has its
+//! `ca.crt` and its kubelet.conf's CA data. The other control planes get the re-issue through
+//! `hapki bundle` + `hapki push` (signed, atomic, installed without `--replace`); push updates
+//! a worker holding the older same-key `ca.crt` through the same node script ([`install_over`]). Each node checks with openssl that what it receives has its
 //! installed CA's subject and key and a later notAfter before it writes anything.
 
 use serde::Serialize;
@@ -108,7 +108,7 @@ pub fn run(
         let (cert, key) = (ca.cert_name(), ca.key_name());
         let old = crate::pki::parse::parse_certificate(cert, get(cert)?)?;
         let (new, pem) = reissue(cert, get(cert)?, key, get(key)?, opts.validity, opts.now)?;
-        let section = format!("=== {cert}\n{pem}");
+        let section = ca_section(cert, &pem);
         if *ca == Ca::Ca {
             hash = Some(new.discovery_hash());
             ca_payload = section.clone();
@@ -168,10 +168,7 @@ fn install_on(
             return r;
         }
     };
-    let script = include_str!("../node/renew_ca.sh");
-    let p = &opts.paths;
-    let args = [p.kube_dir.as_str(), p.state_dir.as_str(), role, opts.run_id.as_str()];
-    match session.run(script, &args, &mut payload.as_bytes()) {
+    match install_over(session.as_mut(), role, payload, &opts.paths, &opts.run_id) {
         Err(e) => r.message = e.to_string(),
         Ok(o) => {
             r.lines = String::from_utf8_lossy(&o.stdout).lines().map(str::to_string).collect();
@@ -184,6 +181,26 @@ fn install_on(
         }
     }
     r
+}
+
+/// The node side of a same-key CA install (`renew_ca.sh`), on a connected node: `role` is
+/// `first` or `worker`, `payload` the `=== NAME` sections ([`ca_section`]). Push uses it for a
+/// worker that holds the older `ca.crt` (one way to update a worker's CA).
+pub(crate) fn install_over(
+    session: &mut dyn crate::transport::Session,
+    role: &str,
+    payload: &str,
+    paths: &NodePaths,
+    run_id: &str,
+) -> Result<crate::transport::RemoteOutput, crate::transport::TransportError> {
+    let script = include_str!("../node/renew_ca.sh");
+    let args = [paths.kube_dir.as_str(), paths.state_dir.as_str(), role, run_id];
+    session.run(script, &args, &mut payload.as_bytes())
+}
+
+/// One certificate of `renew_ca.sh`'s stdin: its name line, then its PEM.
+pub(crate) fn ca_section(name: &str, pem: &str) -> String {
+    format!("=== {name}\n{pem}")
 }
 
 /// "2 certificates replaced, 5 kubeconfigs updated, cluster-info updated".
