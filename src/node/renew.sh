@@ -251,9 +251,29 @@ only() {
     done
 }
 
+# A leader that stops fails the proposals in flight ("leader changed": the other API servers
+# answer 500 for a moment). When this member leads, leadership goes to another member first
+# (etcdctl move-leader, as etcd's runtime guide advises). Best effort: without etcdctl, or when
+# the move fails, the election after the stop still keeps quorum.
+hand_off_leader() { # $1 the member's client address
+    command -v etcdctl > /dev/null 2>&1 || return 0
+    set -- --endpoints="https://$1:2379" --cacert="$pki/etcd/ca.crt" \
+        --cert="$pki/etcd/healthcheck-client.crt" --key="$pki/etcd/healthcheck-client.key" \
+        --command-timeout=5s
+    me=$(ETCDCTL_API=3 etcdctl "$@" endpoint status 2> /dev/null | awk -F', ' '$5 == "true" { print $2 }')
+    [ -n "$me" ] || return 0
+    to=$(ETCDCTL_API=3 etcdctl "$@" member list 2> /dev/null |
+        awk -F', ' -v me="$me" '$1 != me && $2 == "started" && $6 == "false" { print $1; exit }')
+    [ -n "$to" ] || return 0
+    if ETCDCTL_API=3 etcdctl "$@" move-leader "$to" > /dev/null 2>&1; then
+        step "etcd leadership moved to member $to before the restart"
+    fi
+}
+
 # The API server first (its clients move to the other control planes while it is down), then
 # what it depends on; back in the reverse order.
 for c in $(only kube-apiserver); do move_out "$c" && stopped "$c"; done
+[ -z "$(only etcd)" ] || [ "$(at 2379)" = - ] || hand_off_leader "$(at 2379)"
 others=$(only etcd kube-controller-manager kube-scheduler)
 for c in $others; do move_out "$c"; done
 for c in $others; do stopped "$c"; done
