@@ -74,67 +74,49 @@ fn unreadable(facts: &NodeFacts) -> Option<Plan> {
 }
 
 /// Decides what to do on a node. `replace` is the operator's `--replace`, `allow_downgrade`
-/// their `--allow-downgrade`.
+/// their `--allow-downgrade`. Refusals come first, in order of precedence (the node's
+/// directories, the serial, unreadable files, foreign leaves, an earlier same-key CA, different
+/// files without `--replace`); then what is left to do.
 pub fn plan(payload: &Payload, facts: &NodeFacts, replace: bool, allow_downgrade: bool) -> Plan {
+    let refused = unsafe_dirs(facts)
+        .or_else(|| downgrade_refusal(payload.serial, facts, allow_downgrade))
+        .or_else(|| unreadable(facts));
+    if let Some(refused) = refused {
+        return refused;
+    }
+    let files = Compared::of(payload, facts, replace);
+    if let Some(refused) = foreign_leaves(payload, facts).or_else(|| files.refusal(replace)) {
+        return refused;
+    }
+    files.decide(payload.files.len(), !facts.stale_staging.is_empty())
+}
+
+/// A symlink or a non-directory where the node's directories should be.
+fn unsafe_dirs(facts: &NodeFacts) -> Option<Plan> {
     if let Some(d) = facts.dirs.iter().find(|d| d.kind == PathKind::Symlink) {
-        return refuse(
+        return Some(refuse(
             Category::NodesFailed,
             format!(
                 "{} is a symlink: hapki never writes through one; replace it with a real directory",
                 d.path
             ),
-        );
+        ));
     }
-    if let Some(d) = facts.dirs.iter().find(|d| matches!(d.kind, PathKind::File | PathKind::Other))
-    {
-        return refuse(
-            Category::NodesFailed,
-            format!("{} is not a directory; move it away and push again", d.path),
-        );
-    }
-    if let Some(refused) = downgrade_refusal(payload.serial, facts, allow_downgrade) {
-        return refused;
-    }
-    if let Some(refused) = unreadable(facts) {
-        return refused;
-    }
+    let d = facts.dirs.iter().find(|d| matches!(d.kind, PathKind::File | PathKind::Other))?;
+    Some(refuse(
+        Category::NodesFailed,
+        format!("{} is not a directory; move it away and push again", d.path),
+    ))
+}
 
-    let mut missing = Vec::new();
-    let mut fix_meta = Vec::new();
-    let mut differ = Vec::new();
-    let mut reissued = Vec::new();
-    let mut earlier = Vec::new();
-    for f in &payload.files {
-        match facts.shared.get(&f.name) {
-            None => missing.push(f.name.clone()),
-            Some(st) => match st.kind {
-                PathKind::Missing => missing.push(f.name.clone()),
-                PathKind::File if st.sha256.as_deref() == Some(f.sha256.as_str()) => {
-                    if st.mode != Some(f.mode) || st.uid != Some(0) || st.gid != Some(0) {
-                        fix_meta.push(f.name.clone());
-                    }
-                }
-                PathKind::File => match reissue_of(&f.name, &f.bytes, facts) {
-                    Reissue::Later => reissued.push(f.name.clone()),
-                    Reissue::NotLater if !replace => earlier.push(f.name.clone()),
-                    _ => differ.push(f.name.clone()),
-                },
-                PathKind::Symlink => differ.push(format!("{} (a symlink)", f.name)),
-                PathKind::Dir | PathKind::Other => {
-                    differ.push(format!("{} (not a regular file)", f.name))
-                }
-            },
-        }
-    }
-
-    // Per-node leaves must chain to the CAs being installed, or the join fails later.
+/// Per-node leaves must chain to the CAs being installed, or the join fails later.
+fn foreign_leaves(payload: &Payload, facts: &NodeFacts) -> Option<Plan> {
     let mut foreign = Vec::new();
     for (name, pem) in &facts.certificates {
         if payload.file(name).is_some() {
             continue;
         }
-        let ca = chain::expected_ca(name);
-        let Some(ca_file) = payload.file(ca) else { continue };
+        let Some(ca_file) = payload.file(chain::expected_ca(name)) else { continue };
         match chain::check_issued_by(pem, &ca_file.bytes) {
             ChainCheck::SignedBy => {}
             ChainCheck::ForeignIssuer(issuer) => {
@@ -143,62 +125,111 @@ pub fn plan(payload: &Payload, facts: &NodeFacts, replace: bool, allow_downgrade
             ChainCheck::Unreadable(e) => foreign.push(format!("{name} (unreadable: {e})")),
         }
     }
-    if !foreign.is_empty() {
-        return refuse(
+    (!foreign.is_empty()).then(|| {
+        refuse(
             Category::NodesFailed,
             format!(
                 "leaf certificates not signed by the bundle's CAs: {}; remove them (e.g. rm /etc/kubernetes/pki/apiserver.* /etc/kubernetes/pki/etcd/peer.*), keep the shared files, and push again",
                 foreign.join(", ")
             ),
-        );
+        )
+    })
+}
+
+/// The bundle's shared files against the node's, by what each needs.
+#[derive(Default)]
+struct Compared {
+    missing: Vec<String>,
+    fix_meta: Vec<String>,
+    differ: Vec<String>,
+    reissued: Vec<String>,
+    earlier: Vec<String>,
+}
+
+impl Compared {
+    fn of(payload: &Payload, facts: &NodeFacts, replace: bool) -> Self {
+        let mut c = Compared::default();
+        for f in &payload.files {
+            let name = f.name.clone();
+            let Some(st) = facts.shared.get(&f.name) else {
+                c.missing.push(name);
+                continue;
+            };
+            match st.kind {
+                PathKind::Missing => c.missing.push(name),
+                PathKind::File if st.sha256.as_deref() == Some(f.sha256.as_str()) => {
+                    if st.mode != Some(f.mode) || st.uid != Some(0) || st.gid != Some(0) {
+                        c.fix_meta.push(name);
+                    }
+                }
+                PathKind::File => match reissue_of(&f.name, &f.bytes, facts) {
+                    Reissue::Later => c.reissued.push(name),
+                    Reissue::NotLater if !replace => c.earlier.push(name),
+                    _ => c.differ.push(name),
+                },
+                PathKind::Symlink => c.differ.push(format!("{name} (a symlink)")),
+                PathKind::Dir | PathKind::Other => {
+                    c.differ.push(format!("{name} (not a regular file)"))
+                }
+            }
+        }
+        c
     }
 
-    if !earlier.is_empty() {
-        return refuse(
-            Category::Verification,
-            format!(
-                "the bundle's {} has the same key as this node's but a notAfter no later than it (a downgrade); bundle the re-issued CA (hapki pki renew-ca), or push with --replace if going back is deliberate",
-                earlier.join(", ")
-            ),
-        );
-    }
-    if !differ.is_empty() && !replace {
-        return refuse(
-            Category::NodesFailed,
-            format!(
-                "holds different shared files: {}; the node may belong to another cluster — check it, then push with --replace to back them up and replace them",
-                differ.join(", ")
-            ),
-        );
-    }
-    if differ.is_empty() && reissued.is_empty() && missing.is_empty() && fix_meta.is_empty() {
-        if facts.stale_staging.is_empty() {
-            return Plan::Unchanged;
+    fn refusal(&self, replace: bool) -> Option<Plan> {
+        if !self.earlier.is_empty() {
+            return Some(refuse(
+                Category::Verification,
+                format!(
+                    "the bundle's {} has the same key as this node's but a notAfter no later than it (a downgrade); bundle the re-issued CA (hapki pki renew-ca), or push with --replace if going back is deliberate",
+                    self.earlier.join(", ")
+                ),
+            ));
         }
-        return Plan::Install {
-            replacing: Vec::new(),
-            reissued: Vec::new(),
-            reason: "clean up an interrupted push".into(),
+        (!self.differ.is_empty() && !replace).then(|| {
+            refuse(
+                Category::NodesFailed,
+                format!(
+                    "holds different shared files: {}; the node may belong to another cluster — check it, then push with --replace to back them up and replace them",
+                    self.differ.join(", ")
+                ),
+            )
+        })
+    }
+
+    /// `total` is the bundle's number of shared files; `stale_staging` whether an interrupted
+    /// push left staging behind.
+    fn decide(self, total: usize, stale_staging: bool) -> Plan {
+        let Compared { missing, fix_meta, differ, reissued, .. } = self;
+        if differ.is_empty() && reissued.is_empty() && missing.is_empty() && fix_meta.is_empty() {
+            if !stale_staging {
+                return Plan::Unchanged;
+            }
+            return Plan::Install {
+                replacing: Vec::new(),
+                reissued: Vec::new(),
+                reason: "clean up an interrupted push".into(),
+            };
+        }
+        let reason = if !reissued.is_empty() {
+            let mut r = format!("install the same-key re-issue of {}", reissued.join(", "));
+            if !differ.is_empty() {
+                r.push_str(&format!("; replace {}", differ.join(", ")));
+            }
+            r
+        } else if !differ.is_empty() {
+            format!("replace {}", differ.join(", "))
+        } else if missing.len() == total {
+            "install".to_string()
+        } else if !missing.is_empty() {
+            format!("add {}", missing.join(", "))
+        } else {
+            format!("fix mode or owner of {}", fix_meta.join(", "))
         };
+        let mut replacing = differ;
+        replacing.extend(reissued.iter().cloned());
+        Plan::Install { replacing, reissued, reason }
     }
-    let reason = if !reissued.is_empty() {
-        let mut r = format!("install the same-key re-issue of {}", reissued.join(", "));
-        if !differ.is_empty() {
-            r.push_str(&format!("; replace {}", differ.join(", ")));
-        }
-        r
-    } else if !differ.is_empty() {
-        format!("replace {}", differ.join(", "))
-    } else if missing.len() == payload.files.len() {
-        "install".to_string()
-    } else if !missing.is_empty() {
-        format!("add {}", missing.join(", "))
-    } else {
-        format!("fix mode or owner of {}", fix_meta.join(", "))
-    };
-    let mut replacing = differ;
-    replacing.extend(reissued.iter().cloned());
-    Plan::Install { replacing, reissued, reason }
 }
 
 /// Whether the bundle's `name` (`bytes`) is a same-key re-issue of the CA certificate the node
