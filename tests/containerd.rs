@@ -17,7 +17,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Output;
 
-use fixture::{hapki, text, Fixture};
+use fixture::{hapki, report, statuses, text, Fixture};
 use images::{index_digests, oci_archive, oci_archive_with, KUBEADM_1_20_2};
 use testbed::Testbed;
 
@@ -42,22 +42,6 @@ fn assert_imported(tb: &Testbed, node: &str, archives: &[&Path]) {
             }
         }
     }
-}
-
-fn report(out: &Output) -> serde_json::Value {
-    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", text(out)))
-}
-
-fn statuses(out: &Output) -> BTreeMap<String, (String, String)> {
-    report(out)["nodes"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|n| {
-            let s = |k: &str| n[k].as_str().unwrap_or_default().to_string();
-            (s("node"), (s("status"), s("message")))
-        })
-        .collect()
 }
 
 /// A bundle of the fixture's PKI (encrypted to the signer) and the image archives of `spec`.

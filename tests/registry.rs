@@ -19,7 +19,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 
-use fixture::{hapki, text, Fixture};
+use fixture::{hapki, report, statuses, text, Fixture};
 use images::{index_digests, oci_archive_sized, parse_ctr_ls, pulled_digests, KUBEADM_1_20_2};
 use testbed::Testbed;
 
@@ -167,22 +167,6 @@ impl Drop for Meter {
             .status();
         let _ = std::fs::remove_dir(&self.cgroup);
     }
-}
-
-fn report(out: &Output) -> serde_json::Value {
-    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", text(out)))
-}
-
-fn statuses(out: &Output) -> BTreeMap<String, (String, String)> {
-    report(out)["nodes"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|n| {
-            let s = |k: &str| n[k].as_str().unwrap_or_default().to_string();
-            (s("node"), (s("status"), s("message")))
-        })
-        .collect()
 }
 
 fn node_images(tb: &Testbed, node: &str) -> BTreeMap<String, (String, bool)> {

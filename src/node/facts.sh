@@ -4,6 +4,7 @@
 # $3 = optional host name to resolve on the node (the control-plane endpoint)
 # $4 = scope: "pki" (push, audit) or "join" (preflight: also ports, etcd data, CNI, versions,
 #      public-key hashes); the narrow scope keeps push and audit fast and their output small
+# shellcheck disable=SC2154 # nl, sl and the EX_ codes: set by common.sh, which always runs first
 set -u
 k=$1
 st=$2

@@ -27,6 +27,7 @@
 # OWNER AFTER (AFTER "-" for none) — parts arrive concatenated on stdin, in order:
 # allowed_signers, bundle.json, SHA256SUMS, SHA256SUMS.sig, pki/..., artifacts/...,
 # then the line "commit".
+# shellcheck disable=SC2154 # nl, sl and the EX_ codes: set by common.sh, which always runs first
 set -eu
 umask 077
 k=$1 st=$2 action=$3 principal=$4 expect=$5 serial=$6 stamp=$7 flags=$8

@@ -88,3 +88,21 @@ impl Fixture {
         c.output().expect("run hapki")
     }
 }
+
+/// A `--output json` report (push, audit), or a panic showing what the command printed.
+pub fn report(out: &Output) -> serde_json::Value {
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", text(out)))
+}
+
+/// A push report's nodes: name → (status, message).
+pub fn statuses(out: &Output) -> std::collections::BTreeMap<String, (String, String)> {
+    report(out)["nodes"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no nodes in the report: {}", text(out)))
+        .iter()
+        .map(|n| {
+            let s = |k: &str| n[k].as_str().unwrap_or_default().to_string();
+            (s("node"), (s("status"), s("message")))
+        })
+        .collect()
+}
