@@ -69,11 +69,13 @@ state_dirs() {
     for sd in new old new/etcd old/etcd; do safe_dir "$rd/$sd" 700; done
 }
 
+# The state directory's files; state.json last, so that a write cut short never leaves a
+# state naming material that is not there yet.
 state_names() {
-    printf '%s\n' state.json
     for sn in $FILES; do
         [ "$sn" = hapki-signing-ca.crt ] || printf 'new/%s\nold/%s\n' "$sn" "$sn"
     done
+    printf '%s\n' state.json
 }
 
 read_state() {
@@ -182,6 +184,65 @@ leaves_need_renew() {
     return 1
 }
 
+# kubelet.conf's client certificate (embedded, or the file it names: a kubelet's
+# kubelet-client-current.pem) into $in/kubelet.pem; its kubeconfig line's kind in $kk.
+kubelet_client() {
+    kc=$k/kubelet.conf
+    [ -f "$kc" ] || return 1
+    kk=data
+    kf=$(awk '$1 == "client-certificate:" { print $2; exit }' "$kc")
+    if [ -n "$kf" ]; then
+        kk='file'
+        [ -f "$kf" ] && openssl x509 -in "$kf" -out "$in/kubelet.pem" 2> /dev/null
+    else
+        awk '$1 == "client-certificate-data:" { print $2; exit }' "$kc" | base64 -d > "$in/kubelet.pem" 2> /dev/null
+    fi
+}
+
+# Whether the kubelet's client certificate on this control plane is not signed by the first
+# certificate of ca.crt (kubeadm certs renew leaves kubelet.conf alone).
+kubelet_needs_reissue() {
+    kubelet_client || return 1
+    ! signed_by_first "$in/kubelet.pem" "$pki/ca.crt"
+}
+
+# A new client key and certificate for the kubelet (its subject kept: O=system:nodes,
+# CN=system:node:NAME), signed by the first certificate of ca.crt with ca.key, installed
+# where kubelet.conf looks: embedded, or a new kubelet-client-*.pem that the
+# kubelet-client-current.pem link then names (as the kubelet's own rotation does).
+reissue_kubelet_client() {
+    cn=$(openssl x509 -noout -subject -nameopt RFC2253 -in "$in/kubelet.pem" | sed -n 's/.*CN=\([^,]*\).*/\1/p')
+    case $cn in system:node:?*) ;; *) die 1 "kubelet.conf's client certificate is not a node's (CN $cn)" ;; esac
+    openssl x509 -in "$pki/ca.crt" -out "$in/first.pem"
+    printf 'basicConstraints=critical,CA:FALSE\nkeyUsage=critical,digitalSignature,keyEncipherment\nextendedKeyUsage=clientAuth\n' > "$in/ext"
+    if ! openssl req -new -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -keyout "$in/kubelet.key" \
+        -subj "/O=system:nodes/CN=$cn" -out "$in/kubelet.csr" 2> /dev/null ||
+        ! openssl x509 -req -in "$in/kubelet.csr" -CA "$in/first.pem" -CAkey "$pki/ca.key" -days 365 -sha256 \
+            -set_serial "0x$(od -An -N8 -tx1 /dev/urandom | tr -d ' \n')" -extfile "$in/ext" -out "$in/kubelet.crt" 2> /dev/null; then
+        die 10 "could not issue the kubelet's client certificate"
+    fi
+    if [ "$kk" = file ]; then
+        kd=${kf%/*}
+        new=$kd/kubelet-client-hapki-$stamp.pem
+        cat "$in/kubelet.crt" "$in/kubelet.key" > "$new.tmp"
+        mv -f "$new.tmp" "$new"
+        if [ -L "$kf" ]; then
+            ln -sfn "$new" "$kf.hapki-new" && mv -fT "$kf.hapki-new" "$kf"
+        else
+            cp "$new" "$kf.hapki-new" && mv -f "$kf.hapki-new" "$kf"
+        fi
+        step "kubelet client certificate re-issued: $new"
+        return 0
+    fi
+    cp -p "$kc" "$kc.hapki-new"
+    awk -v c="$(base64 -w0 < "$in/kubelet.crt")" -v key="$(base64 -w0 < "$in/kubelet.key")" '
+        $1 == "client-certificate-data:" { p = $0; sub(/client-certificate-data:.*/, "", p); $0 = p "client-certificate-data: " c }
+        $1 == "client-key-data:" { p = $0; sub(/client-key-data:.*/, "", p); $0 = p "client-key-data: " key }
+        { print }' "$kc" > "$kc.hapki-new"
+    mv -f "$kc.hapki-new" "$kc"
+    step "kubelet client certificate re-issued in $kc"
+}
+
 # Compares the node with the desired state on stdin (split into $in); "=== change" lines.
 compare() {
     changes=0
@@ -190,7 +251,8 @@ compare() {
         if [ -f "$in/file.$sn" ]; then
             want=$(hashf "$in/file.$sn")
         else
-            want=$(awk -v n="$n" '$1 == n { print $2 }' "$in/want" 2> /dev/null)
+            want=
+            [ ! -f "$in/want" ] || want=$(awk -v n="$n" '$1 == n { print $2 }' "$in/want")
         fi
         [ -n "$want" ] || continue
         [ ! -L "$pki/$n" ] || die 77 "$pki/$n is a symlink: refusing to write through it"
@@ -218,6 +280,7 @@ compare() {
     if [ -f "$in/renew" ] && [ "$role" != worker ]; then
         command -v openssl > /dev/null 2>&1 || die 1 "this node lacks openssl, which checks who signed its certificates"
         ! leaves_need_renew || change renew "kubeadm certs renew all (leaves not signed by the new CAs)"
+        ! kubelet_needs_reissue || change renew "the kubelet's client certificate (kubelet.conf)"
     fi
     [ ! -f "$pending" ] || change restart "an interrupted run left the restart to do"
 }
@@ -294,6 +357,9 @@ apply() {
         command -v kubeadm > /dev/null 2>&1 || die 1 "kubeadm is not on this node's PATH"
         kubeadm certs renew all >&2 || die 10 "kubeadm certs renew all failed"
         step "kubeadm certs renew all"
+    fi
+    if [ -f "$in/renew" ] && [ "$role" != worker ] && kubelet_needs_reissue; then
+        reissue_kubelet_client
     fi
     set_kubeconfigs
     if [ "$role" != worker ] && [ -d "$man" ]; then

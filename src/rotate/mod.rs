@@ -132,8 +132,16 @@ pub struct NodeResult {
     pub message: String,
     pub changes: Vec<Change>,
     pub served: Vec<ServedCheck>,
+    /// What the node did, in order (files written, components moved out and back, waits).
+    pub steps: Vec<String>,
     #[serde(skip)]
     pub category: Option<Category>,
+}
+
+/// "LAST STDERR LINE (exit N)".
+fn failure(out: &crate::transport::RemoteOutput) -> String {
+    let code = out.code.unwrap_or(-1);
+    format!("{} (exit {code})", crate::node::stderr_tail(&out.stderr))
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -284,8 +292,20 @@ impl Runner<'_> {
         }
     }
 
-    /// Runs `op` on node `i`; a transport failure or a non-zero exit is an `Err` message with
-    /// its category.
+    /// Runs `op` on node `i`; a transport failure is an `Err` with its category.
+    fn exec_out(
+        &mut self,
+        i: usize,
+        phase: Phase,
+        op: &str,
+        stdin: &[u8],
+    ) -> Result<crate::transport::RemoteOutput, (Category, String)> {
+        let call = self.call(i, phase);
+        let s = self.session(i).map_err(|e| (e.category(), e.to_string()))?;
+        call.run(s.as_mut(), op, stdin).map_err(|e| (e.category(), e.to_string()))
+    }
+
+    /// [`Runner::exec_out`], a non-zero exit an `Err` too (its last stderr line).
     fn exec(
         &mut self,
         i: usize,
@@ -293,13 +313,9 @@ impl Runner<'_> {
         op: &str,
         stdin: &[u8],
     ) -> Result<Vec<u8>, (Category, String)> {
-        let call = self.call(i, phase);
-        let s = self.session(i).map_err(|e| (e.category(), e.to_string()))?;
-        let out = call.run(s.as_mut(), op, stdin).map_err(|e| (e.category(), e.to_string()))?;
+        let out = self.exec_out(i, phase, op, stdin)?;
         if !out.success() {
-            let code = out.code.unwrap_or(-1);
-            let tail = crate::node::stderr_tail(&out.stderr);
-            return Err((Category::NodesFailed, format!("{tail} (exit {code})")));
+            return Err((Category::NodesFailed, failure(&out)));
         }
         Ok(out.stdout)
     }
@@ -477,6 +493,7 @@ impl Runner<'_> {
                 message: String::new(),
                 changes: Vec::new(),
                 served: Vec::new(),
+                steps: Vec::new(),
                 category: None,
             };
             if let Some(why) = &stop {
@@ -675,19 +692,28 @@ impl Runner<'_> {
     }
 
     fn apply_one(&mut self, i: usize, phase: Phase, payload: &[u8], res: &mut NodeResult) {
-        let out = match self.exec(i, phase, "apply", payload) {
+        let out = match self.exec_out(i, phase, "apply", payload) {
             Ok(o) => o,
             Err((c, m)) => {
                 res.status = NodeStatus::Failed;
                 res.category = Some(c);
-                res.message = format!("{m}; the manifests were put back");
+                res.message = m;
                 return;
             }
         };
-        res.changes =
-            remote::changes(&out).into_iter().map(|(k, w)| Change { file: w, what: k }).collect();
-        let unchanged = remote::sections(&out).iter().any(|(h, _)| h == "unchanged");
-        let parsed = crate::renew::snapshot::parse(&out);
+        res.changes = remote::changes(&out.stdout)
+            .into_iter()
+            .map(|(k, w)| Change { file: w, what: k })
+            .collect();
+        let parsed = crate::renew::snapshot::parse(&out.stdout);
+        res.steps = parsed.steps.iter().map(|(_, w)| w.clone()).collect();
+        if !out.success() {
+            res.status = NodeStatus::Failed;
+            res.category = Some(Category::NodesFailed);
+            res.message = format!("{}; the manifests were put back", failure(&out));
+            return;
+        }
+        let unchanged = remote::sections(&out.stdout).iter().any(|(h, _)| h == "unchanged");
         if let Some(after) = parsed.after.as_ref() {
             let restarted: Vec<String> = parsed
                 .steps
@@ -696,12 +722,8 @@ impl Runner<'_> {
                     w.strip_prefix("moved ")?.split_once(".yaml out").map(|(c, _)| c.into())
                 })
                 .collect();
-            res.served = crate::renew::served_checks(
-                after,
-                Some(&parsed.before),
-                &self.opts.paths.pki_dir(),
-                &restarted,
-            );
+            let pki = self.opts.paths.pki_dir();
+            res.served = crate::renew::served_checks(after, Some(&parsed.before), &pki, &restarted);
         }
         let bad: Vec<&str> =
             res.served.iter().filter(|s| !s.ok).map(|s| s.message.as_str()).collect();
@@ -715,11 +737,8 @@ impl Runner<'_> {
         res.message = if unchanged {
             format!("already in the {} state", phase.as_str())
         } else {
-            format!(
-                "{} changes; {} servers present their files",
-                res.changes.len(),
-                res.served.len()
-            )
+            let served = res.served.len();
+            format!("{} changes; {served} servers present their files", res.changes.len())
         };
     }
 
