@@ -21,6 +21,7 @@ use serde_json::Value;
 use testbed::Testbed;
 
 const NODES: [&str; 3] = ["kubemaster-1", "kubemaster-2", "kubemaster-3"];
+const WORKER: &str = "kubenode-1";
 
 fn sh(script: &str) -> String {
     let out = Command::new("sh").arg("-c").arg(script).output().unwrap();
@@ -84,15 +85,63 @@ fn bring_up(tb: &Testbed, fx: &Fixture, pods: &Pods, host: &str) {
     }
 }
 
+/// The worker as a kubelet's TLS bootstrap leaves it: ca.crt, and kubelet.conf with the CA and
+/// a client certificate (system:node:kubenode-1, O=system:nodes) signed by the CA (openssl).
+fn worker(tb: &Testbed, fx: &Fixture) -> std::path::PathBuf {
+    let k = tb.node(WORKER).etc_kubernetes();
+    std::fs::create_dir_all(k.join("pki")).unwrap();
+    let ca = fx.pki().join("ca.crt");
+    std::fs::copy(&ca, k.join("pki/ca.crt")).unwrap();
+    let (p, w) = (fx.pki(), fx.path("worker"));
+    std::fs::create_dir_all(&w).unwrap();
+    sh(&format!(
+        "cd '{w}' && openssl req -new -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -keyout c.key \
+         -subj '/O=system:nodes/CN=system:node:kubenode-1' -out c.csr 2>/dev/null && \
+         openssl x509 -req -in c.csr -CA '{p}/ca.crt' -CAkey '{p}/ca.key' -set_serial 7 -days 30 -out c.crt 2>/dev/null",
+        w = w.display(),
+        p = p.display()
+    ));
+    let b64 = |f: &Path| sh(&format!("base64 -w0 '{}'", f.display()));
+    let conf = k.join("kubelet.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "apiVersion: v1\nclusters:\n- cluster:\n    certificate-authority-data: {}\n    server: https://kubeapi.test:6443\n  name: kubernetes\n\
+             contexts:\n- context:\n    cluster: kubernetes\n    user: system:node:kubenode-1\n  name: default\ncurrent-context: default\n\
+             kind: Config\nusers:\n- name: system:node:kubenode-1\n  user:\n    client-certificate-data: {}\n    client-key-data: {}\n",
+            b64(&ca),
+            b64(&w.join("c.crt")),
+            b64(&w.join("c.key"))
+        ),
+    )
+    .unwrap();
+    conf
+}
+
+/// A kubeconfig field's value, base64-decoded.
+fn conf_field(conf: &Path, field: &str) -> Vec<u8> {
+    let text = std::fs::read_to_string(conf).unwrap();
+    let line = text.lines().find(|l| l.trim_start().starts_with(field)).unwrap();
+    let v = line.split_once(':').unwrap().1.trim().to_string();
+    sh(&format!("printf %s '{v}' | base64 -d")).into_bytes()
+}
+
+fn conf_fingerprints(fx: &Fixture, conf: &Path, field: &str) -> Vec<String> {
+    let f = fx.path("conf-field.pem");
+    std::fs::write(&f, conf_field(conf, field)).unwrap();
+    fingerprints(&f)
+}
+
 #[test]
 fn rotate_prepares_trusts_both_switches_drains_and_finalizes_on_real_control_planes() {
     let Some(cache) = real_kube::cache() else { return };
-    let Some(tb) = Testbed::up(3, 0) else { return };
+    let Some(tb) = Testbed::up(3, 1) else { return };
     real_kube::install(&tb, &cache);
     let pods = Pods { tb: &tb };
     let host = real_kube::host_ip();
     let fx = Fixture::new();
     bring_up(&tb, &fx, &pods, &host);
+    let worker_conf = worker(&tb, &fx);
     let pki = |n: &str| tb.node(n).etc_kubernetes().join("pki");
     let state_dir = tb.node(NODES[0]).etc_kubernetes().join("hapki/rotate");
     let old_ca = fingerprints(&fx.pki().join("ca.crt"));
@@ -142,6 +191,25 @@ fn rotate_prepares_trusts_both_switches_drains_and_finalizes_on_real_control_pla
             assert!(verifies(&pki(n).join(leaf), &state_dir.join("new").join(ca)), "{n}: {leaf}");
         }
     }
+    // The worker: ca.crt and kubelet.conf's CA new+old, its kubelet's client certificate
+    // re-issued by hapki from the new CA (same name).
+    assert_eq!(
+        fingerprints(&pki(WORKER).join("ca.crt")),
+        [new_ca.clone(), old_ca.clone()].concat()
+    );
+    assert_eq!(
+        conf_fingerprints(&fx, &worker_conf, "certificate-authority-data"),
+        [new_ca.clone(), old_ca.clone()].concat()
+    );
+    let client = fx.path("worker-client.crt");
+    std::fs::write(&client, conf_field(&worker_conf, "client-certificate-data")).unwrap();
+    assert!(verifies(&client, &new_ca_file), "the worker's kubelet client is not from the new CA");
+    let subject =
+        sh(&format!("openssl x509 -noout -subject -nameopt RFC2253 -in '{}'", client.display()));
+    assert!(
+        subject.contains("CN=system:node:kubenode-1") && subject.contains("O=system:nodes"),
+        "{subject}"
+    );
     let want = sh(&format!(
         "openssl x509 -pubkey -noout -in '{}' | openssl pkey -pubin -outform der | openssl dgst -sha256 -r",
         new_ca_file.display()
@@ -177,6 +245,8 @@ fn rotate_prepares_trusts_both_switches_drains_and_finalizes_on_real_control_pla
         assert!(!pki(n).join("hapki-signing-ca.crt").exists());
     }
     assert!(!state_dir.join("new/ca.key").exists() && !state_dir.join("old/ca.key").exists());
+    assert_eq!(fingerprints(&pki(WORKER).join("ca.crt")), new_ca);
+    assert_eq!(conf_fingerprints(&fx, &worker_conf, "certificate-authority-data"), new_ca);
     assert_eq!(rep["state"]["phase_done"], "finalize");
     let (code, _, out) = rotate(&tb, &[]);
     assert_eq!(code, Some(0), "{out}");

@@ -509,7 +509,20 @@ impl Runner<'_> {
             }
             let d = material::desired(&l.old, &l.new, &which, phase, cp)?;
             let renew = phase == Phase::Switch && cp;
-            let payload = remote::desired_payload(&d, &l.old, &l.new, renew, !opts.dry_run);
+            let mut payload = remote::desired_payload(&d, &l.old, &l.new, renew, !opts.dry_run);
+            if !cp && phase == Phase::Switch && which.contains(&Part::Ca) && !opts.dry_run {
+                match self.worker_kubelet(i, l) {
+                    Ok(extra) => payload.extend(extra),
+                    Err((c, m)) => {
+                        res.status = NodeStatus::Failed;
+                        res.category = Some(c);
+                        res.message = format!("reading its kubelet's client certificate: {m}");
+                        stop = Some(format!("not touched: {name} did not finish switch"));
+                        rep.nodes.push(res);
+                        continue;
+                    }
+                }
+            }
             if opts.dry_run {
                 match self.exec(i, phase, "plan", &payload) {
                     Ok(out) => {
@@ -740,6 +753,30 @@ impl Runner<'_> {
             let served = res.served.len();
             format!("{} changes; {served} servers present their files", res.changes.len())
         };
+    }
+
+    /// A worker's kubelet client certificate, when the old CA signed it: a new one (same name,
+    /// `O=system:nodes`) from the new CA, as apply's `=== kubelet` section (a worker holds no
+    /// CA key, so hapki signs it here; the key travels on SSH stdin only).
+    fn worker_kubelet(&mut self, i: usize, l: &Loaded) -> Result<Vec<u8>, (Category, String)> {
+        let out = self.exec(i, Phase::Switch, "kubelet-cert", b"")?;
+        let Some((_, pem)) = remote::sections(&out).into_iter().find(|(h, _)| h == "kubelet")
+        else {
+            return Ok(Vec::new());
+        };
+        let bad = |e: crate::pki::PkiError| (Category::NodesFailed, e.to_string());
+        let cert = crate::pki::parse::parse_certificate("kubelet.conf", &pem).map_err(bad)?;
+        let (new_crt, new_key) = (l.new.get("ca.crt"), l.new.get("ca.key"));
+        let (Some(new_crt), Some(new_key)) = (new_crt, new_key) else { return Ok(Vec::new()) };
+        let new_der = crate::pki::parse::parse_certificate("ca.crt", new_crt).map_err(bad)?.der;
+        let cn = cert.common_name.clone().unwrap_or_default();
+        if drain::signed_by(&cert.der, &new_der) || !cn.starts_with("system:node:") {
+            return Ok(Vec::new());
+        }
+        let now = OffsetDateTime::now_utc();
+        let leaf =
+            crate::pki::generate::issue_kubelet_client(new_crt, new_key, &cn, now).map_err(bad)?;
+        Ok(format!("=== kubelet\n{}{}", leaf.cert_pem, leaf.key_pem).into_bytes())
     }
 
     fn drain_once(&mut self, l: &Loaded, progress: bool) -> DrainReport {
