@@ -408,6 +408,10 @@ apply() {
 }
 
 cluster_info() {
+    if [ ! -f "$k/admin.conf" ]; then
+        printf '=== cluster-info skipped (no %s)\n' "$k/admin.conf"
+        return 0
+    fi
     command -v kubectl > /dev/null 2>&1 || die 78 "kubectl is not on this node's PATH: update kube-public/cluster-info by hand"
     kc="kubectl --kubeconfig $k/admin.conf -n kube-public"
     $kc get configmap cluster-info -o 'jsonpath={.data.kubeconfig}' > "$in/cluster-info" ||
