@@ -245,7 +245,9 @@ reissue_kubelet_client() {
 install_kubelet_client() {
     if [ "$kk" = file ]; then
         kd=${kf%/*}
+        safe_dir "$kd" any
         new=$kd/kubelet-client-hapki-$stamp.pem
+        [ ! -L "$new.tmp" ] || die 77 "$new.tmp is a symlink: refusing to write through it"
         cat "$in/kubelet.crt" "$in/kubelet.key" > "$new.tmp"
         mv -f "$new.tmp" "$new"
         if [ -L "$kf" ]; then
