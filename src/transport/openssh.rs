@@ -49,9 +49,13 @@ impl OpensshTransport {
 
     /// Uses the given `ssh` binary.
     pub fn with_ssh(ssh: impl Into<PathBuf>) -> Result<OpensshTransport, TransportError> {
-        // Control socket paths must stay short (sun_path is 108 bytes): a directory in /tmp.
+        // Control socket paths must stay short (sun_path is 108 bytes): a directory in /tmp,
+        // created 0700 (tempfile's default follows the umask: 0755), so no other user reaches a
+        // socket through which commands run on the nodes.
+        use std::os::unix::fs::PermissionsExt;
         let control_dir = tempfile::Builder::new()
             .prefix("hapki-ssh.")
+            .permissions(std::fs::Permissions::from_mode(0o700))
             .tempdir_in("/tmp")
             .map_err(|e| TransportError::Io {
                 host: "localhost".to_owned(),
