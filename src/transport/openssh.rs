@@ -15,6 +15,7 @@
 //! ends it with a signal, and a command on a session whose master died fails, naming the node.
 
 use std::io::{Read, Write};
+use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -309,8 +310,6 @@ impl Master {
         }
     }
 }
-
-use std::os::unix::process::ExitStatusExt;
 
 /// Blocks until `pid` (our child) has exited, leaving it to be reaped.
 fn wait_no_reap(pid: libc::pid_t) {
