@@ -135,3 +135,28 @@ fn a_node_whose_master_dies_fails_alone_by_name_without_logging_in_again() {
     // The other node is unaffected (negative control).
     assert_eq!(run_ok(&mut s2, "echo ok"), "ok\n");
 }
+
+/// An `ssh` that is a wrapper running the real client as its child (not `exec`): ending the
+/// session still ends the real master (its whole process group is signalled).
+#[test]
+fn a_wrapper_ssh_leaves_no_master_behind() {
+    let Some(tb) = Testbed::up(1, 0) else { return };
+    let n = tb.control_plane(1);
+    let dir = tempfile::tempdir().unwrap();
+    let wrapper = dir.path().join("ssh");
+    let real = ["/usr/bin/ssh", "/bin/ssh"].into_iter().find(|p| Path::new(p).exists()).unwrap();
+    std::fs::write(&wrapper, format!("#!/bin/sh\n{real} \"$@\"\n")).unwrap();
+    std::fs::set_permissions(&wrapper, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let tr = OpensshTransport::with_ssh(&wrapper).unwrap();
+    let mut s = tr.connect(&tb.target(&n.name)).unwrap();
+    assert_eq!(run_ok(&mut s, "echo ok"), "ok\n");
+    let running = masters(tr.control_dir(), &n.address);
+    // The wrapper's shell and the real client it started: both carry the arguments.
+    assert_eq!(running.len(), 2, "{running:?}");
+    drop(s);
+    let start = Instant::now();
+    while !masters(tr.control_dir(), &n.address).is_empty() && start.elapsed().as_secs() < 5 {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(masters(tr.control_dir(), &n.address).is_empty(), "a master outlived its session");
+}

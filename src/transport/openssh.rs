@@ -276,6 +276,9 @@ impl Master {
                 Ok(())
             })
         };
+        // Its own process group, signalled as one: an `ssh` on PATH that is a wrapper running
+        // the real client as its child (not `exec`) must not leave that client behind.
+        cmd.process_group(0);
         let exited = Arc::new(Mutex::new(None));
         let (tx, rx) = std::sync::mpsc::channel();
         let state = Arc::clone(&exited);
@@ -301,12 +304,13 @@ impl Master {
         self.exited.lock().unwrap_or_else(|p| p.into_inner()).is_none()
     }
 
-    /// Sends `sig` to the master unless it has exited.
+    /// Sends `sig` to the master's process group unless the master has exited.
     fn signal(&self, sig: libc::c_int) {
         let exited = self.exited.lock().unwrap_or_else(|p| p.into_inner());
         if exited.is_none() {
-            // SAFETY: our child, not reaped while the lock is held (see the struct).
-            unsafe { libc::kill(self.pid, sig) };
+            // SAFETY: our child leads this group and is not reaped while the lock is held (see
+            // the struct), so the group id cannot have been reused.
+            unsafe { libc::kill(-self.pid, sig) };
         }
     }
 }
