@@ -40,12 +40,12 @@ row() {
     w=$(col "$3" 1)
     r=$(echo "$w / $(col "$4" 1)" | bc -l)
     [ "$3" != "$4" ] && rss="$(($(col "$3" 4) / 1024)) MiB"
-    printf '%-6s %-10s %8.3fs %6.2fx %11.1fms %12.1fms %9s %11s\n' "$n" "$2" "$w" "$r" \
+    printf '%-6s %-16s %8.3fs %6.2fx %11.1fms %12.1fms %9s %11s\n' "$n" "$2" "$w" "$r" \
         "$(echo "$(col "$3" 2) * 1000 / $n" | bc -l)" "$(echo "$(col "$3" 3) * 1000 / $n" | bc -l)" \
         "$rss" "${5:--}"
 }
 header() {
-    printf '%-6s %-10s %9s %7s %12s %13s %9s %11s\n' nodes method wall ratio "op CPU/node" \
+    printf '%-6s %-16s %9s %7s %12s %13s %9s %11s\n' nodes method wall ratio "op CPU/node" \
         "node CPU/node" "peak RSS" "${1:-}"
 }
 
@@ -60,4 +60,26 @@ tb_up() {
         NET=$((NET + 1))
     done
     [ "$rc" = 0 ] || { echo "bench: scripts/testbed up failed (exit $rc)" >&2; exit 1; }
+}
+
+# kex_split SSH_WORDS... -- ADDR: what one login of the system ssh costs, with the key exchange
+# its configuration picks and with curve25519-sha256 alone (for the split only: hapki never
+# narrows the user's KexAlgorithms): client CPU and node CPU per login, 10 logins each. Prints
+# one line.
+kex_split() {
+    local ssh=() a out="" k n0 n1 i
+    while [ "$1" != -- ]; do ssh+=("$1"); shift; done
+    a=$2
+    for k in default curve25519-sha256; do
+        local o=()
+        [ "$k" = default ] || o=(-o "KexAlgorithms=$k")
+        n0=$(node_cpu)
+        /usr/bin/time -f '%U %S' -o "$WORK/kex" bash -c \
+            'for i in 1 2 3 4 5 6 7 8 9 10; do "$@" true || exit 1; done' - "${ssh[@]}" "${o[@]}" "root@$a"
+        sleep 0.3
+        n1=$(node_cpu)
+        i=$(tail -n 1 "$WORK/kex")
+        out="$out $k: client $(echo "(${i% *} + ${i#* }) * 100" | bc -l | xargs printf '%.0f') ms, node $(echo "($n1 - $n0) * 100" | bc -l | xargs printf '%.0f') ms;"
+    done
+    echo "one login (ssh NODE true), per login:$out"
 }

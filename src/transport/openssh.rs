@@ -5,15 +5,22 @@
 //! known_hosts and nothing else (no global known_hosts files, no `KnownHostsCommand`, no
 //! `CheckHostIP`: the built-in transport trusts exactly the same keys), with `UpdateHostKeys=no`
 //! so the file is never modified. `@cert-authority` lines in it work here (SSH host
-//! certificates); the built-in transport refuses them by name. One ControlMaster
-//! connection per session: the host key is checked and the login done once, and every command
-//! after that is multiplexed over it.
+//! certificates); the built-in transport refuses them by name.
+//!
+//! One connection per session: `ssh -M -N` runs as our child in the foreground (never forked to
+//! the background, whatever the user's `ControlPersist` says), its control socket in a private
+//! 0700 directory this transport creates and removes; the host key is checked and the login
+//! done once, and every command is multiplexed over it. A thread per session spawns and reaps
+//! the master, which dies with it (`PR_SET_PDEATHSIG`), so no master outlives hapki; the session
+//! ends it with a signal, and a command on a session whose master died fails, naming the node.
 
 use std::io::{Read, Write};
+use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use super::builtin::{probe_host_key, unknown_host_error};
@@ -26,10 +33,13 @@ use super::{
 /// The system-`ssh` transport. Holds a private 0700 directory for the control sockets.
 pub struct OpensshTransport {
     ssh: PathBuf,
-    control_dir: tempfile::TempDir,
+    /// Shared with every session, so it outlives their masters.
+    control_dir: Arc<tempfile::TempDir>,
     counter: AtomicUsize,
     /// Whether this `ssh` knows `KnownHostsCommand` (OpenSSH 8.5+), so it can be turned off.
     khc: bool,
+    /// Whether it knows `ForkAfterAuthentication` (8.7+), so a configuration cannot turn it on.
+    fork_opt: bool,
 }
 
 impl OpensshTransport {
@@ -40,9 +50,13 @@ impl OpensshTransport {
 
     /// Uses the given `ssh` binary.
     pub fn with_ssh(ssh: impl Into<PathBuf>) -> Result<OpensshTransport, TransportError> {
-        // Control socket paths must stay short (sun_path is 108 bytes): a directory in /tmp.
+        // Control socket paths must stay short (sun_path is 108 bytes): a directory in /tmp,
+        // created 0700 (tempfile's default follows the umask: 0755), so no other user reaches a
+        // socket through which commands run on the nodes.
+        use std::os::unix::fs::PermissionsExt;
         let control_dir = tempfile::Builder::new()
             .prefix("hapki-ssh.")
+            .permissions(std::fs::Permissions::from_mode(0o700))
             .tempdir_in("/tmp")
             .map_err(|e| TransportError::Io {
                 host: "localhost".to_owned(),
@@ -50,16 +64,29 @@ impl OpensshTransport {
                 source: e,
             })?;
         let ssh = ssh.into();
-        let khc = knows_known_hosts_command(&ssh);
-        Ok(OpensshTransport { ssh, control_dir, counter: AtomicUsize::new(0), khc })
+        // ForkAfterAuthentication came after KnownHostsCommand: one probe when both are known.
+        let fork_opt = knows(&ssh, &["KnownHostsCommand=none", "ForkAfterAuthentication=no"]);
+        let khc = fork_opt || knows(&ssh, &["KnownHostsCommand=none"]);
+        let control_dir = Arc::new(control_dir);
+        Ok(OpensshTransport { ssh, control_dir, counter: AtomicUsize::new(0), khc, fork_opt })
+    }
+
+    /// The private directory holding the control sockets (0700, removed when the transport and
+    /// every session it opened are gone).
+    pub fn control_dir(&self) -> &Path {
+        self.control_dir.path()
     }
 }
 
-/// Whether `ssh` accepts `-o KnownHostsCommand=none` (an older one refuses the whole command
-/// line over an unknown option, and has no such command to turn off).
-fn knows_known_hosts_command(ssh: &Path) -> bool {
-    Command::new(ssh)
-        .args(["-F", "/dev/null", "-o", "KnownHostsCommand=none", "-G", "127.0.0.1"])
+/// Whether `ssh` accepts these `-o` options (an older one refuses the whole command line over an
+/// unknown option, and has no such setting to turn off).
+fn knows(ssh: &Path, options: &[&str]) -> bool {
+    let mut c = Command::new(ssh);
+    c.args(["-F", "/dev/null"]);
+    for o in options {
+        c.args(["-o", o]);
+    }
+    c.args(["-G", "127.0.0.1"])
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -179,70 +206,230 @@ impl Transport for OpensshTransport {
         let n = self.counter.fetch_add(1, Ordering::Relaxed);
         let socket = self.control_dir.path().join(format!("cm-{n}"));
         let log = self.control_dir.path().join(format!("cm-{n}.log"));
-        let log_file = std::fs::File::create(&log).map_err(|e| TransportError::Io {
-            host: target.host.clone(),
-            what: "creating a log file".to_owned(),
-            source: e,
-        })?;
+        let io_err = |what: String| {
+            let host = target.host.clone();
+            move |source| TransportError::Io { host, what, source }
+        };
+        let log_file = std::fs::File::create(&log).map_err(io_err("creating a log file".into()))?;
         let mut master = Command::new(&self.ssh);
         master.args(common_args(target, self.khc)?);
         if let Some(c) = self.gcm_first(target) {
             master.args(["-o", &format!("Ciphers={c}")]);
         }
-        // The master goes to the background after logging in (-f) and keeps the log file open,
-        // so its stderr goes to a file, not a pipe we would wait on forever.
-        let status = master
-            .args(["-o", "ControlMaster=yes", "-o", "ControlPersist=60", "-f", "-N", "-o"])
+        // In the foreground, as our child: no ControlPersist (it would fork the master away),
+        // nor ForkAfterAuthentication, whatever the user's configuration says.
+        if self.fork_opt {
+            master.args(["-o", "ForkAfterAuthentication=no"]);
+        }
+        master
+            .args(["-o", "ControlMaster=yes", "-o", "ControlPersist=no", "-N", "-o"])
             .arg(format!("ControlPath={}", socket.display()))
             .arg(&target.host)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(log_file)
-            .status()
-            .map_err(|e| TransportError::Io {
-                host: target.host.clone(),
-                what: format!("running {}", self.ssh.display()),
-                source: e,
-            })?;
-        if !status.success() {
-            let stderr = std::fs::read(&log).unwrap_or_default();
-            let stderr = String::from_utf8_lossy(&super::escape_stderr(&stderr)).into_owned();
-            return Err(map_failure(target, &stderr));
-        }
-        Ok(Box::new(OpensshSession {
+            .stderr(log_file);
+        let what = format!("running {}", self.ssh.display());
+        let master = Master::spawn(master).map_err(io_err(what))?;
+        let session = OpensshSession {
             ssh: self.ssh.clone(),
             socket,
+            log,
             target: target.clone(),
             khc: self.khc,
-        }))
+            master,
+            _dir: Arc::clone(&self.control_dir),
+        };
+        session.wait_logged_in()?;
+        Ok(Box::new(session))
+    }
+}
+
+/// How long a login may take after the TCP connection (bounded by ConnectTimeout): the key
+/// exchange, the host-key check and the authentication (an agent, a hardware key).
+const LOGIN_GRACE: Duration = Duration::from_secs(60);
+
+/// A control master (`ssh -M -N`) running as our child. Its own thread spawns it (so that
+/// `PR_SET_PDEATHSIG` ties the master to that thread, which lives until the master has exited,
+/// and to the process) and reaps it; `exited` is set before the pid is reaped, under its lock,
+/// so a signal sent while it is unset always reaches this master, never a reused pid.
+struct Master {
+    pid: libc::pid_t,
+    exited: Arc<Mutex<Option<ExitStatus>>>,
+    waiter: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Master {
+    fn spawn(mut cmd: Command) -> std::io::Result<Master> {
+        use std::os::unix::process::CommandExt;
+        let parent = std::process::id() as libc::pid_t;
+        // SAFETY: prctl, getppid and kill are async-signal-safe; nothing else runs between
+        // fork and exec.
+        unsafe {
+            cmd.pre_exec(move || {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                // The parent may have died before the prctl: then nobody would signal us.
+                if libc::getppid() != parent {
+                    libc::kill(libc::getpid(), libc::SIGTERM);
+                }
+                Ok(())
+            })
+        };
+        // Its own process group, signalled as one: an `ssh` on PATH that is a wrapper running
+        // the real client as its child (not `exec`) must not leave that client behind.
+        cmd.process_group(0);
+        let exited = Arc::new(Mutex::new(None));
+        let (tx, rx) = std::sync::mpsc::channel();
+        let state = Arc::clone(&exited);
+        let waiter = std::thread::Builder::new()
+            .name("ssh-master".to_owned())
+            .stack_size(256 * 1024)
+            .spawn(move || {
+                let mut child = match cmd.spawn() {
+                    Ok(c) => c,
+                    Err(e) => return drop(tx.send(Err(e))),
+                };
+                let _ = tx.send(Ok(child.id() as libc::pid_t));
+                wait_no_reap(child.id() as libc::pid_t);
+                let mut exited = state.lock().unwrap_or_else(|p| p.into_inner());
+                *exited = Some(child.wait().unwrap_or_else(|_| ExitStatus::from_raw(255 << 8)));
+            })?;
+        let pid = rx.recv().map_err(|_| std::io::Error::other("ssh master thread ended"))??;
+        Ok(Master { pid, exited, waiter: Some(waiter) })
+    }
+
+    /// Whether the master is still running (not yet seen exiting).
+    fn alive(&self) -> bool {
+        self.exited.lock().unwrap_or_else(|p| p.into_inner()).is_none()
+    }
+
+    /// Sends `sig` to the master's process group unless the master has exited.
+    fn signal(&self, sig: libc::c_int) {
+        let exited = self.exited.lock().unwrap_or_else(|p| p.into_inner());
+        if exited.is_none() {
+            // SAFETY: our child leads this group and is not reaped while the lock is held (see
+            // the struct), so the group id cannot have been reused.
+            unsafe { libc::kill(-self.pid, sig) };
+        }
+    }
+}
+
+/// Blocks until `pid` (our child) has exited, leaving it to be reaped.
+fn wait_no_reap(pid: libc::pid_t) {
+    loop {
+        // SAFETY: a zeroed siginfo_t is a valid out-parameter for waitid.
+        let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+        // SAFETY: waiting on our own child with WNOWAIT only reads its state.
+        let rc = unsafe {
+            libc::waitid(libc::P_PID, pid as libc::id_t, &mut info, libc::WEXITED | libc::WNOWAIT)
+        };
+        if rc == 0 || std::io::Error::last_os_error().kind() != std::io::ErrorKind::Interrupted {
+            return;
+        }
+    }
+}
+
+impl Drop for Master {
+    /// Ends the master (it says goodbye to the node, closes the connection and removes its
+    /// socket). SIGTERM, sent again every 20 ms: one that lands just before ssh goes back to
+    /// waiting is only seen at its next wake-up (up to the keepalive interval); SIGKILL if it is
+    /// still there after 3 s.
+    fn drop(&mut self) {
+        let start = Instant::now();
+        while self.alive() && start.elapsed() < Duration::from_secs(3) {
+            self.signal(libc::SIGTERM);
+            for _ in 0..10 {
+                std::thread::sleep(Duration::from_millis(2));
+                if !self.alive() {
+                    break;
+                }
+            }
+        }
+        self.signal(libc::SIGKILL);
+        if let Some(w) = self.waiter.take() {
+            let _ = w.join();
+        }
     }
 }
 
 struct OpensshSession {
     ssh: PathBuf,
     socket: PathBuf,
+    /// The master's stderr.
+    log: PathBuf,
     target: Target,
     khc: bool,
+    master: Master,
+    /// The control directory stays while a session may use it.
+    _dir: Arc<tempfile::TempDir>,
 }
 
 impl OpensshSession {
-    /// Asks the control master to exit (closing every pipe it holds and the connection).
-    fn exit_master(&self) {
-        let _ = Command::new(&self.ssh)
-            .arg("-o")
-            .arg(format!("ControlPath={}", self.socket.display()))
-            .args(["-O", "exit"])
-            .arg(&self.target.host)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status();
+    /// Waits until the master listens on its socket (logged in), or fails as ssh failed.
+    fn wait_logged_in(&self) -> Result<(), TransportError> {
+        use std::os::unix::fs::FileTypeExt;
+        let limit = self.target.connect_timeout + LOGIN_GRACE;
+        let start = Instant::now();
+        let mut pause = Duration::from_millis(1);
+        loop {
+            let listening =
+                std::fs::symlink_metadata(&self.socket).is_ok_and(|m| m.file_type().is_socket());
+            if listening && self.master.alive() {
+                return Ok(());
+            }
+            if !self.master.alive() {
+                return Err(map_failure(&self.target, &self.master_log()));
+            }
+            if start.elapsed() >= limit {
+                self.master.signal(libc::SIGTERM);
+                return Err(TransportError::Timeout {
+                    host: self.target.host.clone(),
+                    what: "logging in".to_owned(),
+                    after: limit,
+                });
+            }
+            std::thread::sleep(pause);
+            pause = (pause * 2).min(Duration::from_millis(8));
+        }
     }
-}
 
-impl Drop for OpensshSession {
-    fn drop(&mut self) {
-        self.exit_master();
+    /// Whether a client that failed with `stderr` lost its master: the master has exited, or
+    /// the client says the mux connection broke and the master exits within a moment.
+    fn master_died(&self, stderr: &str) -> bool {
+        let start = Instant::now();
+        while self.master.alive() {
+            if !stderr.contains("mux_client_") || start.elapsed() > Duration::from_millis(500) {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        true
+    }
+
+    /// What the master printed (escaped for display).
+    fn master_log(&self) -> String {
+        let raw = std::fs::read(&self.log).unwrap_or_default();
+        String::from_utf8_lossy(&super::escape_stderr(&raw)).into_owned()
+    }
+
+    /// The error for a command on a session whose master has exited: ssh's own reason when its
+    /// log names one, else that the connection ended.
+    fn master_gone(&self) -> TransportError {
+        let log = self.master_log();
+        if looks_like_ssh_failure(&log) {
+            return map_failure(&self.target, &log);
+        }
+        let last = log.lines().rev().map(str::trim).find(|l| !l.is_empty());
+        TransportError::Protocol {
+            host: self.target.host.clone(),
+            what: "running a command".to_owned(),
+            message: format!(
+                "the connection to the node ended (its ssh master exited{}); check the node and \
+                 the network, and run again",
+                last.map(|l| format!(": {l}")).unwrap_or_default()
+            ),
+        }
     }
 }
 
@@ -259,6 +446,9 @@ impl Session for OpensshSession {
         stdout: &mut (dyn Write + Send),
     ) -> Result<RemoteOutput, TransportError> {
         let cmd = remote_command(script, args, self.target.become_)?;
+        if !self.master.alive() {
+            return Err(self.master_gone());
+        }
         let mut child = self.spawn_client(cmd)?;
         let (Some(mut cin), Some(mut cout), Some(mut cerr)) =
             (child.stdin.take(), child.stdout.take(), child.stderr.take())
@@ -282,7 +472,7 @@ impl Session for OpensshSession {
             }
             // SAFETY: signalling our own child, not yet reaped (see above).
             unsafe { libc::kill(pid, libc::SIGKILL) };
-            self.exit_master();
+            self.master.signal(libc::SIGTERM);
         };
         let started = Instant::now();
         let last_byte = AtomicU64::new(0);
@@ -380,9 +570,11 @@ impl OpensshSession {
             }
             Err(_) => return Err(TransportError::Invalid("input thread panicked".to_owned())),
         }
-        use std::os::unix::process::ExitStatusExt;
         if status.code() == Some(255) {
             let text = String::from_utf8_lossy(&errbuf);
+            if self.master_died(&text) {
+                return Err(self.master_gone());
+            }
             if looks_like_ssh_failure(&text) {
                 return Err(map_failure(&self.target, &text));
             }

@@ -33,6 +33,7 @@ mod pinned_trust_file_on_the_node;
 mod pki_staging_in_a_user_directory;
 mod rotate_state_dir_planted_by_a_user;
 mod shared_dest_staging_deleted;
+mod ssh_control_socket_of_another_user;
 mod tampered_install_instructions;
 mod tar_header_fields;
 mod terminal_escapes_from_nodes;
