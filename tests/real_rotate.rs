@@ -743,26 +743,21 @@ fn rotate_all_four_cas_with_no_failed_request() {
     let new_hash = openssl::openssl_discovery_hash(&new_pki.join("ca.crt"));
     assert_ne!(old_hash, new_hash, "control: the new CA's hash differs from the old one's");
 
-    // trust-both, under load with the old token.
-    phase_under_load(&inv, &traffic, &[("old", &old_h)], "trust-both");
+    // trust-both, under load with the old token, SIGKILLed between two nodes and resumed.
+    let run = Run { inv: &inv, tb: &tb, known: &known };
+    let old_only: [(&str, &[String; 2]); 1] = [("old", &old_h)];
+    let report = run.killed_and_resumed(&traffic, &old_only, "trust-both", BETWEEN_NODES);
+    assert_eq!(node_report(&report, "kubemaster-3")["status"], "done", "{report}");
     assert_phase(&known, &tb, &NODES, Phase::TrustBoth);
 
-    // switch: SIGKILLed while on kubemaster-2, resumed; one load across both runs.
+    // switch: SIGKILLed half way through kubemaster-2, resumed. Clients now trust the
+    // bundle trust-both put on every node (the runbook's step 3).
     let bundle = tb.node("kubemaster-1").etc_kubernetes().join("pki/ca.crt");
     let clients_ca = fx.path("clients-ca.crt");
     std::fs::copy(&bundle, &clients_ca).unwrap();
-    std::fs::copy(&bundle, &lb_ca).unwrap();
+    replace(&lb_ca, &bundle);
     traffic.ca = clients_ca.clone();
-    let load = traffic.start(&[("old", &old_h)], "switch");
-    let lines = kill_during(&inv, "kubemaster-2", KILL_AT);
-    eprintln!("switch: killed after:\n  {}", lines.join("\n  "));
-    assert_phase(&known, &tb, &["kubemaster-1"], Phase::Switch);
-    assert_phase(&known, &tb, &["kubemaster-3"], Phase::TrustBoth);
-    let (code, report, out) = rotate(&inv, &[]);
-    load.none_failed("switch (killed, then resumed)");
-    assert_eq!(code, Some(0), "switch resumed: {out}");
-    assert_eq!(report["phase"], "switch", "{report}");
-    assert_eq!(node_report(&report, "kubemaster-1")["status"], "unchanged", "{report}");
+    let report = run.killed_and_resumed(&traffic, &old_only, "switch", HALF_WAY);
     assert_eq!(node_report(&report, "kubemaster-3")["status"], "done", "{report}");
     assert_phase(&known, &tb, &NODES, Phase::Switch);
     assert_eq!(report["discovery_token_ca_cert_hash"], new_hash.as_str(), "{report}");
@@ -811,9 +806,58 @@ fn rotate_all_four_cas_with_no_failed_request() {
     assert_eq!(status(&tb, "kubemaster-4", &new_pki.join("ca.crt"), &old_h), 401);
 }
 
+/// Where trust-both is killed: kubemaster-2's first progress line (kubemaster-1 done,
+/// kubemaster-2 not begun).
+const BETWEEN_NODES: &str = "";
 /// Where switch is killed: the first progress line of kubemaster-2 that says this (its API
 /// server stopped: the node is half way through).
-const KILL_AT: &str = "stopped";
+const HALF_WAY: &str = "stopped";
+
+/// A rotation's inventory, nodes and known keys.
+struct Run<'a> {
+    inv: &'a Path,
+    tb: &'a Testbed,
+    known: &'a Known,
+}
+
+impl Run<'_> {
+    /// The next phase, `phase`, SIGKILLed at kubemaster-2's first progress line containing
+    /// `at`, seen half done (kubemaster-1 in the phase's state, kubemaster-3 in the previous
+    /// one), then run again to the end; one load across both runs, no request failed.
+    fn killed_and_resumed(
+        &self,
+        traffic: &Traffic,
+        tokens: &[(&str, &[String; 2])],
+        phase: &str,
+        at: &str,
+    ) -> Value {
+        let (this, previous) = match phase {
+            "trust-both" => (Phase::TrustBoth, Phase::Before),
+            "switch" => (Phase::Switch, Phase::TrustBoth),
+            _ => (Phase::Finalize, Phase::Switch),
+        };
+        let load = traffic.start(tokens, phase);
+        let lines = kill_during(self.inv, "kubemaster-2", at);
+        eprintln!("{phase}: SIGKILLed after:\n  {}", lines.join("\n  "));
+        assert_phase(self.known, self.tb, &["kubemaster-1"], this);
+        assert_phase(self.known, self.tb, &["kubemaster-3"], previous);
+        let (code, report, out) = rotate(self.inv, &[]);
+        let secs = load.started.elapsed().as_secs();
+        load.none_failed(&format!("{phase} (killed, then resumed)"));
+        assert_eq!(code, Some(0), "{phase} resumed: {out}");
+        assert_eq!(report["phase"], phase, "{report}");
+        assert_eq!(node_report(&report, "kubemaster-1")["status"], "unchanged", "{report}");
+        eprintln!("{phase}: {secs}s with the kill; resumed: {}", statuses(&report));
+        report
+    }
+}
+
+/// Replaces `dst` by a copy of `src` in one rename (the endpoint's checks read it meanwhile).
+fn replace(dst: &Path, src: &Path) {
+    let tmp = dst.with_extension("tmp");
+    std::fs::copy(src, &tmp).unwrap();
+    std::fs::rename(&tmp, dst).unwrap();
+}
 
 /// drain under load with both tokens: not clear while the controller's legacy token Secrets
 /// are signed by the old key (exit 2, each listed); clear (exit 0) once they are deleted, as
@@ -837,7 +881,7 @@ fn drain(inv: &Path, traffic: &Traffic, tokens: &[(&str, &[String; 2])], tb: &Te
             ),
         );
         std::thread::sleep(Duration::from_secs(3));
-        let (code, report, out) = rotate(inv, &["--wait"]);
+        let (code, report, out) = rotate(inv, &[]);
         assert_eq!(code, Some(0), "drain after deleting the old-key token Secrets: {out}");
         assert_eq!(report["drain"]["clear"], true, "{report}");
     } else {
