@@ -527,9 +527,17 @@ fn statuses(report: &Value) -> String {
     nodes.iter().map(|n| format!("{} {}", n["node"], n["status"])).collect::<Vec<_>>().join(", ")
 }
 
-/// Runs the next phase and SIGKILLs hapki at the first progress line on stderr that names
-/// `node` and contains `at`. Returns the progress lines seen.
-fn kill_during(inv: &Path, node: &str, at: &str) -> Vec<String> {
+/// When to SIGKILL a run: at kubemaster-2's first progress line on stderr (before its node
+/// step), or after it once kubemaster-2's `kube-apiserver.yaml` has left the manifests
+/// directory (its files changed, its API server being restarted: half way through).
+#[derive(Clone, Copy)]
+enum Kill {
+    BetweenNodes,
+    HalfWay,
+}
+
+/// Runs the next phase and SIGKILLs hapki at `kill`. Returns the progress lines seen.
+fn kill_during(inv: &Path, tb: &Testbed, kill: Kill) -> Vec<String> {
     let mut child = hapki_process()
         .args(["rotate", "--inventory"])
         .arg(inv)
@@ -544,14 +552,22 @@ fn kill_during(inv: &Path, node: &str, at: &str) -> Vec<String> {
     for line in err.lines() {
         let line = line.unwrap();
         lines.push(line.clone());
-        if line.contains(node) && line.contains(at) {
+        if line.contains("kubemaster-2") {
+            if let Kill::HalfWay = kill {
+                let manifest =
+                    tb.node("kubemaster-2").etc_kubernetes().join("manifests/kube-apiserver.yaml");
+                let what = "kubemaster-2's kube-apiserver.yaml moved out";
+                real_kube::wait_for(what, Duration::from_secs(120), || {
+                    (!manifest.exists()).then_some(())
+                });
+            }
             child.kill().unwrap();
             killed = true;
             break;
         }
     }
     let st = child.wait().unwrap();
-    assert!(killed, "rotate ended ({st}) before \"{node} … {at}\":\n{}", lines.join("\n"));
+    assert!(killed, "rotate ended ({st}) before kubemaster-2:\n{}", lines.join("\n"));
     lines
 }
 
@@ -746,7 +762,7 @@ fn rotate_all_four_cas_with_no_failed_request() {
     // trust-both, under load with the old token, SIGKILLed between two nodes and resumed.
     let run = Run { inv: &inv, tb: &tb, known: &known };
     let old_only: [(&str, &[String; 2]); 1] = [("old", &old_h)];
-    let report = run.killed_and_resumed(&traffic, &old_only, "trust-both", BETWEEN_NODES);
+    let report = run.killed_and_resumed(&traffic, &old_only, "trust-both", Kill::BetweenNodes);
     assert_eq!(node_report(&report, "kubemaster-3")["status"], "done", "{report}");
     assert_phase(&known, &tb, &NODES, Phase::TrustBoth);
 
@@ -757,7 +773,7 @@ fn rotate_all_four_cas_with_no_failed_request() {
     std::fs::copy(&bundle, &clients_ca).unwrap();
     replace(&lb_ca, &bundle);
     traffic.ca = clients_ca.clone();
-    let report = run.killed_and_resumed(&traffic, &old_only, "switch", HALF_WAY);
+    let report = run.killed_and_resumed(&traffic, &old_only, "switch", Kill::HalfWay);
     assert_eq!(node_report(&report, "kubemaster-3")["status"], "done", "{report}");
     assert_phase(&known, &tb, &NODES, Phase::Switch);
     assert_eq!(report["discovery_token_ca_cert_hash"], new_hash.as_str(), "{report}");
@@ -806,13 +822,6 @@ fn rotate_all_four_cas_with_no_failed_request() {
     assert_eq!(status(&tb, "kubemaster-4", &new_pki.join("ca.crt"), &old_h), 401);
 }
 
-/// Where trust-both is killed: kubemaster-2's first progress line (kubemaster-1 done,
-/// kubemaster-2 not begun).
-const BETWEEN_NODES: &str = "";
-/// Where switch is killed: the first progress line of kubemaster-2 that says this (its API
-/// server stopped: the node is half way through).
-const HALF_WAY: &str = "stopped";
-
 /// A rotation's inventory, nodes and known keys.
 struct Run<'a> {
     inv: &'a Path,
@@ -821,15 +830,14 @@ struct Run<'a> {
 }
 
 impl Run<'_> {
-    /// The next phase, `phase`, SIGKILLed at kubemaster-2's first progress line containing
-    /// `at`, seen half done (kubemaster-1 in the phase's state, kubemaster-3 in the previous
+    /// The next phase, `phase`, SIGKILLed at `kill`, seen half done (kubemaster-1 in the phase's state, kubemaster-3 in the previous
     /// one), then run again to the end; one load across both runs, no request failed.
     fn killed_and_resumed(
         &self,
         traffic: &Traffic,
         tokens: &[(&str, &[String; 2])],
         phase: &str,
-        at: &str,
+        kill: Kill,
     ) -> Value {
         let (this, previous) = match phase {
             "trust-both" => (Phase::TrustBoth, Phase::Before),
@@ -837,7 +845,7 @@ impl Run<'_> {
             _ => (Phase::Finalize, Phase::Switch),
         };
         let load = traffic.start(tokens, phase);
-        let lines = kill_during(self.inv, "kubemaster-2", at);
+        let lines = kill_during(self.inv, self.tb, kill);
         eprintln!("{phase}: SIGKILLed after:\n  {}", lines.join("\n  "));
         assert_phase(self.known, self.tb, &["kubemaster-1"], this);
         assert_phase(self.known, self.tb, &["kubemaster-3"], previous);
