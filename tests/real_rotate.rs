@@ -527,6 +527,28 @@ fn statuses(report: &Value) -> String {
     nodes.iter().map(|n| format!("{} {}", n["node"], n["status"])).collect::<Vec<_>>().join(", ")
 }
 
+/// `--dry-run` of trust-both: every node planned with its changes listed (each CA file and
+/// sa.pub among them), not one file written.
+fn dry_run_changes_nothing(inv: &Path, tb: &Testbed) {
+    let before = file_sums(tb, &NODES);
+    let (code, report, out) = rotate(inv, &["--dry-run"]);
+    assert_eq!(code, Some(0), "--dry-run: {out}");
+    assert_eq!(report["dry_run"], true, "{report}");
+    for n in NODES {
+        let r = node_report(&report, n);
+        assert_eq!(r["status"], "planned", "{r}");
+        let files: Vec<&str> =
+            r["changes"].as_array().unwrap().iter().filter_map(|c| c["file"].as_str()).collect();
+        for f in ["ca.crt", "front-proxy-ca.crt", "etcd/ca.crt", "sa.pub"] {
+            assert!(
+                files.iter().any(|x| *x == f || *x == format!("/etc/kubernetes/pki/{f}")),
+                "{n}: {f} not in the plan {files:?}"
+            );
+        }
+    }
+    assert_eq!(file_sums(tb, &NODES), before, "--dry-run changed a file");
+}
+
 /// When to SIGKILL a run: at kubemaster-2's first progress line on stderr (before its node
 /// step), or after it once kubemaster-2's `kube-apiserver.yaml` has left the manifests
 /// directory (its files changed, its API server being restarted: half way through).
@@ -758,6 +780,8 @@ fn rotate_all_four_cas_with_no_failed_request() {
     let old_hash = openssl::openssl_discovery_hash(&old_ca);
     let new_hash = openssl::openssl_discovery_hash(&new_pki.join("ca.crt"));
     assert_ne!(old_hash, new_hash, "control: the new CA's hash differs from the old one's");
+
+    dry_run_changes_nothing(&inv, &tb);
 
     // trust-both, under load with the old token, SIGKILLed between two nodes and resumed.
     let run = Run { inv: &inv, tb: &tb, known: &known };
