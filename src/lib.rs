@@ -29,4 +29,5 @@ pub mod preflight;
 pub mod push;
 pub mod registry;
 pub mod renew;
+pub mod rotate;
 pub mod transport;

@@ -141,13 +141,7 @@ pub fn bundle(args: BundleArgs) -> anyhow::Result<u8> {
         Some(s) => parse_time("--created-at", s)?,
         None => OffsetDateTime::now_utc(),
     };
-    // The environment first (scripts, CI), then the terminal.
-    let passphrase = || {
-        std::env::var(SIGN_PASSPHRASE_ENV)
-            .ok()
-            .or_else(|| super::ssh::prompt_passphrase(&args.sign_key))
-    };
-    let key = bundle::load_signing_key(&args.sign_key, &passphrase).categorized()?;
+    let key = signing_key(&args.sign_key)?;
     let (files, sources) = read_sources(&args)?;
     let opts = bundle::CreateOptions {
         cluster: args.cluster.clone(),
@@ -164,22 +158,34 @@ pub fn bundle(args: BundleArgs) -> anyhow::Result<u8> {
     Ok(0)
 }
 
+/// The bundle signing key at `path`; its passphrase from the environment first (scripts, CI),
+/// then the terminal.
+pub(super) fn signing_key(path: &std::path::Path) -> anyhow::Result<ssh_key::PrivateKey> {
+    let passphrase =
+        || std::env::var(SIGN_PASSPHRASE_ENV).ok().or_else(|| super::ssh::prompt_passphrase(path));
+    bundle::load_signing_key(path, &passphrase).categorized()
+}
+
 /// CA private keys always travel encrypted unless explicitly told otherwise; an
 /// artifacts-only bundle holds nothing secret (and the spec is what the operator chose).
 fn protection(args: &BundleArgs) -> anyhow::Result<Protection> {
-    if args.insecure_plaintext
-        || (args.pki_dir.is_none()
-            && args.from.is_none()
-            && args.inventory.is_none()
-            && args.recipients.is_empty())
-    {
+    let artifacts_only = args.pki_dir.is_none()
+        && args.from.is_none()
+        && args.inventory.is_none()
+        && args.recipients.is_empty();
+    pki_protection(&args.recipients, args.insecure_plaintext || artifacts_only)
+}
+
+/// A bundle holding CA keys: encrypted to `recipients`, or plain only when asked.
+pub(super) fn pki_protection(recipients: &[String], plaintext: bool) -> anyhow::Result<Protection> {
+    if plaintext {
         Ok(Protection::InsecurePlaintext)
-    } else if args.recipients.is_empty() {
+    } else if recipients.is_empty() {
         Err(usage_error(
             "the bundle holds CA private keys: give --recipient age1…|ssh-…|@FILE (or --insecure-plaintext)",
         ))
     } else {
-        Ok(Protection::Encrypt(Recipients::parse(&args.recipients).categorized()?))
+        Ok(Protection::Encrypt(Recipients::parse(recipients).categorized()?))
     }
 }
 

@@ -10,6 +10,7 @@ mod pki;
 mod preflight;
 mod push;
 mod renew;
+mod rotate;
 mod ssh;
 mod trust;
 
@@ -65,6 +66,8 @@ pub enum Command {
     Trust(trust::TrustCommand),
     /// Renew kubeadm's leaf certificates on every control plane, one at a time, checked on the wire.
     Renew(renew::RenewArgs),
+    /// Rotate the CAs and the service-account key in phases, one per run, resumable.
+    Rotate(rotate::RotateArgs),
 }
 
 /// How a report is printed: a table for people or one JSON object for scripts.
@@ -147,6 +150,7 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
         Command::Man(args) => meta::man(args),
         Command::Trust(cmd) => trust::run(cmd),
         Command::Renew(args) => renew::run(args),
+        Command::Rotate(args) => rotate::run(args),
     }
 }
 

@@ -165,7 +165,7 @@ fn ca_table(r: &hapki::renew::ca::RemoteCaReport) -> String {
     s
 }
 
-fn run_id() -> String {
+pub(super) fn run_id() -> String {
     let stamp = time::OffsetDateTime::now_utc()
         .format(time::macros::format_description!("[year][month][day]T[hour][minute][second]Z"))
         .unwrap_or_else(|_| "renew".into());

@@ -65,7 +65,7 @@ impl Algorithm {
         }
     }
 
-    fn of_key(alg: KeyAlgorithm) -> Option<Algorithm> {
+    pub(crate) fn of_key(alg: KeyAlgorithm) -> Option<Algorithm> {
         match alg {
             KeyAlgorithm::Rsa { bits: 2048 } => Some(Algorithm::Rsa2048),
             KeyAlgorithm::Rsa { bits: 3072 } => Some(Algorithm::Rsa3072),
@@ -181,7 +181,12 @@ pub(crate) const BACKDATE: time::Duration = time::Duration::minutes(5);
 const CA_VALIDITY: time::Duration = time::Duration::days(365 * 10);
 const LEAF_VALIDITY: time::Duration = time::Duration::days(365);
 
-fn ca_cert(common_name: &str, key: &KeyPair, now: OffsetDateTime) -> Result<String, PkiError> {
+fn ca_cert(
+    common_name: &str,
+    key: &KeyPair,
+    now: OffsetDateTime,
+    validity: time::Duration,
+) -> Result<String, PkiError> {
     let ctx = format!("signing the {common_name} CA certificate");
     let mut params = CertificateParams::new(vec![common_name.to_string()])
         .map_err(|e| PkiError::crypto(&ctx, e))?;
@@ -196,7 +201,7 @@ fn ca_cert(common_name: &str, key: &KeyPair, now: OffsetDateTime) -> Result<Stri
     ];
     params.serial_number = Some(random_serial());
     params.not_before = now - BACKDATE;
-    params.not_after = now + CA_VALIDITY;
+    params.not_after = now + validity;
     let cert = params.self_signed(key).map_err(|e| PkiError::crypto(&ctx, e))?;
     Ok(cert.pem())
 }
@@ -217,17 +222,7 @@ pub fn init(dir: &Path, alg: Algorithm, now: OffsetDateTime) -> Result<(), PkiEr
         }
     }
 
-    let mut contents: Vec<(&str, String)> = Vec::new();
-    for shared in SHARED_FILES.iter().filter(|f| f.kind == FileKind::Certificate) {
-        let cn = shared.ca_common_name.unwrap_or(shared.name);
-        let key = generate_key(alg)?;
-        contents.push((shared.name, ca_cert(cn, &key.signer, now)?));
-        contents.push((shared.pair, key.pem));
-    }
-    let sa = generate_key(alg)?;
-    contents.push(("sa.key", sa.pem));
-    contents.push(("sa.pub", pem_encode("PUBLIC KEY", &sa.signer.subject_public_key_info())));
-
+    let contents = generate_files(alg, CA_VALIDITY, now)?;
     make_dir(dir)?;
     make_dir(&dir.join("etcd"))?;
     let mut written: Vec<PathBuf> = Vec::new();
@@ -245,6 +240,27 @@ pub fn init(dir: &Path, alg: Algorithm, now: OffsetDateTime) -> Result<(), PkiEr
         written.push(path);
     }
     Ok(())
+}
+
+/// The eight shared files of a new PKI, as (name, PEM): three CAs valid for `validity` from
+/// `now` (back-dated as kubeadm does) and a service-account pair, all keys of `alg`. In memory
+/// only; `init` writes them, `hapki rotate` keeps them in the first master's state directory.
+pub(crate) fn generate_files(
+    alg: Algorithm,
+    validity: time::Duration,
+    now: OffsetDateTime,
+) -> Result<Vec<(&'static str, String)>, PkiError> {
+    let mut contents: Vec<(&str, String)> = Vec::new();
+    for shared in SHARED_FILES.iter().filter(|f| f.kind == FileKind::Certificate) {
+        let cn = shared.ca_common_name.unwrap_or(shared.name);
+        let key = generate_key(alg)?;
+        contents.push((shared.name, ca_cert(cn, &key.signer, now, validity)?));
+        contents.push((shared.pair, key.pem));
+    }
+    let sa = generate_key(alg)?;
+    contents.push(("sa.key", sa.pem));
+    contents.push(("sa.pub", pem_encode("PUBLIC KEY", &sa.signer.subject_public_key_info())));
+    Ok(contents)
 }
 
 /// Creates `dir` with mode 0755 if it does not exist; an existing directory is left as it is.

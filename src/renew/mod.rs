@@ -28,12 +28,20 @@ use crate::pki::parse::ParsedCert;
 use crate::transport::{Session, Target, Transport};
 use snapshot::{ScriptOutput, Snapshot};
 
-/// The renew script, with join's etcd health check as the function `etcd_health`.
+/// The renew script, with join's etcd health check as the function `etcd_health` and the
+/// restart fragment it shares with `hapki rotate`.
 pub fn script() -> String {
+    with_restart(include_str!("../node/renew.sh"))
+}
+
+/// `main` preceded by `etcd_health` (join's etcd health check) and src/node/restart.sh's
+/// functions (a fragment: its header says which variables the script sets).
+pub(crate) fn with_restart(main: &str) -> String {
     format!(
-        "etcd_health() (\n{}\n)\n{}",
+        "etcd_health() (\n{}\n)\n{}{}",
         include_str!("../node/join_etcd_health.sh"),
-        include_str!("../node/renew.sh")
+        include_str!("../node/restart.sh"),
+        main
     )
 }
 

@@ -1,0 +1,384 @@
+# hapki rotate, on one node (after restart.sh's functions; see src/rotate).
+# $1 kubernetes dir  $2 hapki's state dir on the node  $3 operation  $4 the node's address
+# $5 stop timeout, seconds  $6 restart timeout, seconds  $7 this run's id  $8 role:
+# first | control-plane | worker  $9 the phase (for the history)
+# Operations:
+#   read-state   the rotation's state directory ($1/hapki/rotate, first master only) on stdout
+#                as "=== state NAME" sections; "=== none" when there is none.
+#   write-state  stdin: "=== state NAME" sections written there (each through a temp file in
+#                the same root-only directory, synced, renamed); "=== drop new|old" removes one.
+#   plan         stdin: the desired state ("=== want NAME SHA256", "=== remove NAME",
+#                "=== known B64", "=== cadata B64", "=== flag FILE", "=== renew"); prints one
+#                "=== change KIND WHAT" line per difference; writes nothing.
+#   apply        stdin: the same with "=== file NAME" + content instead of want; makes the node
+#                so (files, kubeconfigs, the controller-manager's flag, `kubeadm certs renew all`
+#                at switch), restarts what reads them, and prints snapshots before and after.
+#   cluster-info stdin: "=== cadata B64": kube-public/cluster-info's CA data becomes it.
+#   drain        what still depends on the old material: the snapshot, the trust files
+#                ("=== trust NAME" + PEM), each kubeconfig's CA data ("=== cadata FILE B64"),
+#                and on the first master each service-account token Secret's JWT header
+#                ("=== token NAMESPACE NAME HEADER"; the token itself never leaves the node).
+# Private keys arrive on stdin only. Exit: 0 done, 10 kubeadm failed, 11-13 a component did not
+# come back healthy (restart.sh), 75 locked, 77 unsafe path, 78 cluster-info not updated.
+set -eu
+umask 077
+k=$1 st=$2 op=$3 addr=$4 stop_limit=$5 limit=$6 stamp=$7 role=$8 phase=$9
+die() { # exit code, message
+    printf 'hapki: %s\n' "$2" >&2
+    exit "$1"
+}
+case $op in read-state | write-state | plan | apply | cluster-info | drain) ;; *) die 1 "bad operation" ;; esac
+case $role in first | control-plane | worker) ;; *) die 1 "bad role" ;; esac
+case $limit$stop_limit in '' | *[!0-9]*) die 1 "bad timeout" ;; esac
+case $stamp$addr$phase in *[!A-Za-z0-9._:-]*) die 1 "bad arguments" ;; esac
+pki=$k/pki man=$k/manifests out=$k/hapki-manifests-out hd=$k/hapki rd=$k/hapki/rotate
+pending=$st/rotate.pending
+FILES='ca.crt ca.key front-proxy-ca.crt front-proxy-ca.key etcd/ca.crt etcd/ca.key sa.key sa.pub hapki-signing-ca.crt'
+
+# $1 must be a real directory of root's that nobody else may write ($2 = 700: nobody else may
+# even read), or absent.
+safe_dir() {
+    [ ! -L "$1" ] || die 77 "$1 is a symlink: refusing to use it; remove it"
+    [ -e "$1" ] || return 0
+    [ -d "$1" ] || die 77 "$1 is not a directory; remove it"
+    set -- "$1" "$2" "$(stat -c '%u %a' "$1")"
+    [ "${3% *}" = 0 ] || die 77 "$1 is owned by uid ${3% *}, not root: refusing to use it; remove it"
+    sm=${3#* }
+    sgo=${sm#"${sm%??}"}
+    case $2:$sm:$sgo in
+        700:700:* | any:*:[0145][0145]) ;;
+        *) die 77 "$1 has mode $sm, looser than hapki allows: refusing to use it; remove it" ;;
+    esac
+}
+
+# $1 must be a regular file of root's, mode 0600, with one link, or absent.
+safe_file() {
+    [ ! -L "$1" ] || die 77 "$1 is a symlink: refusing to use it; remove it"
+    [ -e "$1" ] || return 0
+    set -- "$1" "$(stat -c '%u %a %h %F' "$1")"
+    case $2 in
+        '0 600 1 regular file' | '0 600 1 regular empty file') ;;
+        *) die 77 "$1 is not a root-only file (uid mode links type: $2): refusing to use it; remove it" ;;
+    esac
+}
+
+state_dirs() {
+    safe_dir "$k" any
+    safe_dir "$hd" any
+    safe_dir "$rd" 700
+    for sd in new old new/etcd old/etcd; do safe_dir "$rd/$sd" 700; done
+}
+
+state_names() {
+    printf '%s\n' state.json
+    for sn in $FILES; do
+        [ "$sn" = hapki-signing-ca.crt ] || printf 'new/%s\nold/%s\n' "$sn" "$sn"
+    done
+}
+
+read_state() {
+    state_dirs
+    if [ ! -f "$rd/state.json" ]; then
+        printf '=== none\n'
+        return 0
+    fi
+    for sn in $(state_names); do
+        safe_file "$rd/$sn"
+        [ -f "$rd/$sn" ] || continue
+        printf '=== state %s\n' "$sn"
+        cat "$rd/$sn"
+    done
+}
+
+lock() {
+    [ ! -L "$st" ] || die 77 "$st is a symlink: refusing to work through it"
+    [ -d "$st" ] || mkdir -m 0700 "$st"
+    command -v flock > /dev/null 2>&1 || die 1 "this node lacks flock(1) (util-linux), which hapki's lock needs"
+    exec 9>> "$st/push.lock"
+    flock -n 9 || die 75 "another hapki run holds the lock on this node ($st/push.lock); wait for it to end and try again"
+}
+
+# stdin's sections into files under $in: "=== KIND NAME..." opens one ($in/KIND.NAME, / as _)
+# for file and state; the one-line kinds go to $in/KIND (one line each).
+split_input() {
+    in=$(mktemp -d "$k/.hapki-rotate.XXXXXX")
+    trap 'rm -rf "$in"' EXIT
+    awk -v d="$in" '
+        /^=== / {
+            f = ""
+            if ($2 == "file" || $2 == "state") { n = $3; gsub(/\//, "_", n); f = d "/" $2 "." n }
+            else { line = $3; for (i = 4; i <= NF; i++) line = line " " $i; print line >> (d "/" $2) }
+            next
+        }
+        f != "" { print > f }'
+}
+
+write_state() {
+    mkdir -p "$hd"
+    safe_dir "$hd" any
+    for sd in "$rd" "$rd/new" "$rd/old" "$rd/new/etcd" "$rd/old/etcd"; do
+        [ -e "$sd" ] || [ -L "$sd" ] || mkdir -m 0700 "$sd"
+    done
+    state_dirs
+    # shellcheck disable=SC2013 # one name a word
+    for sd in $(cat "$in/drop" 2> /dev/null); do
+        case $sd in new | old) rm -rf "${rd:?}/$sd" && mkdir -m 0700 "$rd/$sd" "$rd/$sd/etcd" ;; esac
+    done
+    for sn in $(state_names); do
+        src=$in/state.$(printf '%s' "$sn" | tr / _)
+        [ -f "$src" ] || continue
+        safe_file "$rd/$sn"
+        t=$(mktemp "$rd/.state.XXXXXX")
+        cat "$src" > "$t"
+        sync "$t"
+        mv -f "$t" "$rd/$sn"
+        printf '=== wrote %s\n' "$sn"
+    done
+    sync "$rd"
+}
+
+change() {
+    printf '=== change %s\n' "$*"
+    changes=$((changes + 1))
+}
+
+# The first value of certificate-authority-data in kubeconfig $1.
+cadata_of() {
+    awk '$1 == "certificate-authority-data:" { print $2; exit }' "$1"
+}
+
+# kube-controller-manager's --cluster-signing-cert-file in manifest $1.
+signing_flag_of() {
+    awk -F= '/^ *- --cluster-signing-cert-file=/ { print $2; exit }' "$1"
+}
+
+kcm_manifest() {
+    if [ -f "$out/kube-controller-manager.yaml" ]; then
+        printf '%s' "$out/kube-controller-manager.yaml"
+    else
+        printf '%s' "$man/kube-controller-manager.yaml"
+    fi
+}
+
+# Whether leaf $1 is signed by the first certificate of CA bundle $2.
+signed_by_first() {
+    openssl x509 -in "$2" -out "$in/first.pem" 2> /dev/null || return 1
+    openssl verify -no-CApath -partial_chain -CAfile "$in/first.pem" "$1" > /dev/null 2>&1
+}
+
+# Whether some leaf kubeadm renews is not signed by the first certificate of its CA.
+leaves_need_renew() {
+    for pair in apiserver.crt:ca.crt apiserver-kubelet-client.crt:ca.crt \
+        front-proxy-client.crt:front-proxy-ca.crt apiserver-etcd-client.crt:etcd/ca.crt \
+        etcd/server.crt:etcd/ca.crt etcd/peer.crt:etcd/ca.crt etcd/healthcheck-client.crt:etcd/ca.crt; do
+        [ -f "$pki/${pair%%:*}" ] || continue
+        signed_by_first "$pki/${pair%%:*}" "$pki/${pair#*:}" || return 0
+    done
+    for c in admin controller-manager scheduler; do
+        [ -f "$k/$c.conf" ] || continue
+        awk '$1 == "client-certificate-data:" { print $2; exit }' "$k/$c.conf" | base64 -d > "$in/leaf.pem" 2> /dev/null || return 0
+        signed_by_first "$in/leaf.pem" "$pki/ca.crt" || return 0
+    done
+    return 1
+}
+
+# Compares the node with the desired state on stdin (split into $in); "=== change" lines.
+compare() {
+    changes=0
+    for n in $FILES; do
+        sn=$(printf '%s' "$n" | tr / _)
+        if [ -f "$in/file.$sn" ]; then
+            want=$(hashf "$in/file.$sn")
+        else
+            want=$(awk -v n="$n" '$1 == n { print $2 }' "$in/want" 2> /dev/null)
+        fi
+        [ -n "$want" ] || continue
+        [ ! -L "$pki/$n" ] || die 77 "$pki/$n is a symlink: refusing to write through it"
+        have=-
+        [ ! -f "$pki/$n" ] || have=$(hashf "$pki/$n")
+        [ "$have" = "$want" ] || change file "$n"
+    done
+    # shellcheck disable=SC2013 # one name a word
+    for n in $(cat "$in/remove" 2> /dev/null); do
+        case " $FILES " in *" $n "*) [ ! -e "$pki/$n" ] || change remove "$n" ;; esac
+    done
+    if [ -f "$in/cadata" ]; then
+        want=$(cat "$in/cadata")
+        for c in "$k"/*.conf; do
+            if [ ! -f "$c" ] || [ -L "$c" ]; then continue; fi
+            have=$(cadata_of "$c")
+            [ "$have" != "$want" ] || continue
+            grep -qxF "$have" "$in/known" 2> /dev/null && change kubeconfig "$c"
+        done
+    fi
+    if [ -f "$in/flag" ] && [ "$role" != worker ] && [ -f "$(kcm_manifest)" ]; then
+        [ "$(signing_flag_of "$(kcm_manifest)")" = "$pki/$(cat "$in/flag")" ] ||
+            change flag kube-controller-manager --cluster-signing-cert-file
+    fi
+    if [ -f "$in/renew" ] && [ "$role" != worker ]; then
+        command -v openssl > /dev/null 2>&1 || die 1 "this node lacks openssl, which checks who signed its certificates"
+        ! leaves_need_renew || change renew "kubeadm certs renew all (leaves not signed by the new CAs)"
+    fi
+    [ ! -f "$pending" ] || change restart "an interrupted run left the restart to do"
+}
+
+# Writes file $2 (content) to $1 through a copy of itself (its mode and owner kept), or as a
+# new 0644 certificate.
+put() {
+    if [ -f "$1" ]; then cp -p "$1" "$1.hapki-new"; else : > "$1.hapki-new" && chmod 0644 "$1.hapki-new"; fi
+    cat "$2" > "$1.hapki-new"
+    sync "$1.hapki-new"
+    mv -f "$1.hapki-new" "$1"
+    step "wrote $1"
+}
+
+set_kubeconfigs() {
+    [ -f "$in/cadata" ] || return 0
+    want=$(cat "$in/cadata")
+    for c in "$k"/*.conf; do
+        if [ ! -f "$c" ] || [ -L "$c" ]; then continue; fi
+        have=$(cadata_of "$c")
+        [ "$have" != "$want" ] || continue
+        grep -qxF "$have" "$in/known" 2> /dev/null || continue
+        cp -p "$c" "$c.hapki-new"
+        awk -v n="$want" -v k="$in/known" '
+            BEGIN { while ((getline l < k) > 0) known[l] = 1 }
+            { line = $0; cr = sub(/\r$/, "", line) }
+            line ~ /^[ \t]*certificate-authority-data:[ \t]*/ {
+                v = line; sub(/^[ \t]*certificate-authority-data:[ \t]*/, "", v); sub(/[ \t]+$/, "", v)
+                if (v in known) { p = line; sub(/certificate-authority-data:.*/, "", p); line = p "certificate-authority-data: " n }
+            }
+            { printf "%s%s\n", line, (cr ? "\r" : "") }' "$c" > "$c.hapki-new"
+        mv -f "$c.hapki-new" "$c"
+        step "kubeconfig $c"
+    done
+}
+
+# While the controller-manager's manifest is out: its signing certificate flag.
+set_flag() {
+    [ -f "$in/flag" ] || return 0
+    mf=$(kcm_manifest)
+    [ -f "$mf" ] || return 0
+    want=$pki/$(cat "$in/flag")
+    [ "$(signing_flag_of "$mf")" != "$want" ] || return 0
+    cp -p "$mf" "$mf.hapki-new"
+    awk -v w="$want" '/^ *- --cluster-signing-cert-file=/ { sub(/=.*/, "=" w) } { print }' "$mf" > "$mf.hapki-new"
+    mv -f "$mf.hapki-new" "$mf"
+    step "kube-controller-manager --cluster-signing-cert-file=$want"
+}
+
+restart_kubelet() {
+    if command -v systemctl > /dev/null 2>&1 && [ -d /run/systemd/system ] &&
+        systemctl is-active --quiet kubelet; then
+        systemctl restart kubelet && step "kubelet restarted"
+    fi
+}
+
+apply() {
+    compare
+    if [ "$changes" -eq 0 ]; then
+        printf '=== unchanged\n'
+        return 0
+    fi
+    : > "$pending"
+    for n in $FILES; do
+        sn=$(printf '%s' "$n" | tr / _)
+        [ ! -f "$in/file.$sn" ] || [ "$(hashf "$in/file.$sn")" = "$(hashf "$pki/$n" 2> /dev/null || echo -)" ] ||
+            put "$pki/$n" "$in/file.$sn"
+    done
+    # shellcheck disable=SC2013 # one name a word
+    for n in $(cat "$in/remove" 2> /dev/null); do
+        case " $FILES " in *" $n "*) [ ! -e "$pki/$n" ] || { rm -f "$pki/$n" && step "removed $pki/$n"; } ;; esac
+    done
+    if [ -f "$in/renew" ] && [ "$role" != worker ] && leaves_need_renew; then
+        command -v kubeadm > /dev/null 2>&1 || die 1 "kubeadm is not on this node's PATH"
+        kubeadm certs renew all >&2 || die 10 "kubeadm certs renew all failed"
+        step "kubeadm certs renew all"
+    fi
+    set_kubeconfigs
+    if [ "$role" != worker ] && [ -d "$man" ]; then
+        # shellcheck disable=SC2034 # read by restart.sh's only()
+        restart=$COMPONENTS
+        restart_components set_flag
+    fi
+    restart_kubelet
+    rm -f "$pending"
+    printf '%s rotate %s\n' "$stamp" "$phase" >> "$st/history"
+}
+
+cluster_info() {
+    command -v kubectl > /dev/null 2>&1 || die 78 "kubectl is not on this node's PATH: update kube-public/cluster-info by hand"
+    kc="kubectl --kubeconfig $k/admin.conf -n kube-public"
+    $kc get configmap cluster-info -o 'jsonpath={.data.kubeconfig}' > "$in/cluster-info" ||
+        die 78 "could not read kube-public/cluster-info through $k/admin.conf"
+    awk -v n="$(cat "$in/cadata")" '
+        /^[ \t]*certificate-authority-data:/ { p = $0; sub(/certificate-authority-data:.*/, "", p); $0 = p "certificate-authority-data: " n }
+        { print }' "$in/cluster-info" > "$in/cluster-info.new"
+    if cmp -s "$in/cluster-info" "$in/cluster-info.new"; then
+        printf '=== cluster-info unchanged\n'
+        return 0
+    fi
+    # A merge patch of data.kubeconfig only (public: a CA certificate, no credentials); the
+    # bootstrap signer re-signs its jws-kubeconfig-* keys.
+    if ! patch=$($kc create configmap cluster-info --from-file=kubeconfig="$in/cluster-info.new" --dry-run=client -o json) ||
+        ! $kc patch configmap cluster-info --type merge -p "$patch" > /dev/null; then
+        die 78 "could not update kube-public/cluster-info through $k/admin.conf"
+    fi
+    printf '=== cluster-info updated\n'
+}
+
+drain() {
+    snapshot now
+    for n in ca.crt front-proxy-ca.crt etcd/ca.crt; do
+        [ -f "$pki/$n" ] || continue
+        printf '=== trust %s\n' "$n"
+        cat "$pki/$n"
+    done
+    for c in "$k"/*.conf; do
+        [ -f "$c" ] || continue
+        printf '=== cadata %s %s\n' "$c" "$(cadata_of "$c")"
+    done
+    [ "$role" = first ] && [ -f "$k/admin.conf" ] && command -v kubectl > /dev/null 2>&1 || return 0
+    # Only each JWT's first part (its header: alg, kid) is printed.
+    if ! tok=$(kubectl --kubeconfig "$k/admin.conf" get secrets -A --field-selector type=kubernetes.io/service-account-token \
+        -o go-template='{{range .items}}{{.metadata.namespace}} {{.metadata.name}} {{index .data "token" | base64decode}}{{"\n"}}{{end}}'); then
+        printf '=== tokens-unreadable\n'
+        return 0
+    fi
+    printf '%s\n' "$tok" | awk 'NF == 3 { split($3, p, "."); print "=== token " $1 " " $2 " " p[1] }'
+}
+
+case $op in
+    read-state) read_state ;;
+    write-state)
+        lock
+        split_input
+        write_state
+        ;;
+    plan)
+        split_input
+        compare
+        ;;
+    apply)
+        for p in "$k" "$pki" "$pki/etcd" "$man" "$out" "$st"; do
+            [ ! -L "$p" ] || die 77 "$p is a symlink: refusing to work through it"
+        done
+        lock
+        if [ "$role" != worker ] && [ -d "$man" ]; then
+            take_out_dir
+            snapshot before
+        fi
+        split_input
+        trap 'rm -rf "$in"; restore' EXIT
+        apply
+        [ "$role" = worker ] || [ ! -d "$man" ] || { rmdir "$out" 2> /dev/null || true; snapshot after; }
+        ;;
+    cluster-info)
+        lock
+        split_input
+        cluster_info
+        ;;
+    drain)
+        drain
+        ;;
+esac

@@ -1,0 +1,1 @@
+7OxnNfjfYrPwQ0yWRoGjWrqmo0nYv_YK9avGMF2fbd4
