@@ -820,10 +820,20 @@ fn rotate_all_four_cas_with_no_failed_request() {
     }
 
     let both: [(&str, &[String; 2]); 2] = [("old", &old_h), ("new", &new_h)];
-    drain(&inv, &traffic, &both, &tb);
+    drain(&inv, &traffic, &both, &tb, &jwt_kid(&old_token));
 
     // finalize, under load with the new token only (the old one is meant to stop working).
-    phase_under_load(&inv, &traffic, &[("new", &new_h)], "finalize");
+    let report = phase_under_load(&inv, &traffic, &[("new", &new_h)], "finalize");
+    assert_eq!(report["state"]["phase_done"], "finalize", "{report}");
+    let history: Vec<&str> = report["state"]["history"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|h| h["phase"].as_str())
+        .collect();
+    for p in ["prepare", "trust-both", "switch", "drain", "finalize"] {
+        assert!(history.contains(&p), "no {p} in the history {history:?}");
+    }
     assert_phase(&known, &tb, &NODES, Phase::Finalize);
     assert_eq!(cluster_info_cas(&known, &tb), vec!["ca new"]);
     for n in NODES {
@@ -891,34 +901,71 @@ fn replace(dst: &Path, src: &Path) {
     std::fs::rename(&tmp, dst).unwrap();
 }
 
-/// drain under load with both tokens: not clear while the controller's legacy token Secrets
-/// are signed by the old key (exit 2, each listed); clear (exit 0) once they are deleted, as
-/// its fix says, and re-issued by the controller with the new key.
-fn drain(inv: &Path, traffic: &Traffic, tokens: &[(&str, &[String; 2])], tb: &Testbed) {
+/// Every legacy service-account token Secret whose JWT header names `kid`, as drain names
+/// them ("secret NAMESPACE/NAME"), read with kubectl (the header decoded here).
+fn token_secrets_with_kid(tb: &Testbed, kid: &str) -> Vec<String> {
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let addr = &tb.node("kubemaster-1").address;
+    let list = tb.ok(
+        "kubemaster-1",
+        &format!(
+            "kubectl --kubeconfig /etc/kubernetes/admin.conf --server https://{addr}:6443 \
+             get secrets -A --field-selector type=kubernetes.io/service-account-token -o \
+             jsonpath='{{range .items[*]}}{{.metadata.namespace}}/{{.metadata.name}} {{.data.token}}{{\"\\n\"}}{{end}}'"
+        ),
+    );
+    let mut names: Vec<String> = list
+        .lines()
+        .filter_map(|l| l.split_once(' '))
+        .filter(|(_, t)| jwt_kid(&String::from_utf8(b64.decode(t).unwrap()).unwrap()) == kid)
+        .map(|(n, _)| format!("secret {n}"))
+        .collect();
+    names.sort();
+    names
+}
+
+/// drain under load with both tokens. Not clear (exit 2) while the token controller's legacy
+/// Secrets are signed by the old key: its items are exactly those Secrets (each Secret's JWT
+/// `kid` against openssl's kid of the old sa.pub), and finalize refuses meanwhile (exit 2,
+/// nothing written). Each deleted as its item says (the controller re-issues it with the new
+/// key): clear, exit 0.
+fn drain(
+    inv: &Path,
+    traffic: &Traffic,
+    tokens: &[(&str, &[String; 2])],
+    tb: &Testbed,
+    old_kid: &str,
+) {
     let load = traffic.start(tokens, "drain");
     let (code, report, out) = rotate(inv, &[]);
-    eprintln!("drain: exit {code:?}; {}", report["drain"]);
-    if code == Some(2) {
-        let items = report["drain"]["items"].as_array().cloned().unwrap_or_default();
-        assert!(!items.is_empty(), "drain exit 2 without items: {out}");
-        let addr = &tb.node("kubemaster-1").address;
-        let k =
-            format!("kubectl --kubeconfig /etc/kubernetes/admin.conf --server https://{addr}:6443");
-        tb.ok(
-            "kubemaster-1",
-            &format!(
-                "{k} get secrets -A --field-selector type=kubernetes.io/service-account-token \
-                 -o jsonpath='{{range .items[*]}}{{.metadata.namespace}} {{.metadata.name}}{{\"\\n\"}}{{end}}' \
-                 | while read -r ns name; do {k} -n \"$ns\" delete secret \"$name\"; done"
-            ),
-        );
-        std::thread::sleep(Duration::from_secs(3));
-        let (code, report, out) = rotate(inv, &[]);
-        assert_eq!(code, Some(0), "drain after deleting the old-key token Secrets: {out}");
-        assert_eq!(report["drain"]["clear"], true, "{report}");
-    } else {
-        assert_eq!(code, Some(0), "drain: {out}");
+    assert_eq!(code, Some(2), "drain with old-key token Secrets left: {out}");
+    assert_eq!(report["drain"]["clear"], false, "{report}");
+    let items = report["drain"]["items"].as_array().cloned().unwrap_or_default();
+    let mut listed: Vec<String> =
+        items.iter().map(|i| i["file"].as_str().unwrap().to_string()).collect();
+    listed.sort();
+    let want = token_secrets_with_kid(tb, old_kid);
+    assert!(want.len() >= 10, "the token controller's Secrets: {want:?}");
+    let probe = format!("secret default/{PROBE}-token-");
+    assert!(want.iter().any(|w| w.starts_with(&probe)), "the probe's own Secret: {want:?}");
+    assert_eq!(listed, want, "drain's items against the old-kid Secrets kubectl shows");
+    assert!(items.iter().all(|i| i["kind"] == "sa-token"), "{items:?}");
+    eprintln!("drain: {} old-key token Secrets listed, as kubectl shows", listed.len());
+
+    let sums = file_sums(tb, &NODES);
+    let (code, _, out) = rotate(inv, &["--to", "finalize"]);
+    assert_eq!(code, Some(2), "finalize while drain is not clear: {out}");
+    assert_eq!(file_sums(tb, &NODES), sums, "a refused finalize changed a file");
+
+    let addr = &tb.node("kubemaster-1").address;
+    let k = format!("kubectl --kubeconfig /etc/kubernetes/admin.conf --server https://{addr}:6443");
+    for name in &listed {
+        let (ns, secret) = name.trim_start_matches("secret ").split_once('/').unwrap();
+        tb.ok("kubemaster-1", &format!("{k} -n {ns} delete secret {secret}"));
     }
+    let (code, report, out) = rotate(inv, &[]);
+    assert_eq!(code, Some(0), "drain after deleting the old-key token Secrets: {out}");
+    assert_eq!(report["drain"]["clear"], true, "{report}");
     load.none_failed("drain");
 }
 
