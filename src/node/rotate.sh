@@ -14,6 +14,8 @@
 #                so (files, kubeconfigs, the controller-manager's flag, `kubeadm certs renew all`
 #                at switch), restarts what reads them, and prints snapshots before and after.
 #   cluster-info stdin: "=== cadata B64": kube-public/cluster-info's CA data becomes it.
+#   kubelet-cert the kubelet's client certificate (kubelet.conf's) as "=== kubelet" + PEM; a
+#                worker's apply then gets a new one from hapki as "=== kubelet" + cert + key.
 #   drain        what still depends on the old material: the snapshot, the trust files
 #                ("=== trust NAME" + PEM), each kubeconfig's CA data ("=== cadata FILE B64"),
 #                and on the first master each service-account token Secret's JWT header
@@ -23,11 +25,24 @@
 set -eu
 umask 077
 k=$1 st=$2 op=$3 addr=$4 stop_limit=$5 limit=$6 stamp=$7 role=$8 phase=$9
+died='' restoring='' in=''
 die() { # exit code, message
     printf 'hapki: %s\n' "$2" >&2
+    died=1
     exit "$1"
 }
-case $op in read-state | write-state | plan | apply | cluster-info | drain) ;; *) die 1 "bad operation" ;; esac
+# Whatever ends the script: the temp dir goes, manifests moved out go back, and a failure that
+# did not say why (a command failing under set -e) still says where.
+on_exit() {
+    rc=$?
+    [ -z "$in" ] || rm -rf "$in"
+    [ -z "$restoring" ] || restore
+    if [ "$rc" -ne 0 ] && [ -z "$died" ]; then
+        printf 'hapki: the node script stopped (exit %s) during %s %s\n' "$rc" "$op" "$phase" >&2
+    fi
+}
+trap on_exit EXIT
+case $op in read-state | write-state | plan | apply | cluster-info | drain | kubelet-cert) ;; *) die 1 "bad operation" ;; esac
 case $role in first | control-plane | worker) ;; *) die 1 "bad role" ;; esac
 case $limit$stop_limit in '' | *[!0-9]*) die 1 "bad timeout" ;; esac
 case $stamp$addr$phase in *[!A-Za-z0-9._:-]*) die 1 "bad arguments" ;; esac
@@ -69,11 +84,13 @@ state_dirs() {
     for sd in new old new/etcd old/etcd; do safe_dir "$rd/$sd" 700; done
 }
 
+# The state directory's files; state.json last, so that a write cut short never leaves a
+# state naming material that is not there yet.
 state_names() {
-    printf '%s\n' state.json
     for sn in $FILES; do
         [ "$sn" = hapki-signing-ca.crt ] || printf 'new/%s\nold/%s\n' "$sn" "$sn"
     done
+    printf '%s\n' state.json
 }
 
 read_state() {
@@ -102,11 +119,11 @@ lock() {
 # for file and state; the one-line kinds go to $in/KIND (one line each).
 split_input() {
     in=$(mktemp -d "$k/.hapki-rotate.XXXXXX")
-    trap 'rm -rf "$in"' EXIT
     awk -v d="$in" '
         /^=== / {
             f = ""
             if ($2 == "file" || $2 == "state") { n = $3; gsub(/\//, "_", n); f = d "/" $2 "." n }
+            else if ($2 == "kubelet") f = d "/kubelet.new"
             else { line = $3; for (i = 4; i <= NF; i++) line = line " " $i; print line >> (d "/" $2) }
             next
         }
@@ -182,6 +199,83 @@ leaves_need_renew() {
     return 1
 }
 
+# kubelet.conf's client certificate (embedded, or the file it names: a kubelet's
+# kubelet-client-current.pem) into $in/kubelet.pem; its kubeconfig line's kind in $kk.
+kubelet_client() {
+    kc=$k/kubelet.conf
+    [ -f "$kc" ] || return 1
+    kk=data
+    kf=$(awk '$1 == "client-certificate:" { print $2; exit }' "$kc")
+    if [ -n "$kf" ]; then
+        kk='file'
+        [ -f "$kf" ] && openssl x509 -in "$kf" -out "$in/kubelet.pem" 2> /dev/null
+    else
+        awk '$1 == "client-certificate-data:" { print $2; exit }' "$kc" | base64 -d > "$in/kubelet.pem" 2> /dev/null
+    fi
+}
+
+# Whether the kubelet's client certificate on this control plane is not signed by the first
+# certificate of ca.crt (kubeadm certs renew leaves kubelet.conf alone).
+kubelet_needs_reissue() {
+    kubelet_client || return 1
+    ! signed_by_first "$in/kubelet.pem" "$pki/ca.crt"
+}
+
+# A new client key and certificate for the kubelet (its subject kept: O=system:nodes,
+# CN=system:node:NAME), signed by the first certificate of ca.crt with ca.key, installed
+# where kubelet.conf looks: embedded, or a new kubelet-client-*.pem that the
+# kubelet-client-current.pem link then names (as the kubelet's own rotation does).
+reissue_kubelet_client() {
+    cn=$(openssl x509 -noout -subject -nameopt RFC2253 -in "$in/kubelet.pem" | sed -n 's/.*CN=\([^,]*\).*/\1/p')
+    case $cn in system:node:?*) ;; *) die 1 "kubelet.conf's client certificate is not a node's (CN $cn)" ;; esac
+    openssl x509 -in "$pki/ca.crt" -out "$in/first.pem"
+    printf 'basicConstraints=critical,CA:FALSE\nkeyUsage=critical,digitalSignature,keyEncipherment\nextendedKeyUsage=clientAuth\n' > "$in/ext"
+    if ! openssl req -new -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -keyout "$in/kubelet.key" \
+        -subj "/O=system:nodes/CN=$cn" -out "$in/kubelet.csr" 2> /dev/null ||
+        ! openssl x509 -req -in "$in/kubelet.csr" -CA "$in/first.pem" -CAkey "$pki/ca.key" -days 365 -sha256 \
+            -set_serial "0x$(od -An -N8 -tx1 /dev/urandom | tr -d ' \n')" -extfile "$in/ext" -out "$in/kubelet.crt" 2> /dev/null; then
+        die 10 "could not issue the kubelet's client certificate"
+    fi
+    install_kubelet_client
+}
+
+# $in/kubelet.crt and $in/kubelet.key where kubelet.conf looks: embedded, or a new
+# kubelet-client-hapki-RUN.pem that the kubelet-client-current.pem link then names (as the
+# kubelet's own rotation does).
+install_kubelet_client() {
+    if [ "$kk" = file ]; then
+        kd=${kf%/*}
+        new=$kd/kubelet-client-hapki-$stamp.pem
+        cat "$in/kubelet.crt" "$in/kubelet.key" > "$new.tmp"
+        mv -f "$new.tmp" "$new"
+        if [ -L "$kf" ]; then
+            ln -sfn "$new" "$kf.hapki-new" && mv -fT "$kf.hapki-new" "$kf"
+        else
+            cp "$new" "$kf.hapki-new" && mv -f "$kf.hapki-new" "$kf"
+        fi
+        step "kubelet client certificate re-issued: $new"
+        return 0
+    fi
+    cp -p "$kc" "$kc.hapki-new"
+    awk -v c="$(base64 -w0 < "$in/kubelet.crt")" -v key="$(base64 -w0 < "$in/kubelet.key")" '
+        $1 == "client-certificate-data:" { p = $0; sub(/client-certificate-data:.*/, "", p); $0 = p "client-certificate-data: " c }
+        $1 == "client-key-data:" { p = $0; sub(/client-key-data:.*/, "", p); $0 = p "client-key-data: " key }
+        { print }' "$kc" > "$kc.hapki-new"
+    mv -f "$kc.hapki-new" "$kc"
+    step "kubelet client certificate re-issued in $kc"
+}
+
+# A worker's new kubelet client certificate and key, issued by hapki from the new CA (a worker
+# holds no CA key), from stdin's "=== kubelet" section.
+install_given_kubelet_client() {
+    kubelet_client || return 0
+    if ! openssl x509 -in "$in/kubelet.new" -out "$in/kubelet.crt" 2> /dev/null ||
+        ! openssl pkey -in "$in/kubelet.new" -out "$in/kubelet.key" 2> /dev/null; then
+        die 1 "the kubelet client certificate hapki sent does not parse"
+    fi
+    install_kubelet_client
+}
+
 # Compares the node with the desired state on stdin (split into $in); "=== change" lines.
 compare() {
     changes=0
@@ -190,7 +284,8 @@ compare() {
         if [ -f "$in/file.$sn" ]; then
             want=$(hashf "$in/file.$sn")
         else
-            want=$(awk -v n="$n" '$1 == n { print $2 }' "$in/want" 2> /dev/null)
+            want=
+            [ ! -f "$in/want" ] || want=$(awk -v n="$n" '$1 == n { print $2 }' "$in/want")
         fi
         [ -n "$want" ] || continue
         [ ! -L "$pki/$n" ] || die 77 "$pki/$n is a symlink: refusing to write through it"
@@ -218,7 +313,9 @@ compare() {
     if [ -f "$in/renew" ] && [ "$role" != worker ]; then
         command -v openssl > /dev/null 2>&1 || die 1 "this node lacks openssl, which checks who signed its certificates"
         ! leaves_need_renew || change renew "kubeadm certs renew all (leaves not signed by the new CAs)"
+        ! kubelet_needs_reissue || change renew "the kubelet's client certificate (kubelet.conf)"
     fi
+    [ ! -f "$in/kubelet.new" ] || change renew "the kubelet's client certificate (kubelet.conf), issued by hapki"
     [ ! -f "$pending" ] || change restart "an interrupted run left the restart to do"
 }
 
@@ -295,6 +392,10 @@ apply() {
         kubeadm certs renew all >&2 || die 10 "kubeadm certs renew all failed"
         step "kubeadm certs renew all"
     fi
+    if [ -f "$in/renew" ] && [ "$role" != worker ] && kubelet_needs_reissue; then
+        reissue_kubelet_client
+    fi
+    [ ! -f "$in/kubelet.new" ] || install_given_kubelet_client
     set_kubeconfigs
     if [ "$role" != worker ] && [ -d "$man" ]; then
         # shellcheck disable=SC2034 # read by restart.sh's only()
@@ -366,10 +467,11 @@ case $op in
         lock
         if [ "$role" != worker ] && [ -d "$man" ]; then
             take_out_dir
+            restoring=1
+            trap on_exit EXIT
             snapshot before
         fi
         split_input
-        trap 'rm -rf "$in"; restore' EXIT
         apply
         [ "$role" = worker ] || [ ! -d "$man" ] || { rmdir "$out" 2> /dev/null || true; snapshot after; }
         ;;
@@ -380,5 +482,12 @@ case $op in
         ;;
     drain)
         drain
+        ;;
+    kubelet-cert)
+        in=$(mktemp -d "$k/.hapki-rotate.XXXXXX")
+        if kubelet_client && [ -s "$in/kubelet.pem" ]; then
+            printf '=== kubelet\n'
+            cat "$in/kubelet.pem"
+        fi
         ;;
 esac

@@ -348,28 +348,58 @@ pub fn issue_leaf(
         std::fs::read(&path).map_err(|e| PkiError::io(path, e))
     };
     let (crt_pem, key_pem) = (read(&crt_name)?, read(&key_name)?);
-    let ca_cert = parse::parse_certificate(&crt_name, &crt_pem)?;
-    let ca_key = parse::parse_private_key(&key_name, &key_pem)?;
+    let dns = [common_name.to_string()];
+    let eku = [ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth];
+    let names = (crt_name.as_str(), key_name.as_str());
+    sign_leaf(names, &crt_pem, &key_pem, &[(DnType::CommonName, common_name)], &dns, &eku, now)
+}
+
+/// A one-year client certificate for a kubelet (`O=system:nodes`, `CN=system:node:NAME`),
+/// signed by the CA `ca_crt_pem` (its first certificate) with `ca_key_pem`: what `hapki
+/// rotate` gives a worker's kubelet at switch.
+pub(crate) fn issue_kubelet_client(
+    ca_crt_pem: &[u8],
+    ca_key_pem: &[u8],
+    common_name: &str,
+    now: OffsetDateTime,
+) -> Result<IssuedLeaf, PkiError> {
+    let dn = [(DnType::OrganizationName, "system:nodes"), (DnType::CommonName, common_name)];
+    let eku = [ExtendedKeyUsagePurpose::ClientAuth];
+    sign_leaf(("ca.crt", "ca.key"), ca_crt_pem, ca_key_pem, &dn, &[], &eku, now)
+}
+
+fn sign_leaf(
+    (crt_name, key_name): (&str, &str),
+    crt_pem: &[u8],
+    key_pem: &[u8],
+    subject: &[(DnType, &str)],
+    dns: &[String],
+    eku: &[ExtendedKeyUsagePurpose],
+    now: OffsetDateTime,
+) -> Result<IssuedLeaf, PkiError> {
+    let ca_cert = parse::parse_certificate(crt_name, crt_pem)?;
+    let ca_key = parse::parse_private_key(key_name, key_pem)?;
     let alg = ca_key.public.algorithm;
-    let key_der = PrivateKeyDer::from_pem_slice(&key_pem)
-        .map_err(|e| PkiError::invalid(&key_name, e.to_string()))?;
+    let key_der = PrivateKeyDer::from_pem_slice(key_pem)
+        .map_err(|e| PkiError::invalid(key_name, e.to_string()))?;
     let ca_signer = KeyPair::from_der_and_sign_algo(&key_der, signature_algorithm(alg))
-        .map_err(|e| PkiError::invalid(&key_name, e.to_string()))?;
+        .map_err(|e| PkiError::invalid(key_name, e.to_string()))?;
     let issuer = Issuer::from_ca_cert_der(&CertificateDer::from(ca_cert.der.clone()), ca_signer)
-        .map_err(|e| PkiError::invalid(&crt_name, e.to_string()))?;
+        .map_err(|e| PkiError::invalid(crt_name, e.to_string()))?;
 
     let leaf_alg = Algorithm::of_key(alg).unwrap_or_default();
     let leaf_key = generate_key(leaf_alg)?;
-    let ctx = format!("signing a leaf for {common_name}");
-    let mut params = CertificateParams::new(vec![common_name.to_string()])
-        .map_err(|e| PkiError::crypto(&ctx, e))?;
+    let name = subject.last().map_or("", |(_, v)| *v);
+    let ctx = format!("signing a leaf for {name}");
+    let mut params = CertificateParams::new(dns.to_vec()).map_err(|e| PkiError::crypto(&ctx, e))?;
     let mut dn = DistinguishedName::new();
-    dn.push(DnType::CommonName, common_name);
+    for (t, v) in subject {
+        dn.push(t.clone(), *v);
+    }
     params.distinguished_name = dn;
     params.is_ca = IsCa::ExplicitNoCa;
     params.key_usages = vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyEncipherment];
-    params.extended_key_usages =
-        vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth];
+    params.extended_key_usages = eku.to_vec();
     params.serial_number = Some(random_serial());
     params.not_before = now - BACKDATE;
     params.not_after = now + LEAF_VALIDITY;

@@ -132,8 +132,16 @@ pub struct NodeResult {
     pub message: String,
     pub changes: Vec<Change>,
     pub served: Vec<ServedCheck>,
+    /// What the node did, in order (files written, components moved out and back, waits).
+    pub steps: Vec<String>,
     #[serde(skip)]
     pub category: Option<Category>,
+}
+
+/// "LAST STDERR LINE (exit N)".
+fn failure(out: &crate::transport::RemoteOutput) -> String {
+    let code = out.code.unwrap_or(-1);
+    format!("{} (exit {code})", crate::node::stderr_tail(&out.stderr))
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -284,8 +292,20 @@ impl Runner<'_> {
         }
     }
 
-    /// Runs `op` on node `i`; a transport failure or a non-zero exit is an `Err` message with
-    /// its category.
+    /// Runs `op` on node `i`; a transport failure is an `Err` with its category.
+    fn exec_out(
+        &mut self,
+        i: usize,
+        phase: Phase,
+        op: &str,
+        stdin: &[u8],
+    ) -> Result<crate::transport::RemoteOutput, (Category, String)> {
+        let call = self.call(i, phase);
+        let s = self.session(i).map_err(|e| (e.category(), e.to_string()))?;
+        call.run(s.as_mut(), op, stdin).map_err(|e| (e.category(), e.to_string()))
+    }
+
+    /// [`Runner::exec_out`], a non-zero exit an `Err` too (its last stderr line).
     fn exec(
         &mut self,
         i: usize,
@@ -293,13 +313,9 @@ impl Runner<'_> {
         op: &str,
         stdin: &[u8],
     ) -> Result<Vec<u8>, (Category, String)> {
-        let call = self.call(i, phase);
-        let s = self.session(i).map_err(|e| (e.category(), e.to_string()))?;
-        let out = call.run(s.as_mut(), op, stdin).map_err(|e| (e.category(), e.to_string()))?;
+        let out = self.exec_out(i, phase, op, stdin)?;
         if !out.success() {
-            let code = out.code.unwrap_or(-1);
-            let tail = crate::node::stderr_tail(&out.stderr);
-            return Err((Category::NodesFailed, format!("{tail} (exit {code})")));
+            return Err((Category::NodesFailed, failure(&out)));
         }
         Ok(out.stdout)
     }
@@ -477,6 +493,7 @@ impl Runner<'_> {
                 message: String::new(),
                 changes: Vec::new(),
                 served: Vec::new(),
+                steps: Vec::new(),
                 category: None,
             };
             if let Some(why) = &stop {
@@ -492,7 +509,20 @@ impl Runner<'_> {
             }
             let d = material::desired(&l.old, &l.new, &which, phase, cp)?;
             let renew = phase == Phase::Switch && cp;
-            let payload = remote::desired_payload(&d, &l.old, &l.new, renew, !opts.dry_run);
+            let mut payload = remote::desired_payload(&d, &l.old, &l.new, renew, !opts.dry_run);
+            if !cp && phase == Phase::Switch && which.contains(&Part::Ca) && !opts.dry_run {
+                match self.worker_kubelet(i, l) {
+                    Ok(extra) => payload.extend(extra),
+                    Err((c, m)) => {
+                        res.status = NodeStatus::Failed;
+                        res.category = Some(c);
+                        res.message = format!("reading its kubelet's client certificate: {m}");
+                        stop = Some(format!("not touched: {name} did not finish switch"));
+                        rep.nodes.push(res);
+                        continue;
+                    }
+                }
+            }
             if opts.dry_run {
                 match self.exec(i, phase, "plan", &payload) {
                     Ok(out) => {
@@ -675,19 +705,28 @@ impl Runner<'_> {
     }
 
     fn apply_one(&mut self, i: usize, phase: Phase, payload: &[u8], res: &mut NodeResult) {
-        let out = match self.exec(i, phase, "apply", payload) {
+        let out = match self.exec_out(i, phase, "apply", payload) {
             Ok(o) => o,
             Err((c, m)) => {
                 res.status = NodeStatus::Failed;
                 res.category = Some(c);
-                res.message = format!("{m}; the manifests were put back");
+                res.message = m;
                 return;
             }
         };
-        res.changes =
-            remote::changes(&out).into_iter().map(|(k, w)| Change { file: w, what: k }).collect();
-        let unchanged = remote::sections(&out).iter().any(|(h, _)| h == "unchanged");
-        let parsed = crate::renew::snapshot::parse(&out);
+        res.changes = remote::changes(&out.stdout)
+            .into_iter()
+            .map(|(k, w)| Change { file: w, what: k })
+            .collect();
+        let parsed = crate::renew::snapshot::parse(&out.stdout);
+        res.steps = parsed.steps.iter().map(|(_, w)| w.clone()).collect();
+        if !out.success() {
+            res.status = NodeStatus::Failed;
+            res.category = Some(Category::NodesFailed);
+            res.message = format!("{}; the manifests were put back", failure(&out));
+            return;
+        }
+        let unchanged = remote::sections(&out.stdout).iter().any(|(h, _)| h == "unchanged");
         if let Some(after) = parsed.after.as_ref() {
             let restarted: Vec<String> = parsed
                 .steps
@@ -696,12 +735,8 @@ impl Runner<'_> {
                     w.strip_prefix("moved ")?.split_once(".yaml out").map(|(c, _)| c.into())
                 })
                 .collect();
-            res.served = crate::renew::served_checks(
-                after,
-                Some(&parsed.before),
-                &self.opts.paths.pki_dir(),
-                &restarted,
-            );
+            let pki = self.opts.paths.pki_dir();
+            res.served = crate::renew::served_checks(after, Some(&parsed.before), &pki, &restarted);
         }
         let bad: Vec<&str> =
             res.served.iter().filter(|s| !s.ok).map(|s| s.message.as_str()).collect();
@@ -715,12 +750,33 @@ impl Runner<'_> {
         res.message = if unchanged {
             format!("already in the {} state", phase.as_str())
         } else {
-            format!(
-                "{} changes; {} servers present their files",
-                res.changes.len(),
-                res.served.len()
-            )
+            let served = res.served.len();
+            format!("{} changes; {served} servers present their files", res.changes.len())
         };
+    }
+
+    /// A worker's kubelet client certificate, when the old CA signed it: a new one (same name,
+    /// `O=system:nodes`) from the new CA, as apply's `=== kubelet` section (a worker holds no
+    /// CA key, so hapki signs it here; the key travels on SSH stdin only).
+    fn worker_kubelet(&mut self, i: usize, l: &Loaded) -> Result<Vec<u8>, (Category, String)> {
+        let out = self.exec(i, Phase::Switch, "kubelet-cert", b"")?;
+        let Some((_, pem)) = remote::sections(&out).into_iter().find(|(h, _)| h == "kubelet")
+        else {
+            return Ok(Vec::new());
+        };
+        let bad = |e: crate::pki::PkiError| (Category::NodesFailed, e.to_string());
+        let cert = crate::pki::parse::parse_certificate("kubelet.conf", &pem).map_err(bad)?;
+        let (new_crt, new_key) = (l.new.get("ca.crt"), l.new.get("ca.key"));
+        let (Some(new_crt), Some(new_key)) = (new_crt, new_key) else { return Ok(Vec::new()) };
+        let new_der = crate::pki::parse::parse_certificate("ca.crt", new_crt).map_err(bad)?.der;
+        let cn = cert.common_name.clone().unwrap_or_default();
+        if drain::signed_by(&cert.der, &new_der) || !cn.starts_with("system:node:") {
+            return Ok(Vec::new());
+        }
+        let now = OffsetDateTime::now_utc();
+        let leaf =
+            crate::pki::generate::issue_kubelet_client(new_crt, new_key, &cn, now).map_err(bad)?;
+        Ok(format!("=== kubelet\n{}{}", leaf.cert_pem, leaf.key_pem).into_bytes())
     }
 
     fn drain_once(&mut self, l: &Loaded, progress: bool) -> DrainReport {

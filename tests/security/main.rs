@@ -31,6 +31,7 @@ mod join_run_dir_planted_symlink;
 mod join_token_in_process_list;
 mod pinned_trust_file_on_the_node;
 mod pki_staging_in_a_user_directory;
+mod rotate_state_dir_planted_by_a_user;
 mod shared_dest_staging_deleted;
 mod tampered_install_instructions;
 mod tar_header_fields;
