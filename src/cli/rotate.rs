@@ -104,6 +104,9 @@ pub fn run(args: RotateArgs) -> anyhow::Result<u8> {
             which.push(p);
         }
     }
+    if args.nodes.nodes.is_some() || args.nodes.inventory.is_none() {
+        return Err(usage_error("rotate works on the whole cluster: give --inventory FILE (every control plane and worker), without --nodes"));
+    }
     let (_, nodes) = args.nodes.all(&args.ssh)?;
     let opts = RotateOptions {
         to,

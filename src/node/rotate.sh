@@ -245,7 +245,9 @@ reissue_kubelet_client() {
 install_kubelet_client() {
     if [ "$kk" = file ]; then
         kd=${kf%/*}
+        safe_dir "$kd" any
         new=$kd/kubelet-client-hapki-$stamp.pem
+        [ ! -L "$new.tmp" ] || die 77 "$new.tmp is a symlink: refusing to write through it"
         cat "$in/kubelet.crt" "$in/kubelet.key" > "$new.tmp"
         mv -f "$new.tmp" "$new"
         if [ -L "$kf" ]; then
@@ -408,6 +410,10 @@ apply() {
 }
 
 cluster_info() {
+    if [ ! -f "$k/admin.conf" ]; then
+        printf '=== cluster-info skipped (no %s)\n' "$k/admin.conf"
+        return 0
+    fi
     command -v kubectl > /dev/null 2>&1 || die 78 "kubectl is not on this node's PATH: update kube-public/cluster-info by hand"
     kc="kubectl --kubeconfig $k/admin.conf -n kube-public"
     $kc get configmap cluster-info -o 'jsonpath={.data.kubeconfig}' > "$in/cluster-info" ||

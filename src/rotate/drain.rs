@@ -173,6 +173,76 @@ mod tests {
         assert_eq!(token_kid("!!"), None);
     }
 
+    /// Two generated PKIs: the old and the new material.
+    fn material() -> (Files, Files) {
+        let now = ::time::OffsetDateTime::now_utc();
+        let gen = |_| -> Files {
+            let alg = crate::pki::Algorithm::EcdsaP256;
+            crate::pki::generate::generate_files(alg, ::time::Duration::days(30), now)
+                .unwrap()
+                .into_iter()
+                .map(|(n, p)| (n.to_string(), p.into_bytes()))
+                .collect()
+        };
+        (gen(0), gen(1))
+    }
+
+    fn leaf(ca: &Files) -> String {
+        let now = ::time::OffsetDateTime::now_utc();
+        let (crt, key) = (&ca["ca.crt"], &ca["ca.key"]);
+        crate::pki::generate::issue_kubelet_client(crt, key, "system:node:n1", now)
+            .unwrap()
+            .cert_pem
+    }
+
+    fn b64(b: &[u8]) -> String {
+        base64::engine::general_purpose::STANDARD.encode(b)
+    }
+
+    #[test]
+    fn drain_lists_what_the_old_material_still_signs_or_is_trusted_alone() {
+        let (old, new) = material();
+        let cas = Cas::new(&old, &new, &Part::ALL);
+        let both = super::super::material::concat(&new["ca.crt"], &old["ca.crt"]);
+        // The old sa key's kid, as the API server writes it in a JWT header.
+        let kid = jwt_kid(&spki_der(Part::Sa, &old["sa.pub"]).unwrap());
+        let header = |kid: &str| {
+            base64::engine::general_purpose::URL_SAFE_NO_PAD
+                .encode(format!("{{\"alg\":\"ES256\",\"kid\":\"{kid}\"}}"))
+        };
+        let out = format!(
+            "=== phase now\n=== file /etc/kubernetes/pki/apiserver.crt\n{}=== file /etc/kubernetes/pki/apiserver-kubelet-client.crt\n{}\
+             === trust ca.crt\n{}=== trust etcd/ca.crt\n{}\
+             === cadata /etc/kubernetes/admin.conf {}\n=== cadata /etc/kubernetes/scheduler.conf {}\n\
+             === cadata /etc/kubernetes/other.conf {}\n\
+             === token kube-system old-token {}\n=== token kube-system new-token {}\n",
+            leaf(&old),
+            leaf(&new),
+            String::from_utf8_lossy(&both),
+            String::from_utf8_lossy(&old["etcd/ca.crt"]),
+            b64(&old["ca.crt"]),
+            b64(&both),
+            b64(&new["front-proxy-ca.crt"]),
+            header(&kid),
+            header("another"),
+        );
+        let items = classify("n1", out.as_bytes(), &cas);
+        let got: Vec<(&str, &str)> =
+            items.iter().map(|i| (i.kind.as_str(), i.file.as_str())).collect();
+        assert_eq!(
+            got,
+            [
+                ("old-signer", "/etc/kubernetes/pki/apiserver.crt"),
+                ("trust-missing-new", "etcd/ca.crt"),
+                ("kubeconfig-ca", "/etc/kubernetes/admin.conf"),
+                ("sa-token", "secret kube-system/old-token"),
+            ]
+        );
+        assert!(items[3].message.contains("kubectl -n kube-system delete secret old-token"));
+        // Nothing rotated, nothing listed.
+        assert!(classify("n1", out.as_bytes(), &Cas::new(&old, &new, &[])).is_empty());
+    }
+
     #[test]
     fn the_ca_of_a_path() {
         assert_eq!(ca_of("/etc/kubernetes/pki/etcd/peer.crt"), "etcd/ca.crt");

@@ -59,6 +59,8 @@ impl Part {
 impl std::str::FromStr for Part {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
+        // `etcd/ca` as `hapki pki renew-ca --which` spells it.
+        let s = if s == "etcd/ca" { "etcd-ca" } else { s };
         Part::ALL.into_iter().find(|p| p.as_str() == s).ok_or_else(|| {
             format!("unknown part {s:?} for --which: use ca, front-proxy-ca, etcd-ca, sa")
         })

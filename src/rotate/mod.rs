@@ -597,13 +597,11 @@ impl Runner<'_> {
         rep: &mut RotateReport,
     ) -> Result<(), RotateError> {
         let which = parts(&l.state);
+        if let Some(why) = self.phase_gate(l, &which, phase) {
+            rep.fail(Category::NodesFailed, why);
+            return Ok(());
+        }
         match phase {
-            Phase::TrustBoth => {
-                if let Some(why) = self.trust_gate(l, &which) {
-                    rep.fail(Category::NodesFailed, why);
-                    return Ok(());
-                }
-            }
             Phase::Switch | Phase::Finalize if which.contains(&Part::Ca) => {
                 let d = material::desired(&l.old, &l.new, &which, phase, true)?;
                 let ca = d.files.get("ca.crt").cloned().unwrap_or_default();
@@ -648,21 +646,24 @@ impl Runner<'_> {
         Ok(())
     }
 
-    /// After trust-both: every node is asked again (read-only) and must need no change.
-    fn trust_gate(&mut self, l: &Loaded, which: &[Part]) -> Option<String> {
+    /// Once every node has the phase: every node is asked again (read-only) and must need no
+    /// change (after trust-both: every trust file and kubeconfig holds both; after switch:
+    /// every leaf and kubelet client certificate is the new CA's).
+    fn phase_gate(&mut self, l: &Loaded, which: &[Part], phase: Phase) -> Option<String> {
         for i in self.order() {
             let cp = self.nodes[i].role == Role::ControlPlane;
-            let d = material::desired(&l.old, &l.new, which, Phase::TrustBoth, cp).ok()?;
-            let payload = remote::desired_payload(&d, &l.old, &l.new, false, false);
+            let d = material::desired(&l.old, &l.new, which, phase, cp).ok()?;
+            let renew = phase == Phase::Switch && cp;
+            let payload = remote::desired_payload(&d, &l.old, &l.new, renew, false);
             let name = self.nodes[i].name().to_string();
-            match self.exec(i, Phase::TrustBoth, "plan", &payload) {
-                Err((_, m)) => {
-                    return Some(format!("trust-both gate: {name} could not be read ({m})"))
-                }
+            let p = phase.as_str();
+            let again =
+                if phase == Phase::Aborted { "--abort".into() } else { format!("--to {p}") };
+            match self.exec(i, phase, "plan", &payload) {
+                Err((_, m)) => return Some(format!("{p} gate: {name} could not be read ({m})")),
                 Ok(out) => {
-                    let ch = remote::changes(&out);
-                    if let Some((k, w)) = ch.first() {
-                        return Some(format!("trust-both gate: {name} does not trust both yet ({k} {w}); rerun hapki rotate --to trust-both"));
+                    if let Some((k, w)) = remote::changes(&out).first() {
+                        return Some(format!("{p} gate: {name} is not in the {p} state ({k} {w}); rerun hapki rotate {again}"));
                     }
                 }
             }
