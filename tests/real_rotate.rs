@@ -3,8 +3,8 @@
 //! loop restarts a component when its manifest leaves /etc/kubernetes/manifests and comes back).
 //!
 //! Every expected value comes from openssl: each PEM block of every trust file, key,
-//! kubeconfig's CA data and manifest-named file is reduced to the SHA-256 of its DER
-//! SubjectPublicKeyInfo and named after the CA it is ("ca old", "sa new", …); every leaf, every
+//! kubeconfig's CA data and manifest-named file is reduced to its SubjectPublicKeyInfo (as
+//! `openssl x509 -pubkey` / `openssl pkey -pubout` print it) and named after the CA it is ("ca old", "sa new", …); every leaf, every
 //! kubeconfig client certificate and every certificate served on :6443, :2379 and :2380 is named
 //! after the one CA certificate `openssl verify` accepts it with. The expected picture of each
 //! phase is the design's table written out as those names, never read from hapki.
@@ -138,19 +138,33 @@ fn pem_blocks(text: &str) -> Vec<String> {
     blocks
 }
 
-/// openssl's SHA-256 of the DER SubjectPublicKeyInfo of one PEM block (certificate, private
-/// or public key).
+/// `openssl ARGS` with `input` on stdin (no shell): (success, stdout).
+fn openssl_in(args: &[&str], input: &str) -> (bool, String) {
+    let mut child = Command::new("openssl")
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(input.as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    (out.status.success(), String::from_utf8_lossy(&out.stdout).trim().to_string())
+}
+
+/// The SubjectPublicKeyInfo of one PEM block (certificate, private or public key), as openssl
+/// prints it (PEM).
 fn spki(pem: &str) -> String {
-    let script = if pem.contains("CERTIFICATE-----") {
-        "openssl x509 -noout -pubkey | openssl pkey -pubin -outform der | sha256sum"
+    let args: &[&str] = if pem.contains("CERTIFICATE-----") {
+        &["x509", "-noout", "-pubkey"]
     } else if pem.contains("PUBLIC KEY-----") {
-        "openssl pkey -pubin -outform der | sha256sum"
+        &["pkey", "-pubin", "-pubout"]
     } else {
-        "openssl pkey -pubout -outform der | sha256sum"
+        &["pkey", "-pubout"]
     };
-    let (ok, out) = pipe(script, pem.as_bytes());
-    assert!(ok && out.len() > 64, "openssl could not read:\n{pem}");
-    out[..64].to_string()
+    let (ok, key) = openssl_in(args, pem);
+    assert!(ok && key.starts_with("-----BEGIN PUBLIC KEY-----"), "openssl could not read:\n{pem}");
+    key
 }
 
 /// The key id the API server puts in a token's header: base64url(SHA-256(DER SPKI)), by
@@ -224,7 +238,7 @@ impl Known {
 
     fn name(&self, pem: &str) -> String {
         let s = spki(pem);
-        self.names.get(&s).cloned().unwrap_or_else(|| format!("unknown {s}"))
+        self.names.get(&s).cloned().unwrap_or_else(|| format!("unknown key {}", &s[27..60]))
     }
 
     /// The names of each PEM block of `text`, in order.
@@ -238,11 +252,7 @@ impl Known {
             .iter()
             .filter(|g| {
                 let ca = self.dir.join(g).join(format!("{family}.crt"));
-                pipe(
-                    &format!("openssl verify -CAfile '{}' /dev/stdin", ca.display()),
-                    pem.as_bytes(),
-                )
-                .0
+                openssl_in(&["verify", "-CAfile", ca.to_str().unwrap(), "/dev/stdin"], pem).0
             })
             .map(|g| format!("{family} {g}"))
             .collect()
@@ -355,6 +365,7 @@ fn snapshot(k: &Known, tb: &Testbed, node: &str) -> BTreeMap<String, Vec<String>
 
 /// Every node of `nodes` holds, serves and points its components at exactly `phase`'s picture.
 fn assert_phase(k: &Known, tb: &Testbed, nodes: &[&str], phase: Phase) {
+    let started = Instant::now();
     for n in nodes {
         let got = snapshot(k, tb, n);
         let want = expected(phase);
@@ -365,6 +376,7 @@ fn assert_phase(k: &Known, tb: &Testbed, nodes: &[&str], phase: Phase) {
             .collect();
         assert!(diff.is_empty(), "{n} is not in the {phase:?} state:\n  {}", diff.join("\n  "));
     }
+    eprintln!("{phase:?}: {nodes:?} checked in {:.1}s", started.elapsed().as_secs_f64());
 }
 
 /// SHA-256 of every file under each node's /etc/kubernetes but hapki's own state, by sha256sum.
