@@ -658,6 +658,9 @@ fn prepared_material(fx: &Fixture, tb: &Testbed) -> PathBuf {
         assert_eq!(algo(&n), algo(&o), "{f}: another key type");
     }
     assert_eq!(spki(&read(&new.join("sa.key"))), spki(&read(&new.join("sa.pub"))));
+    // Control for finalize's check: the state dir holds the old and new private keys now.
+    let keys = sh(&format!("grep -rl 'PRIVATE KEY' '{}' || true", state.display()));
+    assert!(keys.lines().count() >= 8, "the state dir's keys:\n{keys}");
     assert_ne!(spki(&read(&new.join("sa.pub"))), spki(&read(&old.join("sa.pub"))));
     new
 }
