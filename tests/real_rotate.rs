@@ -4,8 +4,8 @@
 //!
 //! Every expected value comes from openssl: each PEM block of every trust file, key,
 //! kubeconfig's CA data and manifest-named file is reduced to its SubjectPublicKeyInfo (as
-//! `openssl x509 -pubkey` / `openssl pkey -pubout` print it) and named after the CA it is ("ca old", "sa new", …); every leaf, every
-//! kubeconfig client certificate and every certificate served on :6443, :2379 and :2380 is named
+//! `openssl x509 -pubkey` / `openssl pkey -pubout` print it) and named after the CA it is
+//! ("ca old", "sa new", …); every leaf, every kubeconfig client certificate and every certificate served on :6443, :2379 and :2380 is named
 //! after the one CA certificate `openssl verify` accepts it with. The expected picture of each
 //! phase is the design's table written out as those names, never read from hapki.
 //!
@@ -16,9 +16,11 @@
 //! Secret — drain's fix for it — rejects it whatever the keys), so only a TokenRequest token
 //! shows that finalize removes the old public key.
 //!
-//! `rotate_all_four_cas_with_no_failed_request` (one bring-up): prepare changes nothing on the
-//! nodes; trust-both, switch (SIGKILLed on kubemaster-2, then resumed), drain and finalize each
-//! run while bounded client loops send 10 requests a second each through the /readyz-checking
+//! `rotate_all_four_cas_with_no_failed_request` (one bring-up): prepare and --dry-run change
+//! nothing on the nodes; trust-both (SIGKILLed between kubemaster-1 and -2), switch (SIGKILLed
+//! with kubemaster-2's API server half way through its restart), both resumed to the table's
+//! picture, drain (its items exactly the old-kid token Secrets; finalize refused meanwhile) and
+//! finalize each run while bounded client loops send 10 requests a second each through the /readyz-checking
 //! endpoint in front of the three API servers, with a token issued before the rotation and (from
 //! drain on) one issued after switch: no request fails; after finalize the old token gets 401
 //! and the new one 200 on every API server; `--abort` after switch is refused; the discovery
