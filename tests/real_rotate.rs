@@ -2,34 +2,34 @@
 //! kube-controller-manager v1.20.2 and etcd, tests/support/real_kube.rs; the runner's kubelet
 //! loop restarts a component when its manifest leaves /etc/kubernetes/manifests and comes back).
 //!
-//! Every expected value comes from openssl: each PEM block of every trust file, key,
-//! kubeconfig's CA data and manifest-named file is reduced to its SubjectPublicKeyInfo (as
-//! `openssl x509 -pubkey` / `openssl pkey -pubout` print it) and named after the CA it is
-//! ("ca old", "sa new", …); every leaf, every kubeconfig client certificate and every certificate served on :6443, :2379 and :2380 is named
-//! after the one CA certificate `openssl verify` accepts it with. The expected picture of each
-//! phase is the design's table written out as those names, never read from hapki.
+//! Every expected value comes from openssl: each PEM block of every trust file, key, kubeconfig's
+//! CA data and manifest-named file is reduced to its SubjectPublicKeyInfo (as `openssl x509
+//! -pubkey` / `openssl pkey -pubout` print it) and named after the CA it is ("ca old", "sa new",
+//! …); every leaf, every kubeconfig client certificate and every certificate served on :6443, :2379
+//! and :2380 is named after the one CA certificate `openssl verify` accepts it with. The expected
+//! picture of each phase is the design's table written out as those names, never read from hapki.
 //!
 //! The tokens: TokenRequest tokens (POST …/serviceaccounts/NAME/token, as scripts/demo and the
-//! kubelet's projected volumes get them), not legacy token Secrets: a TokenRequest token is
-//! signed by the API server's --service-account-signing-key-file (what switch moves) and is
-//! checked by signature alone, while a legacy Secret's token is also looked up (deleting the
-//! Secret — drain's fix for it — rejects it whatever the keys), so only a TokenRequest token
-//! shows that finalize removes the old public key.
+//! kubelet's projected volumes get them), not legacy token Secrets: a TokenRequest token is signed
+//! by the API server's --service-account-signing-key-file (what switch moves) and is checked by
+//! signature alone, while a legacy Secret's token is also looked up (deleting the Secret — drain's
+//! fix for it — rejects it whatever the keys), so only a TokenRequest token shows that finalize
+//! removes the old public key.
 //!
 //! `rotate_all_four_cas_with_no_failed_request` (one bring-up): prepare and --dry-run change
-//! nothing on the nodes; trust-both (SIGKILLed between kubemaster-1 and -2), switch (SIGKILLed
-//! with kubemaster-2's API server half way through its restart), both resumed to the table's
-//! picture, drain (its items exactly the old-kid token Secrets; finalize refused meanwhile) and
-//! finalize each run while bounded client loops send 10 requests a second each through the /readyz-checking
+//! nothing on the nodes; trust-both (SIGKILLed between kubemaster-1 and -2), switch (SIGKILLed with
+//! kubemaster-2's API server half way through its restart), both resumed to the table's picture,
+//! drain (its items exactly the old-kid token Secrets; finalize refused meanwhile) and finalize
+//! each run while bounded client loops send 10 requests a second each through the /readyz-checking
 //! endpoint in front of the three API servers, with a token issued before the rotation and (from
-//! drain on) one issued after switch: no request fails; after finalize the old token gets 401
-//! and the new one 200 on every API server; `--abort` after switch is refused; the discovery
-//! hash is openssl's hash of the new ca.crt, not the old one's; a fourth control plane joins
-//! with `hapki join` and the new hash. Negative controls: a token with the old token's claims
-//! signed by a key no API server trusts gets 401, and the client loop counts it as failed.
+//! drain on) one issued after switch: no request fails; after finalize the old token gets 401 and
+//! the new one 200 on every API server; `--abort` after switch is refused; the discovery hash is
+//! openssl's hash of the new ca.crt, not the old one's; a fourth control plane joins with `hapki
+//! join` and the new hash. Negative controls: a token with the old token's claims signed by a key
+//! no API server trusts gets 401, and the client loop counts it as failed.
 //!
-//! `abort_after_trust_both_returns_to_the_old_cas_alone` (one control plane): prepare,
-//! trust-both, `--abort`: every file byte-identical to before, audit clean.
+//! `abort_after_trust_both_returns_to_the_old_cas_alone` (one control plane): prepare, trust-both,
+//! `--abort`: every file byte-identical to before, audit clean.
 
 #[path = "support/cluster.rs"]
 mod cluster;
