@@ -880,8 +880,9 @@ struct Run<'a> {
 }
 
 impl Run<'_> {
-    /// The next phase, `phase`, SIGKILLed at `kill`, seen half done (kubemaster-1 in the phase's state, kubemaster-3 in the previous
-    /// one), then run again to the end; one load across both runs, no request failed.
+    /// The next phase, `phase`, SIGKILLed at `kill`, seen half done (kubemaster-1 in the
+    /// phase's state, kubemaster-3 in the previous one), then run again to the end; one load
+    /// across both runs, no request failed.
     fn killed_and_resumed(
         &self,
         traffic: &Traffic,
