@@ -519,23 +519,6 @@ impl Running {
     }
 }
 
-/// A phase run once under load: exit 0, the phase reported, no request failed.
-fn phase_under_load(
-    inv: &Path,
-    traffic: &Traffic,
-    tokens: &[(&str, &[String; 2])],
-    phase: &str,
-) -> Value {
-    let load = traffic.start(tokens, phase);
-    let (code, report, out) = rotate(inv, &[]);
-    let secs = load.started.elapsed().as_secs();
-    load.none_failed(phase);
-    assert_eq!(code, Some(0), "rotate ({phase}): {out}");
-    assert_eq!(report["phase"], phase, "{report}");
-    eprintln!("{phase}: {secs}s; {}", statuses(&report));
-    report
-}
-
 fn statuses(report: &Value) -> String {
     let nodes = report["nodes"].as_array().cloned().unwrap_or_default();
     nodes.iter().map(|n| format!("{} {}", n["node"], n["status"])).collect::<Vec<_>>().join(", ")
@@ -839,8 +822,10 @@ fn rotate_all_four_cas_with_no_failed_request() {
     let both: [(&str, &[String; 2]); 2] = [("old", &old_h), ("new", &new_h)];
     drain(&inv, &traffic, &both, &tb, &jwt_kid(&old_token));
 
-    // finalize, under load with the new token only (the old one is meant to stop working).
-    let report = phase_under_load(&inv, &traffic, &[("new", &new_h)], "finalize");
+    // finalize, under load with the new token only (the old one is meant to stop working),
+    // SIGKILLed half way through kubemaster-2 and resumed.
+    let new_only: [(&str, &[String; 2]); 1] = [("new", &new_h)];
+    let report = run.killed_and_resumed(&traffic, &new_only, "finalize", Kill::HalfWay);
     assert_eq!(report["state"]["phase_done"], "finalize", "{report}");
     let history: Vec<&str> = report["state"]["history"]
         .as_array()
