@@ -209,7 +209,8 @@ fn rotate_orders_its_phases_trusts_both_and_aborts_back_to_the_same_bytes() {
     assert_eq!(code, Some(0), "{out}");
     assert_eq!(rep["state"]["phase_done"], "aborted", "{rep}");
     assert_eq!(file_sums(&tb), before, "--abort left a file changed");
-    assert!(!state_dir.join("new").exists(), "the aborted rotation's keys were kept");
+    let left = sh(&format!("find '{}' -type f", state_dir.join("new").display()));
+    assert!(left.is_empty(), "the aborted rotation's keys were kept: {left}");
     let (code, _, out) = rotate(&tb, &[]);
     assert_eq!(code, Some(0), "{out}");
     assert!(out.contains("is over"), "{out}");
@@ -217,8 +218,23 @@ fn rotate_orders_its_phases_trusts_both_and_aborts_back_to_the_same_bytes() {
     // A new rotation up to switch: --abort is refused from then on.
     let (code, _, out) = rotate(&tb, &["--to", "switch"]);
     assert!(code == Some(0) && out.contains("is over"), "only --to prepare starts anew: {out}");
-    let (code, _, out) = rotate(&tb, &["--to", "prepare", "--which", "ca"]);
+    // ... whose new material is also an ordinary signed, encrypted bundle.
+    let recipient = std::fs::read_to_string(fx.signer().with_extension("pub")).unwrap();
+    let bundle = fx.path("rotated.tar.gz.age");
+    let (signer, out_arg) = (fx.signer(), bundle.to_str().unwrap().to_string());
+    let args = ["--to", "prepare", "--which", "ca", "--recipient", recipient.trim()];
+    let args = [&args[..], &["--sign-key", signer.to_str().unwrap(), "--out", &out_arg]].concat();
+    let (code, rep, out) = rotate(&tb, &args);
     assert_eq!(code, Some(0), "{out}");
+    assert_eq!(rep["bundle"], out_arg.as_str(), "{rep}");
+    let verified = fx.with_bundle("verify", &bundle, &["--output", "json"]);
+    assert!(verified.status.success(), "verify: {}", text(&verified));
+    let verified: Value = serde_json::from_slice(&verified.stdout).unwrap();
+    let hash = sh(&format!(
+        "openssl x509 -pubkey -noout -in '{}' | openssl pkey -pubin -outform der | openssl dgst -sha256 -r",
+        state_dir.join("new/ca.crt").display()
+    ));
+    assert_eq!(verified["discovery_token_ca_cert_hash"], format!("sha256:{}", &hash[..64]));
     let (code, _, out) = rotate(&tb, &["--to", "switch"]);
     assert_eq!(code, Some(0), "{out}");
     let new_ca = fingerprints(&state_dir.join("new/ca.crt"));

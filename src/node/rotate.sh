@@ -139,7 +139,7 @@ write_state() {
     state_dirs
     # shellcheck disable=SC2013 # one name a word
     for sd in $(cat "$in/drop" 2> /dev/null); do
-        case $sd in new | old) rm -rf "${rd:?}/$sd" ;; esac
+        case $sd in new | old) rm -rf "${rd:?}/$sd" && mkdir -m 0700 "$rd/$sd" ;; esac
     done
     for sn in $(state_names); do
         src=$in/state.$(printf '%s' "$sn" | tr / _)

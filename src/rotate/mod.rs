@@ -341,90 +341,118 @@ impl Runner<'_> {
             .map_err(|e| self.first_err(e))
     }
 
-    fn prepare(&mut self, loaded: &mut Option<Loaded>) -> Result<RotateReport, RotateError> {
+    /// The first master's eight files, each rotated part's pair required.
+    fn read_old(&mut self) -> Result<Files, RotateError> {
         let opts = self.opts;
         let first = self.nodes[self.first].name().to_string();
-        let mut rep = RotateReport::new(Some(Phase::Prepare), opts.dry_run, "");
-        let s = self.session(self.first).map_err(|e| RotateError::FirstMaster {
+        let err = |reason: String, category: Category| RotateError::FirstMaster {
             node: first.clone(),
-            reason: e.to_string(),
-            category: e.category(),
-        })?;
-        let read = crate::node::read_shared_files(s.as_mut(), &opts.paths).map_err(|e| {
-            RotateError::FirstMaster {
-                node: first.clone(),
-                reason: e.to_string(),
-                category: e.category(),
-            }
-        })?;
-        let old: Files = read.into_iter().map(|f| (f.name.clone(), f.bytes.clone())).collect();
-        for p in &opts.which {
-            for f in [p.public_file(), p.key_file()] {
-                if !old.contains_key(f) {
-                    return Err(RotateError::Refused(format!("{first} holds no {}/{f}: a rotation starts from the cluster's current files", opts.paths.pki_dir())));
-                }
-            }
-        }
-        let ca = crate::pki::parse::parse_certificate(
-            "ca.crt",
-            old.get("ca.crt").map_or(&[][..], |v| v),
-        )?;
-        let alg = match opts.algorithm {
-            Some(a) => a,
-            None => Algorithm::of_key(ca.public.algorithm).unwrap_or_default(),
+            reason,
+            category,
         };
-        let names: Vec<&str> = opts.which.iter().map(|p| p.as_str()).collect();
-        if opts.dry_run {
-            rep.message = format!(
-                "would generate new {} ({alg}, CAs valid {} days) into {}/hapki/rotate on {first}; nothing on the nodes changes",
-                names.join(", "),
-                opts.validity.whole_days(),
-                opts.paths.kube_dir
-            );
-            return Ok(rep);
+        let s = self.session(self.first).map_err(|e| err(e.to_string(), e.category()))?;
+        let read = crate::node::read_shared_files(s.as_mut(), &opts.paths)
+            .map_err(|e| err(e.to_string(), e.category()))?;
+        let old: Files = read.into_iter().map(|f| (f.name, f.bytes)).collect();
+        for p in &opts.which {
+            if let Some(f) =
+                [p.public_file(), p.key_file()].into_iter().find(|f| !old.contains_key(*f))
+            {
+                let pki = opts.paths.pki_dir();
+                return Err(RotateError::Refused(format!("{first} holds no {pki}/{f}: a rotation starts from the cluster's current files")));
+            }
         }
-        let generated = crate::pki::generate::generate_files(alg, opts.validity, opts.now)?;
+        Ok(old)
+    }
+
+    /// `--algorithm`, else the current ca.crt's.
+    fn algorithm(&self, old: &Files) -> Result<Algorithm, RotateError> {
+        if let Some(a) = self.opts.algorithm {
+            return Ok(a);
+        }
+        let pem = old.get("ca.crt").map_or(&[][..], |v| v);
+        let ca = crate::pki::parse::parse_certificate("ca.crt", pem)?;
+        Ok(Algorithm::of_key(ca.public.algorithm).unwrap_or_default())
+    }
+
+    /// The old files with the rotated parts' replaced by freshly generated ones.
+    fn generate(&self, old: &Files, alg: Algorithm) -> Result<Files, RotateError> {
+        let opts = self.opts;
         let mut new = old.clone();
-        for (name, pem) in generated {
+        for (name, pem) in crate::pki::generate::generate_files(alg, opts.validity, opts.now)? {
             let part =
                 Part::ALL.into_iter().find(|p| p.public_file() == name || p.key_file() == name);
             if part.is_some_and(|p| opts.which.contains(&p)) {
                 new.insert(name.to_string(), pem.into_bytes());
             }
         }
-        let mut history = loaded.take().map(|l| l.state.history).unwrap_or_default();
+        Ok(new)
+    }
+
+    /// A new rotation's state (the history of earlier ones kept).
+    fn new_state(
+        &self,
+        old: &Files,
+        new: &Files,
+        alg: Algorithm,
+        mut history: Vec<state::HistoryEntry>,
+    ) -> Result<State, RotateError> {
+        let opts = self.opts;
+        let names: Vec<String> = opts.which.iter().map(|p| p.as_str().to_string()).collect();
         let now = rfc3339(opts.now);
+        let what = format!("new {} generated ({alg})", names.join(", "));
         history.push(state::HistoryEntry {
             at: now.clone(),
             phase: Phase::Prepare,
             node: None,
-            what: format!("new {} generated ({alg})", names.join(", ")),
+            what,
         });
-        let st = State {
+        Ok(State {
             id: opts.run_id.clone(),
-            which: names.iter().map(|s| s.to_string()).collect(),
+            which: names,
             algorithm: alg.to_string(),
             created_at: now,
             phase_done: Phase::Prepare,
             switch_started: false,
             nodes: Default::default(),
-            old: material::fingerprints(&old, &opts.which)?,
-            new: material::fingerprints(&new, &opts.which)?,
+            old: material::fingerprints(old, &opts.which)?,
+            new: material::fingerprints(new, &opts.which)?,
             history,
-        };
-        if let Some(b) = &opts.bundle {
-            let files: Vec<crate::pki::PkiFile> = new
-                .iter()
-                .map(|(n, b)| crate::pki::PkiFile { name: n.clone(), bytes: b.clone(), mode: None })
-                .collect();
-            crate::bundle::create(Some(&files), &[], &b.key, &b.create, &b.protection, &b.out)?;
-            rep.bundle = Some(b.out.display().to_string());
+        })
+    }
+
+    /// `--sign-key/--out`: the new material as an ordinary signed bundle.
+    fn write_bundle(&self, new: &Files) -> Result<Option<String>, RotateError> {
+        let Some(b) = &self.opts.bundle else { return Ok(None) };
+        let files: Vec<crate::pki::PkiFile> = new
+            .iter()
+            .map(|(n, b)| crate::pki::PkiFile { name: n.clone(), bytes: b.clone(), mode: None })
+            .collect();
+        crate::bundle::create(Some(&files), &[], &b.key, &b.create, &b.protection, &b.out)?;
+        Ok(Some(b.out.display().to_string()))
+    }
+
+    fn prepare(&mut self, loaded: &mut Option<Loaded>) -> Result<RotateReport, RotateError> {
+        let opts = self.opts;
+        let first = self.nodes[self.first].name().to_string();
+        let mut rep = RotateReport::new(Some(Phase::Prepare), opts.dry_run, "");
+        let old = self.read_old()?;
+        let alg = self.algorithm(&old)?;
+        let names: Vec<&str> = opts.which.iter().map(|p| p.as_str()).collect();
+        let names = names.join(", ");
+        if opts.dry_run {
+            let (days, k) = (opts.validity.whole_days(), &opts.paths.kube_dir);
+            rep.message = format!("would generate new {names} ({alg}, CAs valid {days} days) into {k}/hapki/rotate on {first}; nothing on the nodes changes");
+            return Ok(rep);
         }
+        let new = self.generate(&old, alg)?;
+        let history = loaded.take().map(|l| l.state.history).unwrap_or_default();
+        let st = self.new_state(&old, &new, alg, history)?;
+        rep.bundle = self.write_bundle(&new)?;
         self.save(&remote::state_payload(&st, Some((&old, &new))))?;
         rep.message = format!(
-            "prepared rotation {} of {} ({alg}) on {first}; next: hapki rotate (trust-both)",
-            st.id,
-            names.join(", ")
+            "prepared rotation {} of {names} ({alg}) on {first}; next: hapki rotate (trust-both)",
+            st.id
         );
         rep.rotation_id = Some(st.id.clone());
         rep.state = Some(st.clone());
@@ -467,116 +495,29 @@ impl Runner<'_> {
         let opts = self.opts;
         let mut rep = RotateReport::new(Some(phase), opts.dry_run, "");
         rep.rotation_id = Some(l.state.id.clone());
-        if phase == Phase::Finalize {
-            let d = self.drain_once(l, false);
-            if !d.clear {
-                rep.fail(Category::Usage, format!("finalize refused: drain still finds {} dependents of the old material (listed); fix them and run hapki rotate --to drain", d.items.len()));
-                rep.drain = Some(d);
-                return Ok(rep);
-            }
+        if !self.may_start(phase, l, &mut rep)? {
+            return Ok(rep);
         }
-        if phase == Phase::Switch && !opts.dry_run && !l.state.switch_started {
-            l.state.switch_started = true;
-            let at = self.now();
-            l.state.record(&at, Phase::Switch, None, "switch started: --abort no longer possible");
-            self.save(&remote::state_payload(&l.state, None))?;
-        }
-        let which = parts(&l.state);
         let mut stop: Option<String> = None;
         for i in self.order() {
-            let name = self.nodes[i].name().to_string();
-            let cp = self.nodes[i].role == Role::ControlPlane;
-            let mut res = NodeResult {
-                node: name.clone(),
-                role: self.call(i, phase).role.to_string(),
-                status: NodeStatus::Skipped,
-                message: String::new(),
-                changes: Vec::new(),
-                served: Vec::new(),
-                steps: Vec::new(),
-                category: None,
+            let res = match &stop {
+                Some(why) => self.result(i, phase, NodeStatus::Skipped, why.clone()),
+                None => self.node_step(i, phase, l)?,
             };
-            if let Some(why) = &stop {
-                res.message = why.clone();
-                rep.nodes.push(res);
-                continue;
-            }
-            if l.state.node_done(&name) == Some(phase) && !opts.dry_run {
-                res.status = NodeStatus::Unchanged;
-                res.message = format!("{} already done here", phase.as_str());
-                rep.nodes.push(res);
-                continue;
-            }
-            let d = material::desired(&l.old, &l.new, &which, phase, cp)?;
-            let renew = phase == Phase::Switch && cp;
-            let mut payload = remote::desired_payload(&d, &l.old, &l.new, renew, !opts.dry_run);
-            if !cp && phase == Phase::Switch && which.contains(&Part::Ca) && !opts.dry_run {
-                match self.worker_kubelet(i, l) {
-                    Ok(extra) => payload.extend(extra),
-                    Err((c, m)) => {
-                        res.status = NodeStatus::Failed;
-                        res.category = Some(c);
-                        res.message = format!("reading its kubelet's client certificate: {m}");
-                        stop = Some(format!("not touched: {name} did not finish switch"));
-                        rep.nodes.push(res);
-                        continue;
-                    }
-                }
-            }
-            if opts.dry_run {
-                match self.exec(i, phase, "plan", &payload) {
-                    Ok(out) => {
-                        res.status = NodeStatus::Planned;
-                        res.changes = remote::changes(&out)
-                            .into_iter()
-                            .map(|(k, w)| Change { file: w, what: k })
-                            .collect();
-                        res.message = if res.changes.is_empty() {
-                            "nothing to change".into()
-                        } else {
-                            format!("{} changes", res.changes.len())
-                        };
-                    }
-                    Err((c, m)) => {
-                        res.status = NodeStatus::Failed;
-                        res.category = Some(c);
-                        res.message = m;
-                    }
-                }
-                rep.nodes.push(res);
-                continue;
-            }
-            if cp {
-                if let Err(why) = self.gate() {
-                    res.message = why.clone();
-                    stop = Some(why);
-                    rep.nodes.push(res);
-                    continue;
-                }
-            }
-            (self.progress)(&name, &format!("{} (files, kubeconfigs, restart)", phase.as_str()));
-            self.apply_one(i, phase, &payload, &mut res);
-            (self.progress)(&name, res.status.as_str());
-            if matches!(res.status, NodeStatus::Done | NodeStatus::Unchanged) {
-                l.state.nodes.insert(name.clone(), NodeState { phase_done: Some(phase) });
-                let at = self.now();
-                l.state.record(&at, phase, Some(&name), res.message.clone());
-                self.save(&remote::state_payload(&l.state, None))?;
-            } else {
-                stop = Some(format!("not touched: {name} did not finish {}", phase.as_str()));
+            let finished = matches!(res.status, NodeStatus::Done | NodeStatus::Unchanged);
+            if stop.is_none() && !finished && !opts.dry_run {
+                stop = Some(format!("not touched: {} did not finish {}", res.node, phase.as_str()));
             }
             rep.nodes.push(res);
         }
-        if let Some(f) = rep.nodes.iter().find(|n| {
+        let failed = rep.nodes.iter().find(|n| {
             n.status == NodeStatus::Failed || (n.status == NodeStatus::Skipped && !opts.dry_run)
-        }) {
+        });
+        if let Some(f) = failed {
             let cat = f.category.unwrap_or(Category::NodesFailed);
-            let msg = format!(
-                "{} stopped at {}: {}; rerun hapki rotate to resume from there",
-                phase.as_str(),
-                f.node,
-                f.message
-            );
+            let (p, node, why) = (phase.as_str(), &f.node, &f.message);
+            let msg =
+                format!("{p} stopped at {node}: {why}; rerun hapki rotate to resume from there");
             rep.fail(cat, msg);
             rep.state = Some(l.state.clone());
             return Ok(rep);
@@ -587,6 +528,134 @@ impl Runner<'_> {
         }
         self.after_nodes(phase, l, &mut rep)?;
         Ok(rep)
+    }
+
+    /// What must hold before a phase touches a node: finalize only once drain is clear; switch
+    /// marks the state (no --abort from now on) before its first node.
+    fn may_start(
+        &mut self,
+        phase: Phase,
+        l: &mut Loaded,
+        rep: &mut RotateReport,
+    ) -> Result<bool, RotateError> {
+        if phase == Phase::Finalize {
+            let d = self.drain_once(l, false);
+            if !d.clear {
+                let n = d.items.len();
+                rep.fail(Category::Usage, format!("finalize refused: drain still finds {n} dependents of the old material (listed); fix them and run hapki rotate --to drain"));
+                rep.drain = Some(d);
+                return Ok(false);
+            }
+        }
+        if phase == Phase::Switch && !self.opts.dry_run && !l.state.switch_started {
+            l.state.switch_started = true;
+            let at = self.now();
+            l.state.record(&at, Phase::Switch, None, "switch started: --abort no longer possible");
+            self.save(&remote::state_payload(&l.state, None))?;
+        }
+        Ok(true)
+    }
+
+    fn result(&self, i: usize, phase: Phase, status: NodeStatus, message: String) -> NodeResult {
+        NodeResult {
+            node: self.nodes[i].name().to_string(),
+            role: self.call(i, phase).role.to_string(),
+            status,
+            message,
+            changes: Vec::new(),
+            served: Vec::new(),
+            steps: Vec::new(),
+            category: None,
+        }
+    }
+
+    /// One node's part of a phase: nothing when it already has it, its plan with --dry-run,
+    /// else the quorum gate (control planes), the apply, and the state recording it.
+    fn node_step(
+        &mut self,
+        i: usize,
+        phase: Phase,
+        l: &mut Loaded,
+    ) -> Result<NodeResult, RotateError> {
+        let dry = self.opts.dry_run;
+        let name = self.nodes[i].name().to_string();
+        if l.state.node_done(&name) == Some(phase) && !dry {
+            let why = format!("{} already done here", phase.as_str());
+            return Ok(self.result(i, phase, NodeStatus::Unchanged, why));
+        }
+        let payload = match self.payload(i, phase, l) {
+            Ok(p) => p,
+            Err((c, m)) => {
+                let mut res = self.result(i, phase, NodeStatus::Failed, m);
+                res.category = Some(c);
+                return Ok(res);
+            }
+        };
+        if dry {
+            return Ok(self.plan_one(i, phase, &payload));
+        }
+        if self.nodes[i].role == Role::ControlPlane {
+            if let Err(why) = self.gate() {
+                return Ok(self.result(i, phase, NodeStatus::Skipped, why));
+            }
+        }
+        let mut res = self.result(i, phase, NodeStatus::Failed, String::new());
+        (self.progress)(&name, &format!("{} (files, kubeconfigs, restart)", phase.as_str()));
+        self.apply_one(i, phase, &payload, &mut res);
+        (self.progress)(&name, res.status.as_str());
+        if matches!(res.status, NodeStatus::Done | NodeStatus::Unchanged) {
+            l.state.nodes.insert(name.clone(), NodeState { phase_done: Some(phase) });
+            let at = self.now();
+            l.state.record(&at, phase, Some(&name), res.message.clone());
+            self.save(&remote::state_payload(&l.state, None))?;
+        }
+        Ok(res)
+    }
+
+    /// What node `i` gets on stdin for `phase` (hashes only with --dry-run).
+    fn payload(
+        &mut self,
+        i: usize,
+        phase: Phase,
+        l: &Loaded,
+    ) -> Result<Vec<u8>, (Category, String)> {
+        let dry = self.opts.dry_run;
+        let which = parts(&l.state);
+        let cp = self.nodes[i].role == Role::ControlPlane;
+        let d = material::desired(&l.old, &l.new, &which, phase, cp)
+            .map_err(|e| (e.category(), e.to_string()))?;
+        let renew = phase == Phase::Switch && cp;
+        let mut payload = remote::desired_payload(&d, &l.old, &l.new, renew, !dry);
+        if !cp && phase == Phase::Switch && which.contains(&Part::Ca) && !dry {
+            let extra = self
+                .worker_kubelet(i, l)
+                .map_err(|(c, m)| (c, format!("reading its kubelet's client certificate: {m}")))?;
+            payload.extend(extra);
+        }
+        Ok(payload)
+    }
+
+    /// --dry-run on one node: what its apply would change.
+    fn plan_one(&mut self, i: usize, phase: Phase, payload: &[u8]) -> NodeResult {
+        match self.exec(i, phase, "plan", payload) {
+            Ok(out) => {
+                let mut res = self.result(i, phase, NodeStatus::Planned, String::new());
+                res.changes = remote::changes(&out)
+                    .into_iter()
+                    .map(|(k, w)| Change { file: w, what: k })
+                    .collect();
+                res.message = match res.changes.len() {
+                    0 => "nothing to change".into(),
+                    n => format!("{n} changes"),
+                };
+                res
+            }
+            Err((c, m)) => {
+                let mut res = self.result(i, phase, NodeStatus::Failed, m);
+                res.category = Some(c);
+                res
+            }
+        }
     }
 
     /// The phase's cluster-wide step once every node has it, then the state.
