@@ -198,3 +198,18 @@ impl Drop for ClientLoop {
         let _ = self.child.wait();
     }
 }
+
+/// curl's arguments to send `token` as a bearer without putting it in any argv: the header is
+/// written to `file` (created 0600, replaced if present) and read back by `-H @FILE`.
+pub fn bearer_args(file: &Path, token: &str) -> [String; 2] {
+    use std::os::unix::fs::OpenOptionsExt;
+    let _ = std::fs::remove_file(file);
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(file)
+        .expect("create the bearer header file");
+    writeln!(f, "Authorization: Bearer {token}").unwrap();
+    ["-H".to_string(), format!("@{}", file.display())]
+}

@@ -305,3 +305,44 @@ pub fn prepare_control_plane(
     wait_healthy(ca, pods, name);
     tb.ok(name, &format!("{} register {name} {} {host}", runner().display(), n.address));
 }
+
+/// A ServiceAccount token for `namespace`/`account` from a TokenRequest (the API scripts/demo
+/// and the kubelet's projected volumes use; 1.20's kubectl has no `create token`) through the
+/// API server of `node`, valid `seconds`. It travels on stdout only, never in an argv.
+pub fn token_request(
+    tb: &Testbed,
+    node: &str,
+    namespace: &str,
+    account: &str,
+    seconds: u32,
+) -> String {
+    let addr = &tb.node(node).address;
+    let k = format!("kubectl --kubeconfig /etc/kubernetes/admin.conf --server https://{addr}:6443");
+    let request = format!(
+        "{{\"apiVersion\":\"authentication.k8s.io/v1\",\"kind\":\"TokenRequest\",\
+         \"spec\":{{\"expirationSeconds\":{seconds}}}}}"
+    );
+    let path = format!("/api/v1/namespaces/{namespace}/serviceaccounts/{account}/token");
+    let out = tb.ssh_stdin(node, &format!("{k} create --raw {path} -f -"), request.as_bytes());
+    assert!(
+        out.status.success(),
+        "TokenRequest on {node}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("a TokenRequest");
+    v["status"]["token"].as_str().expect("a token in the TokenRequest's status").to_string()
+}
+
+/// Phases of `kubeadm join --control-plane` a `hapki join` on this testbed skips (why: see
+/// tests/real_kubernetes.rs, SKIP_PHASES), as its `--kubeadm-arg`.
+pub const JOIN_SKIP_PHASES: &str =
+    "--skip-phases=kubelet-start,control-plane-join/etcd,control-plane-join/mark-control-plane";
+
+/// kubeadm preflight errors a `hapki join` on this testbed ignores (none about certificates;
+/// see tests/real_kubernetes.rs, IGNORE_PREFLIGHT), as its `--kubeadm-arg`.
+pub const JOIN_IGNORE_PREFLIGHT: &str = "--ignore-preflight-errors=Port-6443,Port-10259,\
+Port-10257,Port-2379,Port-2380,CRI,ImagePull,Service-Docker,IsDockerSystemdCheck,\
+SystemVerification,FileContent--proc-sys-net-ipv4-ip_forward,\
+FileContent--proc-sys-net-bridge-bridge-nf-call-iptables,Swap,FileExisting-conntrack,\
+FileExisting-iptables,FileExisting-crictl,FileExisting-ebtables,FileExisting-ethtool,\
+FileExisting-socat,FileExisting-tc,FileExisting-nsenter,FileExisting-mount";
