@@ -3,7 +3,7 @@
 //! phases and its refusals, --status, --dry-run, trust-both's files (checked with openssl),
 //! --abort back to byte-identical files, and --abort refused once switch has started. The full
 //! rotation on real control planes with a client loop, kills and resumes is
-//! tests/real_rotate.rs.
+//! tests/real/ca_rotation.rs.
 
 #[path = "support/cluster.rs"]
 mod cluster;

@@ -334,12 +334,12 @@ pub fn token_request(
 }
 
 /// Phases of `kubeadm join --control-plane` a `hapki join` on this testbed skips (why: see
-/// tests/real_kubernetes.rs, SKIP_PHASES), as its `--kubeadm-arg`.
+/// tests/real/kubernetes.rs, SKIP_PHASES), as its `--kubeadm-arg`.
 pub const JOIN_SKIP_PHASES: &str =
     "--skip-phases=kubelet-start,control-plane-join/etcd,control-plane-join/mark-control-plane";
 
 /// kubeadm preflight errors a `hapki join` on this testbed ignores (none about certificates;
-/// see tests/real_kubernetes.rs, IGNORE_PREFLIGHT), as its `--kubeadm-arg`.
+/// see tests/real/kubernetes.rs, IGNORE_PREFLIGHT), as its `--kubeadm-arg`.
 pub const JOIN_IGNORE_PREFLIGHT: &str = "--ignore-preflight-errors=Port-6443,Port-10259,\
 Port-10257,Port-2379,Port-2380,CRI,ImagePull,Service-Docker,IsDockerSystemdCheck,\
 SystemVerification,FileContent--proc-sys-net-ipv4-ip_forward,\

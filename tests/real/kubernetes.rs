@@ -10,16 +10,11 @@
 //! leaves on 2 and 3 verified by `openssl verify` against the pushed CAs; `hapki audit` clean;
 //! and the negative control: API server 3 with a foreign sa.pub rejects the token (401).
 
-#[path = "support/cluster.rs"]
-mod cluster;
-#[path = "support/fixture.rs"]
-mod fixture;
-#[path = "support/openssl.rs"]
-mod openssl;
-#[path = "support/real_kube.rs"]
-mod real_kube;
-#[path = "support/testbed.rs"]
-mod testbed;
+use crate::cluster;
+use crate::fixture;
+use crate::openssl;
+use crate::real_kube;
+use crate::testbed;
 
 use std::collections::HashSet;
 use std::path::Path;

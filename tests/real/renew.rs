@@ -18,18 +18,12 @@
 //!   ignores its manifest): renew fails that node with the served-certificate message, exit 5,
 //!   kubemaster-2 and -3 are not touched, and audit --served reports stale-served-cert there.
 
-#[path = "support/cluster.rs"]
-mod cluster;
-#[path = "support/endpoint.rs"]
-mod endpoint;
-#[path = "support/fixture.rs"]
-mod fixture;
-#[path = "support/openssl.rs"]
-mod openssl;
-#[path = "support/real_kube.rs"]
-mod real_kube;
-#[path = "support/testbed.rs"]
-mod testbed;
+use crate::cluster;
+use crate::endpoint;
+use crate::fixture;
+use crate::openssl;
+use crate::real_kube;
+use crate::testbed;
 
 use std::path::Path;
 use std::process::Command;

@@ -31,18 +31,12 @@
 //! `abort_after_trust_both_returns_to_the_old_cas_alone` (one control plane): prepare, trust-both,
 //! `--abort`: every file byte-identical to before, audit clean.
 
-#[path = "support/cluster.rs"]
-mod cluster;
-#[path = "support/endpoint.rs"]
-mod endpoint;
-#[path = "support/fixture.rs"]
-mod fixture;
-#[path = "support/openssl.rs"]
-mod openssl;
-#[path = "support/real_kube.rs"]
-mod real_kube;
-#[path = "support/testbed.rs"]
-mod testbed;
+use crate::cluster;
+use crate::endpoint;
+use crate::fixture;
+use crate::openssl;
+use crate::real_kube;
+use crate::testbed;
 
 use std::collections::{BTreeMap, HashMap};
 use std::io::{BufRead, Write};
