@@ -220,7 +220,12 @@ pub fn curl(args: &[&str], url: &str) -> (u16, String) {
 }
 
 /// kubeadm's configuration for node `name`: the host's address as a value only, every node's
-/// 127.0.K.N in the certificates' SANs (each process really serves there).
+/// 127.0.K.N in the certificates' SANs (each process really serves there). The API servers run
+/// with `--shutdown-delay-duration=3s`, as an API server behind a health-checking balancer should:
+/// on SIGTERM /readyz fails at once while the server still serves, so the balancer
+/// (tests/support/endpoint.rs, checking every 250 ms) stops sending it connections before its
+/// listener closes. kubeadm's default (0) resets a connection handed over in that window: one
+/// request in 682 during a restart, under CI's load.
 pub fn kubeadm_config(tb: &Testbed, name: &str, host: &str) -> String {
     let sans: Vec<String> = tb.nodes.iter().map(|n| n.address.clone()).collect();
     let sans = sans.join(", ");
@@ -228,7 +233,8 @@ pub fn kubeadm_config(tb: &Testbed, name: &str, host: &str) -> String {
         "apiVersion: kubeadm.k8s.io/v1beta2\nkind: InitConfiguration\nlocalAPIEndpoint:\n  \
          advertiseAddress: {host}\n  bindPort: 6443\nnodeRegistration:\n  name: {name}\n---\n\
          apiVersion: kubeadm.k8s.io/v1beta2\nkind: ClusterConfiguration\nkubernetesVersion: {v}\n\
-         controlPlaneEndpoint: kubeapi.test:6443\napiServer:\n  certSANs: [{sans}]\netcd:\n  \
+         controlPlaneEndpoint: kubeapi.test:6443\napiServer:\n  certSANs: [{sans}]\n  \
+         extraArgs:\n    shutdown-delay-duration: 3s\netcd:\n  \
          local:\n    serverCertSANs: [{sans}]\n    peerCertSANs: [{sans}]\n",
         v = VERSION
     )
