@@ -8,8 +8,9 @@
 //! installed CA's subject and key and a later notAfter before it writes anything.
 
 use serde::Serialize;
-use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
+
+use super::rfc3339;
 
 use crate::error::{Categorized, Category};
 use crate::node::{self, NodePaths};
@@ -76,10 +77,6 @@ pub struct RemoteCaReport {
     pub discovery_token_ca_cert_hash: Option<String>,
     pub renewed: Vec<NewCa>,
     pub nodes: Vec<CaNodeResult>,
-}
-
-fn rfc3339(t: OffsetDateTime) -> String {
-    t.format(&Rfc3339).unwrap_or_default()
 }
 
 /// Re-issues on `first`'s files, then installs on `first` and on every worker.

@@ -210,7 +210,7 @@ pub struct RenewReport {
 /// Progress for the binary: (node, what is happening).
 pub type Progress<'a> = &'a (dyn Fn(&str, &str) + Sync);
 
-fn rfc3339(t: OffsetDateTime) -> String {
+pub(crate) fn rfc3339(t: OffsetDateTime) -> String {
     t.format(&Rfc3339).unwrap_or_default()
 }
 

@@ -21,12 +21,12 @@ pub mod material;
 pub(crate) mod remote;
 pub mod state;
 
+use std::collections::hash_map::Entry;
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
 use serde::Serialize;
-use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
 
 use crate::bundle::{CreateOptions, Protection};
@@ -35,7 +35,7 @@ use crate::error::{Categorized, Category};
 use crate::inventory::Role;
 use crate::node::NodePaths;
 use crate::pki::Algorithm;
-use crate::renew::ServedCheck;
+use crate::renew::{rfc3339, ServedCheck};
 use crate::transport::{Session, Transport};
 use drain::{DrainItem, DrainReport};
 use material::{Files, Part};
@@ -186,12 +186,7 @@ impl RotateReport {
     }
 }
 
-/// Progress for the binary: (node, what is happening).
-pub type Progress<'a> = &'a (dyn Fn(&str, &str) + Sync);
-
-fn rfc3339(t: OffsetDateTime) -> String {
-    t.format(&Rfc3339).unwrap_or_default()
-}
+pub use crate::renew::Progress;
 
 /// Runs what the state and the options ask for (see the module docs).
 pub fn run(
@@ -267,11 +262,10 @@ impl Runner<'_> {
         &mut self,
         i: usize,
     ) -> Result<&mut Box<dyn Session>, crate::transport::TransportError> {
-        if !self.sessions.contains_key(&i) {
-            let s = self.transport.connect(&self.nodes[i].target)?;
-            self.sessions.insert(i, s);
-        }
-        Ok(self.sessions.get_mut(&i).expect("inserted"))
+        Ok(match self.sessions.entry(i) {
+            Entry::Occupied(e) => e.into_mut(),
+            Entry::Vacant(v) => v.insert(self.transport.connect(&self.nodes[i].target)?),
+        })
     }
 
     fn call(&self, i: usize, phase: Phase) -> Call {
