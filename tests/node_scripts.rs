@@ -373,6 +373,19 @@ fn install(
     serial: u32,
     tamper: Option<usize>,
 ) -> Output {
+    install_edited(t, k, parts, token, serial, tamper, |_| {})
+}
+
+/// [`install`], with `edit` applied to the whole stdin (payload and commit line) first.
+fn install_edited(
+    t: &Tree,
+    k: &Path,
+    parts: &Parts,
+    token: &str,
+    serial: u32,
+    tamper: Option<usize>,
+    edit: impl Fn(&mut Vec<u8>),
+) -> Output {
     let st = t.path("state");
     let serial = serial.to_string();
     let mut args: Vec<String> = [
@@ -398,8 +411,50 @@ fn install(
         stdin.extend_from_slice(&data);
     }
     stdin.extend_from_slice(b"commit\n");
+    edit(&mut stdin);
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     t.run(&format!("{COMMON}{INSTALL}"), &args, &stdin)
+}
+
+/// An upload that ends inside a part, or that goes on after "commit": refused by name, nothing
+/// installed, nothing staged left; the same upload whole installs (control).
+#[test]
+fn a_short_or_overlong_upload_installs_nothing() {
+    let t = Tree::new();
+    let k = t.path("k");
+    std::fs::create_dir(&k).unwrap();
+    let pki = k.join("pki");
+    let files: BTreeMap<&str, Vec<u8>> =
+        SHARED.iter().map(|n| (*n, format!("{n} content\n").into_bytes())).collect();
+    let parts = signed_parts(&t.root, 3, &files);
+    let token = token_all_missing(&pki);
+    let staged = || {
+        std::fs::read_dir(&k)
+            .unwrap()
+            .filter_map(|e| e.ok())
+            .filter(|e| e.file_name().to_string_lossy().starts_with(".hapki-stage"))
+            .count()
+    };
+    // The commit line and the last 5 bytes of etcd/ca.key never arrive.
+    let cut = |s: &mut Vec<u8>| s.truncate(s.len() - "commit\n".len() - 5);
+    let out = install_edited(&t, &k, &parts, &token, 3, None, cut);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("came out short (truncated upload)"), "{err}");
+    assert!(!pki.join("ca.key").exists());
+    assert_eq!(staged(), 0);
+    // Bytes after the commit line.
+    let more = |s: &mut Vec<u8>| s.extend_from_slice(b"x");
+    let out = install_edited(&t, &k, &parts, &token, 3, None, more);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("the upload has trailing bytes"), "{err}");
+    assert!(!pki.join("ca.key").exists());
+    assert_eq!(staged(), 0);
+    // Control: whole, it installs.
+    let out = install(&t, &k, &parts, &token, 3, None);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(std::fs::read(pki.join("etcd/ca.key")).unwrap(), b"etcd/ca.key content\n");
 }
 
 #[test]

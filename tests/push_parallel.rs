@@ -1,7 +1,7 @@
 //! `hapki push --parallel N` works on at most N nodes at a time: two control planes install at
 //! the same time by default, and one after the other with `--parallel 1`. Each node's install
-//! records when it ran: a `chmod` stand-in on the node holds the install for a second where the
-//! install script makes its state directory private (right before it takes the node's lock).
+//! records when it ran: a `flock` stand-in on the node holds the install for a second where the
+//! install script takes the node's lock, then runs the real one.
 
 #[path = "support/cluster.rs"]
 mod cluster;
@@ -19,11 +19,11 @@ use testbed::{TbNode, Testbed};
 fn record_installs(n: &TbNode) {
     let times = n.dir.join("install-times");
     let script = format!(
-        "#!/bin/sh\nif [ \"$*\" = \"0700 /var/lib/hapki\" ]; then\n\
-         date +%s%N >> '{t}'; sleep 1; date +%s%N >> '{t}'\nfi\nexec /bin/chmod \"$@\"\n",
+        "#!/bin/sh\nif [ \"$*\" = \"-n 9\" ]; then\n\
+         date +%s%N >> '{t}'; sleep 1; date +%s%N >> '{t}'\nfi\nexec /usr/bin/flock \"$@\"\n",
         t = times.display()
     );
-    let p = n.dir.join("bin/chmod");
+    let p = n.dir.join("bin/flock");
     std::fs::create_dir_all(p.parent().unwrap()).unwrap();
     std::fs::write(&p, script).unwrap();
     std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();

@@ -98,17 +98,17 @@ fn a_bundle_the_nodes_own_check_rejects_leaves_the_old_files() {
     assert_eq!(shared_sums(&tb, n), local_sums(&fx.path("newer")));
 }
 
-/// A `chmod` on the node that, the first time the install script makes its state directory
-/// private (right before it takes the lock and compares the shared files with the plan), runs
+/// A `flock` on the node that, the first time the install script takes its lock (right before it
+/// compares the shared files with the plan), runs
 /// `action` — another writer getting in between hapki's plan and its install.
 fn between_plan_and_install(n: &TbNode, action: &str) {
     let flag = n.dir.join("between-done");
     let script = format!(
-        "#!/bin/sh\nif [ \"$*\" = \"0700 /var/lib/hapki\" ] && [ ! -e '{flag}' ]; then\n\
-         : > '{flag}'\n{action}\nfi\nexec /bin/chmod \"$@\"\n",
+        "#!/bin/sh\nif [ \"$*\" = \"-n 9\" ] && [ ! -e '{flag}' ]; then\n\
+         : > '{flag}'\n{action}\nfi\nexec /usr/bin/flock \"$@\"\n",
         flag = flag.display()
     );
-    let p = n.dir.join("bin/chmod");
+    let p = n.dir.join("bin/flock");
     std::fs::create_dir_all(p.parent().unwrap()).unwrap();
     std::fs::write(&p, script).unwrap();
     std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();

@@ -63,7 +63,7 @@ trap 'exit 143' TERM
 
 [ -L "$k" ] || [ -L "$pki" ] || [ -L "$pki/etcd" ] || [ -L "$st" ] || [ -L "$st/push.lock" ] &&
     die "$EX_UNSAFE_PATH" "$k, $pki, $pki/etcd, $st or $st/push.lock is a symlink: refusing to write through it"
-mkdir -p "$k" "$st"
+{ [ -d "$k" ] && [ -d "$st" ]; } || mkdir -p "$k" "$st"
 # Owner and mode of each path, one stat for all: "uid mode path" lines.
 root_only() { # paths... -> fails naming the first that is not root's or is group/other writable
     [ $# -gt 0 ] || return 0
@@ -98,7 +98,8 @@ add_chain "$st" "$st"
 root_only $chain ||
     die "$EX_UNSAFE_PATH" "$ro_bad: hapki writes keys as root only through directories that root alone can change; refusing this node (fix: chown root:root and chmod go-w that directory)"
 
-chmod 0700 "$st"
+# (root_only's one stat has its mode: chmod only when it is not 0700 already.)
+case $nl$ro$nl in *"${nl}0 700 $st$nl"*) ;; *) chmod 0700 "$st" ;; esac
 # The lock: flock(1) on a file in the root-only state dir. The kernel releases it when its
 # holder dies, so a push that was cut off never leaves it held; fd 9 is closed for the after
 # actions (a daemon they start must not inherit it).
@@ -144,8 +145,12 @@ shared_list "$pki"
 got=$(describe "$sl" | sha256sum)
 [ "${got%% *}" = "$expect" ] || die "$EX_CHANGED" "the shared files on this node changed while hapki was planning; run push again"
 
-stage=$(mktemp -d "$k/.hapki-stage.XXXXXX")
-mkdir -p "$stage/b/pki/etcd"
+# Named by this push's id; $k is root's alone (checked above) and its old staging went just
+# now, so nobody else can have made it: mkdir -p (0700 under umask 077) in one process.
+sdir=$k/.hapki-stage.$stamp
+{ [ ! -e "$sdir" ] && [ ! -L "$sdir" ]; } || die 1 "$sdir exists although this push just cleared the staging; push again"
+stage=$sdir
+mkdir -p "$stage/b/pki/etcd" || die 1 "could not create the staging directory under $k (disk full?)"
 parts=
 arts=
 sizes='' total=0
@@ -177,20 +182,26 @@ check_signed() {
         principal=${p%%"$nl"*}
         principal=${principal%%,*}
     fi
-    (cd "$stage/b" && ssh-keygen -Y verify -f "$tf" -I "$principal" -n hapki-bundle \
-        -s SHA256SUMS.sig < SHA256SUMS > /dev/null 2>&1) ||
+    ssh-keygen -Y verify -f "$tf" -I "$principal" -n hapki-bundle \
+        -s "$stage/b/SHA256SUMS.sig" < "$stage/b/SHA256SUMS" > /dev/null 2>&1 ||
         die 3 "the bundle signature does not verify on this node against $tf (ssh-keygen -Y verify failed)"
     n_list=bundle.json
     for p in $parts; do n_list="$n_list ${p%%:*}"; done
-    # One awk picks the lines naming them (mawk has no {64}: the hash is 64 characters, none
-    # outside 0-9a-f); a name without one is refused.
-    sums=$(awk -v names="$n_list" 'BEGIN { n = split(names, l, " "); for (i = 1; i <= n; i++) w[l[i]] = 1 }
-        substr($0, 65, 2) == "  " && substr($0, 1, 64) !~ /[^0-9a-f]/ && (substr($0, 67) in w)' \
-        "$stage/b/SHA256SUMS") || die 3 "could not read the staged SHA256SUMS"
+    # The shell picks the lines naming them (a 64-character hash of 0-9a-f, two spaces, the
+    # name; no process); a name without one is refused.
+    sums=
+    while IFS= read -r l; do
+        r=${l#????????????????????????????????????????????????????????????????}
+        h=${l%"$r"}
+        case $h in *[!0-9a-f]*) continue ;; esac
+        [ ${#h} = 64 ] || continue
+        case $r in "  "*) ;; *) continue ;; esac
+        case " $n_list " in *" ${r#  } "*) sums="$sums$l$nl" ;; esac
+    done < "$stage/b/SHA256SUMS" || :
     for n in $n_list; do
         case $nl$sums$nl in *"  $n$nl"*) ;; *) die 3 "$n is not covered by SHA256SUMS" ;; esac
     done
-    printf '%s\n' "$sums" > "$stage/small.sums"
+    printf '%s' "$sums" > "$stage/small.sums"
     (cd "$stage/b" && sha256sum -c --strict --quiet "$stage/small.sums" > /dev/null 2>&1) ||
         die 3 "a staged file does not match SHA256SUMS on this node (corrupted in transit?)"
 }
@@ -315,9 +326,10 @@ while [ $# -ge 3 ]; do
 done
 # The parts arrive back to back: one head reads them all (exactly their bytes: what follows on
 # stdin is the artifacts' and the commit line's) into one awk, which cuts them at the announced
-# lengths (binary-safe: awk keeps every byte, NUL included; each part's length is checked below
-# and its content by the signature and SHA256SUMS).
+# lengths (binary-safe: awk keeps every byte, NUL included). The awk fails when stdin ends
+# inside a part; every part's content is then checked by the signature and SHA256SUMS.
 if [ -n "$sizes" ]; then
+    prc=0
     head -c "$total" | HAPKI_PARTS=$sizes awk 'function next_part() {
             while (++i <= n) {
                 rem = L[i]; sub(/ .*/, "", rem); rem += 0; out = L[i]; sub(/^[0-9]+ /, "", out)
@@ -333,23 +345,18 @@ if [ -n "$sizes" ]; then
             while (s != "" && out != "") {
                 if (length(s) <= rem) { printf "%s", s > out; rem -= length(s); s = "" }
                 else { printf "%s", substr(s, 1, rem) > out; s = substr(s, rem + 1); rem = 0 }
-                if (rem == 0) { close(out); next_part() }
+                if (rem == 0) { if (close(out)) { werr = 1; exit 2 }; next_part() }
             }
-        }' || die 1 "could not stage the bundle's parts (disk full?)"
+        }
+        END { if (werr) exit 2; if (out != "") exit 3 }' || prc=$?
+    # 3: stdin ended inside a part. A write error (disk full) is 2 (close() fails, or the awk
+    # itself exits 2 on it); what was written is then checked by the signature and SHA256SUMS.
+    case $prc in
+    0) ;;
+    3) die 1 "staging a part came out short (truncated upload)" ;;
+    *) die 1 "could not stage the bundle's parts (disk full?)" ;;
+    esac
 fi
-# Every staged part has its announced length: one stat for all of them ("LEN PATH" lines).
-check_sizes() {
-    set --
-    while IFS= read -r sz; do
-        [ -n "$sz" ] && set -- "$@" "${sz#* }"
-    done << SZ
-$sizes
-SZ
-    [ $# -gt 0 ] || return 0
-    sz=$(stat -c '%s %n' -- "$@") || die 1 "could not stat the staged parts (disk full?)"
-    [ "$sz$nl" = "$sizes" ] || die 1 "staging a part came out short (disk full or truncated upload)"
-}
-check_sizes
 check_signed
 # The serial the operator named (and the node checked against its last one) must be the
 # signed one; a PKI install carries all eight shared files.
@@ -371,7 +378,8 @@ fi
 arts=$astaged
 IFS= read -r word || word=
 [ "$word" = commit ] || die 3 "the operator did not confirm the bundle (it failed verification there, or the connection was cut); nothing was installed"
-[ -z "$(head -c 1)" ] || die 1 "the upload has trailing bytes"
+# Nothing may follow (read, a builtin, sees any byte but NUL; a NUL alone is harmless).
+if IFS= read -r word || [ -n "$word" ]; then die 1 "the upload has trailing bytes"; fi
 
 # Nothing the bundle carries is visible on the node until the renames; after the first rename,
 # any failure (or signal) puts back everything this push had renamed, PKI and artifacts alike,
@@ -385,17 +393,18 @@ if [ "$action" != none ]; then
     install -d -o 0 -g 0 -m 0755 "$pki" "$pki/etcd" || die 1 "could not create $pki/etcd"
     # Modes and owner are set on the staged copies, so each rename publishes a finished file;
     # the names are kubeadm's (checked above), so they split safely into one call each. Each
-    # part's mode was checked to be kubeadm's: 0644 for certificates, 0600 for the rest.
-    names='' crts='' keys='' ptop='' psub=''
+    # part's mode was checked to be kubeadm's: 0644 for certificates, 0600 for the rest, which
+    # they already have (the awk created them under umask 077), so only certificates get chmod.
+    names='' crts='' ptop='' psub=''
     for p in $parts; do
         n=${p%%:*} rel=${p%%:*} rel=${rel#pki/}
         names="$names $n"
-        case ${p#*:} in 0644) crts="$crts $n" ;; *) keys="$keys $n" ;; esac
+        case ${p#*:} in 0644) crts="$crts $n" ;; esac
         case $rel in */*) psub="$psub $rel" ;; *) ptop="$ptop $rel" ;; esac
     done
     # shellcheck disable=SC2086
-    (cd "$stage/b" && chown 0:0 $names && { [ -z "$crts" ] || chmod 0644 $crts; } &&
-        { [ -z "$keys" ] || chmod 0600 $keys; }) || die 1 "could not set the staged files' owner and modes"
+    (cd "$stage/b" && chown 0:0 $names && { [ -z "$crts" ] || chmod 0644 $crts; }) ||
+        die 1 "could not set the staged files' owner and modes"
     # Keep whatever is there now, so a failed rename can be undone and --replace leaves a backup.
     # Each push its own, fresh backup directory (mktemp: unique whatever the push id says); no
     # later push ever deletes it. Nothing there yet: nothing to keep, no directory.

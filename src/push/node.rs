@@ -44,7 +44,9 @@ pub(super) fn push_node(
     let name = job.name;
     let progress = |s| (run.progress)(name, Event::Step(s));
     progress(Step::Connecting);
-    let mut session = match run.transport.connect(&t.node.target) {
+    let mut target = t.node.target.clone();
+    target.bulk = !job.mine.is_empty();
+    let mut session = match run.transport.connect(&target) {
         Ok(s) => s,
         Err(e) => {
             use crate::error::Categorized;

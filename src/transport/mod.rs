@@ -46,6 +46,10 @@ pub struct Target {
     /// A command that sends and receives nothing for this long is ended (a hung script or
     /// login); every byte either way resets it.
     pub idle_timeout: Duration,
+    /// The session will carry bulk data (a push's artifacts): worth a moment per node to pick
+    /// the fastest cipher the user's configuration allows (the system client asks `ssh -G`,
+    /// 7 ms of CPU: a twentieth of an audit's whole cost per node, so only when it pays).
+    pub bulk: bool,
 }
 
 impl Target {
@@ -62,6 +66,7 @@ impl Target {
             become_: false,
             keepalive: DEFAULT_KEEPALIVE,
             idle_timeout: DEFAULT_IDLE_TIMEOUT,
+            bulk: false,
         }
     }
 }
@@ -347,14 +352,17 @@ pub(crate) fn shell_quote(s: &str) -> String {
     out
 }
 
-/// The command line sent to the node's login shell: `[sudo -n] sh -c UNPACK hapki ARGS…`, every
+/// The command line sent to the node's login shell: `[sudo -n] sh -c SCRIPT hapki ARGS…`, every
 /// part quoted. `hapki` becomes `$0`, so the arguments are `$1…`.
 ///
-/// UNPACK carries the script gzip-compressed and base64-encoded, and `eval`s it: libssh2 sends
-/// an exec request as one packet of at most 35000 bytes, which the push script (facts, decision
-/// and install, ~34 KB once quoted) no longer fits; packed it is about a third, and every node
-/// receives fewer bytes. `base64` (coreutils) and `gzip` are on every node kubeadm supports; a
-/// node without them fails with a message naming them (exit 127), never by running nothing.
+/// SCRIPT goes as it is when the whole line fits in [`PLAIN_LIMIT`]; only a longer one is
+/// packed (gzip, base64, `eval`ed: about a third of the size). libssh2 sends an exec request as
+/// one packet of at most 35000 bytes, which a push with many artifact destinations can outgrow.
+/// Packing is not the default because unpacking costs the node four processes (a command
+/// substitution, `printf`'s pipeline, `base64`, `gzip`): a tenth of a whole push's and a third
+/// of an audit's (`scripts/bench-push`). `base64` (coreutils) and `gzip` are on every node
+/// kubeadm supports; a node without them fails with a message naming them (exit 127), never by
+/// running nothing.
 pub(crate) fn remote_command(
     script: &str,
     args: &[&str],
@@ -365,19 +373,25 @@ pub(crate) fn remote_command(
             "a NUL byte cannot be passed to a remote command".to_owned(),
         ));
     }
-    let mut cmd = String::new();
-    if become_ {
-        cmd.push_str("sudo -n ");
+    let head = if become_ { "sudo -n " } else { "" };
+    let line = |script: &str| {
+        let mut cmd = format!("{head}sh -c {} hapki", shell_quote(script));
+        for a in args {
+            cmd.push(' ');
+            cmd.push_str(&shell_quote(a));
+        }
+        cmd
+    };
+    let plain = line(script);
+    if plain.len() <= PLAIN_LIMIT {
+        return Ok(plain);
     }
-    cmd.push_str("sh -c ");
-    cmd.push_str(&shell_quote(&unpack_command(script)));
-    cmd.push_str(" hapki");
-    for a in args {
-        cmd.push(' ');
-        cmd.push_str(&shell_quote(a));
-    }
-    Ok(cmd)
+    Ok(line(&unpack_command(script)))
 }
+
+/// The longest command line sent unpacked: libssh2's 35000-byte exec packet, less its framing
+/// and a margin.
+pub(crate) const PLAIN_LIMIT: usize = 32 * 1024;
 
 /// A shell command that decodes `script` from its packed form and runs it in the same shell
 /// (so `$0` and the arguments are the script's).
@@ -630,10 +644,14 @@ mod tests {
         assert!(remote_command("true", &[], true).unwrap().starts_with("sudo -n sh -c "));
     }
 
-    /// A node lacking the unpacking tools says so instead of running nothing and exiting 0.
+    /// A script longer than the exec packet allows goes packed, and a node lacking the
+    /// unpacking tools says so instead of running nothing and exiting 0.
     #[test]
     fn a_node_without_gzip_fails_by_name() {
-        let cmd = remote_command("echo ran", &[], false).unwrap();
+        // 40000 bytes of a comment line: over the 35000-byte packet even before quoting.
+        let long = format!("#{}\necho ran", "x".repeat(40_000));
+        let cmd = remote_command(&long, &[], false).unwrap();
+        assert!(cmd.len() < 35_000, "packed: {} bytes", cmd.len());
         let dir = tempfile::tempdir().unwrap();
         // A PATH with sh and base64 but no gzip.
         for tool in ["sh", "base64"] {
@@ -649,6 +667,19 @@ mod tests {
         // Negative control: with the system PATH it runs.
         let ok = Command::new("sh").arg("-c").arg(&cmd).output().unwrap();
         assert_eq!(String::from_utf8_lossy(&ok.stdout), "ran\n");
+    }
+
+    /// A script that fits goes as it is: it runs on a PATH without base64 or gzip, and its
+    /// arguments still arrive as `$1…`.
+    #[test]
+    fn a_short_script_needs_no_unpacking() {
+        let cmd = remote_command("echo \"ran $1\"", &["it's"], false).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        std::os::unix::fs::symlink(which("sh"), dir.path().join("sh")).unwrap();
+        let out =
+            Command::new("/bin/sh").arg("-c").arg(&cmd).env("PATH", dir.path()).output().unwrap();
+        assert_eq!(String::from_utf8_lossy(&out.stdout), "ran it's\n");
+        assert!(!cmd.contains("base64"), "{cmd}");
     }
 
     fn which(tool: &str) -> std::path::PathBuf {

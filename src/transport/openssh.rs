@@ -213,7 +213,7 @@ impl Transport for OpensshTransport {
         let log_file = std::fs::File::create(&log).map_err(io_err("creating a log file".into()))?;
         let mut master = Command::new(&self.ssh);
         master.args(common_args(target, self.khc)?);
-        if let Some(c) = self.gcm_first(target) {
+        if let Some(c) = target.bulk.then(|| self.gcm_first(target)).flatten() {
             master.args(["-o", &format!("Ciphers={c}")]);
         }
         // In the foreground, as our child: no ControlPersist (it would fork the master away),

@@ -22,19 +22,19 @@ fn standin(n: &TbNode) {
     let p = n.dir.join("bin/systemctl");
     std::fs::write(&p, script).unwrap();
     std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
-    // `chmod` of the state dir comes right before the lock: a barrier there (bounded) makes
-    // every install of a round reach the lock at the same moment.
+    // A barrier (bounded) in a `flock` stand-in that then runs the real one: every install of
+    // a round reaches the lock at the same moment.
     let barrier = format!(
         "#!/bin/sh
 b={TB_ROOT}/barrier
-         if [ \"$*\" = \"0700 /var/lib/hapki\" ] && [ -d $b ]; then
+         if [ \"$*\" = \"-n 9\" ] && [ -d $b ]; then
            : > $b/$$; i=0
            while [ $(ls $b | wc -l) -lt {RACERS} ] && [ $i -lt 400 ]; do sleep 0.01; i=$((i+1)); done
          fi
-exec /bin/chmod \"$@\"
+exec /usr/bin/flock \"$@\"
 "
     );
-    let p = n.dir.join("bin/chmod");
+    let p = n.dir.join("bin/flock");
     std::fs::write(&p, barrier).unwrap();
     std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
     // A lock taker preempted right after taking a mkdir-style lock (before it can record
