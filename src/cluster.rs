@@ -65,7 +65,7 @@ pub(crate) fn gather_facts(
     crate::transport::for_each_parallel(nodes, parallel.max(1), |n| {
         let args = artifact_dests(n.role);
         let dests: Vec<&str> = args.iter().map(String::as_str).collect();
-        let mut session = transport.connect(&n.target)?;
+        let mut session = transport.connect_once(&n.target)?;
         crate::node::read_facts_with(session.as_mut(), paths, scope, &dests)
     })
 }

@@ -1,7 +1,8 @@
 //! The OpenSSH transport's one connection per node: every command of a session goes over one
 //! control master (one login on the node, counted in its sshd log), whose socket lives in a
 //! private directory that is gone afterwards with the master; a node whose master dies fails
-//! alone, by name, without a silent second login.
+//! alone, by name, without a silent second login. A one-command session is one plain login,
+//! no master.
 
 #[path = "support/testbed.rs"]
 mod testbed;
@@ -159,4 +160,33 @@ fn a_wrapper_ssh_leaves_no_master_behind() {
         std::thread::sleep(Duration::from_millis(20));
     }
     assert!(masters(tr.control_dir(), &n.address).is_empty(), "a master outlived its session");
+}
+
+/// A one-command session (`connect_once`: facts, a push) logs in when its command runs, with
+/// no control master and no socket; a second command is a second login, and a node whose host
+/// key changed is refused as by a master.
+#[test]
+fn a_one_command_session_is_one_login_without_a_master() {
+    let Some(tb) = Testbed::up(1, 0) else { return };
+    let n = tb.control_plane(1);
+    let tr = OpensshTransport::new().unwrap();
+    let before = settled_logins(n, 0);
+    let mut s = tr.connect_once(&tb.target(&n.name)).unwrap();
+    assert_eq!(settled_logins(n, before), before, "no login before the command");
+    let out = s.run("echo hello; ls -A \"$1\" | wc -l", &[], &mut empty()).unwrap();
+    assert!(out.success(), "{out:?}");
+    assert_eq!(String::from_utf8_lossy(&out.stdout).lines().next(), Some("hello"));
+    assert_eq!(settled_logins(n, before + 1), before + 1, "one login");
+    assert!(masters(tr.control_dir(), &n.address).is_empty(), "a master was started");
+    let sockets = std::fs::read_dir(tr.control_dir()).unwrap().count();
+    assert_eq!(sockets, 0, "something was made in the control directory");
+    run_ok(&mut s, "true");
+    assert_eq!(settled_logins(n, before + 2), before + 2, "the second command logs in again");
+    // A changed host key: refused as by a master (exit 4's category), and never logged in.
+    tb.change_host_keys(&n.name);
+    let mut s = tr.connect_once(&tb.target(&n.name)).unwrap();
+    let err = s.run("echo must-not-run", &[], &mut empty()).unwrap_err();
+    use hapki::error::{Categorized, Category};
+    assert_eq!(err.category(), Category::HostKey, "{err}");
+    assert_eq!(settled_logins(n, before + 2), before + 2, "it logged in");
 }

@@ -46,7 +46,12 @@ pub(super) fn push_node(
     progress(Step::Connecting);
     let mut target = t.node.target.clone();
     target.bulk = !job.mine.is_empty();
-    let mut session = match run.transport.connect(&target) {
+    // One command, but for a worker whose CA certificate may need its second exec.
+    let session = match job.worker_ca {
+        true => run.transport.connect(&target),
+        false => run.transport.connect_once(&target),
+    };
+    let mut session = match session {
         Ok(s) => s,
         Err(e) => {
             use crate::error::Categorized;
@@ -330,7 +335,14 @@ impl<'a> Job<'a> {
                     "{e}; nothing staged was installed unless the node's history says so; push again"
                 ),
             ),
-            (Err(e), None) => failed(name, Category::NodesFailed, e.to_string()),
+            // No facts: the login itself may have failed (a one-command session logs in as
+            // its command runs), and a refused host key keeps its own exit code.
+            (Err(e), None) => {
+                use crate::error::Categorized;
+                let host_key = e.category() == Category::HostKey;
+                let category = if host_key { Category::HostKey } else { Category::NodesFailed };
+                failed(name, category, e.to_string())
+            }
             (Ok(o), None) => failed(
                 name,
                 Category::NodesFailed,

@@ -95,6 +95,14 @@ pub trait Transport: Send + Sync {
     /// Connects, proves the node's identity against known_hosts and logs in. Nothing is sent to
     /// a node whose host key is unknown or changed.
     fn connect(&self, target: &Target) -> Result<Box<dyn Session>, TransportError>;
+
+    /// A session for a caller that runs one command on the node (facts, a push): it may log in
+    /// only when the command runs, and each command may be a login of its own. The same checks
+    /// as [`Transport::connect`]: nothing is sent before the node's host key is proven. By
+    /// default it is `connect` (the built-in client's session is one login anyway).
+    fn connect_once(&self, target: &Target) -> Result<Box<dyn Session>, TransportError> {
+        self.connect(target)
+    }
 }
 
 /// A logged-in connection to one node.

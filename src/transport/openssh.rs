@@ -18,7 +18,7 @@ use std::io::{Read, Write};
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -212,16 +212,8 @@ impl Transport for OpensshTransport {
         };
         let log_file = std::fs::File::create(&log).map_err(io_err("creating a log file".into()))?;
         let mut master = Command::new(&self.ssh);
-        master.args(common_args(target, self.khc)?);
-        if let Some(c) = target.bulk.then(|| self.gcm_first(target)).flatten() {
-            master.args(["-o", &format!("Ciphers={c}")]);
-        }
-        // In the foreground, as our child: no ControlPersist (it would fork the master away),
-        // nor ForkAfterAuthentication, whatever the user's configuration says.
-        if self.fork_opt {
-            master.args(["-o", "ForkAfterAuthentication=no"]);
-        }
         master
+            .args(self.login_args(target)?)
             .args(["-o", "ControlMaster=yes", "-o", "ControlPersist=no", "-N", "-o"])
             .arg(format!("ControlPath={}", socket.display()))
             .arg(&target.host)
@@ -230,17 +222,52 @@ impl Transport for OpensshTransport {
             .stderr(log_file);
         let what = format!("running {}", self.ssh.display());
         let master = Master::spawn(master).map_err(io_err(what))?;
+        let mut client_args = common_args(target, self.khc)?;
+        client_args.extend(["-o".to_owned(), "ControlMaster=no".to_owned(), "-o".to_owned()]);
+        client_args.push(format!("ControlPath={}", socket.display()));
         let session = OpensshSession {
             ssh: self.ssh.clone(),
-            socket,
-            log,
             target: target.clone(),
-            khc: self.khc,
-            master,
+            client_args,
+            mux: Some(Mux { socket, log, master }),
             _dir: Arc::clone(&self.control_dir),
         };
         session.wait_logged_in()?;
         Ok(Box::new(session))
+    }
+
+    /// Nothing runs until the command does: then one `ssh` logs in and runs it, and ends with
+    /// it. No control master, no `ssh -O`, no multiplexed client: about 10 ms of CPU fewer per
+    /// node than [`Transport::connect`] (`scripts/bench-audit`). A login that prints nothing
+    /// within the connect timeout and a minute is ended, as a master's is.
+    fn connect_once(&self, target: &Target) -> Result<Box<dyn Session>, TransportError> {
+        let mut client_args = self.login_args(target)?;
+        // A user's ControlMaster/ControlPath must neither make it a master nor route it over
+        // another connection.
+        client_args.extend(["-o", "ControlMaster=no", "-o", "ControlPath=none"].map(String::from));
+        Ok(Box::new(OpensshSession {
+            ssh: self.ssh.clone(),
+            target: target.clone(),
+            client_args,
+            mux: None,
+            _dir: Arc::clone(&self.control_dir),
+        }))
+    }
+}
+
+impl OpensshTransport {
+    /// The options of every `ssh` that logs in (a master, or a one-command client).
+    fn login_args(&self, target: &Target) -> Result<Vec<String>, TransportError> {
+        let mut a = common_args(target, self.khc)?;
+        if let Some(c) = target.bulk.then(|| self.gcm_first(target)).flatten() {
+            a.extend(["-o".to_owned(), format!("Ciphers={c}")]);
+        }
+        // In the foreground, as our child: no ControlPersist (it would fork a master away),
+        // nor ForkAfterAuthentication, whatever the user's configuration says.
+        if self.fork_opt {
+            a.extend(["-o", "ForkAfterAuthentication=no"].map(String::from));
+        }
+        Ok(a)
     }
 }
 
@@ -355,34 +382,41 @@ impl Drop for Master {
 
 struct OpensshSession {
     ssh: PathBuf,
-    socket: PathBuf,
-    /// The master's stderr.
-    log: PathBuf,
     target: Target,
-    khc: bool,
-    master: Master,
+    /// The options of each command's `ssh` (before the host and the command).
+    client_args: Vec<String>,
+    /// The control master every command goes through; `None`: each command logs in itself.
+    mux: Option<Mux>,
     /// The control directory stays while a session may use it.
     _dir: Arc<tempfile::TempDir>,
+}
+
+/// A session's control master, its socket and its stderr.
+struct Mux {
+    socket: PathBuf,
+    log: PathBuf,
+    master: Master,
 }
 
 impl OpensshSession {
     /// Waits until the master listens on its socket (logged in), or fails as ssh failed.
     fn wait_logged_in(&self) -> Result<(), TransportError> {
         use std::os::unix::fs::FileTypeExt;
+        let Some(Mux { socket, master, .. }) = &self.mux else { return Ok(()) };
         let limit = self.target.connect_timeout + LOGIN_GRACE;
         let start = Instant::now();
         let mut pause = Duration::from_millis(1);
         loop {
             let listening =
-                std::fs::symlink_metadata(&self.socket).is_ok_and(|m| m.file_type().is_socket());
-            if listening && self.master.alive() {
+                std::fs::symlink_metadata(socket).is_ok_and(|m| m.file_type().is_socket());
+            if listening && master.alive() {
                 return Ok(());
             }
-            if !self.master.alive() {
+            if !master.alive() {
                 return Err(map_failure(&self.target, &self.master_log()));
             }
             if start.elapsed() >= limit {
-                self.master.signal(libc::SIGTERM);
+                master.signal(libc::SIGTERM);
                 return Err(TransportError::Timeout {
                     host: self.target.host.clone(),
                     what: "logging in".to_owned(),
@@ -395,10 +429,12 @@ impl OpensshSession {
     }
 
     /// Whether a client that failed with `stderr` lost its master: the master has exited, or
-    /// the client says the mux connection broke and the master exits within a moment.
+    /// the client says the mux connection broke and the master exits within a moment. Never
+    /// for a session without one.
     fn master_died(&self, stderr: &str) -> bool {
+        let Some(mux) = &self.mux else { return false };
         let start = Instant::now();
-        while self.master.alive() {
+        while mux.master.alive() {
             if !stderr.contains("mux_client_") || start.elapsed() > Duration::from_millis(500) {
                 return false;
             }
@@ -409,7 +445,7 @@ impl OpensshSession {
 
     /// What the master printed (escaped for display).
     fn master_log(&self) -> String {
-        let raw = std::fs::read(&self.log).unwrap_or_default();
+        let raw = self.mux.as_ref().and_then(|m| std::fs::read(&m.log).ok()).unwrap_or_default();
         String::from_utf8_lossy(&super::escape_stderr(&raw)).into_owned()
     }
 
@@ -446,7 +482,7 @@ impl Session for OpensshSession {
         stdout: &mut (dyn Write + Send),
     ) -> Result<RemoteOutput, TransportError> {
         let cmd = remote_command(script, args, self.target.become_)?;
-        if !self.master.alive() {
+        if self.mux.as_ref().is_some_and(|m| !m.master.alive()) {
             return Err(self.master_gone());
         }
         let mut child = self.spawn_client(cmd)?;
@@ -472,28 +508,27 @@ impl Session for OpensshSession {
             }
             // SAFETY: signalling our own child, not yet reaped (see above).
             unsafe { libc::kill(pid, libc::SIGKILL) };
-            self.master.signal(libc::SIGTERM);
+            if let Some(m) = &self.mux {
+                m.master.signal(libc::SIGTERM);
+            }
         };
-        let started = Instant::now();
-        let last_byte = AtomicU64::new(0);
-        let touch = || last_byte.store(started.elapsed().as_millis() as u64, Ordering::Relaxed);
-        let (touch, last_byte) = (&touch, &last_byte);
-        let idle_hit = AtomicBool::new(false);
-        let idle_hit = &idle_hit;
-        let idle = self.target.idle_timeout;
+        // A command that logs in itself is bounded as a master's login is.
+        let login = self.mux.is_none().then_some(self.target.connect_timeout + LOGIN_GRACE);
+        let watch = &Watch::new(self.target.idle_timeout, login);
+        let (touch, heard) = (&|| watch.touch(), &|| watch.heard());
         let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
         let ended = std::thread::scope(|s| {
             let feeder = s.spawn(move || feed_input(stdin, &mut cin, output_done, touch));
             let errs = s.spawn(move || {
                 let mut b = StderrBuf::new();
-                let r = pump(&mut cerr, &mut b, touch);
+                let r = pump(&mut cerr, &mut b, heard);
                 if r.is_err() {
                     kill();
                 }
                 (b.into_vec(), r)
             });
-            s.spawn(move || watch_idle(started, last_byte, idle, idle_hit, done_rx, kill));
-            let out = pump(&mut cout, stdout, touch);
+            s.spawn(move || watch.run(done_rx, kill));
+            let out = pump(&mut cout, stdout, heard);
             if out.is_err() {
                 kill();
             }
@@ -508,7 +543,7 @@ impl Session for OpensshSession {
             what: "waiting for ssh".to_owned(),
             source: e,
         })?;
-        self.outcome(status, ended, idle_hit.load(Ordering::Acquire))
+        self.outcome(status, ended, watch.hit.load(Ordering::Acquire))
     }
 }
 
@@ -521,12 +556,11 @@ struct Ended {
 }
 
 impl OpensshSession {
-    /// Starts the ssh client for `cmd`, multiplexed over this session's control master.
+    /// Starts the ssh client for `cmd`: multiplexed over this session's control master, or a
+    /// login of its own.
     fn spawn_client(&self, cmd: String) -> Result<Child, TransportError> {
         Command::new(&self.ssh)
-            .args(common_args(&self.target, self.khc)?)
-            .args(["-o", "ControlMaster=no", "-o"])
-            .arg(format!("ControlPath={}", self.socket.display()))
+            .args(&self.client_args)
             .arg(&self.target.host)
             .arg(cmd)
             .stdin(Stdio::piped())
@@ -546,18 +580,28 @@ impl OpensshSession {
         &self,
         status: ExitStatus,
         ended: Ended,
-        idle_hit: bool,
+        hit: u8,
     ) -> Result<RemoteOutput, TransportError> {
         let host = &self.target.host;
         let (errbuf, err_res) = ended.stderr.unwrap_or_else(|_| (Vec::new(), Ok(())));
         let errbuf = super::escape_stderr(&errbuf);
         ended.stdout.map_err(|e| e.into_transport(host))?;
         err_res.map_err(|e| e.into_transport(host))?;
-        if idle_hit {
-            return Err(TransportError::Idle {
-                host: host.clone(),
-                after: self.target.idle_timeout,
-            });
+        match hit {
+            Watch::IDLE => {
+                return Err(TransportError::Idle {
+                    host: host.clone(),
+                    after: self.target.idle_timeout,
+                })
+            }
+            Watch::LOGIN => {
+                return Err(TransportError::Timeout {
+                    host: host.clone(),
+                    what: "logging in".to_owned(),
+                    after: self.target.connect_timeout + LOGIN_GRACE,
+                })
+            }
+            _ => {}
         }
         match ended.input {
             Ok(Ok(_)) => {}
@@ -619,29 +663,70 @@ fn feed_input(
     }
 }
 
-/// Calls `kill` (and sets `idle_hit`) once no byte has moved for `idle`; returns early when
-/// `done` is dropped (the copies ended).
-fn watch_idle(
+/// What ends a stalled command: no byte either way for `idle`, or (a command that logs in
+/// itself) no output at all within `login` of its start.
+struct Watch {
     started: Instant,
-    last_byte: &AtomicU64,
+    /// Milliseconds after `started` of the last byte either way.
+    last_byte: AtomicU64,
+    /// Whether the command has printed anything (to stdout or stderr).
+    heard: AtomicBool,
     idle: Duration,
-    idle_hit: &AtomicBool,
-    done: Receiver<()>,
-    kill: &(dyn Fn() + Sync),
-) {
-    loop {
-        let quiet = started
-            .elapsed()
-            .saturating_sub(Duration::from_millis(last_byte.load(Ordering::Relaxed)));
-        if quiet >= idle {
-            idle_hit.store(true, Ordering::Release);
-            kill();
+    login: Option<Duration>,
+    /// Why it ended the command: [`Watch::IDLE`], [`Watch::LOGIN`], or 0.
+    hit: AtomicU8,
+}
+
+impl Watch {
+    const IDLE: u8 = 1;
+    const LOGIN: u8 = 2;
+
+    fn new(idle: Duration, login: Option<Duration>) -> Watch {
+        Watch {
+            started: Instant::now(),
+            last_byte: AtomicU64::new(0),
+            heard: AtomicBool::new(false),
+            idle,
+            login,
+            hit: AtomicU8::new(0),
+        }
+    }
+
+    /// A byte moved (either way).
+    fn touch(&self) {
+        self.last_byte.store(self.started.elapsed().as_millis() as u64, Ordering::Relaxed);
+    }
+
+    /// The command printed something.
+    fn heard(&self) {
+        self.heard.store(true, Ordering::Relaxed);
+        self.touch();
+    }
+
+    /// Calls `kill` (and records why) once the command stalls; returns early when `done` is
+    /// dropped (the copies ended).
+    fn run(&self, done: Receiver<()>, kill: &(dyn Fn() + Sync)) {
+        loop {
+            let now = self.started.elapsed();
+            let last = Duration::from_millis(self.last_byte.load(Ordering::Relaxed));
+            let quiet = now.saturating_sub(last);
+            let mut wait = self.idle.saturating_sub(quiet);
+            let mut why = Watch::IDLE;
+            if let Some(login) = self.login.filter(|_| !self.heard.load(Ordering::Relaxed)) {
+                if login.saturating_sub(now) < wait {
+                    (wait, why) = (login.saturating_sub(now), Watch::LOGIN);
+                }
+            }
+            if wait.is_zero() {
+                self.hit.store(why, Ordering::Release);
+                kill();
+                return;
+            }
+            if let Err(RecvTimeoutError::Timeout) = done.recv_timeout(wait) {
+                continue;
+            }
             return;
         }
-        if let Err(RecvTimeoutError::Timeout) = done.recv_timeout(idle - quiet) {
-            continue;
-        }
-        return;
     }
 }
 
@@ -800,6 +885,36 @@ fn ssh_type_name(upper: &str) -> String {
 mod tests {
     use super::*;
     use std::path::Path;
+
+    /// Runs a watch until it ends the command (or `done` goes); returns why and after how long.
+    fn watched(w: &Watch, before: impl FnOnce(&Watch)) -> (u8, Duration) {
+        let (_done, rx) = std::sync::mpsc::channel::<()>();
+        let killed = AtomicBool::new(false);
+        before(w);
+        w.run(rx, &|| killed.store(true, Ordering::Relaxed));
+        assert!(killed.load(Ordering::Relaxed), "run returned without ending the command");
+        (w.hit.load(Ordering::Relaxed), w.started.elapsed())
+    }
+
+    /// A one-command login that prints nothing is ended at the login bound, before the idle
+    /// timeout; one that printed is left to the idle timeout; a master's command (no login
+    /// bound) too.
+    #[test]
+    fn a_silent_login_is_ended_at_the_login_bound() {
+        let ms = Duration::from_millis;
+        let (why, after) = watched(&Watch::new(ms(400), Some(ms(50))), |_| {});
+        assert_eq!(why, Watch::LOGIN);
+        assert!(after >= ms(50) && after < ms(400), "{after:?}");
+        let (why, after) = watched(&Watch::new(ms(200), Some(ms(50))), Watch::heard);
+        assert_eq!(why, Watch::IDLE);
+        assert!(after >= ms(200), "{after:?}");
+        // Input alone is not a sign of life from the node.
+        let (why, _) = watched(&Watch::new(ms(400), Some(ms(50))), Watch::touch);
+        assert_eq!(why, Watch::LOGIN);
+        let (why, after) = watched(&Watch::new(ms(100), None), |_| {});
+        assert_eq!(why, Watch::IDLE);
+        assert!(after >= ms(100), "{after:?}");
+    }
 
     /// `ssh -G`'s line under OpenSSH 9.2 with no Ciphers setting, then a FIPS-style policy and
     /// a hardened config: only the default set is reordered.
