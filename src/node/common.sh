@@ -24,7 +24,7 @@ describe() {
     di=$1 dh=sha256sum dnow=${3:-}
     [ "${2:-}" = fast ] && command -v openssl > /dev/null 2>&1 && dh=openssl
     set --
-    dk=
+    dk='' df=''
     while IFS= read -r dr; do
         [ -n "$dr" ] || continue
         dp=${dr#* }
@@ -35,7 +35,7 @@ describe() {
             dt=dir
             set -- "$@" "$dp"
         elif [ -f "$dp" ]; then
-            dt='file'
+            dt='file' df=1
             set -- "$@" "$dp"
         elif [ -e "$dp" ]; then
             dt=other
@@ -51,8 +51,11 @@ DL
         if [ $# -gt 0 ]; then
             stat -c '%a %u %g %s %n' -- "$@" 2> /dev/null
             printf '\001\n'
-            # Directories among them only earn a message on stderr, which goes.
-            if [ "$dh" = openssl ]; then
+            # Directories among them only earn a message on stderr, which goes; with no file
+            # at all (a fresh node) there is nothing to hash.
+            if [ -z "$df" ]; then
+                :
+            elif [ "$dh" = openssl ]; then
                 openssl dgst -sha256 -r "$@" < /dev/null 2> /dev/null
             else
                 sha256sum -- "$@" < /dev/null 2> /dev/null
