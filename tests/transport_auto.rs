@@ -80,6 +80,18 @@ fn auto_runs_the_system_ssh_when_on_path_and_the_builtin_client_otherwise() {
     let calls = paths.ssh_calls();
     assert!(calls > 0, "the default push with ssh on PATH did not run ssh");
     assert!(pki_files(&tb, n1).contains("./pki/ca.key"), "nothing installed on {}", n1.name);
+    // A PKI push to a control plane: one `ssh` for the node, a plain login running the push
+    // (no control master, no `ssh -G` for it: this ssh's option probes ask about 127.0.0.1).
+    let log = std::fs::read_to_string(&paths.log).unwrap();
+    let node = n1.address.as_str();
+    let for_node: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("ControlPath=") || l.contains(" -G "))
+        .filter(|l| l.split_whitespace().any(|w| w == node))
+        .collect();
+    assert_eq!(for_node.len(), 1, "{for_node:#?}");
+    assert!(for_node[0].contains("ControlPath=none"), "{}", for_node[0]);
+    assert!(!for_node[0].contains("ControlMaster=yes"), "{}", for_node[0]);
     // Control: `--transport builtin` with the same PATH never runs it.
     let out = push(&fx, &tb, n1, &paths.spy, &tb.known_hosts(), &["--transport", "builtin"]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));

@@ -185,6 +185,20 @@ fn gcm_first(effective: &str) -> Option<&'static str> {
 }
 
 impl OpensshTransport {
+    /// The options of every `ssh` that logs in (a master, or a one-command client).
+    fn login_args(&self, target: &Target) -> Result<Vec<String>, TransportError> {
+        let mut a = common_args(target, self.khc)?;
+        if let Some(c) = target.bulk.then(|| self.gcm_first(target)).flatten() {
+            a.extend(["-o".to_owned(), format!("Ciphers={c}")]);
+        }
+        // In the foreground, as our child: no ControlPersist (it would fork a master away),
+        // nor ForkAfterAuthentication, whatever the user's configuration says.
+        if self.fork_opt {
+            a.extend(["-o", "ForkAfterAuthentication=no"].map(String::from));
+        }
+        Ok(a)
+    }
+
     /// [`gcm_first`] for what `ssh -G` says this target's configuration is; `None` if it cannot
     /// tell.
     fn gcm_first(&self, target: &Target) -> Option<&'static str> {
@@ -237,7 +251,7 @@ impl Transport for OpensshTransport {
     }
 
     /// Nothing runs until the command does: then one `ssh` logs in and runs it, and ends with
-    /// it. No control master, no `ssh -O`, no multiplexed client: about 10 ms of CPU fewer per
+    /// it. No control master, no multiplexed client: about 10 ms of CPU fewer per
     /// node than [`Transport::connect`] (`scripts/bench-audit`). A login that prints nothing
     /// within the connect timeout and a minute is ended, as a master's is.
     fn connect_once(&self, target: &Target) -> Result<Box<dyn Session>, TransportError> {
@@ -252,22 +266,6 @@ impl Transport for OpensshTransport {
             mux: None,
             _dir: Arc::clone(&self.control_dir),
         }))
-    }
-}
-
-impl OpensshTransport {
-    /// The options of every `ssh` that logs in (a master, or a one-command client).
-    fn login_args(&self, target: &Target) -> Result<Vec<String>, TransportError> {
-        let mut a = common_args(target, self.khc)?;
-        if let Some(c) = target.bulk.then(|| self.gcm_first(target)).flatten() {
-            a.extend(["-o".to_owned(), format!("Ciphers={c}")]);
-        }
-        // In the foreground, as our child: no ControlPersist (it would fork a master away),
-        // nor ForkAfterAuthentication, whatever the user's configuration says.
-        if self.fork_opt {
-            a.extend(["-o", "ForkAfterAuthentication=no"].map(String::from));
-        }
-        Ok(a)
     }
 }
 
