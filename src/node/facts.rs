@@ -73,8 +73,6 @@ pub struct NodeFacts {
     pub kubelet_version: Option<String>,
     /// Serial of the last bundle hapki installed here.
     pub last_serial: Option<u64>,
-    /// bundle.json of the last install.
-    pub last_bundle_json: Option<Vec<u8>>,
     /// Owner recorded in a held push lock.
     pub lock_owner: Option<String>,
     /// Staging directories left by an interrupted push.
@@ -270,7 +268,6 @@ impl NodeFacts {
                 "KA" => f.kubeadm_version = Some(esc(rest.trim())).filter(|s| !s.is_empty()),
                 "KL" => f.kubelet_version = Some(esc(rest.trim())).filter(|s| !s.is_empty()),
                 "L" => f.last_serial = rest.trim().parse().ok(),
-                "R" => f.last_bundle_json = Some(b64(line, rest)?),
                 "W" => f.lock_owner = Some(esc(rest.trim())),
                 "G" => f.stale_staging.push(esc(rest.trim())),
                 "AF" => {

@@ -84,11 +84,6 @@ if [ -f "$st/last-serial" ]; then
     case $ls in *[!0-9]*) ls= ;; esac
     printf 'L %s\n' "$ls"
 fi
-if [ -f "$st/last-bundle.json" ]; then
-    printf 'R '
-    head -c 65536 "$st/last-bundle.json" | base64 -w0
-    printf '\n'
-fi
 [ -d "$st/lock" ] && printf 'W %s\n' "$(head -c 200 "$st/lock/owner" 2>/dev/null | tr -d '\n')"
 for g in "$k"/.hapki-stage.*; do
     [ -d "$g" ] && printf 'G %s\n' "$g"
