@@ -144,7 +144,8 @@ pub struct ClientLoop {
     out: PathBuf,
 }
 
-/// What the loop saw: requests answered, and each one that was not a 200 (status, curl's error).
+/// What the loop saw: requests answered, and each one that was not a 200 (status, curl's
+/// error, its number in the loop, the start of the answer's body).
 pub struct ClientTally {
     pub sent: usize,
     pub failed: Vec<String>,
@@ -179,16 +180,20 @@ impl ClientLoop {
         let _ = self.child.kill();
         let _ = self.child.wait();
         let text = std::fs::read_to_string(&self.out).unwrap_or_default();
-        let lines: Vec<&str> =
-            text.lines().filter_map(|l| l.strip_prefix("HAPKI-REQUEST ")).collect();
-        ClientTally {
-            sent: lines.len(),
-            failed: lines
-                .iter()
-                .filter(|l| !l.starts_with("200 0"))
-                .map(|l| l.to_string())
-                .collect(),
+        let (mut sent, mut failed, mut body) = (0, Vec::new(), String::new());
+        for line in text.lines() {
+            let Some(status) = line.strip_prefix("HAPKI-REQUEST ") else {
+                body += line;
+                continue;
+            };
+            sent += 1;
+            if !status.starts_with("200 0") {
+                let answer: String = body.chars().take(300).collect();
+                failed.push(format!("{status} (request {sent}) {answer}"));
+            }
+            body.clear();
         }
+        ClientTally { sent, failed }
     }
 }
 
