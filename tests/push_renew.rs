@@ -7,36 +7,20 @@
 mod cluster;
 #[path = "support/fixture.rs"]
 mod fixture;
+#[path = "support/reissue.rs"]
+mod reissue;
 #[path = "support/testbed.rs"]
 mod testbed;
 
 use std::collections::BTreeMap;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use fixture::{hapki, text, Fixture};
+use reissue::{b64, push, run};
 use testbed::{TbNode, Testbed};
 
-fn push(fx: &Fixture, tb: &Testbed, bundle: &Path, extra: &[&str]) -> std::process::Output {
-    let inv = tb.inventory();
-    let mut args = vec!["--inventory", inv.to_str().unwrap(), "--transport", "builtin"];
-    args.extend_from_slice(extra);
-    fx.with_bundle("push", bundle, &args)
-}
-
-fn run(program: &str, args: &[&str]) -> Vec<u8> {
-    let out = Command::new(program).args(args).output().unwrap();
-    assert!(out.status.success(), "{program} {args:?}: {}", String::from_utf8_lossy(&out.stderr));
-    out.stdout
-}
-
-/// `base64 -w0 FILE`: the form kubeadm writes into certificate-authority-data.
-fn b64(path: &Path) -> String {
-    String::from_utf8(run("base64", &["-w0", path.to_str().unwrap()])).unwrap()
-}
-
-fn pubkey(path: &Path) -> Vec<u8> {
+fn pubkey(path: &Path) -> String {
     run("openssl", &["x509", "-noout", "-pubkey", "-in", path.to_str().unwrap()])
 }
 

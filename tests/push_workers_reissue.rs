@@ -7,6 +7,8 @@
 mod cluster;
 #[path = "support/fixture.rs"]
 mod fixture;
+#[path = "support/reissue.rs"]
+mod reissue;
 #[path = "support/testbed.rs"]
 mod testbed;
 
@@ -14,30 +16,13 @@ use std::path::Path;
 use std::process::Command;
 
 use fixture::{hapki, text, Fixture};
+use reissue::{b64, push, run};
 use serde_json::Value;
 use testbed::{TbNode, Testbed};
-
-fn push(fx: &Fixture, tb: &Testbed, bundle: &Path, extra: &[&str]) -> std::process::Output {
-    let inv = tb.inventory();
-    let mut args = vec!["--inventory", inv.to_str().unwrap(), "--transport", "builtin"];
-    args.extend_from_slice(extra);
-    fx.with_bundle("push", bundle, &args)
-}
-
-fn run(program: &str, args: &[&str]) -> String {
-    let out = Command::new(program).args(args).output().unwrap();
-    assert!(out.status.success(), "{program} {args:?}: {}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8(out.stdout).unwrap()
-}
 
 /// `openssl x509 -noout -fingerprint -sha256 -in FILE`.
 fn fingerprint(path: &Path) -> String {
     run("openssl", &["x509", "-noout", "-fingerprint", "-sha256", "-in", path.to_str().unwrap()])
-}
-
-/// `base64 -w0 FILE`: the form kubeadm writes into certificate-authority-data.
-fn b64(path: &Path) -> String {
-    run("base64", &["-w0", path.to_str().unwrap()])
 }
 
 fn sha256sum(paths: &[&Path]) -> String {

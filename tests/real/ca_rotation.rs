@@ -37,6 +37,7 @@ use crate::fixture;
 use crate::openssl;
 use crate::real_kube;
 use crate::testbed;
+use crate::{bring_up, bundle_inventory, hapki_join, kubeadm_joined, real_testbed};
 
 use std::collections::{BTreeMap, HashMap};
 use std::io::{BufRead, Write};
@@ -47,9 +48,7 @@ use std::time::{Duration, Instant};
 use base64::Engine;
 use endpoint::{bearer_args, ClientLoop, Endpoint};
 use fixture::{hapki, hapki_process, text, Fixture};
-use real_kube::{
-    curl, init_first_master, kubeadm_config, prepare_control_plane, token_request, Pods,
-};
+use real_kube::{curl, token_request, Pods};
 use serde_json::Value;
 use testbed::Testbed;
 
@@ -400,23 +399,6 @@ fn inventory_of(tb: &Testbed, fx: &Fixture, nodes: &[&str], name: &str) -> PathB
     path
 }
 
-/// The control planes `nodes` up from one `hapki pki init` PKI pushed to them, each under the
-/// runner's kubelet loop.
-fn bring_up(tb: &Testbed, fx: &Fixture, pods: &Pods, host: &str, nodes: &[&str]) {
-    let ca = fx.pki().join("ca.crt");
-    for n in &tb.nodes {
-        std::fs::write(n.dir.join("kubeadm.yaml"), kubeadm_config(tb, &n.name, host)).unwrap();
-    }
-    cluster::push_to(fx, tb, &fx.bundle(), nodes, &[]);
-    init_first_master(tb, &ca, pods, host);
-    for n in &nodes[1..] {
-        prepare_control_plane(tb, &ca, pods, n, nodes[0], host);
-    }
-    for n in nodes {
-        pods.kubelet(n);
-    }
-}
-
 fn rotate(inventory: &Path, extra: &[&str]) -> (Option<i32>, Value, String) {
     let out = hapki()
         .args(["rotate", "--inventory"])
@@ -656,65 +638,18 @@ fn join_fourth(
     new_ca: &Path,
 ) -> Value {
     let bundle = fx.path("rotated.bundle");
-    let recipient = read(&fx.signer().with_extension("pub"));
-    let out = hapki()
-        .args(["bundle", "--inventory"])
-        .arg(inv3)
-        .arg("--sign-key")
-        .arg(fx.signer())
-        .args(["--recipient", recipient.trim(), "--out"])
-        .arg(&bundle)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "bundle --inventory: {}", text(&out));
+    bundle_inventory(fx, inv3, &bundle);
     cluster::push_to(fx, tb, &bundle, &["kubemaster-4"], &[]);
     let inv = inventory_of(tb, fx, &["kubemaster-1", "kubemaster-4"], "join.toml");
     let run = fx.path("join-run");
-    let mut child = hapki_process()
-        .args(["join", "--inventory"])
-        .arg(&inv)
-        .arg("--bundle")
-        .arg(&bundle)
-        .arg("--trust")
-        .arg(fx.allowed())
-        .arg("--decrypt-key")
-        .arg(fx.signer())
-        .args(["--output", "json", "--etcd-timeout", "3m", "--run-dir"])
-        .arg(&run)
-        .arg(format!("--kubeadm-arg={}", real_kube::JOIN_SKIP_PHASES))
-        .arg(format!("--kubeadm-arg={}", real_kube::JOIN_IGNORE_PREFLIGHT))
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let log = run.join("kubemaster-4.log");
-    let joined =
-        real_kube::wait_for("kubemaster-4's kubeadm join", Duration::from_secs(240), || {
-            if read_or_empty(&log).contains("This node has joined the cluster") {
-                return Some(true);
-            }
-            child.try_wait().unwrap().map(|_| false)
-        });
+    let mut child = hapki_join(fx, &inv, &bundle, &run).spawn().unwrap();
+    let joined = kubeadm_joined(&run, "kubemaster-4", &mut child);
     if joined {
-        let n = tb.node("kubemaster-4");
-        let m1 = &tb.node("kubemaster-1").address;
-        let runner = real_kube::runner();
-        let dir = real_kube::run_dir(n);
-        let c = real_kube::config_path(tb, "kubemaster-4");
-        tb.ok(
-            "kubemaster-4",
-            &format!(
-                "{} join-etcd kubemaster-4 {} {m1} {host} {} {c}",
-                runner.display(),
-                n.address,
-                dir.display()
-            ),
-        );
-        pods.start("kubemaster-4", &["kube-apiserver", "kube-controller-manager"], &[]);
-        real_kube::wait_healthy(new_ca, pods, "kubemaster-4");
+        real_kube::start_joined(tb, new_ca, pods, "kubemaster-4", "kubemaster-1", host);
     }
     let out = child.wait_with_output().unwrap();
-    assert_eq!(out.status.code(), Some(0), "join: {}\n{}", text(&out), read_or_empty(&log));
+    let log = read_or_empty(&run.join("kubemaster-4.log"));
+    assert_eq!(out.status.code(), Some(0), "join: {}\n{log}", text(&out));
     serde_json::from_slice(&out.stdout).unwrap()
 }
 
@@ -724,12 +659,8 @@ fn read_or_empty(p: &Path) -> String {
 
 #[test]
 fn rotate_all_four_cas_with_no_failed_request() {
-    let Some(cache) = real_kube::cache() else { return };
-    let Some(tb) = Testbed::up(4, 0) else { return };
-    real_kube::install(&tb, &cache);
+    let Some((tb, fx, host)) = real_testbed(4) else { return };
     let pods = Pods { tb: &tb };
-    let host = real_kube::host_ip();
-    let fx = Fixture::new();
     bring_up(&tb, &fx, &pods, &host, &NODES);
     let inv = inventory_of(&tb, &fx, &NODES, "inventory3.toml");
     let mut known = Known::new(&fx);
@@ -974,12 +905,8 @@ fn drain(
 /// files are the old CAs alone, a token issued before still works, and audit calls it clean.
 #[test]
 fn abort_after_trust_both_returns_to_the_old_cas_alone() {
-    let Some(cache) = real_kube::cache() else { return };
-    let Some(tb) = Testbed::up(1, 0) else { return };
-    real_kube::install(&tb, &cache);
+    let Some((tb, fx, host)) = real_testbed(1) else { return };
     let pods = Pods { tb: &tb };
-    let host = real_kube::host_ip();
-    let fx = Fixture::new();
     let one = ["kubemaster-1"];
     bring_up(&tb, &fx, &pods, &host, &one);
     let inv = tb.inventory();

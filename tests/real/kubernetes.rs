@@ -15,62 +15,24 @@ use crate::fixture;
 use crate::openssl;
 use crate::real_kube;
 use crate::testbed;
+use crate::{bundle_inventory, first_master, hapki_join, kubeadm_joined, real_testbed};
 
 use std::collections::HashSet;
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use fixture::{hapki, hapki_process, text, Fixture};
-use real_kube::{
-    config_path, curl, healthz, init_first_master, kubeadm_config, wait_for, wait_healthy, Pods,
-};
+use fixture::{hapki, text, Fixture};
+use real_kube::{curl, healthz, wait_healthy, Pods};
 use serde_json::Value;
 use testbed::Testbed;
-
-/// Phases of `kubeadm join --control-plane` skipped, each for want of a kubelet:
-/// - `kubelet-start`: writes the kubelet's bootstrap config and starts the kubelet service
-///   (there is no kubelet or container runtime);
-/// - `control-plane-join/etcd`: it would register the advertise address as the new member's
-///   peer URL, and kubeadm 1.20 refuses loopback advertise addresses, so every node advertises
-///   the host's one address: the runner's `join-etcd` does the phase's work with the node's
-///   own 127.0.K.N (member add, kubeadm's own etcd manifest, --initial-cluster-state=existing);
-/// - `control-plane-join/mark-control-plane`: labels and taints the Node the kubelet would
-///   have registered.
-///
-/// Never skipped: preflight, discovery (token + the CA hash hapki computed), every
-/// `control-plane-prepare` phase (the shared-certificate checks, the leaves from the pushed
-/// CAs, the kubeconfigs, the manifests), `check-etcd`, `update-status`.
-const SKIP_PHASES: &str =
-    "--skip-phases=kubelet-start,control-plane-join/etcd,control-plane-join/mark-control-plane";
-
-/// kubeadm preflight errors ignored: none is about certificates. The ports are in use by the
-/// other nodes' processes (kubeadm test-binds every address of the shared network); the
-/// container runtime, images, Docker checks, system verification (it asks the runtime), the
-/// kernel's forwarding/bridge settings, swap and the runtime's helper programs (conntrack,
-/// iptables, crictl, …) are what a kubelet and container runtime need.
-const IGNORE_PREFLIGHT: &str = "--ignore-preflight-errors=Port-6443,Port-10259,Port-10257,\
-Port-2379,Port-2380,CRI,ImagePull,Service-Docker,IsDockerSystemdCheck,SystemVerification,\
-FileContent--proc-sys-net-ipv4-ip_forward,FileContent--proc-sys-net-bridge-bridge-nf-call-iptables,\
-Swap,FileExisting-conntrack,FileExisting-iptables,FileExisting-crictl,FileExisting-ebtables,\
-FileExisting-ethtool,FileExisting-socat,FileExisting-tc,FileExisting-nsenter,FileExisting-mount";
 
 /// `hapki bundle --inventory` (the first master's files), then `hapki push --inventory`.
 fn bundle_and_push(tb: &Testbed, fx: &Fixture, name: &str) -> std::path::PathBuf {
     let bundle = fx.path(name);
-    let recipient = std::fs::read_to_string(fx.signer().with_extension("pub")).unwrap();
-    let out = hapki()
-        .args(["bundle", "--inventory"])
-        .arg(tb.inventory())
-        .arg("--sign-key")
-        .arg(fx.signer())
-        .args(["--recipient", recipient.trim(), "--out"])
-        .arg(&bundle)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "bundle --inventory: {}", text(&out));
+    bundle_inventory(fx, &tb.inventory(), &bundle);
     let inv = tb.inventory();
     let out = fx.with_bundle(
         "push",
@@ -139,58 +101,16 @@ fn join(tb: &Testbed, fx: &Fixture, pods: &Pods, bundle: &Path, host: &str) -> V
     let run = fx.path("join-run");
     let scan = ProcScan::start();
     let mut secrets = Vec::new();
-    let mut child = Running(Some(
-        hapki_process()
-            .args(["join", "--inventory"])
-            .arg(tb.inventory())
-            .arg("--bundle")
-            .arg(bundle)
-            .arg("--trust")
-            .arg(fx.allowed())
-            .arg("--decrypt-key")
-            .arg(fx.signer())
-            .args(["--output", "json", "--etcd-timeout", "3m", "--run-dir"])
-            .arg(&run)
-            .arg(format!("--kubeadm-arg={SKIP_PHASES}"))
-            .arg(format!("--kubeadm-arg={IGNORE_PREFLIGHT}"))
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap(),
-    ));
-    let m1_addr = tb.node("kubemaster-1").address.clone();
+    let mut child = Running(Some(hapki_join(fx, &tb.inventory(), bundle, &run).spawn().unwrap()));
     for name in ["kubemaster-2", "kubemaster-3"] {
-        let log = run.join(format!("{name}.log"));
-        let joined = wait_for(&format!("{name}'s kubeadm join"), Duration::from_secs(240), || {
-            let t = std::fs::read_to_string(&log).unwrap_or_default();
-            if t.contains("This node has joined the cluster") {
-                return Some(true);
-            }
-            child.0.as_mut().unwrap().try_wait().unwrap().map(|_| false)
-        });
-        if !joined {
+        if !kubeadm_joined(&run, name, child.0.as_mut().unwrap()) {
             break;
         }
         if secrets.is_empty() {
             secrets = bootstrap_secrets(tb);
         }
-        let n = tb.node(name);
-        tb.ok(
-            name,
-            &format!(
-                "{} join-etcd {name} {} {m1_addr} {host} {} {}",
-                real_kube::runner().display(),
-                n.address,
-                real_kube::run_dir(n).display(),
-                config_path(tb, name)
-            ),
-        );
-        pods.start(name, &["kube-apiserver", "kube-controller-manager"], &[]);
-        wait_healthy(&fx.pki().join("ca.crt"), pods, name);
-        tb.ok(
-            name,
-            &format!("{} register {name} {} {host}", real_kube::runner().display(), n.address),
-        );
+        real_kube::start_joined(tb, &fx.pki().join("ca.crt"), pods, name, "kubemaster-1", host);
+        real_kube::register(tb, name, host);
     }
     let out = child.0.take().unwrap().wait_with_output().unwrap();
     let seen = scan.finish();
@@ -365,17 +285,9 @@ fn foreign_sa_pub_rejects(fx: &Fixture, tb: &Testbed, pods: &Pods, token: &str) 
 
 #[test]
 fn real_kubeadm_builds_an_ha_control_plane_from_the_pushed_pki() {
-    let Some(cache) = real_kube::cache() else { return };
-    let Some(tb) = Testbed::up(3, 0) else { return };
-    real_kube::install(&tb, &cache);
+    let Some((tb, fx, host)) = real_testbed(3) else { return };
     let pods = Pods { tb: &tb };
-    let host = real_kube::host_ip();
-    let fx = Fixture::new();
-    for n in &tb.nodes {
-        std::fs::write(n.dir.join("kubeadm.yaml"), kubeadm_config(&tb, &n.name, &host)).unwrap();
-    }
-    cluster::push_to(&fx, &tb, &fx.bundle(), &["kubemaster-1"], &[]);
-    init_first_master(&tb, &fx.pki().join("ca.crt"), &pods, &host);
+    first_master(&tb, &fx, &pods, &host, &["kubemaster-1"]);
     let bundle = bundle_and_push(&tb, &fx, "cluster.bundle");
 
     let report = join(&tb, &fx, &pods, &bundle, &host);

@@ -24,6 +24,7 @@ use crate::fixture;
 use crate::openssl;
 use crate::real_kube;
 use crate::testbed;
+use crate::{bring_up, real_testbed};
 
 use std::path::Path;
 use std::process::Command;
@@ -31,7 +32,7 @@ use std::time::Instant;
 
 use endpoint::{ClientLoop, Endpoint};
 use fixture::{hapki, text, Fixture};
-use real_kube::{init_first_master, kubeadm_config, prepare_control_plane, Pods};
+use real_kube::Pods;
 use serde_json::Value;
 use testbed::Testbed;
 
@@ -113,23 +114,6 @@ fn expire_leaf(fx: &Fixture, tb: &Testbed, node: &str, name: &str, ca: &str) {
     ));
 }
 
-/// The three control planes up from one `hapki pki init` PKI, pushed to every node, each
-/// node's components under the runner's kubelet loop.
-fn bring_up(tb: &Testbed, fx: &Fixture, pods: &Pods, host: &str) {
-    let ca = fx.pki().join("ca.crt");
-    for n in &tb.nodes {
-        std::fs::write(n.dir.join("kubeadm.yaml"), kubeadm_config(tb, &n.name, host)).unwrap();
-    }
-    cluster::push_to(fx, tb, &fx.bundle(), &NODES, &[]);
-    init_first_master(tb, &ca, pods, host);
-    for n in &NODES[1..] {
-        prepare_control_plane(tb, &ca, pods, n, NODES[0], host);
-    }
-    for n in NODES {
-        pods.kubelet(n);
-    }
-}
-
 fn renew(tb: &Testbed, extra: &[&str]) -> (Option<i32>, Value, String) {
     let out = hapki()
         .args(["renew", "--inventory"])
@@ -148,13 +132,9 @@ fn node_report<'a>(report: &'a Value, node: &str) -> &'a Value {
 
 #[test]
 fn renew_rolls_leaves_across_three_real_control_planes_with_no_failed_request() {
-    let Some(cache) = real_kube::cache() else { return };
-    let Some(tb) = Testbed::up(3, 0) else { return };
-    real_kube::install(&tb, &cache);
+    let Some((tb, fx, host)) = real_testbed(3) else { return };
     let pods = Pods { tb: &tb };
-    let host = real_kube::host_ip();
-    let fx = Fixture::new();
-    bring_up(&tb, &fx, &pods, &host);
+    bring_up(&tb, &fx, &pods, &host, &NODES);
 
     let expired = tb.node("kubemaster-2").etc_kubernetes().join("pki/front-proxy-client.crt");
     expire_leaf(&fx, &tb, "kubemaster-2", "front-proxy-client", "front-proxy-ca");

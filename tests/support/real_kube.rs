@@ -274,8 +274,7 @@ pub fn init_first_master(tb: &Testbed, ca: &Path, pods: &Pods, host: &str) {
     }
     pods.start(m1, &["etcd", "kube-apiserver", "kube-controller-manager"], &[]);
     wait_healthy(ca, pods, m1);
-    let addr = &tb.node(m1).address;
-    tb.ok(m1, &format!("{} register {m1} {addr} {host}", runner().display()));
+    register(tb, m1, host);
     tb.ok(m1, &format!("kubeadm init phase upload-config all --config {c}"));
     tb.ok(m1, &format!("kubeadm init phase bootstrap-token --config {c}"));
 }
@@ -296,20 +295,34 @@ pub fn prepare_control_plane(
     for phase in ["certs all", "kubeconfig all", "control-plane all"] {
         tb.ok(name, &format!("kubeadm init phase {phase} --config {c}"));
     }
+    start_joined(tb, ca, pods, name, first, host);
+    register(tb, name, host);
+}
+
+/// What a kubelet starts on control plane `name` once its kubeadm join is done: the runner's
+/// `join-etcd` (the skipped etcd phase, through `first`'s etcd), then its API server and
+/// controller-manager, waited on until healthy against `ca`.
+pub fn start_joined(tb: &Testbed, ca: &Path, pods: &Pods, name: &str, first: &str, host: &str) {
     let n = tb.node(name);
     let first = &tb.node(first).address;
     tb.ok(
         name,
         &format!(
-            "{} join-etcd {name} {} {first} {host} {} {c}",
+            "{} join-etcd {name} {} {first} {host} {} {}",
             runner().display(),
             n.address,
-            run_dir(n).display()
+            run_dir(n).display(),
+            config_path(tb, name)
         ),
     );
     pods.start(name, &["kube-apiserver", "kube-controller-manager"], &[]);
     wait_healthy(ca, pods, name);
-    tb.ok(name, &format!("{} register {name} {} {host}", runner().display(), n.address));
+}
+
+/// The runner's `register` for `name`: its Node object and mirror pods.
+pub fn register(tb: &Testbed, name: &str, host: &str) {
+    let addr = &tb.node(name).address;
+    tb.ok(name, &format!("{} register {name} {addr} {host}", runner().display()));
 }
 
 /// A ServiceAccount token for `namespace`/`account` from a TokenRequest (the API scripts/demo
@@ -339,13 +352,29 @@ pub fn token_request(
     v["status"]["token"].as_str().expect("a token in the TokenRequest's status").to_string()
 }
 
-/// Phases of `kubeadm join --control-plane` a `hapki join` on this testbed skips (why: see
-/// tests/real/kubernetes.rs, SKIP_PHASES), as its `--kubeadm-arg`.
+/// Phases of `kubeadm join --control-plane` a `hapki join` on this testbed skips (as its
+/// `--kubeadm-arg`), each for want of a kubelet:
+/// - `kubelet-start`: writes the kubelet's bootstrap config and starts the kubelet service
+///   (there is no kubelet or container runtime);
+/// - `control-plane-join/etcd`: it would register the advertise address as the new member's
+///   peer URL, and kubeadm 1.20 refuses loopback advertise addresses, so every node advertises
+///   the host's one address: the runner's `join-etcd` does the phase's work with the node's
+///   own 127.0.K.N (member add, kubeadm's own etcd manifest, --initial-cluster-state=existing);
+/// - `control-plane-join/mark-control-plane`: labels and taints the Node the kubelet would
+///   have registered.
+///
+/// Never skipped: preflight, discovery (token + the CA hash hapki computed), every
+/// `control-plane-prepare` phase (the shared-certificate checks, the leaves from the pushed
+/// CAs, the kubeconfigs, the manifests), `check-etcd`, `update-status`.
 pub const JOIN_SKIP_PHASES: &str =
     "--skip-phases=kubelet-start,control-plane-join/etcd,control-plane-join/mark-control-plane";
 
-/// kubeadm preflight errors a `hapki join` on this testbed ignores (none about certificates;
-/// see tests/real/kubernetes.rs, IGNORE_PREFLIGHT), as its `--kubeadm-arg`.
+/// kubeadm preflight errors a `hapki join` on this testbed ignores (as its `--kubeadm-arg`):
+/// none is about certificates. The ports are in use by the other nodes' processes (kubeadm
+/// test-binds every address of the shared network); the container runtime, images, Docker
+/// checks, system verification (it asks the runtime), the kernel's forwarding/bridge settings,
+/// swap and the runtime's helper programs (conntrack, iptables, crictl, …) are what a kubelet
+/// and container runtime need.
 pub const JOIN_IGNORE_PREFLIGHT: &str = "--ignore-preflight-errors=Port-6443,Port-10259,\
 Port-10257,Port-2379,Port-2380,CRI,ImagePull,Service-Docker,IsDockerSystemdCheck,\
 SystemVerification,FileContent--proc-sys-net-ipv4-ip_forward,\
