@@ -237,6 +237,12 @@ fn parse_shared_files(mut data: &[u8]) -> Result<Vec<crate::pki::PkiFile>, NodeE
     Ok(files)
 }
 
+/// `main` after src/node/cluster_info.sh's `patch_cluster_info` (the kube-public/cluster-info
+/// update `pki renew-ca` and `rotate` share; its header says what the script sets).
+pub(crate) fn with_cluster_info(main: &str) -> String {
+    format!("{}{main}", include_str!("cluster_info.sh"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,7 +1,7 @@
 # hapki pki renew-ca --from/--inventory, on one node: install same-key re-issues of the CA
 # certificates (public; on stdin) over the ones the node holds, and the kubeconfigs under the
 # kubernetes dir whose certificate-authority-data was the old ca.crt; on the first master,
-# also the kube-public/cluster-info ConfigMap (through admin.conf).
+# also the kube-public/cluster-info ConfigMap (through admin.conf; after cluster_info.sh).
 # $1 kubernetes dir  $2 state dir  $3 first | worker  $4 this run's id
 # stdin: for each certificate "=== NAME" (ca.crt, front-proxy-ca.crt or etcd/ca.crt) then its
 # PEM. Nothing is written unless EVERY incoming certificate has the installed one's subject and
@@ -109,24 +109,10 @@ if [ -z "${old_b64:-}" ]; then
     printf 'C -\n'
     exit 0
 fi
-if [ ! -f "$k/admin.conf" ]; then
-    printf 'C not-updated(no-admin.conf)\n'
-    exit 0
-fi
-command -v kubectl > /dev/null 2>&1 || die 78 "kubectl is not on this node's PATH: update kube-public/cluster-info by hand"
-kc="kubectl --kubeconfig $k/admin.conf -n kube-public"
-$kc get configmap cluster-info -o 'jsonpath={.data.kubeconfig}' > "$in/cluster-info" ||
-    die 78 "could not read kube-public/cluster-info through $k/admin.conf"
-swap_ca "$in/cluster-info" > "$in/cluster-info.new"
-if cmp -s "$in/cluster-info" "$in/cluster-info.new"; then
-    printf 'C unchanged\n'
-    exit 0
-fi
-# A merge patch of data.kubeconfig only: the bootstrap signer re-signs its jws-kubeconfig-*
-# keys. The patch is public (a kubeconfig with a CA certificate, no credentials).
-if ! patch=$($kc create configmap cluster-info --from-file=kubeconfig="$in/cluster-info.new" --dry-run=client -o json) ||
-    ! $kc patch configmap cluster-info --type merge -p "$patch" > /dev/null; then
-    die 78 "could not update kube-public/cluster-info through $k/admin.conf"
-fi
-printf 'C updated\n'
-printf '%s renew-ca cluster-info\n' "$stamp" >> "$st/history"
+patch_cluster_info swap_ca
+# shellcheck disable=SC2154 # set by cluster_info.sh's patch_cluster_info
+case $cluster_info_is in
+    no-admin.conf) printf 'C not-updated(no-admin.conf)\n' ;;
+    *) printf 'C %s\n' "$cluster_info_is" ;;
+esac
+[ "$cluster_info_is" != updated ] || printf '%s renew-ca cluster-info\n' "$stamp" >> "$st/history"

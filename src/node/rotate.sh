@@ -1,4 +1,4 @@
-# hapki rotate, on one node (after restart.sh's functions; see src/rotate).
+# hapki rotate, on one node (after restart.sh's and cluster_info.sh's functions; see src/rotate).
 # $1 kubernetes dir  $2 hapki's state dir on the node  $3 operation  $4 the node's address
 # $5 stop timeout, seconds  $6 restart timeout, seconds  $7 this run's id  $8 role:
 # first | control-plane | worker  $9 the phase (for the history)
@@ -409,29 +409,20 @@ apply() {
     printf '%s rotate %s\n' "$stamp" "$phase" >> "$st/history"
 }
 
-cluster_info() {
-    if [ ! -f "$k/admin.conf" ]; then
-        printf '=== cluster-info skipped (no %s)\n' "$k/admin.conf"
-        return 0
-    fi
-    command -v kubectl > /dev/null 2>&1 || die 78 "kubectl is not on this node's PATH: update kube-public/cluster-info by hand"
-    kc="kubectl --kubeconfig $k/admin.conf -n kube-public"
-    $kc get configmap cluster-info -o 'jsonpath={.data.kubeconfig}' > "$in/cluster-info" ||
-        die 78 "could not read kube-public/cluster-info through $k/admin.conf"
+# Every certificate-authority-data value of kubeconfig $1 becomes the one on stdin's cadata.
+set_cadata() {
     awk -v n="$(cat "$in/cadata")" '
         /^[ \t]*certificate-authority-data:/ { p = $0; sub(/certificate-authority-data:.*/, "", p); $0 = p "certificate-authority-data: " n }
-        { print }' "$in/cluster-info" > "$in/cluster-info.new"
-    if cmp -s "$in/cluster-info" "$in/cluster-info.new"; then
-        printf '=== cluster-info unchanged\n'
-        return 0
-    fi
-    # A merge patch of data.kubeconfig only (public: a CA certificate, no credentials); the
-    # bootstrap signer re-signs its jws-kubeconfig-* keys.
-    if ! patch=$($kc create configmap cluster-info --from-file=kubeconfig="$in/cluster-info.new" --dry-run=client -o json) ||
-        ! $kc patch configmap cluster-info --type merge -p "$patch" > /dev/null; then
-        die 78 "could not update kube-public/cluster-info through $k/admin.conf"
-    fi
-    printf '=== cluster-info updated\n'
+        { print }' "$1"
+}
+
+cluster_info() {
+    patch_cluster_info set_cadata
+    # shellcheck disable=SC2154 # set by cluster_info.sh's patch_cluster_info
+    case $cluster_info_is in
+        no-admin.conf) printf '=== cluster-info skipped (no %s)\n' "$k/admin.conf" ;;
+        *) printf '=== cluster-info %s\n' "$cluster_info_is" ;;
+    esac
 }
 
 drain() {

@@ -190,9 +190,9 @@ pub(crate) fn install_over(
     paths: &NodePaths,
     run_id: &str,
 ) -> Result<crate::transport::RemoteOutput, crate::transport::TransportError> {
-    let script = include_str!("../node/renew_ca.sh");
+    let script = crate::node::with_cluster_info(include_str!("../node/renew_ca.sh"));
     let args = [paths.kube_dir.as_str(), paths.state_dir.as_str(), role, run_id];
-    session.run(script, &args, &mut payload.as_bytes())
+    session.run(&script, &args, &mut payload.as_bytes())
 }
 
 /// One certificate of `renew_ca.sh`'s stdin: its name line, then its PEM.

@@ -9,13 +9,10 @@ use crate::node::NodePaths;
 use crate::pki::fingerprint::sha256_hex;
 use crate::transport::{RemoteOutput, Session, TransportError};
 
-/// The rotate script: common.sh, etcd_health, restart.sh, rotate.sh.
+/// The rotate script: common.sh, etcd_health, restart.sh, cluster_info.sh, rotate.sh.
 pub(crate) fn script() -> String {
-    format!(
-        "{}{}",
-        include_str!("../node/common.sh"),
-        crate::renew::with_restart(include_str!("../node/rotate.sh"))
-    )
+    let main = crate::node::with_cluster_info(include_str!("../node/rotate.sh"));
+    format!("{}{}", include_str!("../node/common.sh"), crate::renew::with_restart(&main))
 }
 
 /// How the script is run on one node.
