@@ -803,8 +803,8 @@ fn a_node_whose_facts_die_fails_alone_without_holding_up_the_push() {
     let fx = Fixture::new();
     let d = tempfile::tempdir().unwrap();
     let bundle = one_artifact(&fx, d.path(), &format!("{TB_ROOT}/f"), b"payload\n");
-    // kubemaster-2's `stat` (the facts' first program) kills the whole command there: its
-    // process group, the script's shell included.
+    // kubemaster-2's `stat` (which the facts run before they end) kills the whole command
+    // there: its process group, the script's shell included.
     let n2 = tb.node("kubemaster-2");
     let id = n2.dir.join("bin/stat");
     std::fs::write(&id, "#!/bin/sh\nkill -KILL 0\n").unwrap();

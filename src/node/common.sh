@@ -18,10 +18,8 @@ EX_LOCKED=75 EX_CHANGED=76 EX_UNSAFE_PATH=77 EX_AFTER_FAILED=78
 # files and directories are passed on).
 # With "fast" as $2, openssl hashes when the node has it (several times faster than coreutils
 # on large artifacts; the same digest, the same "HASH *PATH" columns) and every path is absolute.
-# With "time" as $3, a last "T SECONDS" record gives the node's clock (awk's srand() returns
-# the time of day it seeded with: POSIX, and so in mawk, gawk and busybox).
 describe() {
-    di=$1 dh=sha256sum dnow=${3:-}
+    di=$1 dh=sha256sum
     [ "${2:-}" = fast ] && command -v openssl > /dev/null 2>&1 && dh=openssl
     set --
     dk='' df=''
@@ -61,7 +59,7 @@ DL
                 sha256sum -- "$@" < /dev/null 2> /dev/null
             fi
         fi
-    } | awk -v now="$dnow" '
+    } | awk '
         $0 == "\001" { sec++; next }
         sec == 0 { rec[++n] = $0; next }
         sec == 1 {
@@ -84,7 +82,6 @@ DL
                 else if (k == "file") print t, k, s, ((p in sha) ? sha[p] : "unreadable"), p
                 else print t, k, "- - - - -", p
             }
-            if (now == "time") { srand(); print "T", srand() }
         }'
 }
 # The "S PATH" lines of the eight shared files under $1, into $sl: what push compares (as

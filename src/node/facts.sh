@@ -20,6 +20,7 @@ for d in "$@"; do
     afl="${afl}AF $d$nl"
 done
 printf 'V 1\n'
+printf 'T %s\n' "$(date +%s)"
 # The host name and the login's uid from /proc, read by the shell itself (no process).
 hn=
 { IFS= read -r hn < /proc/sys/kernel/hostname; } 2> /dev/null || hn=$(hostname)
@@ -49,8 +50,7 @@ if [ "$scope" = join ]; then
         dl="${dl}M $k/manifests/$m.yaml$nl"
     done
 fi
-# The node's clock (T) comes from describe's awk: one process fewer than date(1).
-facts=$(describe "$dl" - time)
+facts=$(describe "$dl")
 printf '%s\n' "$facts"
 # Every certificate (public) with its content: the regular, readable .crt files of at most
 # 64 KiB among the X records, in their order, concatenated in one base64 line (the operator
