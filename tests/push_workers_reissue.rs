@@ -203,7 +203,14 @@ fn a_worker_gets_its_artifacts_then_the_reissued_ca() {
     std::fs::copy(fx.pki().join("ca.crt"), &old_ca).unwrap();
     join_worker(w1, &old_ca);
 
-    let out = hapki().args(["pki", "renew-ca", "--pki-dir"]).arg(fx.pki()).output().unwrap();
+    // The re-issue: same key, a later notAfter (with the default validity, a re-issue in the
+    // same second as the first PKI would end in the same second: not later, refused).
+    let out = hapki()
+        .args(["pki", "renew-ca", "--pki-dir"])
+        .arg(fx.pki())
+        .args(["--validity", "4000d"])
+        .output()
+        .unwrap();
     assert!(out.status.success(), "{}", text(&out));
     let new_ca = fx.pki().join("ca.crt");
     // One artifact for every node, and the PKI, encrypted to the fixture's recipient.
