@@ -334,17 +334,31 @@ fn expired_leaf_is_reported(tb: &Testbed) {
 /// server certificate fails that node with the served-certificate message (exit 5), and
 /// kubemaster-2 and -3 are never touched.
 fn not_restarted_is_caught(tb: &Testbed, pods: &Pods) {
-    let untouched: Vec<(std::path::PathBuf, String)> = NODES[1..]
-        .iter()
-        .map(|n| tb.node(n).etc_kubernetes().join("pki/apiserver.crt"))
-        .map(|p| {
-            let fp = file_fingerprint(&p);
-            (p, fp)
-        })
-        .collect();
-    pods.pin("kubemaster-1", "kube-apiserver", true);
-    let (code, report, out) = renew(tb, &["--only", "apiserver", "--stop-timeout", "5s"]);
-    pods.pin("kubemaster-1", "kube-apiserver", false);
+    // kube-apiserver re-reads its serving pair from disk by itself (about once a minute, see
+    // below). When that lands inside renew's 5 s stop timeout, the pinned server presents the
+    // renewed file, renew rightly finds it serving it, and the control shows nothing: it is
+    // then run again, at most three times (CI met that once in a few runs).
+    let mut attempt = 0;
+    let (code, report, out, untouched) = loop {
+        attempt += 1;
+        let untouched: Vec<(std::path::PathBuf, String)> = NODES[1..]
+            .iter()
+            .map(|n| tb.node(n).etc_kubernetes().join("pki/apiserver.crt"))
+            .map(|p| {
+                let fp = file_fingerprint(&p);
+                (p, fp)
+            })
+            .collect();
+        pods.pin("kubemaster-1", "kube-apiserver", true);
+        let (code, report, out) = renew(tb, &["--only", "apiserver", "--stop-timeout", "5s"]);
+        pods.pin("kubemaster-1", "kube-apiserver", false);
+        let reloaded =
+            code == Some(0) && node_report(&report, "kubemaster-1")["status"] == "renewed";
+        if !reloaded || attempt == 3 {
+            break (code, report, out, untouched);
+        }
+        eprintln!("the pinned kube-apiserver reloaded its certificate by itself: again");
+    };
     assert_eq!(code, Some(5), "{out}");
     let m1 = node_report(&report, "kubemaster-1");
     assert_eq!(m1["status"], "failed", "{report}");
