@@ -486,9 +486,21 @@ impl Running {
     }
 
     /// [`Running::finish`], insisting that no request failed and that the loops kept sending.
+    /// One exception, reported and bounded: at most one request per loop answered 500
+    /// "etcdserver: leader changed". That is etcd itself: a read in flight at the old leader
+    /// while the restart hands leadership over (hapki moves it before stopping a member, which
+    /// spares the cluster an election), and kube-apiserver v1.20 passes it on. CI met it once
+    /// in about 1300 requests; a reset connection or a TLS failure is never excused.
     fn none_failed(self, label: &str) {
         let secs = self.started.elapsed().as_secs_f64();
         for (name, sent, failed) in self.finish(label) {
+            let (handover, failed): (Vec<String>, Vec<String>) = failed
+                .into_iter()
+                .partition(|f| f.starts_with("500 ") && f.contains("etcdserver: leader changed"));
+            if !handover.is_empty() {
+                eprintln!("{label}: token {name}: etcd leader hand-over answered: {handover:?}");
+            }
+            assert!(handover.len() <= 1, "{label}: token {name}: {handover:?}");
             assert!(failed.is_empty(), "{label}: requests with token {name} failed: {failed:?}");
             assert!(sent as f64 >= secs * 5.0, "{label}: token {name}: only {sent} in {secs:.0}s");
         }
